@@ -1,0 +1,176 @@
+//! Command-line grammar. Global flags are accepted before or after the subcommand.
+
+use clap::{Args, Parser, Subcommand};
+use std::path::PathBuf;
+
+/// keyloop — leaked means dead within milliseconds. Rotates, revokes and issues
+/// non-human-identity credentials in one control loop on NATS JetStream.
+#[derive(Debug, Parser)]
+#[command(name = "keyloop", version)]
+pub(crate) struct Cli {
+    #[command(flatten)]
+    pub(crate) global: Global,
+    #[command(subcommand)]
+    pub(crate) command: Command,
+}
+
+/// Flags every subcommand accepts.
+#[derive(Debug, Args, Clone)]
+pub(crate) struct Global {
+    /// NATS server URL.
+    #[arg(
+        long,
+        global = true,
+        env = "KEYLOOP_NATS_URL",
+        default_value = "nats://127.0.0.1:4222"
+    )]
+    pub(crate) nats: String,
+    /// Machine-readable output (JSON) wherever the output is data.
+    #[arg(long, global = true)]
+    pub(crate) json: bool,
+    /// Subject, stream and bucket prefix.
+    #[arg(long, global = true, env = "KEYLOOP_PREFIX", default_value = "keyloop")]
+    pub(crate) prefix: String,
+    /// File holding the local store's master key (64 hex characters). Default: the
+    /// KEYLOOP_MASTER_KEY variable, else `<data-dir>/master.key` when it exists.
+    #[arg(long, global = true, env = "KEYLOOP_MASTER_KEY_FILE")]
+    pub(crate) master_key_file: Option<PathBuf>,
+    /// Where `keyloop up` keeps its nats-server store and dev master key.
+    /// Default: $XDG_DATA_HOME/keyloop or ~/.local/share/keyloop.
+    #[arg(long, global = true, env = "KEYLOOP_DATA_DIR")]
+    pub(crate) data_dir: Option<PathBuf>,
+}
+
+#[derive(Debug, Subcommand)]
+pub(crate) enum Command {
+    /// Run every worker in one process; starts a child nats-server when none answers at --nats.
+    Up,
+    /// Run only the named workers (run several processes to add replicas).
+    Worker(WorkerArgs),
+    /// Create or upgrade streams, consumers and KV buckets (idempotent).
+    Init,
+    /// Register, list, show and reveal credentials.
+    #[command(subcommand)]
+    Credential(CredentialCommand),
+    /// Publish a detector's findings as leak events (values are hashed here, never published).
+    Ingest(IngestArgs),
+    /// Rotate a credential now.
+    Rotate(RotateArgs),
+    /// Revoke a credential's live versions (or one version).
+    Revoke(RevokeArgs),
+    /// Print lifecycle and inbound events in order.
+    Replay(ReplayArgs),
+    /// A self-contained tour: own nats-server, a leak, its revocation and rotation.
+    Demo,
+    /// Write the JSON Schemas of every event into DIR.
+    Schemas {
+        /// Output directory.
+        dir: PathBuf,
+    },
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct WorkerArgs {
+    /// Roles: leak-responder, rotator, revoker.
+    #[arg(required = true)]
+    pub(crate) roles: Vec<String>,
+    /// Messages processed at once per role in this process.
+    #[arg(long, default_value_t = 64)]
+    pub(crate) concurrency: usize,
+}
+
+#[derive(Debug, Subcommand)]
+pub(crate) enum CredentialCommand {
+    /// Register a credential and give it its first value.
+    Register(RegisterArgs),
+    /// List credentials.
+    List,
+    /// Show a credential's versions (stages, times, fingerprints; never values).
+    Show {
+        /// Credential id, e.g. pg/app.
+        id: String,
+    },
+    /// Print the current value on stdout, and nothing else; records a `used` event.
+    Reveal {
+        /// Credential id.
+        id: String,
+    },
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct RegisterArgs {
+    /// Credential id: path-like, e.g. pg/app or saas/stripe-payouts.
+    pub(crate) id: String,
+    /// Where values live.
+    #[arg(long, default_value = "local", value_parser = ["local"])]
+    pub(crate) store: String,
+    /// The system that accepts the value.
+    #[arg(long, default_value = "none", value_parser = ["none"])]
+    pub(crate) target: String,
+    /// Rotate when the current value is this old (e.g. 90d).
+    #[arg(long)]
+    pub(crate) max_age: Option<String>,
+    /// How long the previous value stays valid after a scheduled rotation (e.g. 1h).
+    #[arg(long, default_value = "0s")]
+    pub(crate) grace: String,
+    /// Team or person to page about this credential.
+    #[arg(long)]
+    pub(crate) owner: Option<String>,
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct IngestArgs {
+    /// gitleaks, trufflehog, detect-secrets, github or generic.
+    pub(crate) format: String,
+    /// Report file; `-` or nothing reads stdin.
+    pub(crate) file: Option<PathBuf>,
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct RotateArgs {
+    /// Credential id.
+    pub(crate) id: String,
+    /// Return once the command is queued instead of waiting for `rotated`.
+    #[arg(long)]
+    pub(crate) no_wait: bool,
+    /// How long to wait for the outcome.
+    #[arg(long, default_value = "30s")]
+    pub(crate) timeout: String,
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct RevokeArgs {
+    /// Credential id.
+    pub(crate) id: String,
+    /// Why (recorded in the audit log).
+    #[arg(long)]
+    pub(crate) reason: String,
+    /// Revoke only this version (see `credential show`); default: every live version.
+    #[arg(long)]
+    pub(crate) version: Option<uuid::Uuid>,
+    /// Issue a fresh current value once revoked.
+    #[arg(long)]
+    pub(crate) rotate: bool,
+    /// Return once the command is queued instead of waiting for `revoked`.
+    #[arg(long)]
+    pub(crate) no_wait: bool,
+    /// How long to wait for the outcome.
+    #[arg(long, default_value = "30s")]
+    pub(crate) timeout: String,
+}
+
+#[derive(Debug, Args, Default, Clone)]
+pub(crate) struct ReplayArgs {
+    /// Start at this time (RFC 3339, e.g. 2026-11-29T10:00:00Z) or this long ago (e.g. 1h).
+    #[arg(long)]
+    pub(crate) since: Option<String>,
+    /// Stop at this time (RFC 3339) or this long ago.
+    #[arg(long)]
+    pub(crate) until: Option<String>,
+    /// Only events about this credential (and the leaks that started them).
+    #[arg(long)]
+    pub(crate) credential: Option<String>,
+    /// Only events of this correlation id (a leak id or an operation id).
+    #[arg(long)]
+    pub(crate) correlation: Option<String>,
+}

@@ -1,0 +1,138 @@
+//! `keyloop credential register|list|show|reveal`.
+
+use crate::cli::{CredentialCommand, Global, RegisterArgs};
+use crate::{config, output};
+use anyhow::{Context, Result, anyhow, bail};
+use keyloop_core::duration::parse_duration;
+use keyloop_core::event::lifecycle_event;
+use keyloop_core::{CredentialId, LifecycleData, LifecycleKind, Policy, StoreKind, TargetKind};
+use keyloop_workers::ops::{self, Cause, Registration};
+use std::io::Write;
+use std::process::ExitCode;
+
+pub(crate) async fn run(g: &Global, cmd: CredentialCommand) -> Result<ExitCode> {
+    match cmd {
+        CredentialCommand::Register(args) => register(g, args).await,
+        CredentialCommand::List => list(g).await,
+        CredentialCommand::Show { id } => show(g, &id).await,
+        CredentialCommand::Reveal { id } => reveal(g, &id).await,
+    }
+}
+
+pub(crate) fn parse_id(id: &str) -> Result<CredentialId> {
+    id.parse::<CredentialId>().map_err(|e| anyhow!(e))
+}
+
+async fn register(g: &Global, args: RegisterArgs) -> Result<ExitCode> {
+    let id = parse_id(&args.id)?;
+    let secs = |flag: &str, v: &str| {
+        parse_duration(v)
+            .map(|d| d.as_secs())
+            .map_err(|e| anyhow!("--{flag}: {e}"))
+    };
+    let policy = Policy {
+        max_age_secs: args
+            .max_age
+            .as_deref()
+            .map(|v| secs("max-age", v))
+            .transpose()?,
+        grace_secs: secs("grace", &args.grace)?,
+        idle_revoke_after_secs: None,
+        owner: args.owner,
+    };
+    let store = match args.store.as_str() {
+        "local" => StoreKind::Local,
+        other => bail!("unknown store `{other}`; stores: local"),
+    };
+    let target = match args.target.as_str() {
+        "none" => TargetKind::None,
+        other => bail!("unknown target `{other}`; targets: none"),
+    };
+    let bus = config::connect(g).await?;
+    let ctx = config::context(g, bus).await?;
+    let cause = Cause {
+        source: "keyloop/cli".into(),
+        correlation: None,
+        causation: None,
+    };
+    let cred = ops::register(
+        &ctx,
+        Registration {
+            id: id.clone(),
+            store,
+            target,
+            policy,
+        },
+        &cause,
+    )
+    .await
+    .with_context(|| format!("register credential {id}"))?;
+    if g.json {
+        output::json_line(&cred);
+    } else {
+        println!("registered {}", output::credential_row(&cred));
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+async fn list(g: &Global) -> Result<ExitCode> {
+    let bus = config::connect(g).await?;
+    let creds = bus.inventory().await?.list().await?;
+    if g.json {
+        for c in &creds {
+            output::json_line(c);
+        }
+    } else if creds.is_empty() {
+        println!("no credentials registered (add one with `keyloop credential register ID`)");
+    } else {
+        for c in &creds {
+            println!("{}", output::credential_row(c));
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+async fn show(g: &Global, id: &str) -> Result<ExitCode> {
+    let id = parse_id(id)?;
+    let bus = config::connect(g).await?;
+    let (cred, _) = bus.inventory().await?.require(&id).await?;
+    if g.json {
+        output::json_line(&cred);
+    } else {
+        print!("{}", output::credential_detail(&cred));
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+async fn reveal(g: &Global, id: &str) -> Result<ExitCode> {
+    let id = parse_id(id)?;
+    let bus = config::connect(g).await?;
+    let ctx = config::context(g, bus).await?;
+    let (cred, _) = ctx.inventory.require(&id).await?;
+    let Some(current) = cred.current() else {
+        bail!(
+            "credential {id} has no current version (revoked and not yet rotated?); see `keyloop credential show {id}`"
+        );
+    };
+    let store = ctx.backends.store(cred.store)?;
+    let value = store
+        .get(&id, current.id)
+        .await
+        .map_err(|e| anyhow!("credential {id}: {e}"))?
+        .ok_or_else(|| anyhow!("credential {id}: the value of version {} is gone from its store (revoked just now?)", current.id))?;
+    // Record the use before handing the value out: a use the audit log does not know of is
+    // worse than a recorded one that did not complete.
+    let mut data = LifecycleData::new(LifecycleKind::Used, Some(id.clone()), Some(current.id));
+    data.actor = Some("keyloop credential reveal".into());
+    let event = lifecycle_event(
+        "keyloop/cli",
+        &format!("reveal/{}", uuid::Uuid::now_v7()),
+        data,
+    );
+    ctx.bus.publish_lifecycle(&event).await?;
+    let mut out = std::io::stdout().lock();
+    out.write_all(value.expose().as_bytes())?;
+    out.write_all(b"\n")?;
+    out.flush()?;
+    Ok(ExitCode::SUCCESS)
+}

@@ -1,0 +1,24 @@
+//! `keyloop init`: create or upgrade streams, consumers and KV buckets. Idempotent.
+
+use crate::cli::Global;
+use crate::{config, output};
+use anyhow::{Context, Result};
+use std::process::ExitCode;
+
+pub(crate) async fn run(g: &Global) -> Result<ExitCode> {
+    let bus = config::connect(g).await?;
+    let report = bus
+        .topology
+        .init(&bus.js)
+        .await
+        .with_context(|| format!("keyloop init on {}", g.nats))?;
+    if g.json {
+        output::json_line(&report);
+    } else {
+        println!("streams:   {}", report.streams.join(", "));
+        println!("buckets:   {}", report.buckets.join(", "));
+        println!("consumers: {}", report.consumers.join(", "));
+        println!("keyloop layout is ready on {}", g.nats);
+    }
+    Ok(ExitCode::SUCCESS)
+}

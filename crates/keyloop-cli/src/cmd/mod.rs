@@ -1,0 +1,106 @@
+//! One file per subcommand, dispatched by a `match`, plus the helpers they share: shutdown on
+//! a signal, and waiting for lifecycle events after sending a command.
+
+mod credential;
+pub(crate) mod demo;
+mod ingest;
+mod init;
+mod replay;
+mod revoke;
+mod rotate;
+mod schemas;
+mod up;
+mod worker;
+
+use crate::cli::{Cli, Command};
+use anyhow::{Result, bail};
+use futures::StreamExt;
+use keyloop_core::LifecycleEvent;
+use std::process::ExitCode;
+use std::time::Duration;
+use tokio_util::sync::CancellationToken;
+
+pub(crate) async fn run(cli: Cli) -> Result<ExitCode> {
+    let g = &cli.global;
+    match cli.command {
+        Command::Up => up::run(g).await,
+        Command::Worker(args) => worker::run(g, args).await,
+        Command::Init => init::run(g).await,
+        Command::Credential(c) => credential::run(g, c).await,
+        Command::Ingest(args) => ingest::run(g, args).await,
+        Command::Rotate(args) => rotate::run(g, args).await,
+        Command::Revoke(args) => revoke::run(g, args).await,
+        Command::Replay(args) => replay::run(g, args).await,
+        Command::Demo => demo::run(g).await,
+        Command::Schemas { dir } => schemas::run(&dir),
+    }
+}
+
+/// A token cancelled on Ctrl-C or SIGTERM.
+pub(crate) fn shutdown_on_signal() -> CancellationToken {
+    let token = CancellationToken::new();
+    let t = token.clone();
+    tokio::spawn(async move {
+        #[cfg(unix)]
+        {
+            let mut term =
+                tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+                    .expect("install SIGTERM handler");
+            tokio::select! {
+                _ = tokio::signal::ctrl_c() => {}
+                _ = term.recv() => {}
+            }
+        }
+        #[cfg(not(unix))]
+        let _ = tokio::signal::ctrl_c().await;
+        tracing::info!("shutdown requested: finishing messages in hand");
+        t.cancel();
+    });
+    token
+}
+
+/// Parses a `--timeout` style duration.
+pub(crate) fn duration_arg(flag: &str, text: &str) -> Result<Duration> {
+    keyloop_core::duration::parse_duration(text).map_err(|e| anyhow::anyhow!("--{flag}: {e}"))
+}
+
+/// Lifecycle events of one credential, subscribed before a command is sent so none is missed.
+pub(crate) struct LifecycleWatch {
+    sub: async_nats::Subscriber,
+}
+
+impl LifecycleWatch {
+    pub(crate) async fn credential(bus: &keyloop_nats::Bus, credential: &str) -> Result<Self> {
+        let subject = bus.topology.lifecycle("*", credential);
+        let sub = bus.client.subscribe(subject.clone()).await?;
+        // Make sure the server has the subscription before the command goes out.
+        bus.client.flush().await?;
+        Ok(Self { sub })
+    }
+
+    /// Waits for the first event that `done` accepts; events are passed to `seen` as they come.
+    pub(crate) async fn until(
+        &mut self,
+        timeout: Duration,
+        mut seen: impl FnMut(&LifecycleEvent),
+        mut done: impl FnMut(&LifecycleEvent) -> bool,
+    ) -> Result<LifecycleEvent> {
+        let deadline = tokio::time::Instant::now() + timeout;
+        loop {
+            let next = tokio::time::timeout_at(deadline, self.sub.next()).await;
+            let Ok(Some(msg)) = next else {
+                bail!(
+                    "no outcome within {}s; the command is queued and will still be processed when a worker runs (is `keyloop up` or `keyloop worker` running?); follow it with `keyloop replay`",
+                    timeout.as_secs()
+                );
+            };
+            let Ok(event) = serde_json::from_slice::<LifecycleEvent>(&msg.payload) else {
+                continue;
+            };
+            seen(&event);
+            if done(&event) {
+                return Ok(event);
+            }
+        }
+    }
+}

@@ -1,0 +1,96 @@
+//! `keyloop revoke ID --reason TEXT`: queue a revocation of every live version (or one) and wait
+//! until each is `revoked`.
+
+use super::LifecycleWatch;
+use crate::cli::{Global, RevokeArgs};
+use crate::cmd::credential::parse_id;
+use crate::{config, output};
+use anyhow::{Result, bail};
+use keyloop_core::event::{CloudEvent, REVOKE_COMMAND_TYPE, RevokeCommand};
+use keyloop_core::{LifecycleKind, RevokeReason, Stage};
+use std::process::ExitCode;
+
+pub(crate) async fn run(g: &Global, args: RevokeArgs) -> Result<ExitCode> {
+    let id = parse_id(&args.id)?;
+    let timeout = super::duration_arg("timeout", &args.timeout)?;
+    if args.reason.trim().is_empty() {
+        bail!("--reason must say why (it goes into the audit log)");
+    }
+    let bus = config::connect(g).await?;
+    let (cred, _) = bus.inventory().await?.require(&id).await?;
+    let expected = match args.version {
+        Some(v) => match cred.version(v) {
+            None => bail!("credential {id} has no version {v}; see `keyloop credential show {id}`"),
+            Some(version) if version.stage == Stage::Revoked => {
+                println!("version {v} of {id} is already revoked");
+                return Ok(ExitCode::SUCCESS);
+            }
+            Some(_) => 1,
+        },
+        None => cred.live_versions().len(),
+    };
+    if expected == 0 && !args.rotate {
+        println!("credential {id} has no live version; nothing to revoke");
+        return Ok(ExitCode::SUCCESS);
+    }
+    let op_id = format!("manual-revoke/{}", uuid::Uuid::now_v7());
+    let mut watch = LifecycleWatch::credential(&bus, id.as_str()).await?;
+    let cmd = RevokeCommand {
+        credential: id.clone(),
+        version: args.version,
+        reason: RevokeReason::Manual,
+        op_id: op_id.clone(),
+        leak_published_at: None,
+        then_rotate: args.rotate,
+        note: Some(args.reason.clone()),
+    };
+    let event = CloudEvent::new(op_id.clone(), "keyloop/cli", REVOKE_COMMAND_TYPE, cmd)
+        .with_subject(id.to_string())
+        .caused_by(Some(op_id.clone()), None);
+    bus.publish_event(&bus.topology.cmd_revoke(), &event)
+        .await?;
+    if args.no_wait {
+        println!("revocation of {id} queued (correlation {op_id})");
+        return Ok(ExitCode::SUCCESS);
+    }
+    let mut revoked = 0usize;
+    let ours =
+        |e: &keyloop_core::LifecycleEvent| e.correlationid.as_deref() == Some(op_id.as_str());
+    let last = watch
+        .until(
+            timeout,
+            |e| {
+                if ours(e) {
+                    if g.json {
+                        output::json_line(e);
+                    } else {
+                        println!("{}", output::lifecycle_row(e));
+                    }
+                }
+            },
+            |e| {
+                if ours(e) && e.data.kind == LifecycleKind::Revoked {
+                    revoked += 1;
+                }
+                let failed = ours(e)
+                    && matches!(
+                        e.data.kind,
+                        LifecycleKind::RevocationFailed | LifecycleKind::RotationFailed
+                    );
+                let rotated = ours(e) && e.data.kind == LifecycleKind::Rotated;
+                failed || (revoked >= expected && (!args.rotate || rotated))
+            },
+        )
+        .await?;
+    if matches!(
+        last.data.kind,
+        LifecycleKind::RevocationFailed | LifecycleKind::RotationFailed
+    ) {
+        bail!(
+            "{} for {id}: {}; see `keyloop replay --correlation {op_id}`",
+            last.data.kind.name(),
+            last.data.detail.unwrap_or_default()
+        );
+    }
+    Ok(ExitCode::SUCCESS)
+}

@@ -1,0 +1,62 @@
+//! `keyloop rotate ID`: queue a rotation and wait for `rotated` (or `rotation_failed`).
+
+use super::LifecycleWatch;
+use crate::cli::{Global, RotateArgs};
+use crate::cmd::credential::parse_id;
+use crate::{config, output};
+use anyhow::{Result, bail};
+use keyloop_core::event::{CloudEvent, ROTATE_COMMAND_TYPE, RotateCommand};
+use keyloop_core::{LifecycleKind, RotationReason};
+use std::process::ExitCode;
+
+pub(crate) async fn run(g: &Global, args: RotateArgs) -> Result<ExitCode> {
+    let id = parse_id(&args.id)?;
+    let timeout = super::duration_arg("timeout", &args.timeout)?;
+    let bus = config::connect(g).await?;
+    bus.inventory().await?.require(&id).await?;
+    let op_id = format!("manual-rotate/{}", uuid::Uuid::now_v7());
+    let mut watch = LifecycleWatch::credential(&bus, id.as_str()).await?;
+    let cmd = RotateCommand {
+        credential: id.clone(),
+        reason: RotationReason::Manual,
+        op_id: op_id.clone(),
+    };
+    let event = CloudEvent::new(op_id.clone(), "keyloop/cli", ROTATE_COMMAND_TYPE, cmd)
+        .with_subject(id.to_string())
+        .caused_by(Some(op_id.clone()), None);
+    bus.publish_event(&bus.topology.cmd_rotate(), &event)
+        .await?;
+    if args.no_wait {
+        println!("rotation of {id} queued (correlation {op_id})");
+        return Ok(ExitCode::SUCCESS);
+    }
+    let ours =
+        |e: &keyloop_core::LifecycleEvent| e.correlationid.as_deref() == Some(op_id.as_str());
+    let outcome = watch
+        .until(
+            timeout,
+            |e| {
+                if ours(e) && !g.json {
+                    println!("{}", output::lifecycle_row(e));
+                }
+            },
+            |e| {
+                ours(e)
+                    && matches!(
+                        e.data.kind,
+                        LifecycleKind::Rotated | LifecycleKind::RotationFailed
+                    )
+            },
+        )
+        .await?;
+    if g.json {
+        output::json_line(&outcome);
+    }
+    if outcome.data.kind == LifecycleKind::RotationFailed {
+        bail!(
+            "rotation of {id} failed: {}; the current version is unchanged; see `keyloop replay --correlation {op_id}`",
+            outcome.data.detail.unwrap_or_default()
+        );
+    }
+    Ok(ExitCode::SUCCESS)
+}

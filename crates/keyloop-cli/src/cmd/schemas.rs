@@ -1,0 +1,16 @@
+//! `keyloop schemas DIR`: write the JSON Schema of every event (generated from the Rust types).
+
+use anyhow::{Context, Result};
+use std::path::Path;
+use std::process::ExitCode;
+
+pub(crate) fn run(dir: &Path) -> Result<ExitCode> {
+    std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
+    for (name, schema) in keyloop_core::schema::all() {
+        let path = dir.join(name);
+        std::fs::write(&path, schema)
+            .with_context(|| format!("cannot write {}", path.display()))?;
+        println!("wrote {}", path.display());
+    }
+    Ok(ExitCode::SUCCESS)
+}

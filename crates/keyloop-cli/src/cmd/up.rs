@@ -1,0 +1,113 @@
+//! `keyloop up`: every worker in one process. When nothing answers at `--nats` (and it is a
+//! loopback address), starts a child nats-server with JetStream under the data directory and
+//! stops it on exit. Creates a dev master key (mode 0600) when none is given, and says so.
+
+use crate::cli::Global;
+use crate::config;
+use anyhow::{Context, Result, bail};
+use keyloop_nats::server::{ServerOptions, ServerProcess};
+use keyloop_nats::{ConsumeConfig, Role};
+use keyloop_workers::WorkerContext;
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::Duration;
+
+pub(crate) async fn run(g: &Global) -> Result<ExitCode> {
+    let data_dir = config::data_dir(g);
+    let (_child, g) = ensure_server(g, &data_dir).await?;
+    let bus = config::connect(&g).await?;
+    bus.topology
+        .init(&bus.js)
+        .await
+        .with_context(|| format!("keyloop init on {}", g.nats))?;
+    let key = match config::master_key(&g)? {
+        Some(k) => k,
+        None => {
+            let (key, created) = config::ensure_dev_key(&data_dir)?;
+            if created {
+                eprintln!(
+                    "created a dev master key at {} (mode 0600); for production pass --master-key-file or KEYLOOP_MASTER_KEY",
+                    data_dir.join("master.key").display()
+                );
+            }
+            key
+        }
+    };
+    let ctx = WorkerContext::open(bus, Some(&key)).await?;
+    let roles: Vec<_> = Role::ALL.to_vec();
+    eprintln!(
+        "keyloop up: workers {} on {} (Ctrl-C to stop)",
+        roles
+            .iter()
+            .map(|r| r.name())
+            .collect::<Vec<_>>()
+            .join(", "),
+        g.nats
+    );
+    let shutdown = super::shutdown_on_signal();
+    keyloop_workers::run(Arc::new(ctx), &roles, ConsumeConfig::default(), shutdown).await?;
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Returns a child server (kept alive by the caller) when one had to be started, and the
+/// global flags pointing at the server in use.
+async fn ensure_server(
+    g: &Global,
+    data_dir: &std::path::Path,
+) -> Result<(Option<ServerProcess>, Global)> {
+    let (host, port) = host_port(&g.nats)?;
+    let addr = format!("{host}:{port}");
+    let answering = tokio::time::timeout(
+        Duration::from_secs(1),
+        tokio::net::TcpStream::connect(&addr),
+    )
+    .await
+    .is_ok_and(|r| r.is_ok());
+    if answering {
+        return Ok((None, g.clone()));
+    }
+    if !matches!(host.as_str(), "127.0.0.1" | "localhost" | "::1") {
+        bail!(
+            "no NATS server answers at {}; start it, or point --nats at a running one",
+            g.nats
+        );
+    }
+    let binary = config::nats_server_binary().await?;
+    let store_dir = data_dir.join("nats");
+    let child = ServerProcess::start(&ServerOptions {
+        binary,
+        store_dir: store_dir.clone(),
+        port: Some(port),
+        extra_args: Vec::new(),
+    })
+    .await?;
+    eprintln!(
+        "started nats-server (pid {}) on {} with JetStream in {}",
+        child.pid().unwrap_or_default(),
+        child.url(),
+        store_dir.display()
+    );
+    let mut g = g.clone();
+    g.nats = child.url().to_owned();
+    Ok((Some(child), g))
+}
+
+fn host_port(url: &str) -> Result<(String, u16)> {
+    let rest = url.split("://").nth(1).unwrap_or(url);
+    let hostport = rest
+        .rsplit('@')
+        .next()
+        .unwrap_or(rest)
+        .split(['/', ','])
+        .next()
+        .unwrap_or("");
+    let (host, port) = match hostport.rsplit_once(':') {
+        Some((h, p)) => (
+            h,
+            p.parse()
+                .with_context(|| format!("bad port in --nats {url}"))?,
+        ),
+        None => (hostport, 4222),
+    };
+    Ok((host.trim_matches(['[', ']']).to_owned(), port))
+}

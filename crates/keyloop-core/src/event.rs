@@ -1,0 +1,316 @@
+//! Every message keyloop publishes is a CloudEvents 1.0 JSON envelope with the extension
+//! attributes `correlationid` (the leak or operator request that started the chain) and
+//! `causationid` (the message that caused this one). Ids are deterministic where a retried
+//! step must produce the same event, so JetStream's `Nats-Msg-Id` dedup makes a redelivery
+//! publish nothing new.
+
+use crate::credential::{CredentialId, RevokeReason, RotationReason, Stage};
+use crate::fingerprint::Fingerprint;
+use crate::leak::LeakFinding;
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+use time::OffsetDateTime;
+use uuid::Uuid;
+
+/// The CloudEvents spec version keyloop speaks.
+pub const SPEC_VERSION: &str = "1.0";
+
+/// Namespace for deterministic (v5) ids.
+const ID_NAMESPACE: Uuid = Uuid::from_u128(0x6b65_796c_6f6f_7000_8000_0000_0000_0001);
+
+/// A deterministic id for `name`: the same name gives the same id on every replica.
+pub fn stable_id(name: &str) -> Uuid {
+    Uuid::new_v5(&ID_NAMESPACE, name.as_bytes())
+}
+
+/// A CloudEvents 1.0 envelope around `data`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+pub struct CloudEvent<T> {
+    /// Always `1.0`.
+    pub specversion: String,
+    /// Unique per event; deterministic for events a retried step may publish again.
+    pub id: String,
+    /// Who published it: `keyloop/<role>` or `keyloop/cli`.
+    pub source: String,
+    /// For example `dev.keyloop.credential.revoked`.
+    #[serde(rename = "type")]
+    pub ty: String,
+    /// When it happened.
+    #[serde(with = "time::serde::rfc3339")]
+    #[schemars(with = "String")]
+    pub time: OffsetDateTime,
+    /// The credential id, when the event is about one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub subject: Option<String>,
+    /// Always `application/json`.
+    pub datacontenttype: String,
+    /// The leak, task or request that started the chain.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub correlationid: Option<String>,
+    /// The id of the message that caused this one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub causationid: Option<String>,
+    /// The payload.
+    pub data: T,
+}
+
+impl<T> CloudEvent<T> {
+    /// An envelope with `time` = now.
+    pub fn new(id: impl Into<String>, source: &str, ty: impl Into<String>, data: T) -> Self {
+        Self {
+            specversion: SPEC_VERSION.into(),
+            id: id.into(),
+            source: source.into(),
+            ty: ty.into(),
+            time: OffsetDateTime::now_utc(),
+            subject: None,
+            datacontenttype: "application/json".into(),
+            correlationid: None,
+            causationid: None,
+            data,
+        }
+    }
+
+    /// Sets the subject (credential id).
+    pub fn with_subject(mut self, subject: impl Into<String>) -> Self {
+        self.subject = Some(subject.into());
+        self
+    }
+
+    /// Sets correlation and causation ids.
+    pub fn caused_by(mut self, correlation: Option<String>, causation: Option<String>) -> Self {
+        self.correlationid = correlation;
+        self.causationid = causation;
+        self
+    }
+}
+
+/// The type of a leak finding event.
+pub const LEAK_DETECTED_TYPE: &str = "dev.keyloop.leak.detected";
+/// The type of a revoke command.
+pub const REVOKE_COMMAND_TYPE: &str = "dev.keyloop.cmd.revoke";
+/// The type of a rotate command.
+pub const ROTATE_COMMAND_TYPE: &str = "dev.keyloop.cmd.rotate";
+
+/// `keyloop.leak.detected`: a finding, hashed at the edge.
+pub type LeakDetected = CloudEvent<LeakFinding>;
+
+/// What a lifecycle event records.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum LifecycleKind {
+    /// A credential was registered with its first version.
+    Created,
+    /// A JIT credential was issued.
+    Issued,
+    /// A value was read or presented.
+    Used,
+    /// A pending version was created and stored.
+    RotationStarted,
+    /// A pending version became current.
+    Rotated,
+    /// A rotation gave up.
+    RotationFailed,
+    /// A version was made invalid at its target and its value destroyed.
+    Revoked,
+    /// A revocation gave up.
+    RevocationFailed,
+    /// A lease ended by its TTL.
+    Expired,
+    /// A leak matched a live version.
+    LeakMatched,
+    /// A leak matched nothing keyloop manages.
+    LeakUnmatched,
+    /// A leak matched a version that was already dead.
+    LeakInert,
+    /// A destructive scope asked for approval.
+    ApprovalRequested,
+    /// An approval was granted.
+    ApprovalGranted,
+    /// An approval was denied.
+    ApprovalDenied,
+}
+
+impl LifecycleKind {
+    /// The name used in subjects and JSON (`rotation_started`).
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Created => "created",
+            Self::Issued => "issued",
+            Self::Used => "used",
+            Self::RotationStarted => "rotation_started",
+            Self::Rotated => "rotated",
+            Self::RotationFailed => "rotation_failed",
+            Self::Revoked => "revoked",
+            Self::RevocationFailed => "revocation_failed",
+            Self::Expired => "expired",
+            Self::LeakMatched => "leak_matched",
+            Self::LeakUnmatched => "leak_unmatched",
+            Self::LeakInert => "leak_inert",
+            Self::ApprovalRequested => "approval_requested",
+            Self::ApprovalGranted => "approval_granted",
+            Self::ApprovalDenied => "approval_denied",
+        }
+    }
+
+    /// The CloudEvents type: `dev.keyloop.credential.<name>`.
+    pub fn event_type(self) -> String {
+        format!("dev.keyloop.credential.{}", self.name())
+    }
+}
+
+/// The payload of every lifecycle event. Fields beyond `kind` are present when they apply to
+/// the kind; none of them is ever a secret value.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct LifecycleData {
+    /// What happened.
+    pub kind: LifecycleKind,
+    /// The credential, when one is concerned (absent for `leak_unmatched`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub credential: Option<CredentialId>,
+    /// The version concerned.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub version: Option<Uuid>,
+    /// The version's stage after the change.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stage: Option<Stage>,
+    /// Digests of the version's value (`created`, `rotation_started`), or of a leaked value.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fingerprint: Option<Fingerprint>,
+    /// `rotated`: the version that went from current to previous.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub previous_version: Option<Uuid>,
+    /// `revoked`: why.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub revoke_reason: Option<RevokeReason>,
+    /// `rotation_started`, `rotated`: why.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rotation_reason: Option<RotationReason>,
+    /// The stage a leaked version was in when it matched (`leak_matched`, `leak_inert`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub matched_stage: Option<Stage>,
+    /// `revoked` by a leak: milliseconds from the leak's publish to the value being dead.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub time_to_revoke_ms: Option<u64>,
+    /// Failures, and the detector of a leak: words for the operator, never a value.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub detail: Option<String>,
+    /// Who or what asked (`leak-responder`, `cli`, an operator's free-text reason).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub actor: Option<String>,
+}
+
+impl LifecycleData {
+    /// A payload of this kind about this credential and version; the rest left empty.
+    pub fn new(
+        kind: LifecycleKind,
+        credential: Option<CredentialId>,
+        version: Option<Uuid>,
+    ) -> Self {
+        Self {
+            kind,
+            credential,
+            version,
+            stage: None,
+            fingerprint: None,
+            previous_version: None,
+            revoke_reason: None,
+            rotation_reason: None,
+            matched_stage: None,
+            time_to_revoke_ms: None,
+            detail: None,
+            actor: None,
+        }
+    }
+}
+
+/// A lifecycle event: `keyloop.lifecycle.<kind>.<credential>`.
+pub type LifecycleEvent = CloudEvent<LifecycleData>;
+
+/// The subject token used for lifecycle events that concern no credential.
+pub const NO_CREDENTIAL_TOKEN: &str = "_none";
+
+/// Builds a lifecycle event whose id is derived from `step` (an operation id plus whatever makes
+/// the step unique), so every replica that performs the step publishes the same event.
+pub fn lifecycle_event(source: &str, step: &str, data: LifecycleData) -> LifecycleEvent {
+    let id = stable_id(&format!("{step}/{}", data.kind.name()));
+    let ty = data.kind.event_type();
+    let subject = data.credential.as_ref().map(|c| c.to_string());
+    let mut ev = CloudEvent::new(id.to_string(), source, ty, data);
+    ev.subject = subject;
+    ev
+}
+
+/// `keyloop.cmd.revoke`: make versions of a credential invalid.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RevokeCommand {
+    /// The credential.
+    pub credential: CredentialId,
+    /// The version to revoke; absent: every live version.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub version: Option<Uuid>,
+    /// Why.
+    pub reason: RevokeReason,
+    /// Operation id; every step and event of this revocation derives its ids from it.
+    pub op_id: String,
+    /// For a leak: when the leak was published, to measure time-to-revoke.
+    #[serde(
+        default,
+        with = "time::serde::rfc3339::option",
+        skip_serializing_if = "Option::is_none"
+    )]
+    #[schemars(with = "Option<String>")]
+    pub leak_published_at: Option<OffsetDateTime>,
+    /// Issue a fresh current version once the revocation is durable (a leaked current version).
+    #[serde(default)]
+    pub then_rotate: bool,
+    /// Free text for the audit log (the operator's `--reason`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub note: Option<String>,
+}
+
+/// `keyloop.cmd.rotate`: give a credential a new current version.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RotateCommand {
+    /// The credential.
+    pub credential: CredentialId,
+    /// Why.
+    pub reason: RotationReason,
+    /// Operation id; the new version's id is derived from it, so a retried rotation resumes.
+    pub op_id: String,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn lifecycle_ids_are_deterministic_per_step_and_kind() {
+        let cred: CredentialId = "pg/app".parse().unwrap();
+        let a = lifecycle_event(
+            "keyloop/test",
+            "op-1/v1",
+            LifecycleData::new(LifecycleKind::Revoked, Some(cred.clone()), None),
+        );
+        let b = lifecycle_event(
+            "keyloop/other",
+            "op-1/v1",
+            LifecycleData::new(LifecycleKind::Revoked, Some(cred.clone()), None),
+        );
+        let c = lifecycle_event(
+            "keyloop/test",
+            "op-1/v1",
+            LifecycleData::new(LifecycleKind::Rotated, Some(cred), None),
+        );
+        assert_eq!(a.id, b.id);
+        assert_ne!(a.id, c.id);
+        assert_eq!(a.ty, "dev.keyloop.credential.revoked");
+        assert_eq!(a.subject.as_deref(), Some("pg/app"));
+        let json = serde_json::to_value(&a).unwrap();
+        assert_eq!(json["specversion"], "1.0");
+        assert_eq!(json["type"], "dev.keyloop.credential.revoked");
+    }
+}

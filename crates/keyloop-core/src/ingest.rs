@@ -1,0 +1,307 @@
+//! Parsers for detectors' native report formats (`keyloop ingest FORMAT`). Each parser hashes
+//! plaintext at the edge: a value goes from the input bytes into a [`Fingerprint`] and is
+//! dropped (zeroized); only [`LeakFinding`]s leave this module.
+
+mod detect_secrets;
+mod generic;
+mod github;
+mod gitleaks;
+mod json;
+mod trufflehog;
+
+use crate::leak::LeakFinding;
+use std::fmt;
+use std::str::FromStr;
+
+/// A report format that `keyloop ingest` understands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Format {
+    /// gitleaks JSON report (`gitleaks detect --report-format json`): an array of findings.
+    Gitleaks,
+    /// TruffleHog v3 `--json`: one JSON object per line.
+    Trufflehog,
+    /// detect-secrets baseline JSON; carries only `hashed_secret` (SHA-1 hex).
+    DetectSecrets,
+    /// GitHub `secret_scanning_alert` webhook payload.
+    Github,
+    /// JSON lines with one of `secret`, `sha256`, `sha1`, plus optional location fields.
+    Generic,
+}
+
+impl Format {
+    /// Every format, in the order the CLI lists them.
+    pub const ALL: [Format; 5] = [
+        Self::Gitleaks,
+        Self::Trufflehog,
+        Self::DetectSecrets,
+        Self::Github,
+        Self::Generic,
+    ];
+
+    /// The name used on the command line.
+    pub const fn name(self) -> &'static str {
+        match self {
+            Self::Gitleaks => "gitleaks",
+            Self::Trufflehog => "trufflehog",
+            Self::DetectSecrets => "detect-secrets",
+            Self::Github => "github",
+            Self::Generic => "generic",
+        }
+    }
+}
+
+impl fmt::Display for Format {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+impl FromStr for Format {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        Self::ALL
+            .into_iter()
+            .find(|f| f.name() == s)
+            .ok_or_else(|| {
+                let names: Vec<_> = Self::ALL.iter().map(|f| f.name()).collect();
+                format!(
+                    "unknown format `{s}`; expected one of: {}",
+                    names.join(", ")
+                )
+            })
+    }
+}
+
+/// A finding that could not be used, and why. Never contains the value.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Rejected {
+    /// Where in the input: `finding 3`, `line 7`, `results["a.py"][0]`.
+    pub position: String,
+    /// Why it was rejected, in words an operator can act on.
+    pub reason: String,
+}
+
+/// The findings of one report.
+#[derive(Debug, Default)]
+pub struct Parsed {
+    /// Usable findings, in input order.
+    pub findings: Vec<LeakFinding>,
+    /// Unusable entries, in input order.
+    pub rejected: Vec<Rejected>,
+}
+
+/// The whole input is not a report of the named format.
+#[derive(Debug, Clone, thiserror::Error, PartialEq, Eq)]
+#[error("not a valid {format} report: {reason}")]
+pub struct IngestError {
+    /// The format that was expected.
+    pub format: Format,
+    /// What is wrong, without any secret value.
+    pub reason: String,
+}
+
+/// Parses a report. Entries that are individually unusable are returned in
+/// [`Parsed::rejected`]; an input that is not a report of `format` at all is an error.
+///
+/// Plaintext values are hashed as they are read and held only in a [`crate::Secret`] until
+/// then; no rejection reason or error quotes the input.
+pub fn parse(format: Format, input: &[u8]) -> Result<Parsed, IngestError> {
+    let error = |reason| IngestError { format, reason };
+    let text = json::decode(input).map_err(error)?;
+    match format {
+        Format::Gitleaks => gitleaks::parse(text),
+        Format::Trufflehog => trufflehog::parse(text),
+        Format::DetectSecrets => detect_secrets::parse(text),
+        Format::Github => github::parse(text),
+        Format::Generic => generic::parse(text),
+    }
+    .map_err(error)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Every fixture, with its format and the fake plaintext values it holds.
+    const FIXTURES: [(Format, &[u8], &[&str]); 6] = [
+        (
+            Format::Gitleaks,
+            include_bytes!("../../../tests/fixtures/ingest/gitleaks.json"),
+            &[
+                "FAKE-gitleaks-generic-0001-not-a-real-key",
+                "FAKE-gitleaks-webhook-0002-not-a-real-url",
+            ],
+        ),
+        (
+            Format::Trufflehog,
+            include_bytes!("../../../tests/fixtures/ingest/trufflehog.jsonl"),
+            &[
+                "FAKE-trufflehog-uri-0001",
+                "FAKE-trufflehog-github-0002-not-a-real-token",
+            ],
+        ),
+        (
+            Format::DetectSecrets,
+            include_bytes!("../../../tests/fixtures/ingest/detect-secrets.json"),
+            &[],
+        ),
+        (
+            Format::Github,
+            include_bytes!("../../../tests/fixtures/ingest/github-webhook.json"),
+            &["FAKE-github-adafruit-0001-not-a-real-key"],
+        ),
+        (
+            Format::Github,
+            include_bytes!("../../../tests/fixtures/ingest/github-alerts.json"),
+            &["FAKE-github-mailchimp-0002-not-a-real-key"],
+        ),
+        (
+            Format::Generic,
+            include_bytes!("../../../tests/fixtures/ingest/generic.jsonl"),
+            &["FAKE-generic-plaintext-0001"],
+        ),
+    ];
+
+    /// A value that the hostile inputs below put everywhere a parser might echo from.
+    const PLANTED: &str = "FAKE-planted-0000-must-never-be-printed";
+
+    /// Inputs that go wrong in every way we know, each with `PLANTED` in it.
+    fn hostile_inputs() -> Vec<(Format, Vec<u8>)> {
+        let p = PLANTED;
+        let inputs = vec![
+            (Format::Gitleaks, format!(r#"{{"Secret":"{p}"}}"#)),
+            (Format::Gitleaks, format!(r#"[{{"Secret":"{p}", "#)),
+            (
+                Format::Gitleaks,
+                format!(r#"[{{"Secret":"{p}"}}] trailing {p}"#),
+            ),
+            (
+                Format::Gitleaks,
+                format!(r#"["{p}", {{"Secret":["{p}"]}}, {{"Secret":"{p}..."}}]"#),
+            ),
+            (
+                Format::Gitleaks,
+                format!(r#"[{{"Secret":"{p}","StartLine":"{p}","File":{{"x":"{p}"}}}}]"#),
+            ),
+            (Format::Gitleaks, p.to_owned()),
+            (Format::Trufflehog, format!("{p}\n{{\"Raw\":\"{p}\"\n")),
+            (
+                Format::Trufflehog,
+                format!(r#"{{"Raw":"{p}"}}"#) + "\n" + p + "\n[\"" + p + "\"]",
+            ),
+            (
+                Format::Trufflehog,
+                format!(r#"{{"Raw":{{"v":"{p}"}},"RawV2":"{p}"}}"#),
+            ),
+            (
+                Format::DetectSecrets,
+                format!(r#"{{"results":{{"a":[{{"hashed_secret":"{p}"}},"{p}"]}}}}"#),
+            ),
+            (Format::DetectSecrets, format!(r#"{{"results":"{p}"}}"#)),
+            (Format::DetectSecrets, format!(r#"["{p}"]"#)),
+            (
+                Format::Github,
+                format!(r#"{{"alert":{{"secret":["{p}"],"secret_type":"x"}}}}"#),
+            ),
+            (Format::Github, format!(r#"{{"alert":"{p}"}}"#)),
+            (
+                Format::Github,
+                format!(r#"[{{"secret":"{p}"}}, "{p}", {{"note":"{p}"}}]"#),
+            ),
+            (Format::Github, format!(r#"{{"note":"{p}"}}"#)),
+            (
+                Format::Generic,
+                format!(r#"{{"secret":"{p}","sha1":"{p}"}}"#),
+            ),
+            (Format::Generic, format!(r#"{{"sha256":"{p}"}}"#)),
+            (
+                Format::Generic,
+                format!(r#"{{"secret":"{p}","line":"{p}","repo":1}}"#),
+            ),
+            (
+                Format::Generic,
+                format!(r#"{{"secret":"{p}","{p} and more words":"{p}"}}"#),
+            ),
+            (Format::Generic, format!(r#"{{"secret":"{p}"#)),
+            (Format::Generic, format!("secret={p}")),
+        ];
+        let mut inputs: Vec<_> = inputs
+            .into_iter()
+            .map(|(format, text)| (format, text.into_bytes()))
+            .collect();
+        for format in Format::ALL {
+            let mut not_utf8 = format!(r#"[{{"Secret":"{p}"}}]"#).into_bytes();
+            not_utf8.insert(3, 0xFF);
+            inputs.push((format, not_utf8));
+        }
+        inputs
+    }
+
+    /// Everything a parse result can show a person or a log.
+    fn everything_printed(result: &Result<Parsed, IngestError>) -> String {
+        match result {
+            Ok(parsed) => format!("{parsed:?}"),
+            Err(e) => format!("{e} {e:?}"),
+        }
+    }
+
+    #[test]
+    fn every_fixture_parses_into_findings() {
+        for (format, input, _) in FIXTURES {
+            let parsed = parse(format, input).unwrap_or_else(|e| panic!("{format}: {e}"));
+            assert!(!parsed.findings.is_empty(), "{format}");
+            if format != Format::Github {
+                assert!(
+                    parsed.rejected.is_empty(),
+                    "{format}: {:?}",
+                    parsed.rejected
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn secret_never_appears_in_rejection_reasons() {
+        for (format, input, secrets) in FIXTURES {
+            let printed = everything_printed(&parse(format, input));
+            for secret in secrets {
+                assert!(!printed.contains(secret), "{format} printed a secret");
+            }
+        }
+        for (format, input) in hostile_inputs() {
+            let result = parse(format, &input);
+            let printed = everything_printed(&result);
+            // Any fragment long enough to identify the value counts as a leak.
+            assert!(
+                !printed.contains("planted"),
+                "{format} printed a secret: {printed}"
+            );
+        }
+    }
+
+    #[test]
+    fn empty_and_non_utf8_input_is_an_error_for_every_format() {
+        for format in Format::ALL {
+            let empty = parse(format, b" \n\r\n\t").expect_err("empty");
+            assert_eq!(
+                empty,
+                IngestError {
+                    format,
+                    reason: "empty input".into()
+                }
+            );
+            let binary = parse(format, b"\x1f\x8b\x08\x00\xff\xfe").expect_err("gzip");
+            assert!(binary.reason.contains("not UTF-8"), "{binary}");
+        }
+    }
+
+    #[test]
+    fn errors_name_the_format_and_what_was_expected() {
+        let err = parse(Format::Gitleaks, br#"{"findings": []}"#).expect_err("an object");
+        assert_eq!(
+            err.to_string(),
+            "not a valid gitleaks report: expected a JSON array of findings \
+             (gitleaks --report-format json), found an object"
+        );
+    }
+}

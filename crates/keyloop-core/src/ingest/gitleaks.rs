@@ -1,0 +1,217 @@
+//! gitleaks JSON reports (`gitleaks detect --report-format json`, and `gitleaks git|dir` in
+//! v8.19+): a top-level array of findings whose `Secret` is the plaintext. Only `Secret`, `File`,
+//! `StartLine`, `Commit`, `Link` and `RuleID` are read; every other field (including `Match`,
+//! which also holds the value) is ignored, so reports from any v8 release parse.
+
+use super::json::{self, SecretField};
+use super::{Parsed, Rejected};
+use crate::fingerprint::Fingerprint;
+use crate::leak::{LeakFinding, LeakLocation};
+use serde_json::Value;
+
+const EXPECTED: &str = "a JSON array of findings (gitleaks --report-format json)";
+
+const NO_SECRET: &str =
+    "finding has no `Secret` (gitleaks was run with --redact?); rerun without --redact";
+
+const REDACTED: &str = "`Secret` is redacted (gitleaks was run with --redact); rerun without \
+                        --redact so the value can be fingerprinted";
+
+/// Parses a gitleaks report.
+pub(crate) fn parse(text: &str) -> Result<Parsed, String> {
+    let mut doc = json::document(text, EXPECTED)?;
+    let items = match &mut *doc {
+        Value::Array(items) => items,
+        // gitleaks releases whose JSON writer lacks the empty-report guard encode a nil slice
+        // of findings, that is a clean scan, as `null`.
+        Value::Null => return Ok(Parsed::default()),
+        other => return Err(format!("expected {EXPECTED}, found {}", json::kind(other))),
+    };
+    let mut parsed = Parsed::default();
+    for (index, item) in items.iter_mut().enumerate() {
+        match finding(item) {
+            Ok(finding) => parsed.findings.push(finding),
+            Err(reason) => parsed.rejected.push(Rejected {
+                position: format!("finding {}", index + 1),
+                reason,
+            }),
+        }
+    }
+    Ok(parsed)
+}
+
+fn finding(item: &mut Value) -> Result<LeakFinding, String> {
+    let found = json::kind(item);
+    let Some(object) = item.as_object_mut() else {
+        return Err(format!("expected a finding object, found {found}"));
+    };
+    let secret = match json::take_secret(object, "Secret") {
+        SecretField::Value(secret) => secret,
+        SecretField::Missing | SecretField::Empty => return Err(NO_SECRET.into()),
+        SecretField::NotAString(found) => {
+            return Err(format!("`Secret` is {found}, expected a string"));
+        }
+    };
+    if is_redacted(secret.expose()) {
+        return Err(REDACTED.into());
+    }
+    let fingerprint = Fingerprint::of(&secret);
+    drop(secret);
+    let detector = match json::text(object, "RuleID") {
+        Some(rule) => format!("gitleaks:{rule}"),
+        None => "gitleaks".to_owned(),
+    };
+    Ok(LeakFinding {
+        fingerprint,
+        detector,
+        location: LeakLocation {
+            repo: None,
+            file: json::text(object, "File"),
+            line: json::line(object, "StartLine"),
+            // Empty when the scan was not of git history (`--no-git`, `gitleaks dir`).
+            commit: json::text(object, "Commit"),
+            // Set by gitleaks v8.19+ when the remote is a known platform.
+            url: json::text(object, "Link"),
+        },
+    })
+}
+
+/// `--redact` replaces the value with `REDACTED` (`REDACT` before v8), and `--redact=N` keeps a
+/// prefix followed by `...`; fingerprinting either would match nothing.
+fn is_redacted(value: &str) -> bool {
+    matches!(value, "REDACTED" | "REDACT") || value.ends_with("...")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::secret::Secret;
+
+    const FIXTURE: &str = include_str!("../../../../tests/fixtures/ingest/gitleaks.json");
+
+    fn fingerprint(value: &str) -> Fingerprint {
+        Fingerprint::of(&Secret::from(value))
+    }
+
+    #[test]
+    fn gitleaks_report_yields_hashed_findings_with_location() {
+        let parsed = parse(FIXTURE).expect("a valid report");
+        assert!(parsed.rejected.is_empty(), "{:?}", parsed.rejected);
+        assert_eq!(
+            parsed.findings,
+            vec![
+                LeakFinding {
+                    fingerprint: fingerprint("FAKE-gitleaks-generic-0001-not-a-real-key"),
+                    detector: "gitleaks:generic-api-key".into(),
+                    location: LeakLocation {
+                        repo: None,
+                        file: Some("config/settings.py".into()),
+                        line: Some(12),
+                        commit: Some("3f9c2a1b7e4d5c6f8a9b0c1d2e3f4a5b6c7d8e9f".into()),
+                        url: Some(
+                            "https://github.com/acme/payments/blob/\
+                             3f9c2a1b7e4d5c6f8a9b0c1d2e3f4a5b6c7d8e9f/config/settings.py#L12"
+                                .into()
+                        ),
+                    },
+                },
+                LeakFinding {
+                    fingerprint: fingerprint("FAKE-gitleaks-webhook-0002-not-a-real-url"),
+                    detector: "gitleaks:slack-webhook-url".into(),
+                    location: LeakLocation {
+                        file: Some("deploy/.env.staging".into()),
+                        line: Some(3),
+                        ..LeakLocation::default()
+                    },
+                },
+            ]
+        );
+    }
+
+    #[test]
+    fn empty_array_and_null_are_clean_scans() {
+        for report in ["[]", " [ ]\n", "null\n"] {
+            let parsed = parse(report).expect("a clean scan");
+            assert!(parsed.findings.is_empty() && parsed.rejected.is_empty());
+        }
+    }
+
+    #[test]
+    fn redacted_or_missing_secrets_are_rejected_with_advice() {
+        let report = r#"[
+            {"RuleID": "a", "Secret": "REDACTED", "Match": "key = REDACTED"},
+            {"RuleID": "b", "Secret": "FAKE-pa...", "File": "x"},
+            {"RuleID": "c", "Secret": ""},
+            {"RuleID": "d"},
+            {"RuleID": "e", "Secret": 1234},
+            "not a finding",
+            {"Secret": "FAKE-gitleaks-norule-0003"}
+        ]"#;
+        let parsed = parse(report).expect("a report");
+        let positions: Vec<_> = parsed
+            .rejected
+            .iter()
+            .map(|r| r.position.as_str())
+            .collect();
+        assert_eq!(
+            positions,
+            [
+                "finding 1",
+                "finding 2",
+                "finding 3",
+                "finding 4",
+                "finding 5",
+                "finding 6"
+            ]
+        );
+        assert!(
+            parsed.rejected[..4]
+                .iter()
+                .all(|r| r.reason.contains("rerun without --redact"))
+        );
+        assert_eq!(
+            parsed.rejected[4].reason,
+            "`Secret` is a number, expected a string"
+        );
+        assert_eq!(
+            parsed.rejected[5].reason,
+            "expected a finding object, found a string"
+        );
+        assert_eq!(parsed.findings.len(), 1);
+        assert_eq!(parsed.findings[0].detector, "gitleaks");
+        assert_eq!(
+            parsed.findings[0].fingerprint,
+            fingerprint("FAKE-gitleaks-norule-0003")
+        );
+    }
+
+    #[test]
+    fn unknown_fields_and_odd_location_types_are_tolerated() {
+        let report = r#"[{"Secret": "FAKE-gitleaks-0004", "RuleID": "r", "StartLine": "9",
+            "File": 17, "Commit": null, "FutureField": {"nested": [1, 2]}}]"#;
+        let parsed = parse(report).expect("a report");
+        assert_eq!(
+            parsed.findings[0].location,
+            LeakLocation {
+                line: Some(9),
+                ..LeakLocation::default()
+            }
+        );
+    }
+
+    #[test]
+    fn malformed_gitleaks_input_is_an_error() {
+        let object = parse(r#"{"Secret": "FAKE-gitleaks-0005"}"#).expect_err("an object");
+        assert_eq!(
+            object,
+            "expected a JSON array of findings (gitleaks --report-format json), found an object"
+        );
+        let truncated = parse(r#"[{"Secret": "FAKE-gitleaks-0006", "#).expect_err("truncated");
+        assert!(
+            truncated.starts_with("not JSON (EOF while parsing"),
+            "{truncated}"
+        );
+        assert!(!truncated.contains("FAKE-gitleaks-0006"));
+        assert!(parse("gitleaks found 2 leaks").is_err());
+    }
+}

@@ -1,0 +1,22 @@
+//! keyloop's domain: credentials and their versions, leak findings, lifecycle events
+//! (CloudEvents 1.0), commands, fingerprints and the `Secret` type. Pure data and rules, no
+//! I/O, so every other crate shares one vocabulary and the JSON Schemas in `schemas/` come
+//! from here.
+
+pub mod credential;
+pub mod duration;
+pub mod event;
+pub mod fingerprint;
+pub mod ingest;
+pub mod leak;
+pub mod schema;
+pub mod secret;
+
+pub use credential::{
+    Credential, CredentialId, Policy, RevokeReason, RotationReason, Stage, StoreKind, TargetKind,
+    Version,
+};
+pub use event::{CloudEvent, LifecycleData, LifecycleEvent, LifecycleKind};
+pub use fingerprint::Fingerprint;
+pub use leak::{LeakFinding, LeakLocation};
+pub use secret::Secret;

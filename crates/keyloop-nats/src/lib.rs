@@ -1,0 +1,16 @@
+//! keyloop on NATS JetStream: the layout (streams, consumers, KV buckets) and `init`, typed
+//! publishing with dedup ids, the inventory with compare-and-set, the consume runtime shared by
+//! every worker, and the launcher for a child `nats-server`.
+
+pub mod bus;
+pub mod error;
+pub mod inventory;
+pub mod runtime;
+pub mod server;
+pub mod topology;
+
+pub use bus::Bus;
+pub use error::{Error, ErrorKind};
+pub use inventory::{Change, FingerprintIndex, FingerprintRef, Inventory};
+pub use runtime::{ConsumeConfig, ConsumeStats, Delivery, Handler, HandlerError};
+pub use topology::{Role, Topology};

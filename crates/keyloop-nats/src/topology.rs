@@ -1,0 +1,306 @@
+//! The NATS layout: stream, subject, consumer and bucket names under a configurable prefix, and
+//! `init`, which creates or upgrades all of it. `init` is idempotent: running it on a live
+//! system changes only what differs from the layout here.
+
+use async_nats::jetstream::{self, consumer, kv, stream};
+use std::time::Duration;
+
+/// How long inbound events and lifecycle events are kept (the audit horizon).
+pub const AUDIT_RETENTION: Duration = Duration::from_secs(400 * 24 * 3600);
+/// Dedup window of the inbound stream: the same finding ingested again within it is dropped.
+pub const EVENTS_DEDUP_WINDOW: Duration = Duration::from_secs(24 * 3600);
+/// Dedup window of the lifecycle stream: longer than any message's redelivery span
+/// ([`MAX_DELIVER`] deliveries, each at most [`ACK_WAIT`] or the longest nak delay apart).
+pub const LIFECYCLE_DEDUP_WINDOW: Duration = Duration::from_secs(2 * 3600);
+/// How long a worker may hold a message before JetStream redelivers it.
+pub const ACK_WAIT: Duration = Duration::from_secs(30);
+/// Deliveries before a message is given up on (then it goes to the DLQ).
+pub const MAX_DELIVER: i64 = 8;
+
+/// A worker role: one durable consumer shared by all replicas of the role.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Role {
+    /// Matches leaks to versions and asks for revocation.
+    LeakResponder,
+    /// Runs the rotation protocol.
+    Rotator,
+    /// Makes versions invalid at their target and destroys their values.
+    Revoker,
+}
+
+impl Role {
+    /// Every role, in pipeline order.
+    pub const ALL: [Role; 3] = [Self::LeakResponder, Self::Rotator, Self::Revoker];
+
+    /// The role's name on the command line and as its durable consumer's name.
+    pub const fn name(self) -> &'static str {
+        match self {
+            Self::LeakResponder => "leak-responder",
+            Self::Rotator => "rotator",
+            Self::Revoker => "revoker",
+        }
+    }
+
+    /// Parses a role name.
+    pub fn from_name(name: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|r| r.name() == name)
+    }
+}
+
+/// Names of everything keyloop keeps in NATS, under one prefix.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Topology {
+    prefix: String,
+}
+
+impl Default for Topology {
+    fn default() -> Self {
+        Self::new("keyloop")
+    }
+}
+
+impl Topology {
+    /// A layout under `prefix` (default `keyloop`): subjects `<prefix>.…`, streams
+    /// `<PREFIX>_…`, buckets `<prefix>_…`.
+    pub fn new(prefix: &str) -> Self {
+        Self {
+            prefix: prefix.to_owned(),
+        }
+    }
+
+    /// The subject prefix.
+    pub fn prefix(&self) -> &str {
+        &self.prefix
+    }
+
+    fn stream_name(&self, suffix: &str) -> String {
+        format!(
+            "{}_{suffix}",
+            self.prefix.to_ascii_uppercase().replace(['.', '-'], "_")
+        )
+    }
+
+    fn bucket_name(&self, suffix: &str) -> String {
+        format!("{}_{suffix}", self.prefix.replace(['.', '-'], "_"))
+    }
+
+    /// Inbound facts: leaks, tasks, schedule ticks, uses.
+    pub fn events_stream(&self) -> String {
+        self.stream_name("EVENTS")
+    }
+    /// Internal work items.
+    pub fn commands_stream(&self) -> String {
+        self.stream_name("COMMANDS")
+    }
+    /// The audit log.
+    pub fn lifecycle_stream(&self) -> String {
+        self.stream_name("LIFECYCLE")
+    }
+    /// What could not be processed.
+    pub fn dlq_stream(&self) -> String {
+        self.stream_name("DLQ")
+    }
+
+    /// Credentials and their versions.
+    pub fn inventory_bucket(&self) -> String {
+        self.bucket_name("inventory")
+    }
+    /// Digest → credential/version.
+    pub fn fingerprint_bucket(&self) -> String {
+        self.bucket_name("fingerprints")
+    }
+    /// The `local` store's encrypted values.
+    pub fn secrets_bucket(&self) -> String {
+        self.bucket_name("secrets")
+    }
+
+    /// `<prefix>.leak.detected`.
+    pub fn leak_detected(&self) -> String {
+        format!("{}.leak.detected", self.prefix)
+    }
+    /// `<prefix>.cmd.revoke`.
+    pub fn cmd_revoke(&self) -> String {
+        format!("{}.cmd.revoke", self.prefix)
+    }
+    /// `<prefix>.cmd.rotate`.
+    pub fn cmd_rotate(&self) -> String {
+        format!("{}.cmd.rotate", self.prefix)
+    }
+    /// `<prefix>.lifecycle.<kind>.<credential>`.
+    pub fn lifecycle(&self, kind: &str, credential: &str) -> String {
+        format!("{}.lifecycle.{kind}.{credential}", self.prefix)
+    }
+    /// `<prefix>.lifecycle.>`.
+    pub fn lifecycle_all(&self) -> String {
+        format!("{}.lifecycle.>", self.prefix)
+    }
+    /// `<prefix>.dlq.<role>`.
+    pub fn dlq(&self, role: &str) -> String {
+        format!("{}.dlq.{role}", self.prefix)
+    }
+
+    /// The stream a role consumes and its filter subject.
+    pub fn consumer_of(&self, role: Role) -> (String, String) {
+        match role {
+            Role::LeakResponder => (self.events_stream(), self.leak_detected()),
+            Role::Rotator => (self.commands_stream(), self.cmd_rotate()),
+            Role::Revoker => (self.commands_stream(), self.cmd_revoke()),
+        }
+    }
+
+    fn streams(&self) -> Vec<stream::Config> {
+        let p = &self.prefix;
+        vec![
+            stream::Config {
+                name: self.events_stream(),
+                description: Some(
+                    "keyloop inbound facts: leaks, tasks, schedule ticks, uses".into(),
+                ),
+                subjects: vec![
+                    format!("{p}.leak.>"),
+                    format!("{p}.task.>"),
+                    format!("{p}.schedule.>"),
+                    format!("{p}.credential.used"),
+                ],
+                retention: stream::RetentionPolicy::Limits,
+                max_age: AUDIT_RETENTION,
+                duplicate_window: EVENTS_DEDUP_WINDOW,
+                storage: stream::StorageType::File,
+                ..Default::default()
+            },
+            stream::Config {
+                name: self.commands_stream(),
+                description: Some("keyloop work items".into()),
+                subjects: vec![format!("{p}.cmd.>")],
+                retention: stream::RetentionPolicy::WorkQueue,
+                duplicate_window: LIFECYCLE_DEDUP_WINDOW,
+                storage: stream::StorageType::File,
+                ..Default::default()
+            },
+            stream::Config {
+                name: self.lifecycle_stream(),
+                description: Some("keyloop audit log: every state change, replayable".into()),
+                subjects: vec![self.lifecycle_all()],
+                retention: stream::RetentionPolicy::Limits,
+                max_age: AUDIT_RETENTION,
+                duplicate_window: LIFECYCLE_DEDUP_WINDOW,
+                storage: stream::StorageType::File,
+                ..Default::default()
+            },
+            stream::Config {
+                name: self.dlq_stream(),
+                description: Some(
+                    "keyloop messages that could not be processed, with the reason".into(),
+                ),
+                subjects: vec![format!("{p}.dlq.>")],
+                retention: stream::RetentionPolicy::Limits,
+                max_age: AUDIT_RETENTION,
+                storage: stream::StorageType::File,
+                ..Default::default()
+            },
+        ]
+    }
+
+    fn buckets(&self) -> Vec<kv::Config> {
+        vec![
+            kv::Config {
+                bucket: self.inventory_bucket(),
+                description: "keyloop inventory: credentials and versions (compare-and-set)".into(),
+                history: 5,
+                storage: stream::StorageType::File,
+                ..Default::default()
+            },
+            kv::Config {
+                bucket: self.fingerprint_bucket(),
+                description: "keyloop fingerprint index: digest -> credential/version".into(),
+                history: 1,
+                storage: stream::StorageType::File,
+                ..Default::default()
+            },
+            kv::Config {
+                bucket: self.secrets_bucket(),
+                description: "keyloop local store: encrypted values".into(),
+                history: 1,
+                storage: stream::StorageType::File,
+                ..Default::default()
+            },
+        ]
+    }
+
+    /// The durable consumer of a role.
+    pub fn consumer_config(&self, role: Role) -> consumer::pull::Config {
+        let (_, filter) = self.consumer_of(role);
+        consumer::pull::Config {
+            durable_name: Some(role.name().to_owned()),
+            description: Some(format!("keyloop {} (shared by all replicas)", role.name())),
+            filter_subject: filter,
+            ack_policy: consumer::AckPolicy::Explicit,
+            ack_wait: ACK_WAIT,
+            max_deliver: MAX_DELIVER,
+            max_ack_pending: 10_000,
+            ..Default::default()
+        }
+    }
+
+    /// Creates or upgrades streams, KV buckets and consumers. Idempotent.
+    pub async fn init(&self, js: &jetstream::Context) -> Result<InitReport, InitError> {
+        let mut report = InitReport::default();
+        for cfg in self.streams() {
+            let name = cfg.name.clone();
+            js.create_or_update_stream(cfg)
+                .await
+                .map_err(|e| InitError::new(format!("stream {name}"), e))?;
+            report.streams.push(name);
+        }
+        for cfg in self.buckets() {
+            let name = cfg.bucket.clone();
+            js.create_or_update_key_value(cfg)
+                .await
+                .map_err(|e| InitError::new(format!("KV bucket {name}"), e))?;
+            report.buckets.push(name);
+        }
+        for role in Role::ALL {
+            let (stream, _) = self.consumer_of(role);
+            let cfg = self.consumer_config(role);
+            let stream_handle = js
+                .get_stream(&stream)
+                .await
+                .map_err(|e| InitError::new(format!("stream {stream}"), e))?;
+            stream_handle
+                .create_consumer(cfg)
+                .await
+                .map_err(|e| InitError::new(format!("consumer {} on {stream}", role.name()), e))?;
+            report.consumers.push(format!("{stream}/{}", role.name()));
+        }
+        Ok(report)
+    }
+}
+
+/// What `init` created or checked.
+#[derive(Debug, Default, Clone, serde::Serialize)]
+pub struct InitReport {
+    /// Streams, by name.
+    pub streams: Vec<String>,
+    /// KV buckets, by name.
+    pub buckets: Vec<String>,
+    /// Consumers, as `STREAM/name`.
+    pub consumers: Vec<String>,
+}
+
+/// `init` could not create or upgrade one piece.
+#[derive(Debug, thiserror::Error)]
+#[error("could not create or upgrade {what}: {source}")]
+pub struct InitError {
+    what: String,
+    #[source]
+    source: Box<dyn std::error::Error + Send + Sync>,
+}
+
+impl InitError {
+    fn new(what: String, source: impl std::error::Error + Send + Sync + 'static) -> Self {
+        Self {
+            what,
+            source: Box::new(source),
+        }
+    }
+}

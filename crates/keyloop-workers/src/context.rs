@@ -1,0 +1,70 @@
+//! What every handler needs: the bus, the inventory and fingerprint index, and the backends a
+//! credential may name. Built once per process and shared by all roles in it.
+
+use keyloop_backends::{LocalStore, MasterKey, NoneTarget, Store, Target};
+use keyloop_core::{StoreKind, TargetKind};
+use keyloop_nats::{Bus, Error, ErrorKind, FingerprintIndex, Inventory};
+use std::sync::Arc;
+
+/// The stores and targets this process can reach.
+#[derive(Debug, Clone, Default)]
+pub struct Backends {
+    /// The `local` store; `None` when no master key was given.
+    pub local: Option<Arc<LocalStore>>,
+}
+
+impl Backends {
+    /// The store of that kind, or an error that says how to configure it.
+    pub fn store(&self, kind: StoreKind) -> Result<Arc<dyn Store>, Error> {
+        match kind {
+            StoreKind::Local => self.local.clone().map(|s| s as Arc<dyn Store>).ok_or_else(|| {
+                Error::msg(
+                    ErrorKind::Permanent,
+                    "the local store needs a master key: set KEYLOOP_MASTER_KEY or pass --master-key-file",
+                )
+            }),
+        }
+    }
+
+    /// The target of that kind.
+    pub fn target(&self, kind: TargetKind) -> Result<Arc<dyn Target>, Error> {
+        match kind {
+            TargetKind::None => Ok(Arc::new(NoneTarget)),
+        }
+    }
+}
+
+/// Shared state of the workers in one process.
+#[derive(Debug, Clone)]
+pub struct WorkerContext {
+    /// NATS.
+    pub bus: Bus,
+    /// Credentials and versions.
+    pub inventory: Inventory,
+    /// Digest → version.
+    pub fingerprints: FingerprintIndex,
+    /// Stores and targets.
+    pub backends: Backends,
+}
+
+impl WorkerContext {
+    /// Opens the buckets (they must exist: `keyloop init`) and the local store when a master
+    /// key is given.
+    pub async fn open(bus: Bus, master_key: Option<&MasterKey>) -> Result<Self, Error> {
+        let inventory = bus.inventory().await?;
+        let fingerprints = bus.fingerprints().await?;
+        let local = match master_key {
+            Some(key) => {
+                let kv = bus.kv(&bus.topology.secrets_bucket()).await?;
+                Some(Arc::new(LocalStore::new(kv, key)))
+            }
+            None => None,
+        };
+        Ok(Self {
+            bus,
+            inventory,
+            fingerprints,
+            backends: Backends { local },
+        })
+    }
+}

@@ -1,0 +1,115 @@
+//! leak-responder: matches a leak finding's fingerprint to a credential version. A live match
+//! publishes `leak_matched` and a `cmd.revoke` (then rotate, if the leaked version is current or
+//! pending); a dead version gives `leak_inert`, an unknown digest `leak_unmatched`.
+//!
+//! Redelivery is harmless: the events and the command have ids derived from the leak id and
+//! the version, so a second pass publishes duplicates that the streams drop.
+
+use crate::context::WorkerContext;
+use crate::decode;
+use crate::ops::Cause;
+use futures::FutureExt;
+use keyloop_core::event::{
+    CloudEvent, LEAK_DETECTED_TYPE, REVOKE_COMMAND_TYPE, RevokeCommand, stable_id,
+};
+use keyloop_core::{LeakFinding, LifecycleData, LifecycleKind, RevokeReason, Stage};
+use keyloop_nats::{Delivery, Handler, HandlerError};
+use std::sync::Arc;
+use tracing::info;
+
+const SOURCE: &str = "keyloop/leak-responder";
+
+/// The handler of `<prefix>.leak.detected`.
+pub fn handler(ctx: Arc<WorkerContext>) -> Handler {
+    Arc::new(move |delivery| {
+        let ctx = ctx.clone();
+        async move { respond(&ctx, &delivery).await }.boxed()
+    })
+}
+
+async fn respond(ctx: &WorkerContext, delivery: &Delivery) -> Result<(), HandlerError> {
+    let leak: CloudEvent<LeakFinding> =
+        decode::cloud_event(&delivery.message.payload, LEAK_DETECTED_TYPE)?;
+    let finding = &leak.data;
+    if finding.fingerprint.is_empty() {
+        return Err(HandlerError::permanent(format!(
+            "leak {} has no digest (sha256 or sha1) to match",
+            leak.id
+        )));
+    }
+    let cause = Cause {
+        source: SOURCE.into(),
+        // A leak starts its own chain: its id is the correlation id of everything that follows.
+        correlation: Some(
+            leak.correlationid
+                .clone()
+                .unwrap_or_else(|| leak.id.clone()),
+        ),
+        causation: Some(leak.id.clone()),
+    };
+    let keys = finding.fingerprint.index_keys();
+    let target = ctx.fingerprints.lookup(&keys).await?;
+    let matched = match target {
+        Some(t) => ctx
+            .inventory
+            .get(&t.credential)
+            .await?
+            .and_then(|(cred, _)| cred.version(t.version).cloned().map(|v| (cred, v))),
+        None => None,
+    };
+    let Some((cred, version)) = matched else {
+        info!(leak = %leak.id, fingerprint = %finding.fingerprint, "leak matches no managed credential");
+        let mut data = LifecycleData::new(LifecycleKind::LeakUnmatched, None, None);
+        data.fingerprint = Some(finding.fingerprint.clone());
+        data.detail = Some(finding.detector.clone());
+        cause.publish(ctx, &leak.id, data).await?;
+        return Ok(());
+    };
+    let step = format!("{}/{}", leak.id, version.id);
+    if version.stage == Stage::Revoked {
+        info!(leak = %leak.id, credential = %cred.id, version = %version.id, "leaked version is already revoked");
+        let mut data = LifecycleData::new(
+            LifecycleKind::LeakInert,
+            Some(cred.id.clone()),
+            Some(version.id),
+        );
+        data.matched_stage = Some(Stage::Revoked);
+        data.detail = Some(finding.detector.clone());
+        cause.publish(ctx, &step, data).await?;
+        return Ok(());
+    }
+    info!(leak = %leak.id, credential = %cred.id, version = %version.id, stage = version.stage.name(), "leak matched a live version; revoking");
+    let mut data = LifecycleData::new(
+        LifecycleKind::LeakMatched,
+        Some(cred.id.clone()),
+        Some(version.id),
+    );
+    data.matched_stage = Some(version.stage);
+    data.fingerprint = Some(finding.fingerprint.clone());
+    data.detail = Some(finding.detector.clone());
+    cause.publish(ctx, &step, data).await?;
+
+    let command = RevokeCommand {
+        credential: cred.id.clone(),
+        version: Some(version.id),
+        reason: RevokeReason::Leak,
+        op_id: step.clone(),
+        leak_published_at: Some(delivery.published),
+        // A leaked current (or in-flight pending) value leaves the credential without a working
+        // one: issue a fresh current right after. A leaked previous needs no replacement.
+        then_rotate: matches!(version.stage, Stage::Current | Stage::Pending),
+        note: None,
+    };
+    let event = CloudEvent::new(
+        stable_id(&format!("cmd/revoke/{step}")).to_string(),
+        SOURCE,
+        REVOKE_COMMAND_TYPE,
+        command,
+    )
+    .with_subject(cred.id.to_string())
+    .caused_by(cause.correlation.clone(), cause.causation.clone());
+    ctx.bus
+        .publish_event(&ctx.bus.topology.cmd_revoke(), &event)
+        .await?;
+    Ok(())
+}

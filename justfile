@@ -1,0 +1,22 @@
+# keyloop tasks. Each recipe is a thin wrapper: the scripts work without `just`.
+
+# every worker in one process (starts a child nats-server if none answers)
+up:
+    cargo run --release -p keyloop-cli -- up
+
+# the self-contained tour
+demo:
+    scripts/demo
+
+# the whole test suite against real servers
+test:
+    scripts/test
+
+# formatting and lints, as CI runs them
+lint:
+    cargo fmt --all --check
+    cargo clippy --workspace --all-targets -- -D warnings
+
+# regenerate schemas/ from the Rust types
+schemas:
+    cargo run -q -p keyloop-cli -- schemas schemas

@@ -1,0 +1,117 @@
+//! The CLI's promises to a person: the demo runs on a fresh machine, errors say what to do,
+//! output has a `--json` form.
+
+use crate::harness::{Env, KEYLOOP};
+use std::process::Stdio;
+
+#[tokio::test]
+async fn demo_runs_the_whole_loop_and_exits_zero() {
+    let out = tokio::process::Command::new(KEYLOOP)
+        .arg("demo")
+        .arg("--json")
+        .env(
+            "KEYLOOP_NATS_SERVER",
+            keyloop_testkit::nats_server_binary().await,
+        )
+        .stdin(Stdio::null())
+        .output()
+        .await
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let stdout = String::from_utf8(out.stdout).unwrap();
+    let summary: serde_json::Value = serde_json::from_str(stdout.lines().last().unwrap()).unwrap();
+    assert_eq!(summary["credential"], "saas/stripe-payouts");
+    assert!(summary["time_to_revoke_ms"].as_u64().is_some());
+    assert_eq!(summary["duplicate_ingest_deduplicated"], 1);
+}
+
+#[tokio::test]
+async fn errors_name_the_credential_and_the_next_step() {
+    let env = Env::start().await;
+    let out = env.run(&["credential", "show", "pg/missing"]).await;
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("pg/missing") && stderr.contains("credential list"),
+        "{stderr}"
+    );
+
+    let out = env
+        .run(&["credential", "register", "bad id with spaces"])
+        .await;
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("invalid credential id"));
+
+    env.ok(&[
+        "credential",
+        "register",
+        "pg/app",
+        "--max-age",
+        "30d",
+        "--grace",
+        "1h",
+    ])
+    .await;
+    let out = env.run(&["credential", "register", "pg/app"]).await;
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("already registered"));
+
+    let out = env
+        .run(&["worker", "rotator", "--master-key-file", "/nonexistent"])
+        .await;
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("master key"));
+
+    let out = env.run(&["worker", "janitor"]).await;
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("unknown worker role"));
+
+    let out = env
+        .keyloop()
+        .args(["credential", "list"])
+        .env("KEYLOOP_NATS_URL", "nats://127.0.0.1:1")
+        .output()
+        .await
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("no NATS server answers"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+#[tokio::test]
+async fn show_list_and_replay_have_json_forms_without_values() {
+    let env = Env::start().await;
+    let value = env.register_and_reveal("saas/json").await;
+    let list = env.ok(&["credential", "list", "--json"]).await;
+    let cred: serde_json::Value = serde_json::from_str(list.lines().next().unwrap()).unwrap();
+    assert_eq!(cred["id"], "saas/json");
+    assert_eq!(cred["versions"][0]["stage"], "current");
+    let show = env.ok(&["--json", "credential", "show", "saas/json"]).await;
+    assert!(show.contains("sha256"));
+    let replay = env
+        .ok(&["replay", "--credential", "saas/json", "--json"])
+        .await;
+    let kinds: Vec<String> = replay
+        .lines()
+        .map(|l| {
+            serde_json::from_str::<serde_json::Value>(l).unwrap()["data"]["kind"]
+                .as_str()
+                .unwrap()
+                .to_owned()
+        })
+        .collect();
+    assert_eq!(kinds, ["created", "used"]);
+    for out in [&list, &show, &replay] {
+        assert!(!out.contains(&value));
+    }
+    let init = env.ok(&["init", "--json"]).await;
+    let init: serde_json::Value = serde_json::from_str(init.trim()).unwrap();
+    assert_eq!(init["streams"].as_array().unwrap().len(), 4);
+}

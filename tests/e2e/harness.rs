@@ -1,0 +1,362 @@
+//! What every end-to-end test needs: its own nats-server with keyloop's layout, a master key
+//! file, the `keyloop` binary with the right environment, worker processes whose logs are kept,
+//! and readers for streams and lifecycle events.
+
+use futures::StreamExt;
+use keyloop_core::LifecycleEvent;
+use keyloop_nats::Bus;
+use keyloop_testkit::TestServer;
+use std::path::{Path, PathBuf};
+use std::process::{Output, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+use tempfile::TempDir;
+use tokio::process::{Child, Command};
+use tokio::sync::Notify;
+
+pub(crate) const KEYLOOP: &str = env!("CARGO_BIN_EXE_keyloop");
+
+/// A server, its layout, a master key file and a scratch directory.
+pub(crate) struct Env {
+    pub(crate) server: TestServer,
+    pub(crate) bus: Bus,
+    pub(crate) dir: TempDir,
+    nats_server: PathBuf,
+}
+
+impl Env {
+    pub(crate) async fn start() -> Self {
+        let server = TestServer::start().await;
+        let bus = server.bus().await;
+        let dir = tempfile::Builder::new()
+            .prefix("keyloop-e2e-")
+            .tempdir()
+            .unwrap();
+        let key = dir.path().join("master.key");
+        std::fs::write(
+            &key,
+            keyloop_backends::MasterKey::generate().to_hex().as_bytes(),
+        )
+        .unwrap();
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt;
+            std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o600)).unwrap();
+        }
+        let nats_server = keyloop_testkit::nats_server_binary().await;
+        Self {
+            server,
+            bus,
+            dir,
+            nats_server,
+        }
+    }
+
+    /// `keyloop` with this env's server, key and data directory.
+    pub(crate) fn keyloop(&self) -> Command {
+        let mut cmd = Command::new(KEYLOOP);
+        cmd.env("KEYLOOP_NATS_URL", self.server.url())
+            .env(
+                "KEYLOOP_MASTER_KEY_FILE",
+                self.dir.path().join("master.key"),
+            )
+            .env("KEYLOOP_DATA_DIR", self.dir.path().join("data"))
+            .env("KEYLOOP_NATS_SERVER", &self.nats_server)
+            .env_remove("KEYLOOP_MASTER_KEY")
+            .env_remove("RUST_LOG")
+            .stdin(Stdio::null())
+            .kill_on_drop(true);
+        cmd
+    }
+
+    /// Runs `keyloop ARGS` to the end.
+    pub(crate) async fn run(&self, args: &[&str]) -> Output {
+        self.keyloop()
+            .args(args)
+            .output()
+            .await
+            .expect("run keyloop")
+    }
+
+    /// Runs `keyloop ARGS` and returns stdout, failing the test with stderr if it fails.
+    pub(crate) async fn ok(&self, args: &[&str]) -> String {
+        let out = self.run(args).await;
+        assert!(
+            out.status.success(),
+            "keyloop {args:?} failed ({}):\n{}",
+            out.status,
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8(out.stdout).unwrap()
+    }
+
+    /// Starts `keyloop worker ROLES` at debug log level; its stderr goes to a file.
+    pub(crate) fn worker(&self, name: &str, roles: &[&str]) -> Worker {
+        let log = self.dir.path().join(format!("{name}.log"));
+        let file = std::fs::File::create(&log).unwrap();
+        let child = self
+            .keyloop()
+            .arg("worker")
+            .args(roles)
+            .env("RUST_LOG", "debug")
+            .stdout(Stdio::null())
+            .stderr(file)
+            .spawn()
+            .expect("start keyloop worker");
+        Worker { child, log }
+    }
+
+    /// A file in the scratch directory.
+    pub(crate) fn file(&self, name: &str, contents: &[u8]) -> PathBuf {
+        let path = self.dir.path().join(name);
+        std::fs::write(&path, contents).unwrap();
+        path
+    }
+
+    /// Registers a credential and returns its current value (through the CLI).
+    pub(crate) async fn register_and_reveal(&self, id: &str) -> String {
+        self.ok(&["credential", "register", id, "--store", "local"])
+            .await;
+        self.ok(&["credential", "reveal", id])
+            .await
+            .trim_end()
+            .to_owned()
+    }
+
+    pub(crate) async fn credential(&self, id: &str) -> keyloop_core::Credential {
+        let id = id.parse().unwrap();
+        self.bus
+            .inventory()
+            .await
+            .unwrap()
+            .require(&id)
+            .await
+            .unwrap()
+            .0
+    }
+}
+
+/// A worker process; killed on drop. Its log stays in the env's directory.
+pub(crate) struct Worker {
+    pub(crate) child: Child,
+    pub(crate) log: PathBuf,
+}
+
+impl Worker {
+    pub(crate) fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// SIGTERM, then wait for a clean exit.
+    pub(crate) async fn stop(mut self) -> std::process::ExitStatus {
+        if let Some(pid) = self.child.id() {
+            let _ = std::process::Command::new("kill")
+                .arg("-TERM")
+                .arg(pid.to_string())
+                .status();
+        }
+        tokio::time::timeout(Duration::from_secs(20), self.child.wait())
+            .await
+            .expect("worker stops within 20 s of SIGTERM")
+            .unwrap()
+    }
+}
+
+/// Every lifecycle event published from the moment of subscription (core NATS, so it sees
+/// duplicates the stream drops too: use it to wait, and the stream to count).
+#[derive(Clone)]
+pub(crate) struct Events {
+    seen: Arc<Mutex<Vec<LifecycleEvent>>>,
+    changed: Arc<Notify>,
+}
+
+impl Events {
+    pub(crate) async fn subscribe(bus: &Bus) -> Self {
+        let mut sub = bus
+            .client
+            .subscribe(bus.topology.lifecycle_all())
+            .await
+            .unwrap();
+        bus.client.flush().await.unwrap();
+        let events = Self {
+            seen: Arc::default(),
+            changed: Arc::default(),
+        };
+        let e = events.clone();
+        tokio::spawn(async move {
+            while let Some(msg) = sub.next().await {
+                if let Ok(ev) = serde_json::from_slice(&msg.payload) {
+                    e.seen.lock().unwrap().push(ev);
+                    e.changed.notify_waiters();
+                }
+            }
+        });
+        events
+    }
+
+    /// Waits until `done` holds over the events seen so far; panics with them after `timeout`.
+    pub(crate) async fn wait(
+        &self,
+        what: &str,
+        timeout: Duration,
+        done: impl Fn(&[LifecycleEvent]) -> bool,
+    ) {
+        let deadline = tokio::time::Instant::now() + timeout;
+        loop {
+            let notified = self.changed.notified();
+            if done(&self.seen.lock().unwrap()) {
+                return;
+            }
+            if tokio::time::timeout_at(deadline, notified).await.is_err() {
+                let seen = self.seen.lock().unwrap();
+                let kinds: Vec<_> = seen
+                    .iter()
+                    .map(|e| format!("{} {:?}", e.data.kind.name(), e.subject))
+                    .collect();
+                panic!("timed out after {timeout:?} waiting for {what}; saw {kinds:?}");
+            }
+        }
+    }
+}
+
+/// A message as stored in a stream.
+#[derive(Debug, Clone)]
+pub(crate) struct Stored {
+    pub(crate) subject: String,
+    pub(crate) headers: Vec<(String, String)>,
+    pub(crate) payload: Vec<u8>,
+}
+
+/// Every message currently in `stream`, in order.
+pub(crate) async fn stream_messages(bus: &Bus, stream: &str) -> Vec<Stored> {
+    use async_nats::jetstream::consumer::pull::OrderedConfig;
+    let handle = bus
+        .js
+        .get_stream(stream)
+        .await
+        .unwrap_or_else(|e| panic!("stream {stream}: {e}"));
+    let mut consumer = handle
+        .create_consumer(OrderedConfig::default())
+        .await
+        .unwrap();
+    let pending = consumer.info().await.unwrap().num_pending;
+    let mut out = Vec::new();
+    if pending == 0 {
+        return out;
+    }
+    let mut messages = consumer.messages().await.unwrap();
+    while let Some(msg) = messages.next().await {
+        let msg = msg.unwrap();
+        let left = msg.info().unwrap().pending;
+        let headers = msg
+            .headers
+            .iter()
+            .flat_map(|h| h.iter())
+            .flat_map(|(k, vs)| vs.iter().map(move |v| (k.to_string(), v.to_string())))
+            .collect();
+        out.push(Stored {
+            subject: msg.subject.to_string(),
+            headers,
+            payload: msg.payload.to_vec(),
+        });
+        if left == 0 {
+            break;
+        }
+    }
+    out
+}
+
+/// The lifecycle events stored in the stream, in order.
+pub(crate) async fn lifecycle(bus: &Bus) -> Vec<LifecycleEvent> {
+    stream_messages(bus, &bus.topology.lifecycle_stream())
+        .await
+        .iter()
+        .map(|m| serde_json::from_slice(&m.payload).expect("lifecycle events decode"))
+        .collect()
+}
+
+/// A gitleaks report with one finding of `secret`.
+pub(crate) fn gitleaks_report(secret: &str, file: &str) -> Vec<u8> {
+    serde_json::to_vec(&serde_json::json!([{
+        "Description": "Generic API Key", "StartLine": 3, "EndLine": 3, "StartColumn": 1, "EndColumn": 70,
+        "Match": "token = [redacted in test]", "Secret": secret, "File": file, "SymlinkFile": "",
+        "Commit": "0123456789abcdef0123456789abcdef01234567", "Entropy": 4.2, "Author": "a", "Email": "a@example.com",
+        "Date": "2026-11-29T00:00:00Z", "Message": "m", "Tags": [], "RuleID": "generic-api-key",
+        "Fingerprint": format!("0123456789abcdef0123456789abcdef01234567:{file}:generic-api-key:3")
+    }]))
+    .unwrap()
+}
+
+pub(crate) fn path_str(p: &Path) -> &str {
+    p.to_str().unwrap()
+}
+
+/// Every message published on the server from the moment of the call (subscription on `>`):
+/// streams, commands, KV writes, API requests and replies alike.
+pub(crate) struct Wiretap {
+    bus: Bus,
+    seen: Arc<Mutex<Vec<Stored>>>,
+    changed: Arc<Notify>,
+}
+
+impl Wiretap {
+    pub(crate) async fn start(bus: &Bus) -> Self {
+        let mut sub = bus.client.subscribe(">").await.unwrap();
+        bus.client.flush().await.unwrap();
+        let seen: Arc<Mutex<Vec<Stored>>> = Arc::default();
+        let changed: Arc<Notify> = Arc::default();
+        let (s, c) = (seen.clone(), changed.clone());
+        tokio::spawn(async move {
+            while let Some(msg) = sub.next().await {
+                let headers = msg
+                    .headers
+                    .iter()
+                    .flat_map(|h| h.iter())
+                    .flat_map(|(k, vs)| vs.iter().map(move |v| (k.to_string(), v.to_string())))
+                    .collect();
+                s.lock().unwrap().push(Stored {
+                    subject: msg.subject.to_string(),
+                    headers,
+                    payload: msg.payload.to_vec(),
+                });
+                c.notify_waiters();
+            }
+        });
+        Self {
+            bus: bus.clone(),
+            seen,
+            changed,
+        }
+    }
+
+    /// Everything seen up to now: a sentinel is published and awaited, so every message the
+    /// server routed before this call is included.
+    pub(crate) async fn messages(&self) -> Vec<Stored> {
+        let sentinel = format!("keyloop-test.sentinel.{}", uuid::Uuid::now_v7().simple());
+        let notified = self.changed.notified();
+        tokio::pin!(notified);
+        notified.as_mut().enable();
+        self.bus
+            .client
+            .publish(sentinel.clone(), "".into())
+            .await
+            .unwrap();
+        self.bus.client.flush().await.unwrap();
+        loop {
+            if self
+                .seen
+                .lock()
+                .unwrap()
+                .iter()
+                .any(|m| m.subject == sentinel)
+            {
+                return self.seen.lock().unwrap().clone();
+            }
+            tokio::time::timeout(Duration::from_secs(5), notified.as_mut())
+                .await
+                .expect("the wiretap sees the sentinel");
+            notified.set(self.changed.notified());
+            notified.as_mut().enable();
+        }
+    }
+}
