@@ -106,6 +106,32 @@ impl Env {
         Worker { child, log }
     }
 
+    /// `keyloop token verify` with `token` on stdin: true when valid (exit 0), false when
+    /// invalid (exit 2); anything else fails the test.
+    pub(crate) async fn verify(&self, token: &str) -> bool {
+        use tokio::io::AsyncWriteExt;
+        let mut child = self
+            .keyloop()
+            .args(["token", "verify"])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let mut stdin = child.stdin.take().unwrap();
+        stdin.write_all(token.as_bytes()).await.unwrap();
+        drop(stdin);
+        let out = child.wait_with_output().await.unwrap();
+        match out.status.code() {
+            Some(0) => true,
+            Some(2) => false,
+            _ => panic!(
+                "token verify failed: {}",
+                String::from_utf8_lossy(&out.stderr)
+            ),
+        }
+    }
+
     /// A file in the scratch directory.
     pub(crate) fn file(&self, name: &str, contents: &[u8]) -> PathBuf {
         let path = self.dir.path().join(name);

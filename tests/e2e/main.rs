@@ -3,6 +3,8 @@
 
 mod cli;
 mod harness;
+mod jit;
 mod leak_loop;
 mod no_plaintext;
 mod replicas;
+mod schedule;

@@ -9,7 +9,16 @@ use std::time::Duration;
 #[tokio::test]
 async fn no_value_reaches_any_stream_kv_entry_or_log_line() {
     let env = Env::start().await;
-    let worker = env.worker("worker", &["leak-responder", "rotator", "revoker"]);
+    let worker = env.worker(
+        "worker",
+        &[
+            "leak-responder",
+            "rotator",
+            "revoker",
+            "sweeper",
+            "jit-issuer",
+        ],
+    );
     let events = Events::subscribe(&env.bus).await;
     let wiretap = Wiretap::start(&env.bus).await;
     let mut values = Vec::new();

@@ -15,11 +15,20 @@ pub use local::{LocalStore, MasterKey, MasterKeyError};
 
 /// A fresh credential value from the OS CSPRNG: `kl_` and 64 hex characters (256 bits).
 pub fn generate_value() -> Secret {
+    random_with_prefix("kl_")
+}
+
+/// A fresh JIT token from the OS CSPRNG: `klt_` and 64 hex characters (256 bits).
+pub fn generate_token() -> Secret {
+    random_with_prefix("klt_")
+}
+
+fn random_with_prefix(prefix: &str) -> Secret {
     use chacha20poly1305::aead::{OsRng, rand_core::RngCore};
     let mut bytes = zeroize::Zeroizing::new([0u8; 32]);
     OsRng.fill_bytes(bytes.as_mut());
-    let mut text = String::with_capacity(67);
-    text.push_str("kl_");
+    let mut text = String::with_capacity(prefix.len() + 64);
+    text.push_str(prefix);
     text.push_str(&hex::encode(bytes.as_ref()));
     Secret::new(text)
 }

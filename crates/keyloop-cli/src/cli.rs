@@ -44,7 +44,7 @@ pub(crate) struct Global {
 #[derive(Debug, Subcommand)]
 pub(crate) enum Command {
     /// Run every worker in one process; starts a child nats-server when none answers at --nats.
-    Up,
+    Up(RunArgs),
     /// Run only the named workers (run several processes to add replicas).
     Worker(WorkerArgs),
     /// Create or upgrade streams, consumers and KV buckets (idempotent).
@@ -62,6 +62,14 @@ pub(crate) enum Command {
     Replay(ReplayArgs),
     /// A self-contained tour: own nats-server, a leak, its revocation and rotation.
     Demo,
+    /// Start and complete tasks: JIT credentials per task.
+    #[command(subcommand)]
+    Task(TaskCommand),
+    /// Check a token (read from stdin): exit 0 when valid, 2 when not.
+    #[command(subcommand)]
+    Token(TokenCommand),
+    /// Publish a schedule tick now (the sweeper acts on what is due).
+    Tick,
     /// Write the JSON Schemas of every event into DIR.
     Schemas {
         /// Output directory.
@@ -71,12 +79,55 @@ pub(crate) enum Command {
 
 #[derive(Debug, Args)]
 pub(crate) struct WorkerArgs {
-    /// Roles: leak-responder, rotator, revoker.
+    /// Roles: leak-responder, rotator, revoker, scheduler, sweeper, jit-issuer.
     #[arg(required = true)]
     pub(crate) roles: Vec<String>,
+    #[command(flatten)]
+    pub(crate) run: RunArgs,
+}
+
+/// How workers run (`up` and `worker`).
+#[derive(Debug, Args, Clone)]
+pub(crate) struct RunArgs {
     /// Messages processed at once per role in this process.
     #[arg(long, default_value_t = 64)]
     pub(crate) concurrency: usize,
+    /// The scheduler's window: one tick per window (at least 1s).
+    #[arg(long, default_value = "1m", env = "KEYLOOP_TICK_INTERVAL")]
+    pub(crate) tick_interval: String,
+    /// JIT policy file (JSON: {"scopes": {"read": {"tier": "auto", "max_ttl_secs": 3600}}});
+    /// default: read (auto, 1h), write (notify, 1h), admin (approve, 15m).
+    #[arg(long, env = "KEYLOOP_JIT_POLICY")]
+    pub(crate) jit_policy: Option<PathBuf>,
+}
+
+#[derive(Debug, Subcommand)]
+pub(crate) enum TaskCommand {
+    /// Issue a JIT credential for a task: the token goes to stdout, once; the lease to stderr.
+    Start {
+        /// Task id.
+        task: String,
+        /// The agent that will use it.
+        #[arg(long)]
+        agent: String,
+        /// Scope (read, write, admin by default).
+        #[arg(long)]
+        scope: String,
+        /// Lifetime (e.g. 15m); at most the scope's maximum.
+        #[arg(long)]
+        ttl: String,
+    },
+    /// Mark a task completed: every lease issued for it is revoked.
+    Complete {
+        /// Task id.
+        task: String,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub(crate) enum TokenCommand {
+    /// Verify the token on stdin.
+    Verify,
 }
 
 #[derive(Debug, Subcommand)]
@@ -116,6 +167,9 @@ pub(crate) struct RegisterArgs {
     /// Team or person to page about this credential.
     #[arg(long)]
     pub(crate) owner: Option<String>,
+    /// Revoke every live version when unused for this long (e.g. 30d).
+    #[arg(long)]
+    pub(crate) idle_revoke_after: Option<String>,
 }
 
 #[derive(Debug, Args)]

@@ -13,7 +13,7 @@ use tracing_subscriber::EnvFilter;
 /// stdout stays data. `RUST_LOG` overrides; `KEYLOOP_LOG_FORMAT=json` gives JSON lines.
 pub(crate) fn init_logging(cli: &Cli) {
     let default = match cli.command {
-        Command::Up | Command::Worker(_) => "info",
+        Command::Up(_) | Command::Worker(_) => "info",
         _ => "warn",
     };
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default));
@@ -144,4 +144,34 @@ pub(crate) async fn nats_server_binary() -> Result<PathBuf> {
     keyloop_nats::server::locate(explicit, path.as_deref())
         .await
         .map_err(anyhow::Error::new)
+}
+
+/// The worker configuration from `up`/`worker` flags.
+pub(crate) fn worker_config(args: &crate::cli::RunArgs) -> Result<keyloop_workers::WorkerConfig> {
+    let tick_interval = keyloop_core::duration::parse_duration(&args.tick_interval)
+        .map_err(|e| anyhow::anyhow!("--tick-interval: {e}"))?;
+    if tick_interval < std::time::Duration::from_secs(1) {
+        bail!("--tick-interval must be at least 1s");
+    }
+    let jit_policy = match &args.jit_policy {
+        None => keyloop_core::JitPolicy::default(),
+        Some(path) => {
+            let text = std::fs::read(path)
+                .with_context(|| format!("cannot read JIT policy {}", path.display()))?;
+            serde_json::from_slice(&text).with_context(|| {
+                format!(
+                    "JIT policy {} is not valid: expected {{\"scopes\": {{\"read\": {{\"tier\": \"auto\", \"max_ttl_secs\": 3600}}}}}}",
+                    path.display()
+                )
+            })?
+        }
+    };
+    Ok(keyloop_workers::WorkerConfig {
+        consume: keyloop_nats::ConsumeConfig {
+            concurrency: args.concurrency.max(1),
+            ..Default::default()
+        },
+        tick_interval,
+        jit_policy,
+    })
 }

@@ -149,6 +149,12 @@ pub enum RevokeReason {
     GraceEnded,
     /// A newer rotation replaced the previous version before its grace ended.
     Superseded,
+    /// The task a lease was issued for completed.
+    TaskCompleted,
+    /// A lease reached its expiry.
+    Expired,
+    /// The credential was unused for longer than `idle_revoke_after`.
+    Idle,
 }
 
 impl RevokeReason {
@@ -159,6 +165,9 @@ impl RevokeReason {
             Self::Manual => "manual",
             Self::GraceEnded => "grace_ended",
             Self::Superseded => "superseded",
+            Self::TaskCompleted => "task_completed",
+            Self::Expired => "expired",
+            Self::Idle => "idle",
         }
     }
 }
@@ -244,9 +253,22 @@ pub struct Credential {
     #[serde(with = "time::serde::rfc3339")]
     #[schemars(with = "String")]
     pub created_at: OffsetDateTime,
+    /// When a value of it was last read or presented (recorded at most about once a minute).
+    #[serde(
+        default,
+        with = "time::serde::rfc3339::option",
+        skip_serializing_if = "Option::is_none"
+    )]
+    #[schemars(with = "Option<String>")]
+    pub last_used_at: Option<OffsetDateTime>,
 }
 
 impl Credential {
+    /// When the credential was last used, or registered if never.
+    pub fn last_activity(&self) -> OffsetDateTime {
+        self.last_used_at.unwrap_or(self.created_at)
+    }
+
     /// The version with this id.
     pub fn version(&self, id: Uuid) -> Option<&Version> {
         self.versions.iter().find(|v| v.id == id)
@@ -387,6 +409,7 @@ mod stage_tests {
             },
             versions,
             created_at: datetime!(2026-01-01 0:00 UTC),
+            last_used_at: None,
         }
     }
 

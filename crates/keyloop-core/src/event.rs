@@ -7,6 +7,7 @@
 use crate::credential::{CredentialId, RevokeReason, RotationReason, Stage};
 use crate::fingerprint::Fingerprint;
 use crate::leak::LeakFinding;
+use crate::lease::{Lease, LeaseInfo};
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 use time::OffsetDateTime;
@@ -199,6 +200,9 @@ pub struct LifecycleData {
     /// Who or what asked (`leak-responder`, `cli`, an operator's free-text reason).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub actor: Option<String>,
+    /// The lease, for events about a JIT credential.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub lease: Option<LeaseInfo>,
 }
 
 impl LifecycleData {
@@ -221,6 +225,7 @@ impl LifecycleData {
             time_to_revoke_ms: None,
             detail: None,
             actor: None,
+            lease: None,
         }
     }
 }
@@ -230,6 +235,28 @@ pub type LifecycleEvent = CloudEvent<LifecycleData>;
 
 /// The subject token used for lifecycle events that concern no credential.
 pub const NO_CREDENTIAL_TOKEN: &str = "_none";
+
+/// Builds a lifecycle event about a lease, on subject token `_lease-<id>`.
+pub fn lease_event(
+    source: &str,
+    step: &str,
+    mut data: LifecycleData,
+    lease: &Lease,
+) -> LifecycleEvent {
+    data.lease = Some(LeaseInfo::from(lease));
+    let mut ev = lifecycle_event(source, step, data);
+    ev.subject = Some(Lease::subject_token(lease.id));
+    ev
+}
+
+/// The subject token of a lifecycle event: the credential id, `_lease-<id>`, or `_none`.
+pub fn subject_token(event: &LifecycleEvent) -> String {
+    match (&event.data.credential, &event.data.lease) {
+        (Some(c), _) => c.to_string(),
+        (None, Some(l)) => Lease::subject_token(l.lease_id),
+        (None, None) => NO_CREDENTIAL_TOKEN.to_owned(),
+    }
+}
 
 /// Builds a lifecycle event whose id is derived from `step` (an operation id plus whatever makes
 /// the step unique), so every replica that performs the step publishes the same event.
@@ -269,6 +296,67 @@ pub struct RevokeCommand {
     /// Free text for the audit log (the operator's `--reason`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub note: Option<String>,
+}
+
+/// The type of a lease revocation command.
+pub const REVOKE_LEASE_COMMAND_TYPE: &str = "dev.keyloop.cmd.lease.revoke";
+/// The type of a schedule tick.
+pub const SCHEDULE_TICK_TYPE: &str = "dev.keyloop.schedule.tick";
+/// The type of a task completion.
+pub const TASK_COMPLETED_TYPE: &str = "dev.keyloop.task.completed";
+/// The type of a credential use reported by a service.
+pub const CREDENTIAL_USED_TYPE: &str = "dev.keyloop.credential.used";
+
+/// `keyloop.cmd.lease.revoke`: end a JIT lease.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RevokeLeaseCommand {
+    /// The lease.
+    pub lease: Uuid,
+    /// Why (`task_completed`, `expired`, `leak`, `manual`).
+    pub reason: RevokeReason,
+    /// Operation id.
+    pub op_id: String,
+    /// For a leak: when the leak was published, to measure time-to-revoke.
+    #[serde(
+        default,
+        with = "time::serde::rfc3339::option",
+        skip_serializing_if = "Option::is_none"
+    )]
+    #[schemars(with = "Option<String>")]
+    pub leak_published_at: Option<OffsetDateTime>,
+}
+
+/// `keyloop.schedule.tick`: one per window, whatever the number of scheduler replicas.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ScheduleTick {
+    /// Start of the window (Unix seconds); the tick's id and `Nats-Msg-Id` derive from it.
+    pub window_start: i64,
+    /// Window length in seconds.
+    pub window_secs: u64,
+}
+
+/// `keyloop.task.completed`: revoke every lease of the task.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct TaskCompleted {
+    /// The task.
+    pub task_id: String,
+}
+
+/// `keyloop.credential.used`: a service used a credential (drives idle revocation).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct CredentialUsed {
+    /// The credential.
+    pub credential: CredentialId,
+    /// The version, when known.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub version: Option<Uuid>,
+    /// Who used it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub actor: Option<String>,
 }
 
 /// `keyloop.cmd.rotate`: give a credential a new current version.

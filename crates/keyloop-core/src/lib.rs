@@ -9,6 +9,7 @@ pub mod event;
 pub mod fingerprint;
 pub mod ingest;
 pub mod leak;
+pub mod lease;
 pub mod schema;
 pub mod secret;
 
@@ -19,4 +20,5 @@ pub use credential::{
 pub use event::{CloudEvent, LifecycleData, LifecycleEvent, LifecycleKind};
 pub use fingerprint::Fingerprint;
 pub use leak::{LeakFinding, LeakLocation};
+pub use lease::{JitPolicy, Lease, LeaseState, Tier};
 pub use secret::Secret;

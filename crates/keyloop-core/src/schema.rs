@@ -1,8 +1,12 @@
 //! JSON Schemas of every message keyloop publishes, generated from the Rust types. `keyloop
 //! schemas DIR` writes them; a test fails when the files in `schemas/` drift from the types.
 
-use crate::event::{CloudEvent, LifecycleData, RevokeCommand, RotateCommand};
+use crate::event::{
+    CloudEvent, CredentialUsed, LifecycleData, RevokeCommand, RevokeLeaseCommand, RotateCommand,
+    ScheduleTick, TaskCompleted,
+};
 use crate::leak::LeakFinding;
+use crate::lease::{IssueRequest, VerifyReply};
 
 /// `(file name, pretty JSON schema)` for every published message type.
 pub fn all() -> Vec<(&'static str, String)> {
@@ -17,6 +21,18 @@ pub fn all() -> Vec<(&'static str, String)> {
         ("lifecycle.json", render::<CloudEvent<LifecycleData>>()),
         ("cmd.revoke.json", render::<CloudEvent<RevokeCommand>>()),
         ("cmd.rotate.json", render::<CloudEvent<RotateCommand>>()),
+        (
+            "cmd.lease.revoke.json",
+            render::<CloudEvent<RevokeLeaseCommand>>(),
+        ),
+        ("schedule.tick.json", render::<CloudEvent<ScheduleTick>>()),
+        ("task.completed.json", render::<CloudEvent<TaskCompleted>>()),
+        (
+            "credential.used.json",
+            render::<CloudEvent<CredentialUsed>>(),
+        ),
+        ("jit.issue.request.json", render::<IssueRequest>()),
+        ("token.verify.reply.json", render::<VerifyReply>()),
     ]
 }
 

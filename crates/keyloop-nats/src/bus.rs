@@ -8,7 +8,7 @@ use crate::server;
 use crate::topology::Topology;
 use async_nats::jetstream::{self, context::PublishErrorKind, publish::PublishAck};
 use async_nats::{HeaderMap, jetstream::message::PublishMessage};
-use keyloop_core::event::{CloudEvent, LifecycleEvent, NO_CREDENTIAL_TOKEN};
+use keyloop_core::event::{CloudEvent, LifecycleEvent};
 use serde::Serialize;
 use std::time::Duration;
 
@@ -127,12 +127,8 @@ impl Bus {
 
     /// Publishes a lifecycle event on `<prefix>.lifecycle.<kind>.<credential>`.
     pub async fn publish_lifecycle(&self, event: &LifecycleEvent) -> Result<PublishAck, Error> {
-        let credential = event
-            .data
-            .credential
-            .as_ref()
-            .map_or(NO_CREDENTIAL_TOKEN, |c| c.as_str());
-        let subject = self.topology.lifecycle(event.data.kind.name(), credential);
+        let token = keyloop_core::event::subject_token(event);
+        let subject = self.topology.lifecycle(event.data.kind.name(), &token);
         self.publish_event(&subject, event).await
     }
 
@@ -146,6 +142,12 @@ impl Bus {
     pub async fn fingerprints(&self) -> Result<FingerprintIndex, Error> {
         let bucket = self.topology.fingerprint_bucket();
         Ok(FingerprintIndex::new(self.kv(&bucket).await?))
+    }
+
+    /// The sweeper's due-time index.
+    pub async fn due(&self) -> Result<crate::due::DueIndex, Error> {
+        let bucket = self.topology.due_bucket();
+        Ok(crate::due::DueIndex::new(self.kv(&bucket).await?))
     }
 
     /// Any keyloop KV bucket by name; a clear error before `keyloop init`.

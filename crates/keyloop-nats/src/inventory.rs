@@ -1,11 +1,12 @@
-//! The inventory (credentials and their versions) and the fingerprint index, both JetStream KV
-//! buckets. Every change to a credential is a compare-and-set on the entry's revision, so
-//! replicas that race on one credential serialize: the loser re-reads and re-decides.
+//! The inventory (credentials, leases, the task → lease index) and the fingerprint index, all
+//! JetStream KV buckets. Every change to a record is a compare-and-set on the entry's revision,
+//! so replicas that race on one record serialize: the loser re-reads and re-decides.
 
 use crate::error::{Error, ErrorKind};
-use async_nats::jetstream::kv;
-use futures::TryStreamExt;
-use keyloop_core::{Credential, CredentialId};
+use async_nats::jetstream::{self, kv};
+use futures::{StreamExt, TryStreamExt};
+use keyloop_core::{Credential, CredentialId, Lease};
+use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 use std::time::Duration;
 use uuid::Uuid;
@@ -14,23 +15,174 @@ use uuid::Uuid;
 /// (transiently: the message will be redelivered).
 const CAS_ATTEMPTS: u32 = 32;
 
-fn key_of(id: &CredentialId) -> String {
+fn credential_key(id: &CredentialId) -> String {
     format!("cred.{id}")
 }
 
-/// Credentials, one KV entry each.
-#[derive(Clone, Debug)]
-pub struct Inventory {
-    kv: kv::Store,
+fn lease_key(id: Uuid) -> String {
+    format!("lease.{id}")
+}
+
+/// Task ids become one KV key token: anything outside `[A-Za-z0-9_-]` is hex-escaped as `=XX`.
+fn task_token(task_id: &str) -> String {
+    let mut out = String::with_capacity(task_id.len());
+    for b in task_id.bytes() {
+        if b.is_ascii_alphanumeric() || b == b'_' || b == b'-' {
+            out.push(b as char);
+        } else {
+            out.push_str(&format!("={b:02X}"));
+        }
+    }
+    out
 }
 
 /// What an update closure decided.
 #[derive(Debug)]
 pub enum Change<T> {
-    /// Write the changed credential, then return `T`.
+    /// Write the changed record, then return `T`.
     Write(T),
     /// Nothing to write (already in the wanted state); return `T`.
     Keep(T),
+}
+
+async fn read<T: DeserializeOwned>(kv: &kv::Store, key: &str) -> Result<Option<(T, u64)>, Error> {
+    let entry = kv
+        .entry(key.to_owned())
+        .await
+        .map_err(|e| Error::new(ErrorKind::Transient, format!("read {}/{key}", kv.name), e))?;
+    match entry {
+        Some(e) if e.operation == kv::Operation::Put => {
+            let value = serde_json::from_slice(&e.value).map_err(|err| {
+                Error::new(
+                    ErrorKind::Permanent,
+                    format!("entry {}/{key} is corrupt", kv.name),
+                    err,
+                )
+            })?;
+            Ok(Some((value, e.revision)))
+        }
+        _ => Ok(None),
+    }
+}
+
+async fn create<T: Serialize>(
+    kv: &kv::Store,
+    key: &str,
+    value: &T,
+    what: &str,
+) -> Result<u64, Error> {
+    let bytes = serde_json::to_vec(value)
+        .map_err(|e| Error::new(ErrorKind::Permanent, format!("encode {what}"), e))?;
+    kv.create(key, bytes.into()).await.map_err(|e| {
+        if e.kind() == kv::CreateErrorKind::AlreadyExists {
+            Error::msg(
+                ErrorKind::AlreadyExists,
+                format!("{what} is already registered"),
+            )
+        } else {
+            Error::new(ErrorKind::Transient, format!("create {}/{key}", kv.name), e)
+        }
+    })
+}
+
+async fn update<R, T>(
+    kv: &kv::Store,
+    key: &str,
+    missing: impl Fn() -> Error,
+    mut decide: impl FnMut(&mut R) -> Result<Change<T>, Error>,
+) -> Result<T, Error>
+where
+    R: Serialize + DeserializeOwned,
+{
+    for attempt in 0..CAS_ATTEMPTS {
+        let (mut record, revision) = read::<R>(kv, key).await?.ok_or_else(&missing)?;
+        let value = match decide(&mut record)? {
+            Change::Keep(v) => return Ok(v),
+            Change::Write(v) => v,
+        };
+        let bytes = serde_json::to_vec(&record)
+            .map_err(|e| Error::new(ErrorKind::Permanent, format!("encode {key}"), e))?;
+        match kv.update(key, bytes.into(), revision).await {
+            Ok(_) => return Ok(value),
+            Err(e) if e.kind() == kv::UpdateErrorKind::WrongLastRevision => {
+                // Lost a race with another replica: back off a little, spread by attempt.
+                let jitter = (revision.wrapping_mul(31) + u64::from(attempt)) % 5;
+                tokio::time::sleep(Duration::from_millis(u64::from(attempt) + jitter)).await;
+            }
+            Err(e) => {
+                return Err(Error::new(
+                    ErrorKind::Transient,
+                    format!("update {}/{key}", kv.name),
+                    e,
+                ));
+            }
+        }
+    }
+    Err(Error::msg(
+        ErrorKind::Transient,
+        format!(
+            "{}/{key}: compare-and-set lost {CAS_ATTEMPTS} races in a row",
+            kv.name
+        ),
+    ))
+}
+
+/// The current entries of `kv` whose keys match `filter` (NATS wildcards allowed), read with an
+/// ordered consumer on the bucket's stream (last value per key). The cost grows with the number
+/// of matching keys, not with the size of the bucket.
+pub async fn scan(kv: &kv::Store, filter: &str) -> Result<Vec<(String, Vec<u8>)>, Error> {
+    use jetstream::consumer::{DeliverPolicy, pull::OrderedConfig};
+    let what = || format!("scan {}/{filter}", kv.name);
+    let mut consumer = kv
+        .stream
+        .create_consumer(OrderedConfig {
+            filter_subject: format!("{}{filter}", kv.prefix),
+            deliver_policy: DeliverPolicy::LastPerSubject,
+            ..Default::default()
+        })
+        .await
+        .map_err(|e| Error::new(ErrorKind::Transient, what(), e))?;
+    let pending = consumer
+        .info()
+        .await
+        .map_err(|e| Error::new(ErrorKind::Transient, what(), e))?
+        .num_pending;
+    let mut out = Vec::with_capacity(pending as usize);
+    if pending == 0 {
+        return Ok(out);
+    }
+    let mut messages = consumer
+        .messages()
+        .await
+        .map_err(|e| Error::new(ErrorKind::Transient, what(), e))?;
+    while let Some(msg) = messages.next().await {
+        let msg = msg.map_err(|e| Error::new(ErrorKind::Transient, what(), e))?;
+        let left = msg.info().map(|i| i.pending).unwrap_or(0);
+        let deleted = msg
+            .headers
+            .as_ref()
+            .and_then(|h| h.get("KV-Operation"))
+            .is_some_and(|op| op.as_str() == "DEL" || op.as_str() == "PURGE");
+        if !deleted {
+            let key = msg
+                .subject
+                .as_str()
+                .strip_prefix(kv.prefix.as_str())
+                .unwrap_or("")
+                .to_owned();
+            out.push((key, msg.payload.to_vec()));
+        }
+        if left == 0 {
+            break;
+        }
+    }
+    Ok(out)
+}
+
+/// Credentials and leases, one KV entry each.
+#[derive(Clone, Debug)]
+pub struct Inventory {
+    kv: kv::Store,
 }
 
 impl Inventory {
@@ -40,58 +192,23 @@ impl Inventory {
 
     /// The credential and its entry revision, or `None` if it is not registered.
     pub async fn get(&self, id: &CredentialId) -> Result<Option<(Credential, u64)>, Error> {
-        let key = key_of(id);
-        let entry = self.kv.entry(key.clone()).await.map_err(|e| {
-            Error::new(
-                ErrorKind::Transient,
-                format!("read inventory entry {key}"),
-                e,
-            )
-        })?;
-        match entry {
-            Some(e) if e.operation == kv::Operation::Put => {
-                let cred = serde_json::from_slice(&e.value).map_err(|err| {
-                    Error::new(
-                        ErrorKind::Permanent,
-                        format!("inventory entry {key} is not a credential"),
-                        err,
-                    )
-                })?;
-                Ok(Some((cred, e.revision)))
-            }
-            _ => Ok(None),
-        }
+        read(&self.kv, &credential_key(id)).await
     }
 
     /// The credential, or a `NotFound` error that names it.
     pub async fn require(&self, id: &CredentialId) -> Result<(Credential, u64), Error> {
-        self.get(id).await?.ok_or_else(|| {
-            Error::msg(
-                ErrorKind::NotFound,
-                format!("credential {id} is not registered (see `keyloop credential list`)"),
-            )
-        })
+        self.get(id).await?.ok_or_else(|| not_registered(id))
     }
 
     /// Stores a new credential; `AlreadyExists` if the id is taken.
     pub async fn create(&self, cred: &Credential) -> Result<u64, Error> {
-        let key = key_of(&cred.id);
-        let value = serde_json::to_vec(cred)
-            .map_err(|e| Error::new(ErrorKind::Permanent, "encode credential", e))?;
-        self.kv.create(&key, value.into()).await.map_err(|e| {
-            if e.kind() == kv::CreateErrorKind::AlreadyExists {
-                Error::msg(
-                    ErrorKind::AlreadyExists,
-                    format!("credential {} is already registered", cred.id),
-                )
-            } else {
-                Error::new(
-                    ErrorKind::Transient,
-                    format!("create inventory entry {key}"),
-                    e,
-                )
-            }
-        })
+        create(
+            &self.kv,
+            &credential_key(&cred.id),
+            cred,
+            &format!("credential {}", cred.id),
+        )
+        .await
     }
 
     /// Applies `decide` to the stored credential with compare-and-set, re-reading and
@@ -99,37 +216,9 @@ impl Inventory {
     pub async fn update<T>(
         &self,
         id: &CredentialId,
-        mut decide: impl FnMut(&mut Credential) -> Result<Change<T>, Error>,
+        decide: impl FnMut(&mut Credential) -> Result<Change<T>, Error>,
     ) -> Result<T, Error> {
-        let key = key_of(id);
-        for attempt in 0..CAS_ATTEMPTS {
-            let (mut cred, revision) = self.require(id).await?;
-            let value = match decide(&mut cred)? {
-                Change::Keep(v) => return Ok(v),
-                Change::Write(v) => v,
-            };
-            let bytes = serde_json::to_vec(&cred)
-                .map_err(|e| Error::new(ErrorKind::Permanent, "encode credential", e))?;
-            match self.kv.update(&key, bytes.into(), revision).await {
-                Ok(_) => return Ok(value),
-                Err(e) if e.kind() == kv::UpdateErrorKind::WrongLastRevision => {
-                    // Lost a race with another replica: back off a little, spread by attempt.
-                    let jitter = (revision.wrapping_mul(31) + u64::from(attempt)) % 5;
-                    tokio::time::sleep(Duration::from_millis(u64::from(attempt) + jitter)).await;
-                }
-                Err(e) => {
-                    return Err(Error::new(
-                        ErrorKind::Transient,
-                        format!("update inventory entry {key}"),
-                        e,
-                    ));
-                }
-            }
-        }
-        Err(Error::msg(
-            ErrorKind::Transient,
-            format!("inventory entry {key}: compare-and-set lost {CAS_ATTEMPTS} races in a row"),
-        ))
+        update(&self.kv, &credential_key(id), || not_registered(id), decide).await
     }
 
     /// Every registered credential, ordered by id.
@@ -154,18 +243,80 @@ impl Inventory {
         out.sort_by(|a, b| a.id.cmp(&b.id));
         Ok(out)
     }
+
+    /// The lease, or `None`.
+    pub async fn lease(&self, id: Uuid) -> Result<Option<Lease>, Error> {
+        Ok(read(&self.kv, &lease_key(id)).await?.map(|(l, _)| l))
+    }
+
+    /// Stores a new lease and indexes it under its task.
+    pub async fn create_lease(&self, lease: &Lease) -> Result<(), Error> {
+        create(
+            &self.kv,
+            &lease_key(lease.id),
+            lease,
+            &format!("lease {}", lease.id),
+        )
+        .await?;
+        let key = format!("task.{}.{}", task_token(&lease.task_id), lease.id);
+        self.kv.put(&key, bytes::Bytes::new()).await.map_err(|e| {
+            Error::new(
+                ErrorKind::Transient,
+                format!("index lease {} under its task", lease.id),
+                e,
+            )
+        })?;
+        Ok(())
+    }
+
+    /// Applies `decide` to the stored lease with compare-and-set.
+    pub async fn update_lease<T>(
+        &self,
+        id: Uuid,
+        decide: impl FnMut(&mut Lease) -> Result<Change<T>, Error>,
+    ) -> Result<T, Error> {
+        let missing = || Error::msg(ErrorKind::NotFound, format!("lease {id} does not exist"));
+        update(&self.kv, &lease_key(id), missing, decide).await
+    }
+
+    /// Ids of every lease issued for `task_id` (a scan of that task's index keys only).
+    pub async fn leases_of_task(&self, task_id: &str) -> Result<Vec<Uuid>, Error> {
+        let prefix = format!("task.{}.", task_token(task_id));
+        Ok(scan(&self.kv, &format!("{prefix}*"))
+            .await?
+            .into_iter()
+            .filter_map(|(key, _)| key.strip_prefix(&prefix).and_then(|id| id.parse().ok()))
+            .collect())
+    }
 }
 
-/// Where a fingerprint points.
+fn not_registered(id: &CredentialId) -> Error {
+    Error::msg(
+        ErrorKind::NotFound,
+        format!("credential {id} is not registered (see `keyloop credential list`)"),
+    )
+}
+
+/// Where a fingerprint points: a version of a credential, or a JIT lease.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct FingerprintRef {
-    /// The credential.
-    pub credential: CredentialId,
-    /// The version whose value has this digest.
-    pub version: Uuid,
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum FingerprintRef {
+    /// A managed credential's version.
+    Version {
+        /// The credential.
+        credential: CredentialId,
+        /// The version whose value has this digest.
+        version: Uuid,
+    },
+    /// A JIT lease's token.
+    Lease {
+        /// The lease.
+        lease: Uuid,
+    },
 }
 
-/// Digest → credential/version, for matching leaks without storing values.
+/// Digest → credential/version or lease, for matching leaks and verifying tokens without
+/// storing values.
 #[derive(Clone, Debug)]
 pub struct FingerprintIndex {
     kv: kv::Store,
@@ -181,12 +332,15 @@ impl FingerprintIndex {
     pub async fn put(&self, keys: &[String], target: &FingerprintRef) -> Result<(), Error> {
         let value = serde_json::to_vec(target)
             .map_err(|e| Error::new(ErrorKind::Permanent, "encode fingerprint", e))?;
-        for key in keys {
-            self.kv.put(key, value.clone().into()).await.map_err(|e| {
-                Error::new(ErrorKind::Transient, format!("index fingerprint {key}"), e)
-            })?;
-        }
-        Ok(())
+        let writes = keys.iter().map(|key| {
+            let value = value.clone();
+            async move {
+                self.kv.put(key, value.into()).await.map_err(|e| {
+                    Error::new(ErrorKind::Transient, format!("index fingerprint {key}"), e)
+                })
+            }
+        });
+        futures::future::try_join_all(writes).await.map(|_| ())
     }
 
     /// The first of `keys` that is indexed.
@@ -211,5 +365,16 @@ impl FingerprintIndex {
             }
         }
         Ok(None)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn task_ids_become_one_safe_key_token() {
+        assert_eq!(task_token("build-42_a"), "build-42_a");
+        assert_eq!(task_token("ci/run.7 x"), "ci=2Frun=2E7=20x");
     }
 }

@@ -3,6 +3,7 @@
 //! every worker, and the launcher for a child `nats-server`.
 
 pub mod bus;
+pub mod due;
 pub mod error;
 pub mod inventory;
 pub mod runtime;
@@ -10,6 +11,7 @@ pub mod server;
 pub mod topology;
 
 pub use bus::Bus;
+pub use due::{DueIndex, DueItem};
 pub use error::{Error, ErrorKind};
 pub use inventory::{Change, FingerprintIndex, FingerprintRef, Inventory};
 pub use runtime::{ConsumeConfig, ConsumeStats, Delivery, Handler, HandlerError};

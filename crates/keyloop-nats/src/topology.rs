@@ -17,20 +17,44 @@ pub const ACK_WAIT: Duration = Duration::from_secs(30);
 /// Deliveries before a message is given up on (then it goes to the DLQ).
 pub const MAX_DELIVER: i64 = 8;
 
-/// A worker role: one durable consumer shared by all replicas of the role.
+/// A worker role. Every role but the scheduler has one durable consumer shared by all its
+/// replicas; the JIT issuer also serves request/reply subjects in a queue group.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Role {
     /// Matches leaks to versions and asks for revocation.
     LeakResponder,
     /// Runs the rotation protocol.
     Rotator,
-    /// Makes versions invalid at their target and destroys their values.
+    /// Makes versions and leases invalid and destroys their values.
     Revoker,
+    /// Publishes one schedule tick per window.
+    Scheduler,
+    /// On each tick, turns due rotations, retirements, expiries and idle credentials into
+    /// commands; records uses.
+    Sweeper,
+    /// Issues JIT leases, verifies tokens, and revokes a task's leases when it completes.
+    JitIssuer,
 }
 
 impl Role {
     /// Every role, in pipeline order.
-    pub const ALL: [Role; 3] = [Self::LeakResponder, Self::Rotator, Self::Revoker];
+    pub const ALL: [Role; 6] = [
+        Self::LeakResponder,
+        Self::Rotator,
+        Self::Revoker,
+        Self::Scheduler,
+        Self::Sweeper,
+        Self::JitIssuer,
+    ];
+
+    /// The roles that consume a stream (all but the scheduler).
+    pub const CONSUMING: [Role; 5] = [
+        Self::LeakResponder,
+        Self::Rotator,
+        Self::Revoker,
+        Self::Sweeper,
+        Self::JitIssuer,
+    ];
 
     /// The role's name on the command line and as its durable consumer's name.
     pub const fn name(self) -> &'static str {
@@ -38,6 +62,9 @@ impl Role {
             Self::LeakResponder => "leak-responder",
             Self::Rotator => "rotator",
             Self::Revoker => "revoker",
+            Self::Scheduler => "scheduler",
+            Self::Sweeper => "sweeper",
+            Self::JitIssuer => "jit-issuer",
         }
     }
 
@@ -113,6 +140,10 @@ impl Topology {
     pub fn secrets_bucket(&self) -> String {
         self.bucket_name("secrets")
     }
+    /// Due-time index of the sweeper: `<minute>.<kind>.<item>` → due item.
+    pub fn due_bucket(&self) -> String {
+        self.bucket_name("due")
+    }
 
     /// `<prefix>.leak.detected`.
     pub fn leak_detected(&self) -> String {
@@ -125,6 +156,30 @@ impl Topology {
     /// `<prefix>.cmd.rotate`.
     pub fn cmd_rotate(&self) -> String {
         format!("{}.cmd.rotate", self.prefix)
+    }
+    /// `<prefix>.cmd.lease.revoke`.
+    pub fn cmd_revoke_lease(&self) -> String {
+        format!("{}.cmd.lease.revoke", self.prefix)
+    }
+    /// `<prefix>.schedule.tick`.
+    pub fn schedule_tick(&self) -> String {
+        format!("{}.schedule.tick", self.prefix)
+    }
+    /// `<prefix>.task.completed`.
+    pub fn task_completed(&self) -> String {
+        format!("{}.task.completed", self.prefix)
+    }
+    /// `<prefix>.credential.used`.
+    pub fn credential_used(&self) -> String {
+        format!("{}.credential.used", self.prefix)
+    }
+    /// `<prefix>.jit.issue` (request/reply, queue group `jit-issuer`; never stored).
+    pub fn jit_issue(&self) -> String {
+        format!("{}.jit.issue", self.prefix)
+    }
+    /// `<prefix>.token.verify` (request/reply, queue group `jit-issuer`; never stored).
+    pub fn token_verify(&self) -> String {
+        format!("{}.token.verify", self.prefix)
     }
     /// `<prefix>.lifecycle.<kind>.<credential>`.
     pub fn lifecycle(&self, kind: &str, credential: &str) -> String {
@@ -139,12 +194,22 @@ impl Topology {
         format!("{}.dlq.{role}", self.prefix)
     }
 
-    /// The stream a role consumes and its filter subject.
-    pub fn consumer_of(&self, role: Role) -> (String, String) {
+    /// The stream a role consumes and its filter subjects (none for the scheduler, which
+    /// consumes nothing).
+    pub fn consumer_of(&self, role: Role) -> (String, Vec<String>) {
         match role {
-            Role::LeakResponder => (self.events_stream(), self.leak_detected()),
-            Role::Rotator => (self.commands_stream(), self.cmd_rotate()),
-            Role::Revoker => (self.commands_stream(), self.cmd_revoke()),
+            Role::LeakResponder => (self.events_stream(), vec![self.leak_detected()]),
+            Role::Rotator => (self.commands_stream(), vec![self.cmd_rotate()]),
+            Role::Revoker => (
+                self.commands_stream(),
+                vec![self.cmd_revoke(), self.cmd_revoke_lease()],
+            ),
+            Role::Sweeper => (
+                self.events_stream(),
+                vec![self.schedule_tick(), self.credential_used()],
+            ),
+            Role::JitIssuer => (self.events_stream(), vec![self.task_completed()]),
+            Role::Scheduler => (self.events_stream(), Vec::new()),
         }
     }
 
@@ -218,6 +283,13 @@ impl Topology {
                 ..Default::default()
             },
             kv::Config {
+                bucket: self.due_bucket(),
+                description: "keyloop due-time index: <minute>.<kind>.<item> -> due item".into(),
+                history: 1,
+                storage: stream::StorageType::File,
+                ..Default::default()
+            },
+            kv::Config {
                 bucket: self.secrets_bucket(),
                 description: "keyloop local store: encrypted values".into(),
                 history: 1,
@@ -229,11 +301,17 @@ impl Topology {
 
     /// The durable consumer of a role.
     pub fn consumer_config(&self, role: Role) -> consumer::pull::Config {
-        let (_, filter) = self.consumer_of(role);
+        let (_, mut filters) = self.consumer_of(role);
+        let (filter_subject, filter_subjects) = if filters.len() == 1 {
+            (filters.remove(0), Vec::new())
+        } else {
+            (String::new(), filters)
+        };
         consumer::pull::Config {
             durable_name: Some(role.name().to_owned()),
             description: Some(format!("keyloop {} (shared by all replicas)", role.name())),
-            filter_subject: filter,
+            filter_subject,
+            filter_subjects,
             ack_policy: consumer::AckPolicy::Explicit,
             ack_wait: ACK_WAIT,
             max_deliver: MAX_DELIVER,
@@ -259,7 +337,7 @@ impl Topology {
                 .map_err(|e| InitError::new(format!("KV bucket {name}"), e))?;
             report.buckets.push(name);
         }
-        for role in Role::ALL {
+        for role in Role::CONSUMING {
             let (stream, _) = self.consumer_of(role);
             let cfg = self.consumer_config(role);
             let stream_handle = js

@@ -3,7 +3,7 @@
 
 use keyloop_backends::{LocalStore, MasterKey, NoneTarget, Store, Target};
 use keyloop_core::{StoreKind, TargetKind};
-use keyloop_nats::{Bus, Error, ErrorKind, FingerprintIndex, Inventory};
+use keyloop_nats::{Bus, DueIndex, Error, ErrorKind, FingerprintIndex, Inventory};
 use std::sync::Arc;
 
 /// The stores and targets this process can reach.
@@ -41,8 +41,10 @@ pub struct WorkerContext {
     pub bus: Bus,
     /// Credentials and versions.
     pub inventory: Inventory,
-    /// Digest → version.
+    /// Digest → version or lease.
     pub fingerprints: FingerprintIndex,
+    /// Due-time index of the sweeper.
+    pub due: DueIndex,
     /// Stores and targets.
     pub backends: Backends,
 }
@@ -53,6 +55,7 @@ impl WorkerContext {
     pub async fn open(bus: Bus, master_key: Option<&MasterKey>) -> Result<Self, Error> {
         let inventory = bus.inventory().await?;
         let fingerprints = bus.fingerprints().await?;
+        let due = bus.due().await?;
         let local = match master_key {
             Some(key) => {
                 let kv = bus.kv(&bus.topology.secrets_bucket()).await?;
@@ -64,6 +67,7 @@ impl WorkerContext {
             bus,
             inventory,
             fingerprints,
+            due,
             backends: Backends { local },
         })
     }

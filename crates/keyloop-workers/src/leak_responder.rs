@@ -12,8 +12,10 @@ use futures::FutureExt;
 use keyloop_core::event::{
     CloudEvent, LEAK_DETECTED_TYPE, REVOKE_COMMAND_TYPE, RevokeCommand, stable_id,
 };
+use keyloop_core::event::{REVOKE_LEASE_COMMAND_TYPE, RevokeLeaseCommand, lease_event};
+use keyloop_core::lease::LeaseState;
 use keyloop_core::{LeakFinding, LifecycleData, LifecycleKind, RevokeReason, Stage};
-use keyloop_nats::{Delivery, Handler, HandlerError};
+use keyloop_nats::{Delivery, FingerprintRef, Handler, HandlerError};
 use std::sync::Arc;
 use tracing::info;
 
@@ -50,11 +52,17 @@ async fn respond(ctx: &WorkerContext, delivery: &Delivery) -> Result<(), Handler
     let keys = finding.fingerprint.index_keys();
     let target = ctx.fingerprints.lookup(&keys).await?;
     let matched = match target {
-        Some(t) => ctx
+        Some(FingerprintRef::Version {
+            credential,
+            version,
+        }) => ctx
             .inventory
-            .get(&t.credential)
+            .get(&credential)
             .await?
-            .and_then(|(cred, _)| cred.version(t.version).cloned().map(|v| (cred, v))),
+            .and_then(|(cred, _)| cred.version(version).cloned().map(|v| (cred, v))),
+        Some(FingerprintRef::Lease { lease }) => {
+            return respond_to_lease_leak(ctx, delivery, &leak, lease, &cause).await;
+        }
         None => None,
     };
     let Some((cred, version)) = matched else {
@@ -110,6 +118,56 @@ async fn respond(ctx: &WorkerContext, delivery: &Delivery) -> Result<(), Handler
     .caused_by(cause.correlation.clone(), cause.causation.clone());
     ctx.bus
         .publish_event(&ctx.bus.topology.cmd_revoke(), &event)
+        .await?;
+    Ok(())
+}
+
+/// A leaked JIT token: revoke its lease if it still works, else `leak_inert`.
+async fn respond_to_lease_leak(
+    ctx: &WorkerContext,
+    delivery: &Delivery,
+    leak: &CloudEvent<LeakFinding>,
+    lease_id: uuid::Uuid,
+    cause: &Cause,
+) -> Result<(), HandlerError> {
+    let Some(lease) = ctx.inventory.lease(lease_id).await? else {
+        return Err(HandlerError::transient(format!(
+            "fingerprint index points at lease {lease_id}, which is not in the inventory yet"
+        )));
+    };
+    let step = format!("{}/{lease_id}", leak.id);
+    let live = lease.state == LeaseState::Active;
+    let kind = if live {
+        LifecycleKind::LeakMatched
+    } else {
+        LifecycleKind::LeakInert
+    };
+    let mut data = LifecycleData::new(kind, None, None);
+    data.fingerprint = Some(leak.data.fingerprint.clone());
+    data.detail = Some(leak.data.detector.clone());
+    let event = lease_event(SOURCE, &step, data, &lease)
+        .caused_by(cause.correlation.clone(), cause.causation.clone());
+    ctx.bus.publish_lifecycle(&event).await?;
+    if !live {
+        return Ok(());
+    }
+    info!(leak = %leak.id, lease = %lease_id, task = %lease.task_id, "leak matched a live JIT lease; revoking");
+    let command = RevokeLeaseCommand {
+        lease: lease_id,
+        reason: RevokeReason::Leak,
+        op_id: step.clone(),
+        leak_published_at: Some(delivery.published),
+    };
+    let event = CloudEvent::new(
+        stable_id(&format!("cmd/lease-revoke/{step}")).to_string(),
+        SOURCE,
+        REVOKE_LEASE_COMMAND_TYPE,
+        command,
+    )
+    .with_subject(keyloop_core::Lease::subject_token(lease_id))
+    .caused_by(cause.correlation.clone(), cause.causation.clone());
+    ctx.bus
+        .publish_event(&ctx.bus.topology.cmd_revoke_lease(), &event)
         .await?;
     Ok(())
 }

@@ -3,12 +3,14 @@
 //! published — in that order, so `revoked` is never published for a value that still works).
 
 use crate::context::WorkerContext;
-use keyloop_core::event::{lifecycle_event, stable_id};
+use keyloop_core::event::{lease_event, lifecycle_event, stable_id};
+use keyloop_core::lease::LeaseState;
 use keyloop_core::{
     Credential, CredentialId, Fingerprint, LifecycleData, LifecycleKind, Policy, RevokeReason,
     Stage, StoreKind, TargetKind, Version,
 };
-use keyloop_nats::{Change, Error, ErrorKind, FingerprintRef};
+use keyloop_nats::{Change, DueItem, Error, ErrorKind, FingerprintRef};
+use std::time::Duration;
 use time::OffsetDateTime;
 use uuid::Uuid;
 
@@ -99,6 +101,7 @@ pub async fn register(
             revoked_by: None,
         }],
         created_at: now,
+        last_used_at: None,
     };
     if let Err(e) = ctx.inventory.create(&cred).await {
         // Lost a race with another registration of the same id: its value stays, ours goes.
@@ -108,12 +111,36 @@ pub async fn register(
     ctx.fingerprints
         .put(
             &fingerprint.index_keys(),
-            &FingerprintRef {
+            &FingerprintRef::Version {
                 credential: reg.id.clone(),
                 version: version_id,
             },
         )
         .await?;
+    if let Some(max_age) = cred.policy.max_age_secs {
+        let due = now + Duration::from_secs(max_age);
+        ctx.due
+            .schedule(
+                DueItem::Rotate {
+                    credential: reg.id.clone(),
+                },
+                due,
+                now,
+            )
+            .await?;
+    }
+    if let Some(idle) = cred.policy.idle_revoke_after_secs {
+        let due = now + Duration::from_secs(idle);
+        ctx.due
+            .schedule(
+                DueItem::Idle {
+                    credential: reg.id.clone(),
+                },
+                due,
+                now,
+            )
+            .await?;
+    }
     let mut data = LifecycleData::new(LifecycleKind::Created, Some(reg.id), Some(version_id));
     data.stage = Some(Stage::Current);
     data.fingerprint = Some(fingerprint);
@@ -232,4 +259,138 @@ pub(crate) fn backend(e: keyloop_backends::BackendError, step: &str) -> Error {
         keyloop_backends::BackendErrorKind::Permanent => ErrorKind::Permanent,
     };
     Error::msg(kind, format!("{step}: {e}"))
+}
+
+/// How often a use is recorded per credential version: uses in between change nothing, so a
+/// busy service does not turn every read into an inventory write and an audit event.
+pub const USE_RECORD_INTERVAL_SECS: i64 = 60;
+
+/// Records a use of `version` of `credential`: `last_used_at` moves forward (at most once per
+/// [`USE_RECORD_INTERVAL_SECS`]) and one `used` event per version and interval is published
+/// (its id derives from the interval, so replicas and redeliveries add nothing).
+pub async fn record_use(
+    ctx: &WorkerContext,
+    credential: &CredentialId,
+    version: Option<Uuid>,
+    actor: Option<String>,
+    at: OffsetDateTime,
+    cause: &Cause,
+) -> Result<(), Error> {
+    let window = at.unix_timestamp().div_euclid(USE_RECORD_INTERVAL_SECS);
+    let changed = ctx
+        .inventory
+        .update(credential, |c| {
+            let stale = c
+                .last_used_at
+                .is_none_or(|t| t.unix_timestamp().div_euclid(USE_RECORD_INTERVAL_SECS) < window);
+            if stale {
+                c.last_used_at = Some(at);
+                Ok(Change::Write(true))
+            } else {
+                Ok(Change::Keep(false))
+            }
+        })
+        .await?;
+    if changed {
+        let mut data = LifecycleData::new(LifecycleKind::Used, Some(credential.clone()), version);
+        data.actor = actor;
+        let step = format!(
+            "used/{credential}/{}/{window}",
+            version.map(|v| v.to_string()).unwrap_or_default()
+        );
+        cause.publish(ctx, &step, data).await?;
+    }
+    Ok(())
+}
+
+/// After a rotation: the next one falls due at `max_age`, and the demoted version's grace ends
+/// at `grace`. Idempotent.
+pub async fn schedule_after_rotation(
+    ctx: &WorkerContext,
+    credential: &Credential,
+    demoted: Option<Uuid>,
+    now: OffsetDateTime,
+) -> Result<(), Error> {
+    if let Some(max_age) = credential.policy.max_age_secs {
+        let activated = credential
+            .current()
+            .and_then(|v| v.activated_at)
+            .unwrap_or(now);
+        ctx.due
+            .schedule(
+                DueItem::Rotate {
+                    credential: credential.id.clone(),
+                },
+                activated + Duration::from_secs(max_age),
+                now,
+            )
+            .await?;
+    }
+    if let Some(version) = demoted {
+        let demoted_at = credential
+            .version(version)
+            .and_then(|v| v.demoted_at)
+            .unwrap_or(now);
+        let item = DueItem::Retire {
+            credential: credential.id.clone(),
+            version,
+        };
+        ctx.due
+            .schedule(
+                item,
+                demoted_at + Duration::from_secs(credential.policy.grace_secs),
+                now,
+            )
+            .await?;
+    }
+    Ok(())
+}
+
+/// Ends a lease: `revoked` (task completed, leak, operator) or `expired`. The state change in
+/// the inventory is what makes the token invalid (verification reads it), and it is stored
+/// before the event is published. Returns false when the lease had already ended by another
+/// operation. Idempotent.
+pub async fn end_lease(
+    ctx: &WorkerContext,
+    lease_id: Uuid,
+    reason: RevokeReason,
+    op: &str,
+    leak_published_at: Option<OffsetDateTime>,
+    cause: &Cause,
+) -> Result<bool, Error> {
+    let now = OffsetDateTime::now_utc();
+    let lease = ctx
+        .inventory
+        .update_lease(lease_id, |l| {
+            if l.state != LeaseState::Active {
+                return Ok(Change::Keep(l.clone()));
+            }
+            l.state = if reason == RevokeReason::Expired {
+                LeaseState::Expired
+            } else {
+                LeaseState::Revoked
+            };
+            l.ended_at = Some(now);
+            l.end_reason = Some(reason);
+            l.ended_by = Some(op.to_owned());
+            Ok(Change::Write(l.clone()))
+        })
+        .await?;
+    if lease.ended_by.as_deref() != Some(op) {
+        return Ok(false);
+    }
+    let kind = if lease.state == LeaseState::Expired {
+        LifecycleKind::Expired
+    } else {
+        LifecycleKind::Revoked
+    };
+    let mut data = LifecycleData::new(kind, None, None);
+    data.revoke_reason = lease.end_reason;
+    let ended_at = lease.ended_at.unwrap_or(now);
+    data.time_to_revoke_ms =
+        leak_published_at.map(|t| (ended_at - t).whole_milliseconds().max(0) as u64);
+    let event = lease_event(&cause.source, &format!("{op}/{lease_id}"), data, &lease)
+        .caused_by(cause.correlation.clone(), cause.causation.clone());
+    ctx.bus.publish_lifecycle(&event).await?;
+    Ok(true)
 }

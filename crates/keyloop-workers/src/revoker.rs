@@ -10,7 +10,8 @@ use crate::decode;
 use crate::ops::{self, Cause, RevokeVersion};
 use futures::FutureExt;
 use keyloop_core::event::{
-    CloudEvent, REVOKE_COMMAND_TYPE, ROTATE_COMMAND_TYPE, RevokeCommand, RotateCommand, stable_id,
+    CloudEvent, REVOKE_COMMAND_TYPE, REVOKE_LEASE_COMMAND_TYPE, ROTATE_COMMAND_TYPE, RevokeCommand,
+    RevokeLeaseCommand, RotateCommand, stable_id,
 };
 use keyloop_core::{RotationReason, Stage};
 use keyloop_nats::{Delivery, Handler, HandlerError};
@@ -28,6 +29,9 @@ pub fn handler(ctx: Arc<WorkerContext>) -> Handler {
 }
 
 async fn revoke(ctx: &WorkerContext, delivery: &Delivery) -> Result<(), HandlerError> {
+    if delivery.message.subject.as_str() == ctx.bus.topology.cmd_revoke_lease() {
+        return revoke_lease(ctx, delivery).await;
+    }
     let command: CloudEvent<RevokeCommand> =
         decode::cloud_event(&delivery.message.payload, REVOKE_COMMAND_TYPE)?;
     let cmd = &command.data;
@@ -89,5 +93,28 @@ async fn revoke(ctx: &WorkerContext, delivery: &Delivery) -> Result<(), HandlerE
             .publish_event(&ctx.bus.topology.cmd_rotate(), &event)
             .await?;
     }
+    Ok(())
+}
+
+/// `cmd.lease.revoke`: end one JIT lease (see `ops::end_lease`).
+async fn revoke_lease(ctx: &WorkerContext, delivery: &Delivery) -> Result<(), HandlerError> {
+    let command: CloudEvent<RevokeLeaseCommand> =
+        decode::cloud_event(&delivery.message.payload, REVOKE_LEASE_COMMAND_TYPE)?;
+    let cmd = &command.data;
+    let cause = Cause {
+        source: SOURCE.into(),
+        correlation: command.correlationid.clone(),
+        causation: Some(command.id.clone()),
+    };
+    let ended = ops::end_lease(
+        ctx,
+        cmd.lease,
+        cmd.reason,
+        &cmd.op_id,
+        cmd.leak_published_at,
+        &cause,
+    )
+    .await?;
+    info!(lease = %cmd.lease, reason = cmd.reason.name(), ended, "lease revocation done");
     Ok(())
 }

@@ -61,8 +61,19 @@ pub async fn run_rotation(
 
     match cred.version(new_version).map(|v| v.stage) {
         Some(Stage::Current | Stage::Previous) => {
-            // Finished on an earlier attempt; make sure `rotated` is out.
-            return publish_rotated(ctx, cmd, cause, new_version, None).await;
+            // Finished on an earlier attempt; make sure its schedule and `rotated` are out.
+            let activated = cred.version(new_version).and_then(|v| v.activated_at);
+            let demoted = cred
+                .versions
+                .iter()
+                .find(|v| {
+                    v.stage == Stage::Previous
+                        && v.demoted_at.is_some()
+                        && v.demoted_at == activated
+                })
+                .map(|v| v.id);
+            ops::schedule_after_rotation(ctx, &cred, demoted, OffsetDateTime::now_utc()).await?;
+            return publish_rotated(ctx, cmd, cause, new_version, demoted).await;
         }
         Some(Stage::Revoked) => {
             info!(credential = %id, version = %new_version, "rotation's version was revoked before it finished (leaked mid-rotation?); nothing to do");
@@ -129,7 +140,7 @@ pub async fn run_rotation(
     ctx.fingerprints
         .put(
             &fingerprint.index_keys(),
-            &FingerprintRef {
+            &FingerprintRef::Version {
                 credential: id.clone(),
                 version: new_version,
             },
@@ -174,13 +185,25 @@ pub async fn run_rotation(
     if cred.current().is_some()
         && let Some(old_previous) = cred.in_stage(Stage::Previous)
     {
+        // If its grace is over anyway, this is the same retirement the sweeper would do: same
+        // reason and operation id, so whichever runs first, one `revoked` (grace_ended) results.
+        let grace = std::time::Duration::from_secs(cred.policy.grace_secs);
+        let grace_over = old_previous
+            .demoted_at
+            .is_none_or(|d| d + grace <= OffsetDateTime::now_utc());
+        let retire_op = format!("retire/{id}/{}", old_previous.id);
+        let (reason, revoke_op) = if grace_over {
+            (RevokeReason::GraceEnded, retire_op.as_str())
+        } else {
+            (RevokeReason::Superseded, op)
+        };
         ops::revoke_version(
             ctx,
             RevokeVersion {
                 credential: id,
                 version: old_previous.id,
-                reason: RevokeReason::Superseded,
-                op,
+                reason,
+                op: revoke_op,
                 leak_published_at: None,
                 note: None,
             },
@@ -213,6 +236,8 @@ pub async fn run_rotation(
         info!(credential = %id, version = %new_version, "pending version was revoked before it could be promoted");
         return Ok(());
     }
+    let (cred, _) = ctx.inventory.require(id).await?;
+    ops::schedule_after_rotation(ctx, &cred, promotion.demoted, now).await?;
     publish_rotated(ctx, cmd, cause, new_version, promotion.demoted).await
 }
 

@@ -37,7 +37,11 @@ async fn register(g: &Global, args: RegisterArgs) -> Result<ExitCode> {
             .map(|v| secs("max-age", v))
             .transpose()?,
         grace_secs: secs("grace", &args.grace)?,
-        idle_revoke_after_secs: None,
+        idle_revoke_after_secs: args
+            .idle_revoke_after
+            .as_deref()
+            .map(|v| secs("idle-revoke-after", v))
+            .transpose()?,
         owner: args.owner,
     };
     let store = match args.store.as_str() {
@@ -121,7 +125,17 @@ async fn reveal(g: &Global, id: &str) -> Result<ExitCode> {
         .map_err(|e| anyhow!("credential {id}: {e}"))?
         .ok_or_else(|| anyhow!("credential {id}: the value of version {} is gone from its store (revoked just now?)", current.id))?;
     // Record the use before handing the value out: a use the audit log does not know of is
-    // worse than a recorded one that did not complete.
+    // worse than a recorded one that did not complete. Every reveal is its own event.
+    let now = time::OffsetDateTime::now_utc();
+    ctx.inventory
+        .update(&id, |c| {
+            if c.last_used_at.is_some_and(|t| t >= now) {
+                return Ok(keyloop_nats::Change::Keep(()));
+            }
+            c.last_used_at = Some(now);
+            Ok(keyloop_nats::Change::Write(()))
+        })
+        .await?;
     let mut data = LifecycleData::new(LifecycleKind::Used, Some(id.clone()), Some(current.id));
     data.actor = Some("keyloop credential reveal".into());
     let event = lifecycle_event(

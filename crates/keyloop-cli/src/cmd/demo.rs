@@ -12,7 +12,7 @@ use keyloop_backends::MasterKey;
 use keyloop_core::ingest::Format;
 use keyloop_core::{LifecycleKind, Policy, StoreKind, TargetKind};
 use keyloop_nats::server::{ServerOptions, ServerProcess};
-use keyloop_nats::{Bus, ConsumeConfig, Role, Topology};
+use keyloop_nats::{Bus, Role, Topology};
 use keyloop_workers::WorkerContext;
 use keyloop_workers::ops::{self, Cause, Registration};
 use serde_json::json;
@@ -52,7 +52,7 @@ pub(crate) async fn run(g: &Global) -> Result<ExitCode> {
     let workers = tokio::spawn(keyloop_workers::run(
         ctx.clone(),
         &Role::ALL,
-        ConsumeConfig::default(),
+        keyloop_workers::WorkerConfig::default(),
         shutdown.clone(),
     ));
     say(

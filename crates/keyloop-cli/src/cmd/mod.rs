@@ -9,6 +9,7 @@ mod replay;
 mod revoke;
 mod rotate;
 mod schemas;
+mod task;
 mod up;
 mod worker;
 
@@ -23,7 +24,7 @@ use tokio_util::sync::CancellationToken;
 pub(crate) async fn run(cli: Cli) -> Result<ExitCode> {
     let g = &cli.global;
     match cli.command {
-        Command::Up => up::run(g).await,
+        Command::Up(args) => up::run(g, args).await,
         Command::Worker(args) => worker::run(g, args).await,
         Command::Init => init::run(g).await,
         Command::Credential(c) => credential::run(g, c).await,
@@ -32,6 +33,9 @@ pub(crate) async fn run(cli: Cli) -> Result<ExitCode> {
         Command::Revoke(args) => revoke::run(g, args).await,
         Command::Replay(args) => replay::run(g, args).await,
         Command::Demo => demo::run(g).await,
+        Command::Task(c) => task::run(g, c).await,
+        Command::Token(c) => task::token(g, c).await,
+        Command::Tick => task::tick(g).await,
         Command::Schemas { dir } => schemas::run(&dir),
     }
 }

@@ -2,17 +2,18 @@
 //! loopback address), starts a child nats-server with JetStream under the data directory and
 //! stops it on exit. Creates a dev master key (mode 0600) when none is given, and says so.
 
-use crate::cli::Global;
+use crate::cli::{Global, RunArgs};
 use crate::config;
 use anyhow::{Context, Result, bail};
+use keyloop_nats::Role;
 use keyloop_nats::server::{ServerOptions, ServerProcess};
-use keyloop_nats::{ConsumeConfig, Role};
 use keyloop_workers::WorkerContext;
 use std::process::ExitCode;
 use std::sync::Arc;
 use std::time::Duration;
 
-pub(crate) async fn run(g: &Global) -> Result<ExitCode> {
+pub(crate) async fn run(g: &Global, args: RunArgs) -> Result<ExitCode> {
+    let config = config::worker_config(&args)?;
     let data_dir = config::data_dir(g);
     let (_child, g) = ensure_server(g, &data_dir).await?;
     let bus = config::connect(&g).await?;
@@ -45,7 +46,7 @@ pub(crate) async fn run(g: &Global) -> Result<ExitCode> {
         g.nats
     );
     let shutdown = super::shutdown_on_signal();
-    keyloop_workers::run(Arc::new(ctx), &roles, ConsumeConfig::default(), shutdown).await?;
+    keyloop_workers::run(Arc::new(ctx), &roles, config, shutdown).await?;
     Ok(ExitCode::SUCCESS)
 }
 

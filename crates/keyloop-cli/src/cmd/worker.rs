@@ -4,21 +4,19 @@
 use crate::cli::{Global, WorkerArgs};
 use crate::config;
 use anyhow::{Result, bail};
-use keyloop_nats::{ConsumeConfig, Role};
+use keyloop_nats::Role;
 use std::process::ExitCode;
 use std::sync::Arc;
 
 pub(crate) async fn run(g: &Global, args: WorkerArgs) -> Result<ExitCode> {
     let roles = parse_roles(&args.roles)?;
+    let _ = config::worker_config(&args.run)?;
     let bus = config::connect(g).await?;
     let ctx = config::context(g, bus).await?;
     require_store(&ctx, &roles)?;
+    let config = config::worker_config(&args.run)?;
     let shutdown = super::shutdown_on_signal();
-    let consume = ConsumeConfig {
-        concurrency: args.concurrency.max(1),
-        ..ConsumeConfig::default()
-    };
-    keyloop_workers::run(Arc::new(ctx), &roles, consume, shutdown).await?;
+    keyloop_workers::run(Arc::new(ctx), &roles, config, shutdown).await?;
     Ok(ExitCode::SUCCESS)
 }
 

@@ -1,0 +1,292 @@
+//! Just-in-time credentials: a lease is one short-lived token issued for one task of one agent,
+//! with a scope whose tier says how much ceremony it needs. The token's value is never stored:
+//! only its fingerprints, so verification is a digest lookup and a leak of it is matched like
+//! any other value.
+
+use crate::credential::RevokeReason;
+use crate::fingerprint::Fingerprint;
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+use time::OffsetDateTime;
+use uuid::Uuid;
+
+/// How much ceremony a scope needs before a lease is issued.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum Tier {
+    /// Read-only: issued at once.
+    Auto,
+    /// Reversible: issued at once; the `issued` event is the notification.
+    Notify,
+    /// Destructive or externally visible: issued only after an approval.
+    Approve,
+}
+
+impl Tier {
+    /// The tier's name in JSON.
+    pub const fn name(self) -> &'static str {
+        match self {
+            Self::Auto => "auto",
+            Self::Notify => "notify",
+            Self::Approve => "approve",
+        }
+    }
+}
+
+/// What a scope allows.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ScopePolicy {
+    /// Its tier.
+    pub tier: Tier,
+    /// The longest TTL a lease of this scope may have (seconds). Longer requests are refused,
+    /// never silently shortened: an orchestrator must know how long its credential lives.
+    pub max_ttl_secs: u64,
+}
+
+/// The scopes the JIT issuer serves.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct JitPolicy {
+    /// Scope name → policy.
+    pub scopes: BTreeMap<String, ScopePolicy>,
+}
+
+impl Default for JitPolicy {
+    /// `read` (auto, 1 h), `write` (notify, 1 h), `admin` (approve, 15 min).
+    fn default() -> Self {
+        let mut scopes = BTreeMap::new();
+        scopes.insert(
+            "read".into(),
+            ScopePolicy {
+                tier: Tier::Auto,
+                max_ttl_secs: 3_600,
+            },
+        );
+        scopes.insert(
+            "write".into(),
+            ScopePolicy {
+                tier: Tier::Notify,
+                max_ttl_secs: 3_600,
+            },
+        );
+        scopes.insert(
+            "admin".into(),
+            ScopePolicy {
+                tier: Tier::Approve,
+                max_ttl_secs: 900,
+            },
+        );
+        Self { scopes }
+    }
+}
+
+/// Where a lease is in its life.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum LeaseState {
+    /// The token works until `expires_at`.
+    Active,
+    /// Revoked (task completed, leaked, by an operator).
+    Revoked,
+    /// Ended by its TTL.
+    Expired,
+}
+
+/// One JIT credential, as kept in the inventory (`lease.<id>`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Lease {
+    /// Lease id.
+    pub id: Uuid,
+    /// The orchestrator's task.
+    pub task_id: String,
+    /// The agent it was issued to.
+    pub agent_id: String,
+    /// The scope.
+    pub scope: String,
+    /// The scope's tier at issue time.
+    pub tier: Tier,
+    /// Digests of the token (the token itself is never stored).
+    pub fingerprint: Fingerprint,
+    /// Where it is in its life.
+    pub state: LeaseState,
+    /// When it was issued.
+    #[serde(with = "time::serde::rfc3339")]
+    #[schemars(with = "String")]
+    pub issued_at: OffsetDateTime,
+    /// When it stops working, whatever else happens.
+    #[serde(with = "time::serde::rfc3339")]
+    #[schemars(with = "String")]
+    pub expires_at: OffsetDateTime,
+    /// When it was revoked or expired.
+    #[serde(
+        default,
+        with = "time::serde::rfc3339::option",
+        skip_serializing_if = "Option::is_none"
+    )]
+    #[schemars(with = "Option<String>")]
+    pub ended_at: Option<OffsetDateTime>,
+    /// Why it ended early (or `expired`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub end_reason: Option<RevokeReason>,
+    /// The operation that ended it, so a retried revocation knows the change was its own.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ended_by: Option<String>,
+}
+
+impl Lease {
+    /// True when the token works at `now`.
+    pub fn is_valid_at(&self, now: OffsetDateTime) -> bool {
+        self.state == LeaseState::Active && now < self.expires_at
+    }
+
+    /// The subject token of its lifecycle events: `_lease-<id>` (never a credential id, which
+    /// cannot start with `_`).
+    pub fn subject_token(id: Uuid) -> String {
+        format!("_lease-{id}")
+    }
+}
+
+/// `keyloop.jit.issue` request.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct IssueRequest {
+    /// The orchestrator's task id.
+    pub task_id: String,
+    /// The agent that will use the credential.
+    pub agent_id: String,
+    /// A scope of the JIT policy (`read`, `write`, `admin` by default).
+    pub scope: String,
+    /// Lifetime in seconds; at most the scope's `max_ttl_secs`.
+    pub ttl_secs: u64,
+}
+
+/// `keyloop.jit.issue` reply: the token, once. Never stored in a stream. Its `Debug` redacts
+/// the token.
+#[derive(Clone, Serialize, Deserialize)]
+pub struct IssueReply {
+    /// The lease.
+    pub lease_id: Uuid,
+    /// The token.
+    pub secret: String,
+    /// When it stops working.
+    #[serde(with = "time::serde::rfc3339")]
+    pub expires_at: OffsetDateTime,
+    /// The scope's tier.
+    pub tier: Tier,
+}
+
+/// An error reply of a request/reply service.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub struct ServiceError {
+    /// Machine-readable: `bad_request`, `unknown_scope`, `ttl_too_long`, `approval_required`,
+    /// `unavailable`.
+    pub code: String,
+    /// What is wrong and what to do.
+    pub message: String,
+}
+
+/// `keyloop.token.verify` request. Its `Debug` redacts the token.
+#[derive(Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct VerifyRequest {
+    /// The token (or credential value) to check.
+    pub token: String,
+}
+
+/// `keyloop.token.verify` reply.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub struct VerifyReply {
+    /// Whether the value works now.
+    pub valid: bool,
+    /// The lease it belongs to.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub lease_id: Option<Uuid>,
+    /// The lease's scope.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub scope: Option<String>,
+    /// The lease's expiry.
+    #[serde(
+        default,
+        with = "time::serde::rfc3339::option",
+        skip_serializing_if = "Option::is_none"
+    )]
+    #[schemars(with = "Option<String>")]
+    pub expires_at: Option<OffsetDateTime>,
+    /// The credential it is a version of (for managed credentials).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub credential: Option<String>,
+    /// That version.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub version: Option<Uuid>,
+    /// That version's stage.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stage: Option<crate::credential::Stage>,
+}
+
+impl VerifyReply {
+    /// The reply for a value keyloop does not know or that no longer works.
+    pub fn invalid() -> Self {
+        Self {
+            valid: false,
+            lease_id: None,
+            scope: None,
+            expires_at: None,
+            credential: None,
+            version: None,
+            stage: None,
+        }
+    }
+}
+
+/// Lease facts carried by lifecycle events about a lease.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct LeaseInfo {
+    /// Lease id.
+    pub lease_id: Uuid,
+    /// Task.
+    pub task_id: String,
+    /// Agent.
+    pub agent_id: String,
+    /// Scope.
+    pub scope: String,
+    /// Tier.
+    pub tier: Tier,
+    /// Expiry.
+    #[serde(with = "time::serde::rfc3339")]
+    #[schemars(with = "String")]
+    pub expires_at: OffsetDateTime,
+}
+
+impl From<&Lease> for LeaseInfo {
+    fn from(l: &Lease) -> Self {
+        Self {
+            lease_id: l.id,
+            task_id: l.task_id.clone(),
+            agent_id: l.agent_id.clone(),
+            scope: l.scope.clone(),
+            tier: l.tier,
+            expires_at: l.expires_at,
+        }
+    }
+}
+
+impl std::fmt::Debug for IssueReply {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("IssueReply")
+            .field("lease_id", &self.lease_id)
+            .field("secret", &"[redacted]")
+            .field("expires_at", &self.expires_at)
+            .field("tier", &self.tier)
+            .finish()
+    }
+}
+
+impl std::fmt::Debug for VerifyRequest {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("VerifyRequest { token: [redacted] }")
+    }
+}

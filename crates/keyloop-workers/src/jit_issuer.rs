@@ -1,0 +1,393 @@
+//! jit-issuer: serves `<prefix>.jit.issue` and `<prefix>.token.verify` as request/reply in the
+//! queue group `jit-issuer` (replies are never stored in a stream: the token travels once, in
+//! the reply), and consumes `<prefix>.task.completed` to revoke every lease of a finished task.
+//!
+//! A lease's token is never stored anywhere: only its fingerprints, which is all verification
+//! needs. Its expiry is enforced twice — verification compares `expires_at` with the clock, and
+//! the sweeper expires it in the inventory — so a lease dies on time even if a completion never
+//! arrives.
+
+use crate::context::WorkerContext;
+use crate::decode;
+use crate::ops::{self, Cause};
+use futures::{FutureExt, StreamExt};
+use keyloop_core::event::{
+    CloudEvent, LifecycleData, LifecycleKind, REVOKE_LEASE_COMMAND_TYPE, RevokeLeaseCommand,
+    TASK_COMPLETED_TYPE, TaskCompleted, lease_event, stable_id,
+};
+use keyloop_core::lease::{
+    IssueReply, IssueRequest, LeaseState, ServiceError, VerifyReply, VerifyRequest,
+};
+use keyloop_core::{Fingerprint, JitPolicy, Lease, RevokeReason, Secret, Stage, Tier};
+use keyloop_nats::{Delivery, DueItem, Error, ErrorKind, FingerprintRef, Handler, HandlerError};
+use serde::Serialize;
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+use time::OffsetDateTime;
+use tokio::sync::Semaphore;
+use tokio_util::sync::CancellationToken;
+use tracing::{info, warn};
+use uuid::Uuid;
+
+const SOURCE: &str = "keyloop/jit-issuer";
+/// The queue group every replica serves requests in.
+pub const QUEUE_GROUP: &str = "jit-issuer";
+/// Largest request accepted.
+const MAX_REQUEST_BYTES: usize = 4 * 1024;
+/// Longest task or agent id.
+const MAX_ID_LEN: usize = 128;
+/// Requests handled at once per replica.
+const MAX_IN_FLIGHT: usize = 256;
+
+/// The handler of `<prefix>.task.completed`.
+pub fn handler(ctx: Arc<WorkerContext>) -> Handler {
+    Arc::new(move |delivery| {
+        let ctx = ctx.clone();
+        async move { task_completed(&ctx, &delivery).await }.boxed()
+    })
+}
+
+/// `task.completed` → a revoke command per live lease of the task. Redelivery republishes the
+/// same command ids, which the commands stream drops.
+async fn task_completed(ctx: &WorkerContext, delivery: &Delivery) -> Result<(), HandlerError> {
+    let event: CloudEvent<TaskCompleted> =
+        decode::cloud_event(&delivery.message.payload, TASK_COMPLETED_TYPE)?;
+    let task = &event.data.task_id;
+    let leases = ctx.inventory.leases_of_task(task).await?;
+    let mut revoked = 0;
+    for lease_id in leases {
+        let Some(lease) = ctx.inventory.lease(lease_id).await? else {
+            continue;
+        };
+        if lease.state != LeaseState::Active {
+            continue;
+        }
+        let op_id = format!("task-completed/{lease_id}");
+        let cmd = RevokeLeaseCommand {
+            lease: lease_id,
+            reason: RevokeReason::TaskCompleted,
+            op_id: op_id.clone(),
+            leak_published_at: None,
+        };
+        let ev = CloudEvent::new(
+            stable_id(&format!("cmd/{op_id}")).to_string(),
+            SOURCE,
+            REVOKE_LEASE_COMMAND_TYPE,
+            cmd,
+        )
+        .with_subject(Lease::subject_token(lease_id))
+        .caused_by(Some(task.clone()), Some(event.id.clone()));
+        ctx.bus
+            .publish_event(&ctx.bus.topology.cmd_revoke_lease(), &ev)
+            .await?;
+        revoked += 1;
+    }
+    info!(task = %task, revoked, "task completed: its leases are being revoked");
+    Ok(())
+}
+
+fn service_error(code: &str, message: impl Into<String>) -> ServiceError {
+    ServiceError {
+        code: code.into(),
+        message: message.into(),
+    }
+}
+
+fn check_id(what: &str, id: &str) -> Result<(), ServiceError> {
+    if id.is_empty() || id.len() > MAX_ID_LEN || id.chars().any(char::is_control) {
+        return Err(service_error(
+            "bad_request",
+            format!("{what} must be 1 to {MAX_ID_LEN} printable characters"),
+        ));
+    }
+    Ok(())
+}
+
+/// Issues a lease for `req` under `policy`: validated, recorded (lease, task index, fingerprint
+/// index, expiry), `issued` published, and only then the token handed out.
+pub async fn issue(
+    ctx: &WorkerContext,
+    policy: &JitPolicy,
+    req: &IssueRequest,
+    now: OffsetDateTime,
+) -> Result<IssueReply, ServiceError> {
+    check_id("task_id", &req.task_id)?;
+    check_id("agent_id", &req.agent_id)?;
+    let Some(scope) = policy.scopes.get(&req.scope) else {
+        let known: Vec<_> = policy.scopes.keys().cloned().collect();
+        return Err(service_error(
+            "unknown_scope",
+            format!(
+                "unknown scope `{}`; scopes: {}",
+                req.scope.chars().take(64).collect::<String>(),
+                known.join(", ")
+            ),
+        ));
+    };
+    if scope.tier == Tier::Approve {
+        return Err(service_error(
+            "approval_required",
+            format!(
+                "scope `{}` is of tier approve and needs an approval before issue; approvals are not available yet, so it is refused — request a lower scope or ask an operator",
+                req.scope
+            ),
+        ));
+    }
+    if req.ttl_secs == 0 || req.ttl_secs > scope.max_ttl_secs {
+        return Err(service_error(
+            "ttl_too_long",
+            format!(
+                "ttl {} s is outside 1..={} s, the limit of scope `{}`; request at most {} s (longer requests are refused, never shortened)",
+                req.ttl_secs, scope.max_ttl_secs, req.scope, scope.max_ttl_secs
+            ),
+        ));
+    }
+    let unavailable = |e: Error| {
+        service_error(
+            "unavailable",
+            format!("could not record the lease: {e}; retry"),
+        )
+    };
+    let token = keyloop_backends::generate_token();
+    let fingerprint = Fingerprint::of(&token);
+    let lease = Lease {
+        id: Uuid::now_v7(),
+        task_id: req.task_id.clone(),
+        agent_id: req.agent_id.clone(),
+        scope: req.scope.clone(),
+        tier: scope.tier,
+        fingerprint: fingerprint.clone(),
+        state: LeaseState::Active,
+        issued_at: now,
+        expires_at: now + Duration::from_secs(req.ttl_secs),
+        ended_at: None,
+        end_reason: None,
+        ended_by: None,
+    };
+    ctx.inventory
+        .create_lease(&lease)
+        .await
+        .map_err(unavailable)?;
+    let (keys, target) = (
+        fingerprint.index_keys(),
+        FingerprintRef::Lease { lease: lease.id },
+    );
+    let (indexed, scheduled) = tokio::join!(
+        ctx.fingerprints.put(&keys, &target),
+        ctx.due
+            .schedule(DueItem::Expire { lease: lease.id }, lease.expires_at, now),
+    );
+    indexed.map_err(unavailable)?;
+    scheduled.map_err(unavailable)?;
+    let mut data = LifecycleData::new(LifecycleKind::Issued, None, None);
+    data.actor = Some(req.agent_id.clone());
+    let event = lease_event(SOURCE, &format!("issue/{}", lease.id), data, &lease)
+        .caused_by(Some(req.task_id.clone()), None);
+    ctx.bus
+        .publish_lifecycle(&event)
+        .await
+        .map_err(unavailable)?;
+    Ok(IssueReply {
+        lease_id: lease.id,
+        secret: token.expose().to_owned(),
+        expires_at: lease.expires_at,
+        tier: lease.tier,
+    })
+}
+
+/// Remembers which leases had a `used` event in the current interval, so a busy service
+/// verifying the same token does not publish one per request.
+#[derive(Debug, Default)]
+pub struct UseLimiter {
+    last: Mutex<HashMap<Uuid, i64>>,
+}
+
+impl UseLimiter {
+    fn first_in_window(&self, id: Uuid, window: i64) -> bool {
+        let mut last = self.last.lock().expect("use limiter lock");
+        if last.len() > 100_000 {
+            last.retain(|_, w| *w >= window);
+        }
+        last.insert(id, window) != Some(window)
+    }
+}
+
+/// Checks a token (a lease's, or a managed credential's value): valid when its lease is active
+/// and unexpired, or its version is current or previous. A valid use is recorded.
+pub async fn verify(
+    ctx: &WorkerContext,
+    token: &Secret,
+    now: OffsetDateTime,
+    limiter: &UseLimiter,
+) -> Result<VerifyReply, Error> {
+    let keys = Fingerprint::of(token).index_keys();
+    let window = now
+        .unix_timestamp()
+        .div_euclid(ops::USE_RECORD_INTERVAL_SECS);
+    match ctx.fingerprints.lookup(&keys).await? {
+        None => Ok(VerifyReply::invalid()),
+        Some(FingerprintRef::Lease { lease }) => {
+            let Some(lease) = ctx.inventory.lease(lease).await? else {
+                return Ok(VerifyReply::invalid());
+            };
+            if !lease.is_valid_at(now) {
+                return Ok(VerifyReply::invalid());
+            }
+            if limiter.first_in_window(lease.id, window) {
+                let mut data = LifecycleData::new(LifecycleKind::Used, None, None);
+                data.actor = Some("keyloop.token.verify".into());
+                let event =
+                    lease_event(SOURCE, &format!("used/{}/{window}", lease.id), data, &lease)
+                        .caused_by(Some(lease.task_id.clone()), None);
+                ctx.bus.publish_lifecycle(&event).await?;
+            }
+            Ok(VerifyReply {
+                valid: true,
+                lease_id: Some(lease.id),
+                scope: Some(lease.scope.clone()),
+                expires_at: Some(lease.expires_at),
+                ..VerifyReply::invalid()
+            })
+        }
+        Some(FingerprintRef::Version {
+            credential,
+            version,
+        }) => {
+            let Some((cred, _)) = ctx.inventory.get(&credential).await? else {
+                return Ok(VerifyReply::invalid());
+            };
+            let Some(v) = cred.version(version) else {
+                return Ok(VerifyReply::invalid());
+            };
+            if !matches!(v.stage, Stage::Current | Stage::Previous) {
+                return Ok(VerifyReply::invalid());
+            }
+            if limiter.first_in_window(version, window) {
+                let cause = Cause {
+                    source: SOURCE.into(),
+                    correlation: None,
+                    causation: None,
+                };
+                ops::record_use(
+                    ctx,
+                    &credential,
+                    Some(version),
+                    Some("keyloop.token.verify".into()),
+                    now,
+                    &cause,
+                )
+                .await?;
+            }
+            Ok(VerifyReply {
+                valid: true,
+                credential: Some(credential.to_string()),
+                version: Some(version),
+                stage: Some(v.stage),
+                ..VerifyReply::invalid()
+            })
+        }
+    }
+}
+
+#[derive(Serialize)]
+struct ErrorReply<'a> {
+    error: &'a ServiceError,
+}
+
+fn encode<T: Serialize>(result: Result<T, ServiceError>) -> Vec<u8> {
+    match result {
+        Ok(v) => serde_json::to_vec(&v),
+        Err(e) => serde_json::to_vec(&ErrorReply { error: &e }),
+    }
+    .expect("replies serialize")
+}
+
+/// Serves issue and verify requests in the queue group until `shutdown`, then finishes the
+/// requests in hand.
+pub async fn serve(
+    ctx: Arc<WorkerContext>,
+    policy: JitPolicy,
+    shutdown: CancellationToken,
+) -> Result<(), Error> {
+    let topo = &ctx.bus.topology;
+    let client = ctx.bus.client.clone();
+    let subscribe = |subject: String| {
+        let client = client.clone();
+        async move {
+            client
+                .queue_subscribe(subject.clone(), QUEUE_GROUP.into())
+                .await
+                .map_err(|e| Error::new(ErrorKind::Transient, format!("subscribe to {subject}"), e))
+        }
+    };
+    let mut issues = subscribe(topo.jit_issue()).await?;
+    let mut verifies = subscribe(topo.token_verify()).await?;
+    info!(issue = %topo.jit_issue(), verify = %topo.token_verify(), group = QUEUE_GROUP, "jit-issuer serving");
+    let policy = Arc::new(policy);
+    let limiter = Arc::new(UseLimiter::default());
+    let permits = Arc::new(Semaphore::new(MAX_IN_FLIGHT));
+    let mut in_flight = tokio::task::JoinSet::new();
+    loop {
+        let (msg, is_issue) = tokio::select! {
+            () = shutdown.cancelled() => break,
+            Some(m) = issues.next() => (m, true),
+            Some(m) = verifies.next() => (m, false),
+            else => break,
+        };
+        while in_flight.try_join_next().is_some() {}
+        let Some(reply_to) = msg.reply.clone() else {
+            continue;
+        };
+        let permit = permits
+            .clone()
+            .acquire_owned()
+            .await
+            .expect("semaphore is never closed");
+        let (ctx, policy, limiter, client) =
+            (ctx.clone(), policy.clone(), limiter.clone(), client.clone());
+        in_flight.spawn(async move {
+            let now = OffsetDateTime::now_utc();
+            let reply = if msg.payload.len() > MAX_REQUEST_BYTES {
+                encode::<()>(Err(service_error("bad_request", format!("request over {MAX_REQUEST_BYTES} bytes"))))
+            } else if is_issue {
+                match serde_json::from_slice::<IssueRequest>(&msg.payload) {
+                    Ok(req) => {
+                        let result = issue(&ctx, &policy, &req, now).await;
+                        match &result {
+                            Ok(r) => info!(lease = %r.lease_id, task = %req.task_id, agent = %req.agent_id, scope = %req.scope, "lease issued"),
+                            Err(e) => warn!(task = %req.task_id, code = %e.code, reason = %e.message, "lease refused"),
+                        }
+                        encode(result)
+                    }
+                    Err(e) => encode::<()>(Err(service_error(
+                        "bad_request",
+                        format!("expected {{task_id, agent_id, scope, ttl_secs}} (schemas/jit.issue.request.json): error at line {} column {}", e.line(), e.column()),
+                    ))),
+                }
+            } else {
+                match serde_json::from_slice::<VerifyRequest>(&msg.payload) {
+                    Ok(req) => {
+                        let token = Secret::new(req.token);
+                        encode(verify(&ctx, &token, now, &limiter).await.map_err(|e| {
+                            service_error("unavailable", format!("could not verify: {e}; retry"))
+                        }))
+                    }
+                    Err(e) => encode::<()>(Err(service_error(
+                        "bad_request",
+                        format!("expected {{\"token\": ...}}: error at line {} column {}", e.line(), e.column()),
+                    ))),
+                }
+            };
+            if let Err(e) = client.publish(reply_to, reply.into()).await {
+                warn!(error = %e, "could not send the reply; the requester will time out and retry");
+            }
+            drop(permit);
+        });
+    }
+    let _ = issues.unsubscribe().await;
+    let _ = verifies.unsubscribe().await;
+    while in_flight.join_next().await.is_some() {}
+    info!("jit-issuer stopped serving");
+    Ok(())
+}

@@ -1,0 +1,305 @@
+//! JIT credentials: issued per task through request/reply, verified, revoked when the task
+//! completes or expired by the sweeper when it never does; refused scopes; a sweep's work grows
+//! with what is due, not with the number of leases.
+
+use crate::harness::{Env, Events, lifecycle};
+use keyloop_backends::MasterKey;
+use keyloop_core::lease::IssueRequest;
+use keyloop_core::{JitPolicy, LifecycleKind, RevokeReason};
+use keyloop_workers::WorkerContext;
+use keyloop_workers::{jit_issuer, sweeper};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use time::OffsetDateTime;
+
+const ALL_ROLES: [&str; 8] = [
+    "leak-responder",
+    "rotator",
+    "revoker",
+    "scheduler",
+    "sweeper",
+    "jit-issuer",
+    "--tick-interval",
+    "1s",
+];
+
+async fn start_task(env: &Env, task: &str, scope: &str, ttl: &str) -> serde_json::Value {
+    let out = env
+        .ok(&[
+            "task", "start", task, "--agent", "agent-7", "--scope", scope, "--ttl", ttl, "--json",
+        ])
+        .await;
+    serde_json::from_str(out.trim()).unwrap()
+}
+
+#[tokio::test]
+async fn lease_works_until_its_task_completes_then_is_revoked_within_a_second() {
+    let env = Env::start().await;
+    let _w = env.worker("worker", &ALL_ROLES);
+    let events = Events::subscribe(&env.bus).await;
+    let lease = start_task(&env, "build-1842", "read", "10m").await;
+    let token = lease["secret"].as_str().unwrap().to_owned();
+    let lease_id: uuid::Uuid = lease["lease_id"].as_str().unwrap().parse().unwrap();
+    assert!(token.starts_with("klt_"));
+    assert!(env.verify(&token).await, "a fresh lease's token is valid");
+
+    let completed = Instant::now();
+    env.ok(&["task", "complete", "build-1842"]).await;
+    events
+        .wait("lease revoked", Duration::from_secs(1), |e| {
+            e.iter().any(|e| {
+                e.data.kind == LifecycleKind::Revoked
+                    && e.data
+                        .lease
+                        .as_ref()
+                        .is_some_and(|l| l.lease_id == lease_id)
+            })
+        })
+        .await;
+    assert!(
+        !env.verify(&token).await,
+        "the token is invalid once its task completed"
+    );
+    println!(
+        "task.completed → lease revoked in {:?}",
+        completed.elapsed()
+    );
+
+    let about: Vec<_> = lifecycle(&env.bus)
+        .await
+        .into_iter()
+        .filter(|e| {
+            e.data
+                .lease
+                .as_ref()
+                .is_some_and(|l| l.lease_id == lease_id)
+        })
+        .collect();
+    let kinds: Vec<_> = about.iter().map(|e| e.data.kind).collect();
+    assert_eq!(
+        kinds,
+        [
+            LifecycleKind::Issued,
+            LifecycleKind::Used,
+            LifecycleKind::Revoked
+        ],
+        "{kinds:?}"
+    );
+    assert_eq!(
+        about[2].data.revoke_reason,
+        Some(RevokeReason::TaskCompleted)
+    );
+    assert!(
+        about
+            .iter()
+            .all(|e| e.correlationid.as_deref() == Some("build-1842"))
+    );
+    assert_eq!(
+        about[0].subject.as_deref(),
+        Some(format!("_lease-{lease_id}").as_str())
+    );
+}
+
+#[tokio::test]
+async fn lease_without_completion_is_expired_by_the_first_tick_after_its_ttl() {
+    let env = Env::start().await;
+    let _w = env.worker("worker", &ALL_ROLES);
+    let events = Events::subscribe(&env.bus).await;
+    let lease = start_task(&env, "forgotten-task", "write", "2s").await;
+    let token = lease["secret"].as_str().unwrap().to_owned();
+    let lease_id: uuid::Uuid = lease["lease_id"].as_str().unwrap().parse().unwrap();
+    let expires_at = OffsetDateTime::parse(
+        lease["expires_at"].as_str().unwrap(),
+        &time::format_description::well_known::Rfc3339,
+    )
+    .unwrap();
+    assert!(env.verify(&token).await);
+    events
+        .wait("lease expired", Duration::from_secs(6), |e| {
+            e.iter().any(|e| {
+                e.data.kind == LifecycleKind::Expired
+                    && e.data
+                        .lease
+                        .as_ref()
+                        .is_some_and(|l| l.lease_id == lease_id)
+            })
+        })
+        .await;
+    assert!(!env.verify(&token).await);
+    let stored = lifecycle(&env.bus).await;
+    let expired = stored
+        .iter()
+        .find(|e| e.data.kind == LifecycleKind::Expired)
+        .unwrap();
+    assert_eq!(expired.data.revoke_reason, Some(RevokeReason::Expired));
+    let late = expired.time - expires_at;
+    assert!(
+        late >= Duration::ZERO && late < Duration::from_millis(2_500),
+        "expired {late} after its expiry (ticks every 1 s)"
+    );
+}
+
+#[tokio::test]
+async fn refused_requests_say_why_and_issue_nothing() {
+    let env = Env::start().await;
+    let _w = env.worker("worker", &["jit-issuer"]);
+    for (args, expect) in [
+        (["--scope", "admin", "--ttl", "5m"], "approval"),
+        (
+            ["--scope", "read", "--ttl", "2h"],
+            "refused, never shortened",
+        ),
+        (["--scope", "root", "--ttl", "5m"], "unknown scope"),
+    ] {
+        let mut all = vec!["task", "start", "t-1", "--agent", "a"];
+        all.extend(args);
+        let out = env.run(&all).await;
+        assert!(!out.status.success());
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(stderr.contains(expect), "{stderr}");
+        assert!(out.stdout.is_empty(), "no token printed");
+    }
+    assert!(lifecycle(&env.bus).await.is_empty(), "nothing was issued");
+}
+
+#[tokio::test]
+async fn a_sweep_over_10000_live_leases_with_10_due_touches_about_10_items() {
+    let env = Env::start().await;
+    let key = MasterKey::generate();
+    let ctx = Arc::new(
+        WorkerContext::open(env.bus.clone(), Some(&key))
+            .await
+            .unwrap(),
+    );
+    let policy = Arc::new(JitPolicy::default());
+    let now = OffsetDateTime::now_utc();
+    let started = Instant::now();
+    let mut tasks = tokio::task::JoinSet::new();
+    let permits = Arc::new(tokio::sync::Semaphore::new(64));
+    for i in 0..10_000u32 {
+        let (ctx, policy, permit) = (
+            ctx.clone(),
+            policy.clone(),
+            permits.clone().acquire_owned().await.unwrap(),
+        );
+        tasks.spawn(async move {
+            let ttl_secs = if i % 1_000 == 0 { 1 } else { 3_000 };
+            let req = IssueRequest {
+                task_id: format!("task-{i}"),
+                agent_id: "a".into(),
+                scope: "read".into(),
+                ttl_secs,
+            };
+            jit_issuer::issue(&ctx, &policy, &req, now).await.unwrap();
+            drop(permit);
+        });
+    }
+    while let Some(r) = tasks.join_next().await {
+        r.unwrap();
+    }
+    println!("issued 10,000 leases in {:?}", started.elapsed());
+
+    let sweep_started = Instant::now();
+    let stats = sweeper::sweep(&ctx, now + Duration::from_secs(5))
+        .await
+        .unwrap();
+    println!(
+        "sweep over 10,000 live leases, 10 due: {stats:?} in {:?}",
+        sweep_started.elapsed()
+    );
+    assert_eq!(stats.commands, 10, "the 10 due leases were expired");
+    assert!(
+        stats.entries_read <= 20,
+        "a sweep reads about the due items, not the inventory: {stats:?}"
+    );
+    let again = sweeper::sweep(&ctx, now + Duration::from_secs(5))
+        .await
+        .unwrap();
+    assert_eq!(
+        again.commands, 0,
+        "a second sweep finds nothing new: {again:?}"
+    );
+}
+
+#[tokio::test]
+async fn a_leaked_jit_token_is_revoked_like_any_other_value() {
+    let env = Env::start().await;
+    let _w = env.worker("worker", &ALL_ROLES);
+    let events = Events::subscribe(&env.bus).await;
+    let lease = start_task(&env, "agent-run-5", "read", "30m").await;
+    let token = lease["secret"].as_str().unwrap().to_owned();
+    let lease_id: uuid::Uuid = lease["lease_id"].as_str().unwrap().parse().unwrap();
+    let report = env.file(
+        "leak.jsonl",
+        format!("{{\"secret\":\"{token}\",\"url\":\"https://paste.example/x\"}}\n").as_bytes(),
+    );
+    env.ok(&["ingest", "generic", report.to_str().unwrap()])
+        .await;
+    events
+        .wait("leaked lease revoked", Duration::from_secs(5), |e| {
+            e.iter().any(|e| {
+                e.data.kind == LifecycleKind::Revoked
+                    && e.data.revoke_reason == Some(RevokeReason::Leak)
+                    && e.data
+                        .lease
+                        .as_ref()
+                        .is_some_and(|l| l.lease_id == lease_id)
+            })
+        })
+        .await;
+    assert!(!env.verify(&token).await);
+    let stored = lifecycle(&env.bus).await;
+    let revoked = stored
+        .iter()
+        .find(|e| e.data.kind == LifecycleKind::Revoked)
+        .unwrap();
+    assert!(revoked.data.time_to_revoke_ms.is_some());
+    assert!(
+        stored
+            .iter()
+            .any(|e| e.data.kind == LifecycleKind::LeakMatched)
+    );
+}
+
+#[tokio::test]
+async fn an_unused_credential_is_revoked_when_idle_and_reveal_counts_as_use() {
+    let env = Env::start().await;
+    let _w = env.worker("worker", &ALL_ROLES);
+    let events = Events::subscribe(&env.bus).await;
+    env.ok(&[
+        "credential",
+        "register",
+        "svc/dormant",
+        "--idle-revoke-after",
+        "2s",
+    ])
+    .await;
+    env.ok(&[
+        "credential",
+        "register",
+        "svc/busy",
+        "--idle-revoke-after",
+        "1h",
+    ])
+    .await;
+    env.ok(&["credential", "reveal", "svc/busy"]).await;
+    assert!(
+        env.credential("svc/busy").await.last_used_at.is_some(),
+        "reveal records a use"
+    );
+    events
+        .wait("idle revocation", Duration::from_secs(6), |e| {
+            e.iter().any(|e| {
+                e.data.kind == LifecycleKind::Revoked && e.subject.as_deref() == Some("svc/dormant")
+            })
+        })
+        .await;
+    let dormant = env.credential("svc/dormant").await;
+    assert!(dormant.live_versions().is_empty());
+    assert_eq!(dormant.versions[0].revoke_reason, Some(RevokeReason::Idle));
+    assert_eq!(
+        env.credential("svc/busy").await.live_versions().len(),
+        1,
+        "idle revocation hits only the idle credential"
+    );
+}
