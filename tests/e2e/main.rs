@@ -2,6 +2,7 @@
 //! real nats-server started per test by `keyloop-testkit`.
 
 mod cli;
+mod fleet;
 mod harness;
 mod jit;
 mod leak_loop;

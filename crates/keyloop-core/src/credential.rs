@@ -261,6 +261,32 @@ pub struct Credential {
     )]
     #[schemars(with = "Option<String>")]
     pub last_used_at: Option<OffsetDateTime>,
+    /// The operation in flight on this credential, if any: at most one across the fleet.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub claim: Option<Claim>,
+}
+
+/// A worker's claim on a credential for one operation, until a deadline. Another operation
+/// waits until it is released or expires; the same operation (redelivered after a crash) may
+/// take it over at once, because every step is idempotent.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Claim {
+    /// The operation (`leak-…/…`, `manual-rotate/…`, `scheduled/…`).
+    pub op: String,
+    /// The worker process holding it.
+    pub holder: String,
+    /// When it lapses if not released.
+    #[serde(with = "time::serde::rfc3339")]
+    #[schemars(with = "String")]
+    pub deadline: OffsetDateTime,
+}
+
+impl Claim {
+    /// Whether `op` may take this claim at `now`.
+    pub fn yields_to(&self, op: &str, now: OffsetDateTime) -> bool {
+        self.op == op || self.deadline <= now
+    }
 }
 
 impl Credential {
@@ -410,6 +436,7 @@ mod stage_tests {
             versions,
             created_at: datetime!(2026-01-01 0:00 UTC),
             last_used_at: None,
+            claim: None,
         }
     }
 

@@ -14,6 +14,8 @@ pub enum ErrorKind {
     NotFound,
     /// Something that must not exist already does (registering an existing credential).
     AlreadyExists,
+    /// Another operation holds the credential's claim: retry once it is released or expires.
+    Busy,
 }
 
 /// An operation on NATS failed.
@@ -54,7 +56,7 @@ impl Error {
 
     /// True when retrying may succeed.
     pub fn is_transient(&self) -> bool {
-        self.kind == ErrorKind::Transient
+        matches!(self.kind, ErrorKind::Transient | ErrorKind::Busy)
     }
 }
 

@@ -18,8 +18,8 @@ use crate::error::{Error, ErrorKind};
 use crate::topology::{MAX_DELIVER, Role};
 use async_nats::HeaderMap;
 use async_nats::jetstream::{self, AckKind};
-use futures::StreamExt;
 use futures::future::BoxFuture;
+use futures::{FutureExt, StreamExt};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
@@ -199,8 +199,21 @@ pub async fn consume(
             drop(permit);
         });
     }
-    // Stop pulling, then let every message in hand finish: none is half-done.
+    // Stop pulling. Messages already delivered to this client but not started are handed back
+    // at once (nak without delay), so another replica takes them now instead of after the ack
+    // wait. Then every message in hand finishes: none is half-done.
+    let mut handed_back = 0u64;
+    while let Some(Some(Ok(m))) = messages.next().now_or_never() {
+        let _ = m.ack_with(AckKind::Nak(None)).await;
+        handed_back += 1;
+    }
     drop(messages);
+    if handed_back > 0 {
+        info!(
+            role = role.name(),
+            handed_back, "shutdown: handed back messages not yet started"
+        );
+    }
     let pending = in_flight.len();
     if pending > 0 {
         info!(
@@ -209,6 +222,11 @@ pub async fn consume(
         );
     }
     while in_flight.join_next().await.is_some() {}
+    // Acks are buffered by the client: send them before the process exits, or the messages
+    // just finished would be redelivered.
+    if let Err(e) = bus.client.flush().await {
+        warn!(role = role.name(), error = %e, "could not flush the last acks; those messages will be redelivered (harmless)");
+    }
     info!(role = role.name(), "worker stopped");
     Ok(())
 }

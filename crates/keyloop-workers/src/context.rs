@@ -6,6 +6,10 @@ use keyloop_core::{StoreKind, TargetKind};
 use keyloop_nats::{Bus, DueIndex, Error, ErrorKind, FingerprintIndex, Inventory};
 use std::sync::Arc;
 
+/// How long a claim lasts if its holder dies: shorter than the consumers' ack wait (30 s), so
+/// the redelivered message finds it lapsed.
+pub const DEFAULT_CLAIM_TTL: std::time::Duration = std::time::Duration::from_secs(20);
+
 /// The stores and targets this process can reach.
 #[derive(Debug, Clone, Default)]
 pub struct Backends {
@@ -47,6 +51,10 @@ pub struct WorkerContext {
     pub due: DueIndex,
     /// Stores and targets.
     pub backends: Backends,
+    /// This process's identity in credential claims.
+    pub holder: String,
+    /// How long a claim lasts if its holder dies without releasing it.
+    pub claim_ttl: std::time::Duration,
 }
 
 impl WorkerContext {
@@ -69,6 +77,8 @@ impl WorkerContext {
             fingerprints,
             due,
             backends: Backends { local },
+            holder: format!("{}-{}", std::process::id(), uuid::Uuid::now_v7()),
+            claim_ttl: DEFAULT_CLAIM_TTL,
         })
     }
 }

@@ -102,6 +102,7 @@ pub async fn register(
         }],
         created_at: now,
         last_used_at: None,
+        claim: None,
     };
     if let Err(e) = ctx.inventory.create(&cred).await {
         // Lost a race with another registration of the same id: its value stays, ours goes.
@@ -393,4 +394,102 @@ pub async fn end_lease(
         .caused_by(cause.correlation.clone(), cause.causation.clone());
     ctx.bus.publish_lifecycle(&event).await?;
     Ok(true)
+}
+
+/// Longest an operation waits in-process for another operation's claim on the same credential
+/// before giving the message back (nak) to be retried later.
+const CLAIM_WAIT: Duration = Duration::from_secs(5);
+
+/// A held claim on a credential; release it with [`ClaimGuard::release`] (if the holder dies
+/// first, the claim lapses at its deadline).
+#[derive(Debug)]
+#[must_use = "release the claim when the operation is done"]
+pub struct ClaimGuard {
+    credential: CredentialId,
+    op: String,
+    holder: String,
+}
+
+/// Takes the credential's claim for operation `op`: at most one operation in flight per
+/// credential across the fleet. Waits (with backoff, up to a few seconds) while another
+/// operation holds it; then fails with `Busy`, and the message is retried later.
+pub async fn claim(
+    ctx: &WorkerContext,
+    credential: &CredentialId,
+    op: &str,
+) -> Result<ClaimGuard, Error> {
+    use backon::{ExponentialBuilder, Retryable};
+    let attempt = || async {
+        let now = OffsetDateTime::now_utc();
+        let deadline = now + ctx.claim_ttl;
+        ctx.inventory
+            .update(credential, |c| {
+                if let Some(existing) = &c.claim
+                    && !existing.yields_to(op, now)
+                {
+                    return Err(Error::msg(
+                        ErrorKind::Busy,
+                        format!(
+                            "credential {credential} is busy with operation {} (claim until {}); will retry",
+                            existing.op, existing.deadline
+                        ),
+                    ));
+                }
+                c.claim = Some(keyloop_core::Claim { op: op.to_owned(), holder: ctx.holder.clone(), deadline });
+                Ok(Change::Write(()))
+            })
+            .await
+    };
+    attempt
+        .retry(
+            ExponentialBuilder::default()
+                .with_min_delay(Duration::from_millis(2))
+                .with_max_delay(Duration::from_millis(250))
+                .with_total_delay(Some(CLAIM_WAIT))
+                .without_max_times()
+                .with_jitter(),
+        )
+        .when(|e: &Error| e.kind() == ErrorKind::Busy)
+        .await?;
+    Ok(ClaimGuard {
+        credential: credential.clone(),
+        op: op.to_owned(),
+        holder: ctx.holder.clone(),
+    })
+}
+
+impl ClaimGuard {
+    /// Releases the claim if it is still ours. A failure here is harmless: the claim lapses.
+    pub async fn release(self, ctx: &WorkerContext) {
+        let result = ctx
+            .inventory
+            .update(&self.credential, |c| match &c.claim {
+                Some(k) if k.op == self.op && k.holder == self.holder => {
+                    c.claim = None;
+                    Ok(Change::Write(()))
+                }
+                _ => Ok(Change::Keep(())),
+            })
+            .await;
+        if let Err(e) = result {
+            tracing::warn!(credential = %self.credential, op = %self.op, error = %e, "could not release claim; it lapses at its deadline");
+        }
+    }
+}
+
+/// Runs `operation` holding the credential's claim for `op`, and releases it afterwards
+/// whatever the outcome.
+pub async fn with_claim<T, F>(
+    ctx: &WorkerContext,
+    credential: &CredentialId,
+    op: &str,
+    operation: F,
+) -> Result<T, Error>
+where
+    F: std::future::Future<Output = Result<T, Error>>,
+{
+    let guard = claim(ctx, credential, op).await?;
+    let result = operation.await;
+    guard.release(ctx).await;
+    result
 }

@@ -40,40 +40,13 @@ async fn revoke(ctx: &WorkerContext, delivery: &Delivery) -> Result<(), HandlerE
         correlation: command.correlationid.clone(),
         causation: Some(command.id.clone()),
     };
-    let (cred, _) = ctx
-        .inventory
-        .require(&cmd.credential)
-        .await
-        .map_err(HandlerError::from)?;
-    let versions: Vec<_> = match cmd.version {
-        Some(v) => vec![v],
-        // Every live version, plus those this operation already revoked on an earlier attempt
-        // (their events may not be out yet).
-        None => cred
-            .versions
-            .iter()
-            .filter(|v| {
-                v.stage != Stage::Revoked || v.revoked_by.as_deref() == Some(cmd.op_id.as_str())
-            })
-            .map(|v| v.id)
-            .collect(),
-    };
-    for version in versions {
-        let outcome = ops::revoke_version(
-            ctx,
-            RevokeVersion {
-                credential: &cmd.credential,
-                version,
-                reason: cmd.reason,
-                op: &cmd.op_id,
-                leak_published_at: cmd.leak_published_at,
-                note: cmd.note.clone(),
-            },
-            &cause,
-        )
-        .await?;
-        info!(credential = %cmd.credential, %version, reason = cmd.reason.name(), ?outcome, "revocation step done");
-    }
+    ops::with_claim(
+        ctx,
+        &cmd.credential,
+        &cmd.op_id,
+        revoke_versions(ctx, cmd, &cause),
+    )
+    .await?;
     if cmd.then_rotate {
         let op_id = format!("{}/rotate", cmd.op_id);
         let rotate = RotateCommand {
@@ -116,5 +89,44 @@ async fn revoke_lease(ctx: &WorkerContext, delivery: &Delivery) -> Result<(), Ha
     )
     .await?;
     info!(lease = %cmd.lease, reason = cmd.reason.name(), ended, "lease revocation done");
+    Ok(())
+}
+
+/// Revokes the versions a command names. The caller holds the credential's claim.
+async fn revoke_versions(
+    ctx: &WorkerContext,
+    cmd: &RevokeCommand,
+    cause: &Cause,
+) -> Result<(), keyloop_nats::Error> {
+    let (cred, _) = ctx.inventory.require(&cmd.credential).await?;
+    let versions: Vec<_> = match cmd.version {
+        Some(v) => vec![v],
+        // Every live version, plus those this operation already revoked on an earlier attempt
+        // (their events may not be out yet).
+        None => cred
+            .versions
+            .iter()
+            .filter(|v| {
+                v.stage != Stage::Revoked || v.revoked_by.as_deref() == Some(cmd.op_id.as_str())
+            })
+            .map(|v| v.id)
+            .collect(),
+    };
+    for version in versions {
+        let outcome = ops::revoke_version(
+            ctx,
+            RevokeVersion {
+                credential: &cmd.credential,
+                version,
+                reason: cmd.reason,
+                op: &cmd.op_id,
+                leak_published_at: cmd.leak_published_at,
+                note: cmd.note.clone(),
+            },
+            cause,
+        )
+        .await?;
+        info!(credential = %cmd.credential, %version, reason = cmd.reason.name(), ?outcome, "revocation step done");
+    }
     Ok(())
 }

@@ -41,12 +41,19 @@ async fn rotate(ctx: &WorkerContext, delivery: &Delivery) -> Result<(), HandlerE
         correlation: command.correlationid.clone(),
         causation: Some(command.id.clone()),
     };
-    run_rotation(ctx, &command.data, &cause)
-        .await
-        .map_err(HandlerError::from)
+    let cmd = &command.data;
+    ops::with_claim(
+        ctx,
+        &cmd.credential,
+        &cmd.op_id,
+        run_rotation(ctx, cmd, &cause),
+    )
+    .await
+    .map_err(HandlerError::from)
 }
 
-/// Runs (or resumes) the rotation `cmd.op_id` of `cmd.credential` to the end.
+/// Runs (or resumes) the rotation `cmd.op_id` of `cmd.credential` to the end. The caller holds
+/// the credential's claim (see `ops::with_claim`).
 pub async fn run_rotation(
     ctx: &WorkerContext,
     cmd: &RotateCommand,

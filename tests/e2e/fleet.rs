@@ -1,0 +1,226 @@
+//! The fleet: operations on one credential serialize across replicas through the inventory
+//! claim; a dead holder's claim lapses; SIGTERM finishes what is in hand and exits 0.
+
+use crate::harness::{Env, Events, lifecycle, stream_messages};
+use keyloop_backends::MasterKey;
+use keyloop_core::event::{CloudEvent, ROTATE_COMMAND_TYPE, RotateCommand};
+use keyloop_core::{Claim, LifecycleKind, Policy, RotationReason, Stage, StoreKind, TargetKind};
+use keyloop_nats::Change;
+use keyloop_workers::WorkerContext;
+use keyloop_workers::ops::{self, Cause, Registration};
+use std::collections::HashSet;
+use std::time::{Duration, Instant};
+use time::OffsetDateTime;
+
+async fn context(env: &Env) -> WorkerContext {
+    let key =
+        MasterKey::from_hex(&std::fs::read_to_string(env.dir.path().join("master.key")).unwrap())
+            .unwrap();
+    WorkerContext::open(env.bus.clone(), Some(&key))
+        .await
+        .unwrap()
+}
+
+async fn register(ctx: &WorkerContext, id: &str) {
+    let reg = Registration {
+        id: id.parse().unwrap(),
+        store: StoreKind::Local,
+        target: TargetKind::None,
+        policy: Policy {
+            max_age_secs: None,
+            grace_secs: 3_600,
+            idle_revoke_after_secs: None,
+            owner: None,
+        },
+    };
+    ops::register(
+        ctx,
+        reg,
+        &Cause {
+            source: "keyloop/test".into(),
+            ..Default::default()
+        },
+    )
+    .await
+    .unwrap();
+}
+
+async fn rotate_command(env: &Env, credential: &str, op: &str) {
+    let cmd = RotateCommand {
+        credential: credential.parse().unwrap(),
+        reason: RotationReason::Manual,
+        op_id: op.into(),
+    };
+    let event = CloudEvent::new(op, "keyloop/test", ROTATE_COMMAND_TYPE, cmd)
+        .caused_by(Some(op.into()), None);
+    env.bus
+        .publish_event(&env.bus.topology.cmd_rotate(), &event)
+        .await
+        .unwrap();
+}
+
+#[tokio::test]
+async fn concurrent_rotations_of_one_credential_serialize_across_replicas() {
+    let env = Env::start().await;
+    let ctx = context(&env).await;
+    register(&ctx, "svc/contended").await;
+    let _workers: Vec<_> = (0..3)
+        .map(|i| env.worker(&format!("w{i}"), &["rotator", "revoker"]))
+        .collect();
+    let events = Events::subscribe(&env.bus).await;
+    const OPS: usize = 30;
+    for i in 0..OPS {
+        rotate_command(&env, "svc/contended", &format!("burst-{i:02}")).await;
+    }
+    events
+        .wait("30 rotations", Duration::from_secs(30), |e| {
+            e.iter()
+                .filter(|e| e.data.kind == LifecycleKind::Rotated)
+                .map(|e| e.correlationid.clone())
+                .collect::<HashSet<_>>()
+                .len()
+                >= OPS
+        })
+        .await;
+
+    // In the audit log each operation's events form one block: no other operation's event
+    // falls between its rotation_started and its rotated.
+    let stored = lifecycle(&env.bus).await;
+    let mut open: Option<String> = None;
+    let mut finished = HashSet::new();
+    for e in stored.iter().filter(|e| {
+        e.subject.as_deref() == Some("svc/contended") && e.data.kind != LifecycleKind::Created
+    }) {
+        let op = e.correlationid.clone().unwrap();
+        match e.data.kind {
+            LifecycleKind::RotationStarted => {
+                assert!(open.is_none(), "{op} started while {open:?} was in flight");
+                open = Some(op);
+            }
+            LifecycleKind::Rotated => {
+                assert_eq!(open.as_deref(), Some(op.as_str()), "rotated out of turn");
+                open = None;
+                assert!(finished.insert(op));
+            }
+            _ => assert_eq!(
+                open.as_deref(),
+                Some(op.as_str()),
+                "{:?} outside its operation",
+                e.data.kind
+            ),
+        }
+    }
+    assert_eq!(finished.len(), OPS);
+    let cred = env.credential("svc/contended").await;
+    assert_eq!(
+        cred.versions
+            .iter()
+            .filter(|v| v.stage == Stage::Current)
+            .count(),
+        1
+    );
+    assert_eq!(
+        cred.versions
+            .iter()
+            .filter(|v| v.stage == Stage::Previous)
+            .count(),
+        1
+    );
+    assert_eq!(cred.versions.len(), OPS + 1);
+    assert!(cred.claim.is_none(), "the last claim was released");
+}
+
+#[tokio::test]
+async fn a_dead_holders_claim_lapses_and_the_next_operation_proceeds() {
+    let env = Env::start().await;
+    let ctx = context(&env).await;
+    register(&ctx, "svc/orphaned").await;
+    let id = "svc/orphaned".parse().unwrap();
+    let lapse = OffsetDateTime::now_utc() + Duration::from_secs(2);
+    ctx.inventory
+        .update(&id, |c| {
+            c.claim = Some(Claim {
+                op: "ghost-op".into(),
+                holder: "worker-that-died".into(),
+                deadline: lapse,
+            });
+            Ok(Change::Write(()))
+        })
+        .await
+        .unwrap();
+    let _w = env.worker("w", &["rotator", "revoker"]);
+    let started = Instant::now();
+    env.ok(&["rotate", "svc/orphaned"]).await;
+    assert!(
+        OffsetDateTime::now_utc() >= lapse,
+        "the rotation waited for the dead holder's claim to lapse"
+    );
+    println!(
+        "rotation proceeded {:?} after the request, once the orphaned claim lapsed",
+        started.elapsed()
+    );
+    let cred = env.credential("svc/orphaned").await;
+    assert_eq!(cred.versions.len(), 2);
+    assert!(cred.claim.is_none());
+}
+
+#[tokio::test]
+async fn sigterm_finishes_messages_in_hand_and_exits_zero() {
+    let env = Env::start().await;
+    let ctx = context(&env).await;
+    const N: usize = 300;
+    for i in 0..N {
+        register(&ctx, &format!("svc/s-{i:03}")).await;
+    }
+    let events = Events::subscribe(&env.bus).await;
+    let first = env.worker("first", &["rotator", "revoker"]);
+    for i in 0..N {
+        rotate_command(&env, &format!("svc/s-{i:03}"), &format!("shutdown-{i:03}")).await;
+    }
+    events
+        .wait("some rotations", Duration::from_secs(20), |e| {
+            e.iter()
+                .filter(|e| e.data.kind == LifecycleKind::Rotated)
+                .count()
+                >= 30
+        })
+        .await;
+    let stopped = Instant::now();
+    let status = first.stop().await;
+    assert!(status.success(), "exit status {status}");
+    println!("worker stopped {:?} after SIGTERM", stopped.elapsed());
+
+    // Nothing half-done: no credential is left with a pending version.
+    let inventory = env.bus.inventory().await.unwrap();
+    let creds = inventory.list().await.unwrap();
+    let half_done: Vec<_> = creds
+        .iter()
+        .filter(|c| c.versions.iter().any(|v| v.stage == Stage::Pending))
+        .map(|c| c.id.to_string())
+        .collect();
+    assert!(half_done.is_empty(), "half-done rotations: {half_done:?}");
+    let done_by_first = creds.iter().filter(|c| c.versions.len() == 2).count();
+
+    let _second = env.worker("second", &["rotator", "revoker"]);
+    events
+        .wait("all rotations", Duration::from_secs(30), |e| {
+            e.iter()
+                .filter(|e| e.data.kind == LifecycleKind::Rotated)
+                .map(|e| e.subject.clone())
+                .collect::<HashSet<_>>()
+                .len()
+                >= N
+        })
+        .await;
+    println!(
+        "first worker finished {done_by_first} of {N} before SIGTERM; the second did the rest"
+    );
+    for c in inventory.list().await.unwrap() {
+        assert_eq!(c.versions.len(), 2, "{} rotated exactly once", c.id);
+    }
+    assert!(
+        stream_messages(&env.bus, &env.bus.topology.dlq_stream())
+            .await
+            .is_empty()
+    );
+}
