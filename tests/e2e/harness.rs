@@ -5,7 +5,7 @@
 use futures::StreamExt;
 use keyloop_core::LifecycleEvent;
 use keyloop_nats::Bus;
-use keyloop_testkit::TestServer;
+use keyloop_testkit::{TestCluster, TestServer};
 use std::path::{Path, PathBuf};
 use std::process::{Output, Stdio};
 use std::sync::{Arc, Mutex};
@@ -16,9 +16,11 @@ use tokio::sync::Notify;
 
 pub(crate) const KEYLOOP: &str = env!("CARGO_BIN_EXE_keyloop");
 
-/// A server, its layout, a master key file and a scratch directory.
+/// A server (or cluster), its layout, a master key file and a scratch directory.
 pub(crate) struct Env {
-    pub(crate) server: TestServer,
+    pub(crate) server: Option<TestServer>,
+    pub(crate) cluster: Option<TestCluster>,
+    pub(crate) url: String,
     pub(crate) bus: Bus,
     pub(crate) dir: TempDir,
     nats_server: PathBuf,
@@ -28,6 +30,24 @@ impl Env {
     pub(crate) async fn start() -> Self {
         let server = TestServer::start().await;
         let bus = server.bus().await;
+        let url = server.url().to_owned();
+        Self::around(Some(server), None, url, bus).await
+    }
+
+    /// An env on a 3-node JetStream cluster with R3 streams and buckets.
+    pub(crate) async fn start_cluster() -> Self {
+        let cluster = TestCluster::start(3).await;
+        let bus = cluster.bus().await;
+        let url = cluster.urls();
+        Self::around(None, Some(cluster), url, bus).await
+    }
+
+    async fn around(
+        server: Option<TestServer>,
+        cluster: Option<TestCluster>,
+        url: String,
+        bus: Bus,
+    ) -> Self {
         let dir = tempfile::Builder::new()
             .prefix("keyloop-e2e-")
             .tempdir()
@@ -46,6 +66,8 @@ impl Env {
         let nats_server = keyloop_testkit::nats_server_binary().await;
         Self {
             server,
+            cluster,
+            url,
             bus,
             dir,
             nats_server,
@@ -55,7 +77,7 @@ impl Env {
     /// `keyloop` with this env's server, key and data directory.
     pub(crate) fn keyloop(&self) -> Command {
         let mut cmd = Command::new(KEYLOOP);
-        cmd.env("KEYLOOP_NATS_URL", self.server.url())
+        cmd.env("KEYLOOP_NATS_URL", &self.url)
             .env(
                 "KEYLOOP_MASTER_KEY_FILE",
                 self.dir.path().join("master.key"),
@@ -383,6 +405,104 @@ impl Wiretap {
                 .expect("the wiretap sees the sentinel");
             notified.set(self.changed.notified());
             notified.as_mut().enable();
+        }
+    }
+}
+
+/// Follows the lifecycle stream from its start with an ordered consumer: it sees what is stored
+/// (each event once), and it survives server restarts and leader changes, unlike a core
+/// subscription.
+#[derive(Clone)]
+pub(crate) struct Follower {
+    seen: Arc<Mutex<Vec<LifecycleEvent>>>,
+    changed: Arc<Notify>,
+}
+
+impl Follower {
+    pub(crate) async fn lifecycle(bus: &Bus) -> Self {
+        use async_nats::jetstream::consumer::{DeliverPolicy, pull::OrderedConfig};
+        let follower = Self {
+            seen: Arc::default(),
+            changed: Arc::default(),
+        };
+        let f = follower.clone();
+        let (js, stream) = (bus.js.clone(), bus.topology.lifecycle_stream());
+        tokio::spawn(async move {
+            let mut next_seq = 1u64;
+            loop {
+                // Re-created after a broker fault, from the next sequence not yet seen.
+                let consumer = match js.get_stream(&stream).await {
+                    Ok(handle) => {
+                        let config = OrderedConfig {
+                            deliver_policy: DeliverPolicy::ByStartSequence {
+                                start_sequence: next_seq,
+                            },
+                            ..Default::default()
+                        };
+                        handle.create_consumer(config).await.ok()
+                    }
+                    Err(_) => None,
+                };
+                let messages = match consumer {
+                    Some(c) => c.messages().await.ok(),
+                    None => None,
+                };
+                let Some(mut messages) = messages else {
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                    continue;
+                };
+                // An ordered consumer lives on the stream leader; after a failover it can go
+                // quiet, so a silent second means: open a new one from where we are.
+                while let Ok(Some(Ok(msg))) =
+                    tokio::time::timeout(Duration::from_secs(1), messages.next()).await
+                {
+                    if let Ok(info) = msg.info() {
+                        next_seq = info.stream_sequence + 1;
+                    }
+                    if let Ok(ev) = serde_json::from_slice(&msg.payload) {
+                        f.seen.lock().unwrap().push(ev);
+                        f.changed.notify_waiters();
+                    }
+                }
+            }
+        });
+        follower
+    }
+
+    pub(crate) fn events(&self) -> Vec<LifecycleEvent> {
+        self.seen.lock().unwrap().clone()
+    }
+
+    /// Waits until `done` holds over the stored events; false after `timeout`.
+    pub(crate) async fn reached(
+        &self,
+        timeout: Duration,
+        done: impl Fn(&[LifecycleEvent]) -> bool,
+    ) -> bool {
+        let deadline = tokio::time::Instant::now() + timeout;
+        loop {
+            let notified = self.changed.notified();
+            if done(&self.seen.lock().unwrap()) {
+                return true;
+            }
+            if tokio::time::timeout_at(deadline, notified).await.is_err() {
+                return false;
+            }
+        }
+    }
+
+    /// Waits until `done` holds over the stored events; panics after `timeout`.
+    pub(crate) async fn wait(
+        &self,
+        what: &str,
+        timeout: Duration,
+        done: impl Fn(&[LifecycleEvent]) -> bool,
+    ) {
+        if !self.reached(timeout, done).await {
+            panic!(
+                "timed out after {timeout:?} waiting for {what}; {} events stored",
+                self.seen.lock().unwrap().len()
+            );
         }
     }
 }

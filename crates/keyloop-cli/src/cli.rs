@@ -48,7 +48,11 @@ pub(crate) enum Command {
     /// Run only the named workers (run several processes to add replicas).
     Worker(WorkerArgs),
     /// Create or upgrade streams, consumers and KV buckets (idempotent).
-    Init,
+    Init {
+        /// Replicas of every stream and bucket (3 on a JetStream cluster).
+        #[arg(long, default_value_t = 1)]
+        replicas: usize,
+    },
     /// Register, list, show and reveal credentials.
     #[command(subcommand)]
     Credential(CredentialCommand),

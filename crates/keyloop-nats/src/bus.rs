@@ -41,7 +41,7 @@ impl Bus {
             .name("keyloop")
             .max_reconnects(None)
             .connection_timeout(Duration::from_secs(5))
-            .connect(url)
+            .connect(Self::server_addrs(url)?)
             .await
             .map_err(|e| {
                 Error::new(
@@ -61,6 +61,21 @@ impl Bus {
             ));
         }
         Ok(Self::from_client(client, topology))
+    }
+
+    /// `url` may list several servers of a cluster, comma-separated.
+    fn server_addrs(url: &str) -> Result<Vec<async_nats::ServerAddr>, Error> {
+        url.split(',')
+            .map(|u| {
+                u.trim().parse::<async_nats::ServerAddr>().map_err(|e| {
+                    Error::new(
+                        ErrorKind::Permanent,
+                        format!("invalid NATS URL `{}`", u.trim()),
+                        e,
+                    )
+                })
+            })
+            .collect()
     }
 
     /// Wraps an already connected client.
@@ -104,8 +119,10 @@ impl Bus {
             .payload(payload.into())
             .headers(headers)
             .message_id(msg_id);
+        // "No stream" is what a publish gets while a cluster elects a new stream leader, so it
+        // is retried like any transient fault; a stream that is really missing still ends in
+        // the DLQ after the bounded deliveries, with the hint below.
         let classify = |kind: PublishErrorKind| match kind {
-            PublishErrorKind::StreamNotFound => ErrorKind::NotFound,
             PublishErrorKind::MaxPayloadExceeded => ErrorKind::Permanent,
             _ => ErrorKind::Transient,
         };
@@ -115,13 +132,12 @@ impl Bus {
             .await
             .map_err(|e| Error::new(classify(e.kind()), format!("publish to {subject}"), e))?;
         ack.await.map_err(|e| {
-            let kind = classify(e.kind());
-            let hint = if kind == ErrorKind::NotFound {
-                " (no stream takes this subject: run `keyloop init`)"
+            let hint = if e.kind() == PublishErrorKind::StreamNotFound {
+                " (no stream answers for this subject: a leader election in progress, or `keyloop init` was never run)"
             } else {
                 ""
             };
-            Error::new(kind, format!("publish to {subject}{hint}"), e)
+            Error::new(classify(e.kind()), format!("publish to {subject}{hint}"), e)
         })
     }
 

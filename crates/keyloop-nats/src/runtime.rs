@@ -15,8 +15,9 @@ use crate::bus::{
     Bus, DLQ_DELIVERIES_HEADER, DLQ_REASON_HEADER, DLQ_SEQUENCE_HEADER, DLQ_SUBJECT_HEADER,
 };
 use crate::error::{Error, ErrorKind};
-use crate::topology::{MAX_DELIVER, Role};
+use crate::topology::{ACK_WAIT, MAX_DELIVER, Role};
 use async_nats::HeaderMap;
+use async_nats::jetstream::consumer::pull::MessagesErrorKind;
 use async_nats::jetstream::{self, AckKind};
 use futures::future::BoxFuture;
 use futures::{FutureExt, StreamExt};
@@ -27,6 +28,11 @@ use tokio::sync::Semaphore;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 use tracing::{Instrument, debug, error, info, info_span, warn};
+
+/// Idle heartbeat of pull requests: a dead server or consumer leader is noticed after two.
+const PULL_HEARTBEAT: Duration = Duration::from_secs(2);
+/// Lifetime of one pull request.
+const PULL_EXPIRES: Duration = Duration::from_secs(10);
 
 /// Largest inbound message a worker accepts; larger ones go to the DLQ unread.
 pub const MAX_MESSAGE_BYTES: usize = 64 * 1024;
@@ -149,71 +155,92 @@ pub async fn consume(
                 e,
             )
         })?;
-    let mut messages = consumer
-        .stream()
-        .max_messages_per_batch(config.concurrency)
-        .heartbeat(Duration::from_secs(5))
-        .expires(Duration::from_secs(30))
-        .messages()
-        .await
-        .map_err(|e| {
-            Error::new(
-                ErrorKind::Transient,
-                format!("pull from consumer {}", role.name()),
-                e,
-            )
-        })?;
     info!(role = role.name(), stream = %stream_name, concurrency = config.concurrency, "worker consuming");
 
     let permits = Arc::new(Semaphore::new(config.concurrency));
     let mut in_flight = JoinSet::new();
     let config = Arc::new(config);
-    loop {
-        let permit = tokio::select! {
-            () = shutdown.cancelled() => break,
-            p = permits.clone().acquire_owned() => p.expect("semaphore is never closed"),
-        };
-        let next = tokio::select! {
-            () = shutdown.cancelled() => break,
-            next = messages.next() => next,
-        };
-        while in_flight.try_join_next().is_some() {}
-        let message = match next {
-            Some(Ok(m)) => m,
-            Some(Err(e)) => {
-                // Heartbeat misses and reconnects surface here; the stream recovers by itself.
-                warn!(role = role.name(), error = %e, "pull consumer hiccup; continuing");
-                continue;
-            }
-            None => {
-                return Err(Error::msg(
-                    ErrorKind::Transient,
-                    format!("consumer {} stream ended", role.name()),
-                ));
-            }
-        };
-        let (bus, handler, stats, config) =
-            (bus.clone(), handler.clone(), stats.clone(), config.clone());
-        in_flight.spawn(async move {
-            process(&bus, role, &config, &handler, &stats, message).await;
-            drop(permit);
-        });
-    }
-    // Stop pulling. Messages already delivered to this client but not started are handed back
-    // at once (nak without delay), so another replica takes them now instead of after the ack
-    // wait. Then every message in hand finishes: none is half-done.
     let mut handed_back = 0u64;
-    while let Some(Some(Ok(m))) = messages.next().now_or_never() {
-        let _ = m.ack_with(AckKind::Nak(None)).await;
-        handed_back += 1;
+    // The outer loop survives broker faults: a pull stream that ends or keeps failing (leader
+    // change, server restart, consumer recreated by `init`) is opened again with backoff; it
+    // never takes the worker down.
+    let mut reopen_delay = Duration::from_millis(100);
+    'open: while !shutdown.is_cancelled() {
+        let opened = consumer
+            .stream()
+            .max_messages_per_batch(config.concurrency)
+            .heartbeat(PULL_HEARTBEAT)
+            .expires(PULL_EXPIRES)
+            .messages()
+            .await;
+        let mut messages = match opened {
+            Ok(m) => m,
+            Err(e) => {
+                warn!(role = role.name(), error = %e, retry_in_ms = reopen_delay.as_millis() as u64, "cannot pull from consumer; retrying");
+                tokio::select! {
+                    () = shutdown.cancelled() => break 'open,
+                    () = tokio::time::sleep(reopen_delay) => {}
+                }
+                reopen_delay = (reopen_delay * 2).min(Duration::from_secs(5));
+                continue 'open;
+            }
+        };
+        let mut consecutive_errors = 0u32;
+        loop {
+            let permit = tokio::select! {
+                () = shutdown.cancelled() => break,
+                p = permits.clone().acquire_owned() => p.expect("semaphore is never closed"),
+            };
+            let next = tokio::select! {
+                () = shutdown.cancelled() => break,
+                next = messages.next() => next,
+            };
+            while in_flight.try_join_next().is_some() {}
+            let message = match next {
+                Some(Ok(m)) => m,
+                Some(Err(e)) => {
+                    consecutive_errors += 1;
+                    warn!(role = role.name(), error = %e, consecutive_errors, "pull consumer hiccup");
+                    let fatal = matches!(
+                        e.kind(),
+                        MessagesErrorKind::ConsumerDeleted
+                            | MessagesErrorKind::RequestLimitExceeded
+                    );
+                    if fatal || consecutive_errors >= 3 {
+                        continue 'open;
+                    }
+                    continue;
+                }
+                None => {
+                    warn!(role = role.name(), "pull stream ended; reopening");
+                    continue 'open;
+                }
+            };
+            consecutive_errors = 0;
+            reopen_delay = Duration::from_millis(100);
+            let (bus, handler, stats, config) =
+                (bus.clone(), handler.clone(), stats.clone(), config.clone());
+            in_flight.spawn(async move {
+                process(&bus, role, &config, &handler, &stats, message).await;
+                drop(permit);
+            });
+        }
+        // Shutdown: messages already delivered to this client but not started are handed back
+        // at once (nak without delay), so another replica takes them now instead of after the
+        // ack wait.
+        while let Some(Some(Ok(m))) = messages.next().now_or_never() {
+            let _ = m.ack_with(AckKind::Nak(None)).await;
+            handed_back += 1;
+        }
+        break;
     }
-    drop(messages);
     if handed_back > 0 {
         info!(
             role = role.name(),
             handed_back, "shutdown: handed back messages not yet started"
         );
     }
+    // Then every message in hand finishes: none is half-done.
     let pending = in_flight.len();
     if pending > 0 {
         info!(
@@ -263,7 +290,20 @@ async fn process(
                 "message of {size} bytes is over the {MAX_MESSAGE_BYTES}-byte limit"
             )))
         } else {
-            handler(delivery.clone()).await
+            // Tell JetStream the message is being worked on, so a short ack wait (fast
+            // redelivery after a crash or failover) never redelivers a slow but live operation.
+            let work = handler(delivery.clone());
+            tokio::pin!(work);
+            let mut progress = tokio::time::interval(ACK_WAIT / 3);
+            progress.tick().await;
+            loop {
+                tokio::select! {
+                    outcome = &mut work => break outcome,
+                    _ = progress.tick() => {
+                        let _ = delivery.message.ack_with(AckKind::Progress).await;
+                    }
+                }
+            }
         };
         let message = &delivery.message;
         match outcome {

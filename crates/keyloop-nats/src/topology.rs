@@ -12,8 +12,10 @@ pub const EVENTS_DEDUP_WINDOW: Duration = Duration::from_secs(24 * 3600);
 /// Dedup window of the lifecycle stream: longer than any message's redelivery span
 /// ([`MAX_DELIVER`] deliveries, each at most [`ACK_WAIT`] or the longest nak delay apart).
 pub const LIFECYCLE_DEDUP_WINDOW: Duration = Duration::from_secs(2 * 3600);
-/// How long a worker may hold a message before JetStream redelivers it.
-pub const ACK_WAIT: Duration = Duration::from_secs(30);
+/// How long a message may go without an ack or a progress signal before JetStream redelivers
+/// it. Workers send progress every third of it while they work, so it bounds how long a crashed
+/// worker's or a lost leader's messages wait, not how long an operation may take.
+pub const ACK_WAIT: Duration = Duration::from_secs(10);
 /// Deliveries before a message is given up on (then it goes to the DLQ).
 pub const MAX_DELIVER: i64 = 8;
 
@@ -78,6 +80,7 @@ impl Role {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Topology {
     prefix: String,
+    replicas: usize,
 }
 
 impl Default for Topology {
@@ -92,7 +95,20 @@ impl Topology {
     pub fn new(prefix: &str) -> Self {
         Self {
             prefix: prefix.to_owned(),
+            replicas: 1,
         }
+    }
+
+    /// The same layout with streams and buckets replicated on `replicas` servers of a
+    /// JetStream cluster (3 for production clusters; 1 on a single server).
+    pub fn with_replicas(mut self, replicas: usize) -> Self {
+        self.replicas = replicas.max(1);
+        self
+    }
+
+    /// Stream and bucket replicas.
+    pub fn replicas(&self) -> usize {
+        self.replicas
     }
 
     /// The subject prefix.
@@ -231,6 +247,7 @@ impl Topology {
                 max_age: AUDIT_RETENTION,
                 duplicate_window: EVENTS_DEDUP_WINDOW,
                 storage: stream::StorageType::File,
+                num_replicas: self.replicas,
                 ..Default::default()
             },
             stream::Config {
@@ -240,6 +257,7 @@ impl Topology {
                 retention: stream::RetentionPolicy::WorkQueue,
                 duplicate_window: LIFECYCLE_DEDUP_WINDOW,
                 storage: stream::StorageType::File,
+                num_replicas: self.replicas,
                 ..Default::default()
             },
             stream::Config {
@@ -250,6 +268,7 @@ impl Topology {
                 max_age: AUDIT_RETENTION,
                 duplicate_window: LIFECYCLE_DEDUP_WINDOW,
                 storage: stream::StorageType::File,
+                num_replicas: self.replicas,
                 ..Default::default()
             },
             stream::Config {
@@ -261,6 +280,7 @@ impl Topology {
                 retention: stream::RetentionPolicy::Limits,
                 max_age: AUDIT_RETENTION,
                 storage: stream::StorageType::File,
+                num_replicas: self.replicas,
                 ..Default::default()
             },
         ]
@@ -273,6 +293,7 @@ impl Topology {
                 description: "keyloop inventory: credentials and versions (compare-and-set)".into(),
                 history: 5,
                 storage: stream::StorageType::File,
+                num_replicas: self.replicas,
                 ..Default::default()
             },
             kv::Config {
@@ -280,6 +301,7 @@ impl Topology {
                 description: "keyloop fingerprint index: digest -> credential/version".into(),
                 history: 1,
                 storage: stream::StorageType::File,
+                num_replicas: self.replicas,
                 ..Default::default()
             },
             kv::Config {
@@ -287,6 +309,7 @@ impl Topology {
                 description: "keyloop due-time index: <minute>.<kind>.<item> -> due item".into(),
                 history: 1,
                 storage: stream::StorageType::File,
+                num_replicas: self.replicas,
                 ..Default::default()
             },
             kv::Config {
@@ -294,6 +317,7 @@ impl Topology {
                 description: "keyloop local store: encrypted values".into(),
                 history: 1,
                 storage: stream::StorageType::File,
+                num_replicas: self.replicas,
                 ..Default::default()
             },
         ]

@@ -90,3 +90,151 @@ impl TestServer {
             .unwrap_or_else(|e| panic!("{e}"));
     }
 }
+
+/// A JetStream cluster of real nats-server processes on loopback, each with its own client,
+/// route and store directory; nodes can be killed, restarted and paused.
+#[derive(Debug)]
+pub struct TestCluster {
+    nodes: Vec<Option<ServerProcess>>,
+    options: Vec<ServerOptions>,
+    _dir: TempDir,
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("a free loopback port")
+}
+
+impl TestCluster {
+    /// Starts `size` nodes routed to each other and waits until JetStream has a meta leader.
+    pub async fn start(size: usize) -> Self {
+        let dir = tempfile::Builder::new()
+            .prefix("keyloop-cluster-")
+            .tempdir()
+            .expect("temp dir");
+        let binary = nats_server_binary().await;
+        let cluster_ports: Vec<u16> = (0..size).map(|_| free_port()).collect();
+        let client_ports: Vec<u16> = (0..size).map(|_| free_port()).collect();
+        let mut options = Vec::new();
+        for i in 0..size {
+            let routes: Vec<String> = cluster_ports
+                .iter()
+                .enumerate()
+                .filter(|(j, _)| *j != i)
+                .map(|(_, p)| format!("nats://127.0.0.1:{p}"))
+                .collect();
+            options.push(ServerOptions {
+                binary: binary.clone(),
+                store_dir: dir.path().join(format!("n{i}")),
+                port: Some(client_ports[i]),
+                extra_args: vec![
+                    "--server_name".into(),
+                    format!("n{i}"),
+                    "--cluster_name".into(),
+                    "keyloop-test".into(),
+                    "--cluster".into(),
+                    format!("nats://127.0.0.1:{}", cluster_ports[i]),
+                    "--routes".into(),
+                    routes.join(","),
+                ],
+            });
+        }
+        let mut nodes = Vec::new();
+        for o in &options {
+            nodes.push(Some(
+                ServerProcess::start(o)
+                    .await
+                    .unwrap_or_else(|e| panic!("{e}")),
+            ));
+        }
+        let cluster = Self {
+            nodes,
+            options,
+            _dir: dir,
+        };
+        cluster.wait_for_jetstream().await;
+        cluster
+    }
+
+    /// Every node's client URL, comma-separated (what `--nats` takes for a cluster).
+    pub fn urls(&self) -> String {
+        self.options
+            .iter()
+            .map(|o| format!("nats://127.0.0.1:{}", o.port.expect("fixed port")))
+            .collect::<Vec<_>>()
+            .join(",")
+    }
+
+    /// The node named `n<i>` (as servers report themselves in stream cluster info).
+    pub fn index_of(name: &str) -> Option<usize> {
+        name.strip_prefix('n')?.parse().ok()
+    }
+
+    /// Polls until the JetStream meta leader answers account info: cluster formation has no
+    /// event a client can await.
+    async fn wait_for_jetstream(&self) {
+        let client = async_nats::connect(self.urls().split(',').next().unwrap())
+            .await
+            .expect("connect to node 0");
+        let js = async_nats::jetstream::new(client);
+        let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(30);
+        while js.query_account().await.is_err() {
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "JetStream cluster did not form within 30 s"
+            );
+            tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        }
+    }
+
+    /// A connected bus with keyloop's layout replicated on every node, after `init`.
+    pub async fn bus(&self) -> Bus {
+        let bus = Bus::connect(
+            &self.urls(),
+            Topology::default().with_replicas(self.options.len()),
+        )
+        .await
+        .unwrap_or_else(|e| panic!("connect to test cluster: {e}"));
+        let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(30);
+        loop {
+            match bus.topology.init(&bus.js).await {
+                Ok(_) => return bus,
+                Err(e) if tokio::time::Instant::now() < deadline => {
+                    eprintln!("cluster not ready for init yet: {e}");
+                    tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+                }
+                Err(e) => panic!("init test cluster: {e}"),
+            }
+        }
+    }
+
+    /// SIGKILL node `i`.
+    pub async fn kill(&mut self, i: usize) {
+        if let Some(mut node) = self.nodes[i].take() {
+            node.kill().await;
+        }
+    }
+
+    /// Starts node `i` again on its ports and store directory.
+    pub async fn restart(&mut self, i: usize) {
+        self.kill(i).await;
+        self.nodes[i] = Some(
+            ServerProcess::start(&self.options[i])
+                .await
+                .unwrap_or_else(|e| panic!("{e}")),
+        );
+    }
+
+    /// SIGSTOP (`pause = true`) or SIGCONT node `i`.
+    pub fn pause(&self, i: usize, pause: bool) {
+        if let Some(pid) = self.nodes[i].as_ref().and_then(|n| n.pid()) {
+            let signal = if pause { "-STOP" } else { "-CONT" };
+            let _ = std::process::Command::new("kill")
+                .arg(signal)
+                .arg(pid.to_string())
+                .status();
+        }
+    }
+}

@@ -6,9 +6,9 @@ use keyloop_core::{StoreKind, TargetKind};
 use keyloop_nats::{Bus, DueIndex, Error, ErrorKind, FingerprintIndex, Inventory};
 use std::sync::Arc;
 
-/// How long a claim lasts if its holder dies: shorter than the consumers' ack wait (30 s), so
-/// the redelivered message finds it lapsed.
-pub const DEFAULT_CLAIM_TTL: std::time::Duration = std::time::Duration::from_secs(20);
+/// How long a claim lasts if its holder dies without releasing it. Only other operations wait
+/// for it: the dead holder's own operation, redelivered, takes it over at once.
+pub const DEFAULT_CLAIM_TTL: std::time::Duration = std::time::Duration::from_secs(15);
 
 /// The stores and targets this process can reach.
 #[derive(Debug, Clone, Default)]

@@ -5,8 +5,9 @@ use crate::{config, output};
 use anyhow::{Context, Result};
 use std::process::ExitCode;
 
-pub(crate) async fn run(g: &Global) -> Result<ExitCode> {
-    let bus = config::connect(g).await?;
+pub(crate) async fn run(g: &Global, replicas: usize) -> Result<ExitCode> {
+    let mut bus = config::connect(g).await?;
+    bus.topology = bus.topology.clone().with_replicas(replicas);
     let report = bus
         .topology
         .init(&bus.js)

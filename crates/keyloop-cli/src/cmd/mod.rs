@@ -26,7 +26,7 @@ pub(crate) async fn run(cli: Cli) -> Result<ExitCode> {
     match cli.command {
         Command::Up(args) => up::run(g, args).await,
         Command::Worker(args) => worker::run(g, args).await,
-        Command::Init => init::run(g).await,
+        Command::Init { replicas } => init::run(g, replicas).await,
         Command::Credential(c) => credential::run(g, c).await,
         Command::Ingest(args) => ingest::run(g, args).await,
         Command::Rotate(args) => rotate::run(g, args).await,
