@@ -2,6 +2,7 @@
 //! real nats-server started per test by `keyloop-testkit`.
 
 mod broker;
+mod chaos;
 mod cli;
 mod fleet;
 mod harness;

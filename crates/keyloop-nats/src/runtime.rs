@@ -157,6 +157,10 @@ pub async fn consume(
         })?;
     info!(role = role.name(), stream = %stream_name, concurrency = config.concurrency, "worker consuming");
 
+    // A message whose deliveries all ended without an outcome (every worker holding it died)
+    // is dropped by JetStream with only an advisory: catch it and put it in the DLQ.
+    let exhausted = tokio::spawn(watch_exhausted(bus.clone(), role, shutdown.clone()));
+
     let permits = Arc::new(Semaphore::new(config.concurrency));
     let mut in_flight = JoinSet::new();
     let config = Arc::new(config);
@@ -254,6 +258,7 @@ pub async fn consume(
     if let Err(e) = bus.client.flush().await {
         warn!(role = role.name(), error = %e, "could not flush the last acks; those messages will be redelivered (harmless)");
     }
+    exhausted.abort();
     info!(role = role.name(), "worker stopped");
     Ok(())
 }
@@ -344,6 +349,75 @@ async fn process(
     }
     .instrument(span)
     .await;
+}
+
+/// Listens (one replica per role, through a queue group) for JetStream's max-deliveries
+/// advisories of the role's consumer, and moves each such message to the DLQ with the reason;
+/// on the work-queue stream the original is then deleted, so nothing lingers or vanishes.
+async fn watch_exhausted(bus: Bus, role: Role, shutdown: CancellationToken) {
+    #[derive(serde::Deserialize)]
+    struct Advisory {
+        stream_seq: u64,
+        deliveries: u64,
+    }
+    let (stream_name, _) = bus.topology.consumer_of(role);
+    let subject = format!(
+        "$JS.EVENT.ADVISORY.CONSUMER.MAX_DELIVERIES.{stream_name}.{}",
+        role.name()
+    );
+    let group = format!("keyloop-{}-exhausted", role.name());
+    let Ok(mut advisories) = bus.client.queue_subscribe(subject.clone(), group).await else {
+        warn!(%subject, "cannot watch for exhausted messages");
+        return;
+    };
+    loop {
+        let msg = tokio::select! {
+            () = shutdown.cancelled() => return,
+            m = advisories.next() => match m { Some(m) => m, None => return },
+        };
+        let Ok(advisory) = serde_json::from_slice::<Advisory>(&msg.payload) else {
+            continue;
+        };
+        let seq = advisory.stream_seq;
+        let Ok(stream) = bus.js.get_stream_no_info(&stream_name).await else {
+            continue;
+        };
+        let Ok(original) = stream.get_raw_message(seq).await else {
+            continue; // acked late or already removed: nothing lost
+        };
+        let reason = format!(
+            "delivered {} times without an outcome: every worker holding it stopped (crashed or killed) before finishing",
+            advisory.deliveries
+        );
+        let mut headers = HeaderMap::new();
+        headers.insert(DLQ_REASON_HEADER, reason.as_str());
+        headers.insert(DLQ_SUBJECT_HEADER, original.subject.as_str());
+        headers.insert(DLQ_SEQUENCE_HEADER, seq.to_string().as_str());
+        headers.insert(
+            DLQ_DELIVERIES_HEADER,
+            advisory.deliveries.to_string().as_str(),
+        );
+        let msg_id = format!("dlq/{stream_name}/{seq}");
+        match bus
+            .publish_raw(
+                &bus.topology.dlq(role.name()),
+                &msg_id,
+                headers,
+                original.payload.to_vec(),
+            )
+            .await
+        {
+            Ok(_) => {
+                error!(role = role.name(), seq, %reason, "message sent to the DLQ");
+                if stream_name == bus.topology.commands_stream() {
+                    let _ = stream.delete_message(seq).await;
+                }
+            }
+            Err(e) => {
+                error!(role = role.name(), seq, error = %e, "could not move an exhausted message to the DLQ; it stays in its stream")
+            }
+        }
+    }
 }
 
 /// Exponential delay with jitter derived from the message, so a burst of failures spreads out.

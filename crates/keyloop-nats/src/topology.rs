@@ -16,8 +16,10 @@ pub const LIFECYCLE_DEDUP_WINDOW: Duration = Duration::from_secs(2 * 3600);
 /// it. Workers send progress every third of it while they work, so it bounds how long a crashed
 /// worker's or a lost leader's messages wait, not how long an operation may take.
 pub const ACK_WAIT: Duration = Duration::from_secs(10);
-/// Deliveries before a message is given up on (then it goes to the DLQ).
-pub const MAX_DELIVER: i64 = 8;
+/// Deliveries before a message is given up on (then it goes to the DLQ). High enough that
+/// workers crashing while holding a message (each crash costs it a delivery) never exhaust it
+/// in practice; a handler's own transient failures back off exponentially between them.
+pub const MAX_DELIVER: i64 = 20;
 
 /// A worker role. Every role but the scheduler has one durable consumer shared by all its
 /// replicas; the JIT issuer also serves request/reply subjects in a queue group.

@@ -96,6 +96,17 @@ pub async fn run_rotation(
         .iter()
         .filter(|v| v.stage == Stage::Pending && v.id != new_version)
     {
+        // Its operation may have died before announcing it: publish its `rotation_started`
+        // under that operation's own step id (a duplicate if it was already out), so the audit
+        // log has exactly one creation event for every version.
+        let mut started = LifecycleData::new(
+            LifecycleKind::RotationStarted,
+            Some(id.clone()),
+            Some(stale.id),
+        );
+        started.stage = Some(Stage::Pending);
+        started.fingerprint = Some(stale.fingerprint.clone());
+        cause.publish(ctx, &stale.created_by, started).await?;
         ops::revoke_version(
             ctx,
             RevokeVersion {
