@@ -6,11 +6,16 @@ use keyloop_core::{StoreKind, TargetKind};
 use keyloop_nats::{Bus, Error, ErrorKind, FingerprintIndex, Inventory};
 use std::sync::Arc;
 
-/// The stores and targets this process can reach.
+/// The stores and targets this process can reach. Set by the binary from its flags and
+/// environment; tests may put their own implementations in.
 #[derive(Debug, Clone, Default)]
 pub struct Backends {
     /// The `local` store; `None` when no master key was given.
     pub local: Option<Arc<LocalStore>>,
+    /// The `aws-sm` store; `None` when this process was not given one.
+    pub aws_sm: Option<Arc<dyn Store>>,
+    /// The `postgres` target; `None` when no admin DSN was given.
+    pub postgres: Option<Arc<dyn Target>>,
 }
 
 impl Backends {
@@ -23,13 +28,25 @@ impl Backends {
                     "the local store needs a master key: set KEYLOOP_MASTER_KEY or pass --master-key-file",
                 )
             }),
+            StoreKind::AwsSm => self.aws_sm.clone().ok_or_else(|| {
+                Error::msg(
+                    ErrorKind::Permanent,
+                    "this process has no AWS Secrets Manager store configured (aws-sm)",
+                )
+            }),
         }
     }
 
-    /// The target of that kind.
+    /// The target of that kind, or an error that says how to configure it.
     pub fn target(&self, kind: TargetKind) -> Result<Arc<dyn Target>, Error> {
         match kind {
             TargetKind::None => Ok(Arc::new(NoneTarget)),
+            TargetKind::Postgres => self.postgres.clone().ok_or_else(|| {
+                Error::msg(
+                    ErrorKind::Permanent,
+                    "the postgres target needs an admin connection: set KEYLOOP_POSTGRES_DSN or pass --postgres-dsn (a role with CREATEROLE and pg_signal_backend)",
+                )
+            }),
         }
     }
 }
@@ -64,7 +81,10 @@ impl WorkerContext {
             bus,
             inventory,
             fingerprints,
-            backends: Backends { local },
+            backends: Backends {
+                local,
+                ..Backends::default()
+            },
         })
     }
 }
