@@ -1,8 +1,10 @@
 //! End-to-end tests across crates: the real `keyloop` binary and worker processes against a
-//! real nats-server started per test by `keyloop-testkit`.
+//! real nats-server, PostgreSQL cluster and AWS Secrets Manager emulator (moto) started per test
+//! by `keyloop-testkit`.
 
 mod cli;
 mod harness;
 mod leak_loop;
 mod no_plaintext;
+mod postgres;
 mod replicas;
