@@ -61,7 +61,10 @@ fn assert_staged(labels: &HashMap<String, Vec<String>>, current: Uuid, previous:
     );
     assert_eq!(
         holders(labels, "AWSPREVIOUS"),
-        previous.map(|p| p.to_string()).into_iter().collect::<Vec<_>>(),
+        previous
+            .map(|p| p.to_string())
+            .into_iter()
+            .collect::<Vec<_>>(),
         "{labels:?}"
     );
     assert!(holders(labels, "AWSPENDING").is_empty(), "{labels:?}");
@@ -159,7 +162,11 @@ async fn rotation_leaves_one_awscurrent_awsprevious_on_the_old_version_and_no_aw
     let ours = env.credential("legacy/db").await.versions[0].id;
     let l = labels(&moto, &adopted).await;
     assert_staged(&l, ours, None);
-    assert_eq!(l.len(), 2, "the legacy version is kept, without labels: {l:?}");
+    assert_eq!(
+        l.len(),
+        2,
+        "the legacy version is kept, without labels: {l:?}"
+    );
     assert_ne!(
         awscurrent(&moto, &adopted).await,
         "legacy-value-somebody-pasted-long-ago"
@@ -402,10 +409,7 @@ async fn leak_of_a_postgres_password_kept_in_secrets_manager_changes_the_role_an
     pg.connect_as(&role, &fresh, "postgres")
         .await
         .expect("the new value logs in");
-    let err = pg
-        .connect_as(&role, &leaked, "postgres")
-        .await
-        .unwrap_err();
+    let err = pg.connect_as(&role, &leaked, "postgres").await.unwrap_err();
     assert_eq!(
         err.code(),
         Some(&tokio_postgres::error::SqlState::INVALID_PASSWORD)

@@ -855,6 +855,66 @@ impl Target for PostgresTarget {
 mod tests {
     use super::*;
 
+    fn credential(versions: &[(Stage, &str)]) -> Credential {
+        use keyloop_core::{BackendSettings, Fingerprint, Policy, StoreKind, TargetKind};
+        let at = time::macros::datetime!(2026-01-01 0:00 UTC);
+        Credential {
+            id: "pg/app".parse().unwrap(),
+            store: StoreKind::Local,
+            target: TargetKind::Postgres,
+            policy: Policy {
+                max_age_secs: None,
+                grace_secs: 0,
+                idle_revoke_after_secs: None,
+                owner: None,
+            },
+            settings: BackendSettings {
+                role: Some("app".into()),
+                ..BackendSettings::default()
+            },
+            versions: versions
+                .iter()
+                .enumerate()
+                .map(|(i, (stage, login))| Version {
+                    id: Uuid::from_u128(i as u128 + 1),
+                    stage: *stage,
+                    fingerprint: Fingerprint {
+                        sha256: None,
+                        sha1: None,
+                    },
+                    created_by: format!("op-{i}"),
+                    login: Some((*login).to_owned()),
+                    created_at: at,
+                    activated_at: None,
+                    demoted_at: None,
+                    revoked_at: None,
+                    revoke_reason: None,
+                    revoked_by: None,
+                })
+                .collect(),
+            created_at: at,
+        }
+    }
+
+    #[test]
+    fn a_version_holds_its_role_until_a_newer_one_was_set_and_tested_there() {
+        let id = Uuid::from_u128;
+        // single: the previous value's role already carries the current password.
+        let c = credential(&[(Stage::Previous, "app"), (Stage::Current, "app")]);
+        assert!(!holds_role(&c, id(1), "app"));
+        assert!(holds_role(&c, id(2), "app"));
+        // A pending version on the role may not be set yet: the older one still holds it.
+        let c = credential(&[(Stage::Current, "app"), (Stage::Pending, "app")]);
+        assert!(holds_role(&c, id(1), "app"));
+        // alternating: each version holds its own role.
+        let c = credential(&[(Stage::Previous, "app_a"), (Stage::Current, "app_b")]);
+        assert!(holds_role(&c, id(1), "app_a"));
+        assert!(holds_role(&c, id(2), "app_b"));
+        // A revoked newer version no longer holds anything.
+        let c = credential(&[(Stage::Previous, "app"), (Stage::Revoked, "app")]);
+        assert!(holds_role(&c, id(1), "app"));
+    }
+
     #[test]
     fn identifiers_and_literals_are_quoted() {
         assert_eq!(quote_ident("app").unwrap(), "\"app\"");

@@ -1,6 +1,7 @@
 //! Command-line grammar. Global flags are accepted before or after the subcommand.
 
 use clap::{Args, Parser, Subcommand};
+use keyloop_core::Secret;
 use std::path::PathBuf;
 
 /// keyloop — leaked means dead within milliseconds. Rotates, revokes and issues
@@ -46,9 +47,10 @@ pub(crate) struct Global {
         long,
         global = true,
         env = "KEYLOOP_POSTGRES_DSN",
-        hide_env_values = true
+        hide_env_values = true,
+        value_parser = parse_secret
     )]
-    pub(crate) postgres_dsn: Option<String>,
+    pub(crate) postgres_dsn: Option<Secret>,
 }
 
 #[derive(Debug, Subcommand)]
@@ -197,4 +199,9 @@ pub(crate) struct ReplayArgs {
     /// Only events of this correlation id (a leak id or an operation id).
     #[arg(long)]
     pub(crate) correlation: Option<String>,
+}
+
+/// Holds a flag's value as a [`Secret`], so printing the parsed flags never shows it.
+fn parse_secret(text: &str) -> Result<Secret, std::convert::Infallible> {
+    Ok(Secret::from(text))
 }

@@ -4,7 +4,6 @@
 use crate::cli::{Cli, Command, Global};
 use anyhow::{Context, Result, bail};
 use keyloop_backends::{AwsSecretsManager, AwsSmConfig, MasterKey, PostgresConfig, PostgresTarget};
-use keyloop_core::Secret;
 use keyloop_nats::{Bus, Topology};
 use keyloop_workers::{Backends, WorkerContext};
 use std::path::{Path, PathBuf};
@@ -139,7 +138,7 @@ pub(crate) async fn context(global: &Global, bus: Bus) -> Result<WorkerContext> 
 pub(crate) fn add_backends(global: &Global, backends: &mut Backends) -> Result<()> {
     backends.aws_sm = Some(Arc::new(AwsSecretsManager::new(AwsSmConfig::default())));
     if let Some(dsn) = &global.postgres_dsn {
-        let target = PostgresTarget::new(&PostgresConfig::new(Secret::new(dsn.clone())))
+        let target = PostgresTarget::new(&PostgresConfig::new(dsn.clone()))
             .map_err(|e| anyhow::anyhow!("{e}"))?;
         backends.postgres = Some(Arc::new(target));
     }
