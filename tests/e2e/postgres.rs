@@ -467,6 +467,14 @@ async fn jit_role_logs_in_until_dropped_and_its_valid_until_is_the_lease_expiry(
     assert!(!logs_in(&pg, &expired_name, password.expose()).await);
     target.drop_jit_role(&expired_name).await.unwrap();
 
+    // Only JIT roles can be dropped this way.
+    let refused = target.drop_jit_role("postgres").await.unwrap_err();
+    assert!(
+        refused.message.contains("not a JIT role"),
+        "{}",
+        refused.message
+    );
+
     // A missing group is a clear error.
     let err = target
         .create_jit_role(

@@ -103,9 +103,24 @@ pub struct JitRole<'a> {
     pub valid_until: OffsetDateTime,
 }
 
+/// What every JIT role's name starts with.
+pub const JIT_ROLE_PREFIX: &str = "kl_jit_";
+
 /// The name of the JIT role of lease `lease`: `kl_jit_` and the lease id's 32 hex digits.
 pub fn jit_role_name(lease: Uuid) -> String {
-    format!("kl_jit_{}", lease.simple())
+    format!("{JIT_ROLE_PREFIX}{}", lease.simple())
+}
+
+/// JIT operations only touch roles named like [`jit_role_name`]: a wrong argument must never
+/// drop an application's role.
+fn check_jit_name(name: &str) -> Result<(), BackendError> {
+    if name.starts_with(JIT_ROLE_PREFIX) && name.len() <= 63 {
+        Ok(())
+    } else {
+        Err(BackendError::permanent(format!(
+            "postgres target: {name:?} is not a JIT role name (they start with {JIT_ROLE_PREFIX} and are at most 63 bytes; see jit_role_name); refusing to create or drop it"
+        )))
+    }
 }
 
 /// Quotes an SQL identifier: `"` around it, inner `"` doubled.
@@ -524,6 +539,7 @@ impl PostgresTarget {
         role: &JitRole<'_>,
         password: &Secret,
     ) -> Result<(), BackendError> {
+        check_jit_name(role.name)?;
         let admin = self.admin().await?;
         let what = format!("create JIT role {:?}", role.name);
         if !self.role_exists(&admin, role.group).await? {
@@ -582,6 +598,7 @@ impl PostgresTarget {
     /// role (`REASSIGN OWNED`) and its remaining privileges dropped (`DROP OWNED`) in every
     /// database where that is needed, then `DROP ROLE`. Dropping a role that is gone succeeds.
     pub async fn drop_jit_role(&self, name: &str) -> Result<JitRoleDropped, BackendError> {
+        check_jit_name(name)?;
         let admin = self.admin().await?;
         let what = format!("drop JIT role {name:?}");
         let ident = quote_ident(name)?;
@@ -970,6 +987,11 @@ mod tests {
         assert_eq!(
             jit_role_name(lease),
             "kl_jit_0123456789abcdef0123456789abcdef"
+        );
+        assert!(check_jit_name(&jit_role_name(lease)).is_ok());
+        assert!(
+            check_jit_name("app").is_err(),
+            "an application role is never dropped as JIT"
         );
         let at = time::macros::datetime!(2026-11-29 12:00:00.123456789 +02:00);
         assert_eq!(
