@@ -34,13 +34,14 @@ async fn credentials_and_report(env: &Env, n: usize) -> std::path::PathBuf {
                 idle_revoke_after_secs: None,
                 owner: None,
             },
+            settings: Default::default(),
         };
         let cred = ops::register(&ctx, reg, &cause).await.unwrap();
         let value = ctx
             .backends
             .store(StoreKind::Local)
             .unwrap()
-            .get(&id, cred.versions[0].id)
+            .get(&cred, cred.versions[0].id)
             .await
             .unwrap()
             .unwrap();

@@ -94,13 +94,14 @@ async fn the_fleet_loses_nothing_while_workers_are_killed_every_second() {
                     idle_revoke_after_secs: None,
                     owner: None,
                 },
+                settings: Default::default(),
             };
             let cred = ops::register(&ctx, reg, &cause).await.unwrap();
             let value = ctx
                 .backends
                 .store(StoreKind::Local)
                 .unwrap()
-                .get(&id(i), cred.versions[0].id)
+                .get(&cred, cred.versions[0].id)
                 .await
                 .unwrap()
                 .unwrap();

@@ -32,6 +32,7 @@ async fn register(ctx: &WorkerContext, id: &str) {
             idle_revoke_after_secs: None,
             owner: None,
         },
+        settings: Default::default(),
     };
     ops::register(
         ctx,

@@ -24,6 +24,8 @@ pub(crate) struct Env {
     pub(crate) bus: Bus,
     pub(crate) dir: TempDir,
     nats_server: PathBuf,
+    /// Variables every `keyloop` process of this env gets (AWS emulator, PostgreSQL DSN).
+    extra_env: Mutex<Vec<(String, String)>>,
 }
 
 impl Env {
@@ -71,7 +73,24 @@ impl Env {
             bus,
             dir,
             nats_server,
+            extra_env: Mutex::default(),
         }
+    }
+
+    /// Gives every `keyloop` process started from now on the variable `key`.
+    pub(crate) fn set_env(&self, key: &str, value: impl Into<String>) {
+        self.extra_env
+            .lock()
+            .unwrap()
+            .push((key.to_owned(), value.into()));
+    }
+
+    /// The master key of this env, for in-process worker contexts.
+    pub(crate) fn master_key(&self) -> keyloop_backends::MasterKey {
+        keyloop_backends::MasterKey::from_hex(
+            &std::fs::read_to_string(self.dir.path().join("master.key")).unwrap(),
+        )
+        .unwrap()
     }
 
     /// `keyloop` with this env's server, key and data directory.
@@ -85,9 +104,13 @@ impl Env {
             .env("KEYLOOP_DATA_DIR", self.dir.path().join("data"))
             .env("KEYLOOP_NATS_SERVER", &self.nats_server)
             .env_remove("KEYLOOP_MASTER_KEY")
+            .env_remove("KEYLOOP_POSTGRES_DSN")
             .env_remove("RUST_LOG")
             .stdin(Stdio::null())
             .kill_on_drop(true);
+        for (k, v) in self.extra_env.lock().unwrap().iter() {
+            cmd.env(k, v);
+        }
         cmd
     }
 

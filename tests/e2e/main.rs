@@ -1,6 +1,8 @@
 //! End-to-end tests across crates: the real `keyloop` binary and worker processes against a
-//! real nats-server started per test by `keyloop-testkit`.
+//! real nats-server, PostgreSQL cluster and AWS Secrets Manager emulator (moto) started per test
+//! by `keyloop-testkit`.
 
+mod aws;
 mod broker;
 mod chaos;
 mod cli;
@@ -9,5 +11,6 @@ mod harness;
 mod jit;
 mod leak_loop;
 mod no_plaintext;
+mod postgres;
 mod replicas;
 mod schedule;

@@ -37,10 +37,15 @@ async fn two_worker_processes_share_200_leaks_and_each_credential_is_handled_onc
                 idle_revoke_after_secs: None,
                 owner: None,
             },
+            settings: Default::default(),
         };
         let cred = ops::register(&ctx, reg, &cause).await.unwrap();
         let store = ctx.backends.store(StoreKind::Local).unwrap();
-        let value = store.get(&id, cred.versions[0].id).await.unwrap().unwrap();
+        let value = store
+            .get(&cred, cred.versions[0].id)
+            .await
+            .unwrap()
+            .unwrap();
         lines.push_str(
             &serde_json::json!({"secret": value.expose(), "file": format!("svc-{i}.env")})
                 .to_string(),

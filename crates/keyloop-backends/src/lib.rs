@@ -1,17 +1,25 @@
 //! Where credential values live (`Store`) and the systems that accept them (`Target`), behind
 //! two small traits so workers run the same rotation and revocation protocol on any backend.
 //! Implemented here: the `local` store (values encrypted with XChaCha20-Poly1305 in a
-//! JetStream KV bucket) and the `none` target.
+//! JetStream KV bucket), the `aws-sm` store (AWS Secrets Manager with staging labels), the
+//! `none` target and the `postgres` target (login roles, and JIT roles for leases).
+//!
+//! Every call gets the whole [`Credential`] record, because backends need its settings (secret
+//! id, role, strategy) and, for `postgres`, which version holds which role.
 
+pub mod aws_sm;
 pub mod local;
+pub mod postgres;
 pub mod target;
 
 use futures::future::BoxFuture;
-use keyloop_core::{CredentialId, Secret};
+use keyloop_core::{Credential, RevokeReason, Secret};
 use std::fmt;
 use uuid::Uuid;
 
+pub use aws_sm::{AwsSecretsManager, AwsSmConfig};
 pub use local::{LocalStore, MasterKey, MasterKeyError};
+pub use postgres::{PostgresConfig, PostgresTarget};
 
 /// A fresh credential value from the OS CSPRNG: `kl_` and 64 hex characters (256 bits).
 pub fn generate_value() -> Secret {
@@ -82,11 +90,12 @@ impl std::error::Error for BackendError {}
 /// Where a credential's values live. Every method is idempotent, because any step of the
 /// rotation protocol may run again after a crash.
 pub trait Store: Send + Sync + fmt::Debug {
-    /// Stores `value` as `version` unless a value is already stored for it; returns the value
-    /// that is stored now (the earlier one, if a previous attempt got this far).
+    /// Stores `value` as `version` (staged as pending where the store has stages) unless a
+    /// value is already stored for it; returns the value that is stored now (the earlier one,
+    /// if a previous attempt got this far).
     fn put_new<'a>(
         &'a self,
-        credential: &'a CredentialId,
+        credential: &'a Credential,
         version: Uuid,
         value: Secret,
     ) -> BoxFuture<'a, Result<Secret, BackendError>>;
@@ -94,24 +103,39 @@ pub trait Store: Send + Sync + fmt::Debug {
     /// The value of `version`, or `None` if it was never stored or has been destroyed.
     fn get<'a>(
         &'a self,
-        credential: &'a CredentialId,
+        credential: &'a Credential,
         version: Uuid,
     ) -> BoxFuture<'a, Result<Option<Secret>, BackendError>>;
 
-    /// Destroys the value of `version`. Destroying what is already gone succeeds.
+    /// The `finish` step, called after the target accepted `version` and before the inventory
+    /// records it current: readers of the store now get `version` as current and `previous`
+    /// (the version being demoted, if any) as previous, and nothing as pending. Stores without
+    /// stages (`local`) have nothing to do.
+    fn promote<'a>(
+        &'a self,
+        credential: &'a Credential,
+        version: Uuid,
+        previous: Option<Uuid>,
+    ) -> BoxFuture<'a, Result<(), BackendError>> {
+        let _ = (credential, version, previous);
+        Box::pin(async { Ok(()) })
+    }
+
+    /// Destroys the value of `version` (where the store cannot delete a value, it removes
+    /// every stage from it so no reader finds it). Destroying what is already gone succeeds.
     fn destroy<'a>(
         &'a self,
-        credential: &'a CredentialId,
+        credential: &'a Credential,
         version: Uuid,
     ) -> BoxFuture<'a, Result<(), BackendError>>;
 }
 
 /// The system that accepts a credential. Every method is idempotent.
 pub trait Target: Send + Sync + fmt::Debug {
-    /// Makes `value` valid at the target (the `set` step).
+    /// Makes `value` valid at the target (the `set` step). `version` is in `credential`.
     fn apply<'a>(
         &'a self,
-        credential: &'a CredentialId,
+        credential: &'a Credential,
         version: Uuid,
         value: &'a Secret,
     ) -> BoxFuture<'a, Result<(), BackendError>>;
@@ -119,17 +143,31 @@ pub trait Target: Send + Sync + fmt::Debug {
     /// Proves `value` works at the target (the `test` step).
     fn test<'a>(
         &'a self,
-        credential: &'a CredentialId,
+        credential: &'a Credential,
         version: Uuid,
         value: &'a Secret,
     ) -> BoxFuture<'a, Result<(), BackendError>>;
 
     /// Makes `version` invalid at the target and ends sessions that used it. When `value` is
-    /// known the target proves it no longer works.
+    /// known the target proves it no longer works. `reason` lets a target end sessions it
+    /// cannot tell apart from others when the value leaked.
     fn invalidate<'a>(
         &'a self,
-        credential: &'a CredentialId,
+        credential: &'a Credential,
         version: Uuid,
         value: Option<&'a Secret>,
+        reason: RevokeReason,
     ) -> BoxFuture<'a, Result<(), BackendError>>;
+}
+
+/// Replaces every occurrence of each of `secrets` in `text` with `[redacted]`: a last line of
+/// defence for messages built from other libraries' errors, which might quote what they got.
+pub(crate) fn redact(text: impl Into<String>, secrets: &[&str]) -> String {
+    let mut text = text.into();
+    for s in secrets.iter().filter(|s| s.len() >= 4) {
+        if text.contains(*s) {
+            text = text.replace(*s, "[redacted]");
+        }
+    }
+    text
 }

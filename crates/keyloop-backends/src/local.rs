@@ -9,7 +9,7 @@ use async_nats::jetstream::kv;
 use chacha20poly1305::aead::{Aead, AeadCore, KeyInit, OsRng, Payload};
 use chacha20poly1305::{XChaCha20Poly1305, XNonce};
 use futures::future::BoxFuture;
-use keyloop_core::{CredentialId, Secret};
+use keyloop_core::{Credential, CredentialId, Secret};
 use std::fmt;
 use uuid::Uuid;
 use zeroize::{Zeroize, Zeroizing};
@@ -131,12 +131,12 @@ impl LocalStore {
 impl Store for LocalStore {
     fn put_new<'a>(
         &'a self,
-        credential: &'a CredentialId,
+        credential: &'a Credential,
         version: Uuid,
         value: Secret,
     ) -> BoxFuture<'a, Result<Secret, BackendError>> {
         Box::pin(async move {
-            let key = Self::key(credential, version);
+            let key = Self::key(&credential.id, version);
             let sealed = self.seal(&key, &value)?;
             match self.kv.create(&key, sealed.into()).await {
                 Ok(_) => Ok(value),
@@ -157,11 +157,11 @@ impl Store for LocalStore {
 
     fn get<'a>(
         &'a self,
-        credential: &'a CredentialId,
+        credential: &'a Credential,
         version: Uuid,
     ) -> BoxFuture<'a, Result<Option<Secret>, BackendError>> {
         Box::pin(async move {
-            let key = Self::key(credential, version);
+            let key = Self::key(&credential.id, version);
             let entry = self.kv.get(key.clone()).await.map_err(|e| {
                 BackendError::transient(format!("local store: cannot read {key}: {e}"))
             })?;
@@ -171,11 +171,11 @@ impl Store for LocalStore {
 
     fn destroy<'a>(
         &'a self,
-        credential: &'a CredentialId,
+        credential: &'a Credential,
         version: Uuid,
     ) -> BoxFuture<'a, Result<(), BackendError>> {
         Box::pin(async move {
-            let key = Self::key(credential, version);
+            let key = Self::key(&credential.id, version);
             // Purge, not delete: the ciphertext leaves the bucket's history too.
             self.kv.purge(&key).await.map_err(|e| {
                 BackendError::transient(format!("local store: cannot destroy {key}: {e}"))

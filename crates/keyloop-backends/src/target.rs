@@ -3,7 +3,7 @@
 
 use crate::{BackendError, Target};
 use futures::future::BoxFuture;
-use keyloop_core::{CredentialId, Secret};
+use keyloop_core::{Credential, RevokeReason, Secret};
 use uuid::Uuid;
 
 /// A target that accepts anything and needs nothing done.
@@ -13,7 +13,7 @@ pub struct NoneTarget;
 impl Target for NoneTarget {
     fn apply<'a>(
         &'a self,
-        _: &'a CredentialId,
+        _: &'a Credential,
         _: Uuid,
         _: &'a Secret,
     ) -> BoxFuture<'a, Result<(), BackendError>> {
@@ -22,7 +22,7 @@ impl Target for NoneTarget {
 
     fn test<'a>(
         &'a self,
-        _: &'a CredentialId,
+        _: &'a Credential,
         _: Uuid,
         _: &'a Secret,
     ) -> BoxFuture<'a, Result<(), BackendError>> {
@@ -31,9 +31,10 @@ impl Target for NoneTarget {
 
     fn invalidate<'a>(
         &'a self,
-        _: &'a CredentialId,
+        _: &'a Credential,
         _: Uuid,
         _: Option<&'a Secret>,
+        _: RevokeReason,
     ) -> BoxFuture<'a, Result<(), BackendError>> {
         Box::pin(async { Ok(()) })
     }

@@ -1,6 +1,7 @@
 //! Command-line grammar. Global flags are accepted before or after the subcommand.
 
 use clap::{Args, Parser, Subcommand};
+use keyloop_core::Secret;
 use std::path::PathBuf;
 
 /// keyloop — leaked means dead within milliseconds. Rotates, revokes and issues
@@ -39,6 +40,17 @@ pub(crate) struct Global {
     /// Default: $XDG_DATA_HOME/keyloop or ~/.local/share/keyloop.
     #[arg(long, global = true, env = "KEYLOOP_DATA_DIR")]
     pub(crate) data_dir: Option<PathBuf>,
+    /// Admin connection of the postgres target (postgres://USER:PASSWORD@HOST:PORT/DB or
+    /// key=value pairs); the role needs CREATEROLE and pg_signal_backend. Prefer the variable:
+    /// a flag shows in the process list.
+    #[arg(
+        long,
+        global = true,
+        env = "KEYLOOP_POSTGRES_DSN",
+        hide_env_values = true,
+        value_parser = parse_secret
+    )]
+    pub(crate) postgres_dsn: Option<Secret>,
 }
 
 #[derive(Debug, Subcommand)]
@@ -137,7 +149,7 @@ pub(crate) enum TokenCommand {
 #[derive(Debug, Subcommand)]
 pub(crate) enum CredentialCommand {
     /// Register a credential and give it its first value.
-    Register(RegisterArgs),
+    Register(Box<RegisterArgs>),
     /// List credentials.
     List,
     /// Show a credential's versions (stages, times, fingerprints; never values).
@@ -156,12 +168,26 @@ pub(crate) enum CredentialCommand {
 pub(crate) struct RegisterArgs {
     /// Credential id: path-like, e.g. pg/app or saas/stripe-payouts.
     pub(crate) id: String,
-    /// Where values live.
-    #[arg(long, default_value = "local", value_parser = ["local"])]
+    /// Where values live: local (encrypted in NATS KV) or aws-sm (AWS Secrets Manager, from
+    /// the standard AWS environment and credential chain).
+    #[arg(long, default_value = "local", value_parser = ["local", "aws-sm"])]
     pub(crate) store: String,
-    /// The system that accepts the value.
-    #[arg(long, default_value = "none", value_parser = ["none"])]
+    /// aws-sm: the secret's name or ARN; created when it does not exist, adopted when it does.
+    /// Default: keyloop/<ID>.
+    #[arg(long)]
+    pub(crate) secret_id: Option<String>,
+    /// The system that accepts the value: none, or postgres (a login role's password; needs
+    /// --postgres-dsn / KEYLOOP_POSTGRES_DSN).
+    #[arg(long, default_value = "none", value_parser = ["none", "postgres"])]
     pub(crate) target: String,
+    /// postgres: the login role keyloop takes over (with --strategy alternating, the base
+    /// name of ROLE_a and ROLE_b).
+    #[arg(long)]
+    pub(crate) role: Option<String>,
+    /// postgres: single (one role, its password changed) or alternating (ROLE_a / ROLE_b in
+    /// turn; the previous one stays valid during grace).
+    #[arg(long, value_parser = ["single", "alternating"])]
+    pub(crate) strategy: Option<String>,
     /// Rotate when the current value is this old (e.g. 90d).
     #[arg(long)]
     pub(crate) max_age: Option<String>,
@@ -231,4 +257,9 @@ pub(crate) struct ReplayArgs {
     /// Only events of this correlation id (a leak id or an operation id).
     #[arg(long)]
     pub(crate) correlation: Option<String>,
+}
+
+/// Holds a flag's value as a [`Secret`], so printing the parsed flags never shows it.
+fn parse_secret(text: &str) -> Result<Secret, std::convert::Infallible> {
+    Ok(Secret::from(text))
 }

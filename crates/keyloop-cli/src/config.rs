@@ -3,10 +3,11 @@
 
 use crate::cli::{Cli, Command, Global};
 use anyhow::{Context, Result, bail};
-use keyloop_backends::MasterKey;
+use keyloop_backends::{AwsSecretsManager, AwsSmConfig, MasterKey, PostgresConfig, PostgresTarget};
 use keyloop_nats::{Bus, Topology};
-use keyloop_workers::WorkerContext;
+use keyloop_workers::{Backends, WorkerContext};
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use tracing_subscriber::EnvFilter;
 
 /// Logs go to stderr. Long-running commands log at info, one-shot commands at warn, so their
@@ -124,9 +125,24 @@ fn write_private(path: &Path, bytes: &[u8]) -> Result<()> {
 /// A worker context for commands that touch stores (`register`, `reveal`).
 pub(crate) async fn context(global: &Global, bus: Bus) -> Result<WorkerContext> {
     let key = master_key(global)?;
-    WorkerContext::open(bus, key.as_ref())
+    let mut ctx = WorkerContext::open(bus, key.as_ref())
         .await
-        .map_err(anyhow::Error::new)
+        .map_err(anyhow::Error::new)?;
+    add_backends(global, &mut ctx.backends)?;
+    Ok(ctx)
+}
+
+/// Adds the `aws-sm` store (its client is built at first use, from the standard AWS
+/// environment and credential chain) and, when an admin DSN is given, the `postgres` target
+/// (it connects at first use).
+pub(crate) fn add_backends(global: &Global, backends: &mut Backends) -> Result<()> {
+    backends.aws_sm = Some(Arc::new(AwsSecretsManager::new(AwsSmConfig::default())));
+    if let Some(dsn) = &global.postgres_dsn {
+        let target = PostgresTarget::new(&PostgresConfig::new(dsn.clone()))
+            .map_err(|e| anyhow::anyhow!("{e}"))?;
+        backends.postgres = Some(Arc::new(target));
+    }
+    Ok(())
 }
 
 /// The nats-server binary: `KEYLOOP_NATS_SERVER`, then PATH, then the project-local install.

@@ -36,16 +36,10 @@ pub(crate) fn credential_row(c: &Credential) -> String {
         |s| format_duration(Duration::from_secs(s)),
     );
     format!(
-        "{:<32} store={:<6} target={:<5} current={current:<8} live={live} max_age={max_age}",
+        "{:<32} store={:<6} target={:<8} current={current:<8} live={live} max_age={max_age}",
         c.id,
-        serde_json::to_value(c.store)
-            .ok()
-            .and_then(|v| v.as_str().map(str::to_owned))
-            .unwrap_or_default(),
-        serde_json::to_value(c.target)
-            .ok()
-            .and_then(|v| v.as_str().map(str::to_owned))
-            .unwrap_or_default(),
+        c.store.name(),
+        c.target.name(),
     )
 }
 
@@ -54,6 +48,15 @@ pub(crate) fn credential_detail(c: &Credential) -> String {
     let mut out = format!("{}\n", credential_row(c));
     if let Some(owner) = &c.policy.owner {
         out.push_str(&format!("  owner: {owner}\n"));
+    }
+    if let Some(secret) = &c.settings.secret_id {
+        out.push_str(&format!("  secret: {secret}\n"));
+    }
+    if let Some(role) = &c.settings.role {
+        out.push_str(&format!(
+            "  role: {role} (strategy {})\n",
+            c.settings.strategy().name()
+        ));
     }
     out.push_str(&format!(
         "  grace: {}\n  versions (oldest first):\n",
@@ -67,6 +70,9 @@ pub(crate) fn credential_detail(c: &Credential) -> String {
             v.stage.name(),
             ts(v.created_at)
         ));
+        if let Some(login) = &v.login {
+            out.push_str(&format!("  role {login}"));
+        }
         if let Some(t) = v.revoked_at {
             out.push_str(&format!(
                 "  revoked {} ({})",

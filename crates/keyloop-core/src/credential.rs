@@ -78,6 +78,19 @@ impl fmt::Display for CredentialId {
 pub enum StoreKind {
     /// Encrypted in keyloop's own JetStream KV bucket.
     Local,
+    /// AWS Secrets Manager: one secret per credential, one secret version per keyloop version,
+    /// staged with the labels `AWSPENDING`, `AWSCURRENT` and `AWSPREVIOUS`.
+    AwsSm,
+}
+
+impl StoreKind {
+    /// The kind's name as it appears in JSON and on the command line.
+    pub const fn name(self) -> &'static str {
+        match self {
+            Self::Local => "local",
+            Self::AwsSm => "aws-sm",
+        }
+    }
 }
 
 /// The system that accepts the credential.
@@ -86,7 +99,143 @@ pub enum StoreKind {
 pub enum TargetKind {
     /// Nothing outside keyloop checks the value (API tokens that services verify with keyloop).
     None,
+    /// A PostgreSQL login role: the value is its password.
+    Postgres,
 }
+
+impl TargetKind {
+    /// The kind's name as it appears in JSON and on the command line.
+    pub const fn name(self) -> &'static str {
+        match self {
+            Self::None => "none",
+            Self::Postgres => "postgres",
+        }
+    }
+}
+
+/// How a target account's password is rotated, as AWS documents the two strategies.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum RotationStrategy {
+    /// One account; a rotation changes its password, so the old value stops working at once.
+    #[default]
+    Single,
+    /// Two accounts (`<role>_a`, `<role>_b`) used in turn: a rotation sets the password of the
+    /// one not in use, so the previous value keeps working on the other until it is retired.
+    Alternating,
+}
+
+impl RotationStrategy {
+    /// The strategy's name as it appears in JSON and on the command line.
+    pub const fn name(self) -> &'static str {
+        match self {
+            Self::Single => "single",
+            Self::Alternating => "alternating",
+        }
+    }
+}
+
+/// Per-credential settings of its store and target. Empty for `local` + `none`.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct BackendSettings {
+    /// `aws-sm`: the secret's name or ARN.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub secret_id: Option<String>,
+    /// `postgres`: the login role; with `alternating`, the base name of `<role>_a` and
+    /// `<role>_b` (and the group role they are created in when they do not exist yet).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub role: Option<String>,
+    /// `postgres`: how the role's password is rotated (default `single`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub strategy: Option<RotationStrategy>,
+}
+
+impl BackendSettings {
+    /// True when nothing is set (the `local` + `none` case), so the field is left out of JSON.
+    pub fn is_empty(&self) -> bool {
+        self == &Self::default()
+    }
+
+    /// The strategy, `single` unless set.
+    pub fn strategy(&self) -> RotationStrategy {
+        self.strategy.unwrap_or_default()
+    }
+
+    /// The target accounts a credential's versions may belong to: `[role]` for `single`,
+    /// `[<role>_a, <role>_b]` for `alternating`; empty without a role.
+    pub fn logins(&self) -> Vec<String> {
+        match (&self.role, self.strategy()) {
+            (None, _) => Vec::new(),
+            (Some(r), RotationStrategy::Single) => vec![r.clone()],
+            (Some(r), RotationStrategy::Alternating) => vec![format!("{r}_a"), format!("{r}_b")],
+        }
+    }
+
+    /// Checks that the settings fit the store and target they are for; the error says which
+    /// flag to fix.
+    pub fn check(&self, store: StoreKind, target: TargetKind) -> Result<(), SettingsError> {
+        match store {
+            StoreKind::AwsSm => match self.secret_id.as_deref() {
+                None | Some("") => {
+                    return Err(SettingsError(
+                        "the aws-sm store needs a secret id (--secret-id NAME)".into(),
+                    ));
+                }
+                Some(id) if id.len() > 2048 => {
+                    return Err(SettingsError(
+                        "--secret-id is longer than 2048 characters".into(),
+                    ));
+                }
+                Some(_) => {}
+            },
+            StoreKind::Local if self.secret_id.is_some() => {
+                return Err(SettingsError(
+                    "--secret-id only applies to --store aws-sm".into(),
+                ));
+            }
+            StoreKind::Local => {}
+        }
+        match target {
+            TargetKind::Postgres => {
+                let Some(role) = self.role.as_deref() else {
+                    return Err(SettingsError(
+                        "the postgres target needs a login role (--role NAME)".into(),
+                    ));
+                };
+                // NAMEDATALEN is 64: names are at most 63 bytes, and `alternating` appends `_a`.
+                let max = match self.strategy() {
+                    RotationStrategy::Single => 63,
+                    RotationStrategy::Alternating => 61,
+                };
+                if role.is_empty() || role.len() > max || role.contains('\0') {
+                    return Err(SettingsError(format!(
+                        "--role must be 1 to {max} bytes without NUL for strategy {}",
+                        self.strategy().name()
+                    )));
+                }
+                if role.starts_with("pg_") {
+                    return Err(SettingsError(
+                        "--role must not start with `pg_` (reserved for PostgreSQL's own roles)"
+                            .into(),
+                    ));
+                }
+            }
+            TargetKind::None if self.role.is_some() || self.strategy.is_some() => {
+                return Err(SettingsError(
+                    "--role and --strategy only apply to --target postgres".into(),
+                ));
+            }
+            TargetKind::None => {}
+        }
+        Ok(())
+    }
+}
+
+/// Store or target settings that do not fit (see [`BackendSettings::check`]).
+#[derive(Debug, Clone, thiserror::Error, PartialEq, Eq)]
+#[error("{0}")]
+pub struct SettingsError(String);
 
 /// How a credential is kept fresh.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
@@ -199,6 +348,10 @@ pub struct Version {
     pub fingerprint: Fingerprint,
     /// The operation that created it.
     pub created_by: String,
+    /// The target account this version's value belongs to (a PostgreSQL role), when the
+    /// credential has one; with `alternating` it tells which of the two roles it is.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub login: Option<String>,
     /// When it was created.
     #[serde(with = "time::serde::rfc3339")]
     #[schemars(with = "String")]
@@ -247,6 +400,9 @@ pub struct Credential {
     pub target: TargetKind,
     /// Rotation and revocation policy.
     pub policy: Policy,
+    /// The store's and target's settings for this credential (secret id, role, strategy).
+    #[serde(default, skip_serializing_if = "BackendSettings::is_empty")]
+    pub settings: BackendSettings,
     /// Every version, oldest first.
     pub versions: Vec<Version>,
     /// When it was registered.
@@ -313,6 +469,29 @@ impl Credential {
     /// The current version, if the credential has one.
     pub fn current(&self) -> Option<&Version> {
         self.in_stage(Stage::Current)
+    }
+
+    /// The target account a new version should use: `None` without a role; the role for
+    /// `single`; for `alternating` the role the current version does not use (or, with no
+    /// current version, the one a live previous version does not use), so the previous value
+    /// keeps working on its role until it is retired.
+    pub fn login_for_new_version(&self) -> Option<String> {
+        let logins = self.settings.logins();
+        match logins.as_slice() {
+            [] => None,
+            [only] => Some(only.clone()),
+            [a, b, ..] => {
+                let in_use = self
+                    .current()
+                    .or_else(|| self.in_stage(Stage::Previous))
+                    .and_then(|v| v.login.as_deref());
+                Some(if in_use == Some(a.as_str()) {
+                    b.clone()
+                } else {
+                    a.clone()
+                })
+            }
+        }
     }
 
     /// Ids of the versions whose values still work somewhere.
@@ -413,6 +592,7 @@ mod stage_tests {
                 sha1: None,
             },
             created_by: format!("op-{id}"),
+            login: None,
             created_at: datetime!(2026-01-01 0:00 UTC),
             activated_at: None,
             demoted_at: None,
@@ -433,6 +613,7 @@ mod stage_tests {
                 idle_revoke_after_secs: None,
                 owner: None,
             },
+            settings: BackendSettings::default(),
             versions,
             created_at: datetime!(2026-01-01 0:00 UTC),
             last_used_at: None,
@@ -467,5 +648,131 @@ mod stage_tests {
         assert_eq!(v.revoked_by.as_deref(), Some("leak-1"));
         assert!(c.current().is_none());
         assert!(c.live_versions().is_empty());
+    }
+}
+
+#[cfg(test)]
+mod settings_tests {
+    use super::*;
+    use time::macros::datetime;
+
+    fn alternating(versions: &[(Stage, &str)]) -> Credential {
+        Credential {
+            id: "pg/app".parse().unwrap(),
+            store: StoreKind::Local,
+            target: TargetKind::Postgres,
+            policy: Policy {
+                max_age_secs: None,
+                grace_secs: 0,
+                idle_revoke_after_secs: None,
+                owner: None,
+            },
+            settings: BackendSettings {
+                secret_id: None,
+                role: Some("app".into()),
+                strategy: Some(RotationStrategy::Alternating),
+            },
+            versions: versions
+                .iter()
+                .enumerate()
+                .map(|(i, (stage, login))| Version {
+                    id: Uuid::from_u128(i as u128 + 1),
+                    stage: *stage,
+                    fingerprint: Fingerprint {
+                        sha256: None,
+                        sha1: None,
+                    },
+                    created_by: format!("op-{i}"),
+                    login: Some((*login).to_owned()),
+                    created_at: datetime!(2026-01-01 0:00 UTC),
+                    activated_at: None,
+                    demoted_at: None,
+                    revoked_at: None,
+                    revoke_reason: None,
+                    revoked_by: None,
+                })
+                .collect(),
+            created_at: datetime!(2026-01-01 0:00 UTC),
+            last_used_at: None,
+            claim: None,
+        }
+    }
+
+    #[test]
+    fn alternating_versions_take_the_role_the_current_one_does_not_use() {
+        assert_eq!(
+            alternating(&[]).login_for_new_version().as_deref(),
+            Some("app_a")
+        );
+        let c = alternating(&[(Stage::Current, "app_a")]);
+        assert_eq!(c.login_for_new_version().as_deref(), Some("app_b"));
+        let c = alternating(&[(Stage::Previous, "app_a"), (Stage::Current, "app_b")]);
+        assert_eq!(c.login_for_new_version().as_deref(), Some("app_a"));
+        // The current one leaked and was revoked: the live previous keeps its role.
+        let c = alternating(&[(Stage::Previous, "app_a"), (Stage::Revoked, "app_b")]);
+        assert_eq!(c.login_for_new_version().as_deref(), Some("app_b"));
+    }
+
+    #[test]
+    fn single_uses_the_role_and_none_has_no_login() {
+        let mut c = alternating(&[(Stage::Current, "app")]);
+        c.settings.strategy = None;
+        assert_eq!(c.login_for_new_version().as_deref(), Some("app"));
+        c.settings = BackendSettings::default();
+        assert_eq!(c.login_for_new_version(), None);
+    }
+
+    #[test]
+    fn settings_are_checked_against_store_and_target() {
+        let pg = |role: &str, strategy| BackendSettings {
+            secret_id: None,
+            role: Some(role.into()),
+            strategy: Some(strategy),
+        };
+        let ok = pg("app", RotationStrategy::Alternating);
+        assert!(ok.check(StoreKind::Local, TargetKind::Postgres).is_ok());
+        assert!(ok.check(StoreKind::Local, TargetKind::None).is_err());
+        assert!(
+            ok.check(StoreKind::AwsSm, TargetKind::Postgres).is_err(),
+            "aws-sm needs a secret id"
+        );
+        assert!(
+            pg(&"r".repeat(62), RotationStrategy::Alternating)
+                .check(StoreKind::Local, TargetKind::Postgres)
+                .is_err()
+        );
+        assert!(
+            pg(&"r".repeat(63), RotationStrategy::Single)
+                .check(StoreKind::Local, TargetKind::Postgres)
+                .is_ok()
+        );
+        assert!(
+            pg("pg_monitor", RotationStrategy::Single)
+                .check(StoreKind::Local, TargetKind::Postgres)
+                .is_err()
+        );
+        assert!(
+            BackendSettings::default()
+                .check(StoreKind::Local, TargetKind::Postgres)
+                .is_err()
+        );
+        let sm = BackendSettings {
+            secret_id: Some("prod/app".into()),
+            ..Default::default()
+        };
+        assert!(sm.check(StoreKind::AwsSm, TargetKind::None).is_ok());
+        assert!(sm.check(StoreKind::Local, TargetKind::None).is_err());
+    }
+
+    #[test]
+    fn credentials_without_settings_keep_their_json_shape() {
+        let c = alternating(&[]);
+        let mut plain = c.clone();
+        plain.settings = BackendSettings::default();
+        plain.target = TargetKind::None;
+        let json = serde_json::to_value(&plain).unwrap();
+        assert!(json.get("settings").is_none());
+        let back: Credential = serde_json::from_value(serde_json::to_value(&c).unwrap()).unwrap();
+        assert_eq!(back, c);
     }
 }

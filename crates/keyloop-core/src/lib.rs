@@ -14,8 +14,8 @@ pub mod schema;
 pub mod secret;
 
 pub use credential::{
-    Claim, Credential, CredentialId, Policy, RevokeReason, RotationReason, Stage, StoreKind,
-    TargetKind, Version,
+    BackendSettings, Claim, Credential, CredentialId, Policy, RevokeReason, RotationReason,
+    RotationStrategy, Stage, StoreKind, TargetKind, Version,
 };
 pub use event::{CloudEvent, LifecycleData, LifecycleEvent, LifecycleKind};
 pub use fingerprint::Fingerprint;

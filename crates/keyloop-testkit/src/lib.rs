@@ -4,6 +4,12 @@
 //!
 //! The binary is found through `KEYLOOP_NATS_SERVER`, then `PATH`, then the project-local
 //! install made by `scripts/install-nats-server`; it must be 2.10 or newer.
+//!
+//! [`postgres`] starts a PostgreSQL cluster with password authentication and [`moto`] an AWS
+//! Secrets Manager emulator, each per test and stopped on drop.
+
+pub mod moto;
+pub mod postgres;
 
 use keyloop_nats::server::{self, ServerOptions, ServerProcess};
 use keyloop_nats::{Bus, Topology};

@@ -10,11 +10,16 @@ use std::sync::Arc;
 /// for it: the dead holder's own operation, redelivered, takes it over at once.
 pub const DEFAULT_CLAIM_TTL: std::time::Duration = std::time::Duration::from_secs(15);
 
-/// The stores and targets this process can reach.
+/// The stores and targets this process can reach. Set by the binary from its flags and
+/// environment; tests may put their own implementations in.
 #[derive(Debug, Clone, Default)]
 pub struct Backends {
     /// The `local` store; `None` when no master key was given.
     pub local: Option<Arc<LocalStore>>,
+    /// The `aws-sm` store; `None` when this process was not given one.
+    pub aws_sm: Option<Arc<dyn Store>>,
+    /// The `postgres` target; `None` when no admin DSN was given.
+    pub postgres: Option<Arc<dyn Target>>,
 }
 
 impl Backends {
@@ -27,13 +32,25 @@ impl Backends {
                     "the local store needs a master key: set KEYLOOP_MASTER_KEY or pass --master-key-file",
                 )
             }),
+            StoreKind::AwsSm => self.aws_sm.clone().ok_or_else(|| {
+                Error::msg(
+                    ErrorKind::Permanent,
+                    "this process has no AWS Secrets Manager store configured (aws-sm)",
+                )
+            }),
         }
     }
 
-    /// The target of that kind.
+    /// The target of that kind, or an error that says how to configure it.
     pub fn target(&self, kind: TargetKind) -> Result<Arc<dyn Target>, Error> {
         match kind {
             TargetKind::None => Ok(Arc::new(NoneTarget)),
+            TargetKind::Postgres => self.postgres.clone().ok_or_else(|| {
+                Error::msg(
+                    ErrorKind::Permanent,
+                    "the postgres target needs an admin connection: set KEYLOOP_POSTGRES_DSN or pass --postgres-dsn (a role with CREATEROLE and pg_signal_backend)",
+                )
+            }),
         }
     }
 }
@@ -76,7 +93,10 @@ impl WorkerContext {
             inventory,
             fingerprints,
             due,
-            backends: Backends { local },
+            backends: Backends {
+                local,
+                ..Backends::default()
+            },
             holder: format!("{}-{}", std::process::id(), uuid::Uuid::now_v7()),
             claim_ttl: DEFAULT_CLAIM_TTL,
         })

@@ -6,8 +6,8 @@ use crate::context::WorkerContext;
 use keyloop_core::event::{lease_event, lifecycle_event, stable_id};
 use keyloop_core::lease::LeaseState;
 use keyloop_core::{
-    Credential, CredentialId, Fingerprint, LifecycleData, LifecycleKind, Policy, RevokeReason,
-    Stage, StoreKind, TargetKind, Version,
+    BackendSettings, Credential, CredentialId, Fingerprint, LifecycleData, LifecycleKind, Policy,
+    RevokeReason, Stage, StoreKind, TargetKind, Version,
 };
 use keyloop_nats::{Change, DueItem, Error, ErrorKind, FingerprintRef};
 use std::time::Duration;
@@ -51,9 +51,14 @@ pub struct Registration {
     pub target: TargetKind,
     /// Rotation policy.
     pub policy: Policy,
+    /// Store and target settings (secret id, role, strategy).
+    pub settings: BackendSettings,
 }
 
-/// Registers a credential with a first, current version and publishes `created`.
+/// Registers a credential with a first, current version and publishes `created`. The first
+/// value is stored, set at the target, tested and promoted in the store before the credential
+/// is recorded: registering a `postgres` credential takes the role over at once, so from then
+/// on keyloop holds the only valid password.
 pub async fn register(
     ctx: &WorkerContext,
     reg: Registration,
@@ -68,45 +73,67 @@ pub async fn register(
             ),
         ));
     }
+    reg.settings
+        .check(reg.store, reg.target)
+        .map_err(|e| Error::msg(ErrorKind::Permanent, format!("credential {}: {e}", reg.id)))?;
     let store = ctx.backends.store(reg.store)?;
     let target = ctx.backends.target(reg.target)?;
     let version_id = Uuid::now_v7();
     let op = format!("register/{}/{version_id}", reg.id);
-    let value = store
-        .put_new(&reg.id, version_id, keyloop_backends::generate_value())
-        .await
-        .map_err(|e| backend(e, "store the first value"))?;
-    target
-        .apply(&reg.id, version_id, &value)
-        .await
-        .map_err(|e| backend(e, "apply the first value at the target"))?;
-    let fingerprint = Fingerprint::of(&value);
-    drop(value);
     let now = OffsetDateTime::now_utc();
-    let cred = Credential {
+    let mut cred = Credential {
         id: reg.id.clone(),
         store: reg.store,
         target: reg.target,
         policy: reg.policy,
-        versions: vec![Version {
-            id: version_id,
-            stage: Stage::Current,
-            fingerprint: fingerprint.clone(),
-            created_by: op.clone(),
-            created_at: now,
-            activated_at: Some(now),
-            demoted_at: None,
-            revoked_at: None,
-            revoke_reason: None,
-            revoked_by: None,
-        }],
+        settings: reg.settings,
+        versions: Vec::new(),
         created_at: now,
         last_used_at: None,
         claim: None,
     };
+    let value = store
+        .put_new(&cred, version_id, keyloop_backends::generate_value())
+        .await
+        .map_err(|e| backend(e, "store the first value"))?;
+    let fingerprint = Fingerprint::of(&value);
+    let login = cred.login_for_new_version();
+    cred.versions.push(Version {
+        id: version_id,
+        stage: Stage::Current,
+        fingerprint: fingerprint.clone(),
+        created_by: op.clone(),
+        login,
+        created_at: now,
+        activated_at: Some(now),
+        demoted_at: None,
+        revoked_at: None,
+        revoke_reason: None,
+        revoked_by: None,
+    });
+    let taken_over = async {
+        target
+            .apply(&cred, version_id, &value)
+            .await
+            .map_err(|e| backend(e, "apply the first value at the target"))?;
+        target
+            .test(&cred, version_id, &value)
+            .await
+            .map_err(|e| backend(e, "test the first value at the target"))?;
+        store
+            .promote(&cred, version_id, None)
+            .await
+            .map_err(|e| backend(e, "make the first value current in its store"))
+    }
+    .await;
+    drop(value);
+    if let Err(e) = taken_over {
+        let _ = store.destroy(&cred, version_id).await;
+        return Err(e);
+    }
     if let Err(e) = ctx.inventory.create(&cred).await {
         // Lost a race with another registration of the same id: its value stays, ours goes.
-        let _ = store.destroy(&reg.id, version_id).await;
+        let _ = store.destroy(&cred, version_id).await;
         return Err(e);
     }
     ctx.fingerprints
@@ -196,16 +223,16 @@ pub async fn revoke_version(
         let store = ctx.backends.store(cred.store)?;
         let target = ctx.backends.target(cred.target)?;
         let value = store
-            .get(req.credential, req.version)
+            .get(&cred, req.version)
             .await
             .map_err(|e| backend(e, "read the value to revoke"))?;
         target
-            .invalidate(req.credential, req.version, value.as_ref())
+            .invalidate(&cred, req.version, value.as_ref(), req.reason)
             .await
             .map_err(|e| backend(e, "invalidate the version at its target"))?;
         drop(value);
         store
-            .destroy(req.credential, req.version)
+            .destroy(&cred, req.version)
             .await
             .map_err(|e| backend(e, "destroy the revoked value"))?;
     }

@@ -3,10 +3,13 @@
 //!
 //! 1. `create_pending` — a value from the OS CSPRNG stored under a version id derived from the
 //!    operation id, recorded `pending`, its fingerprints indexed, `rotation_started` published;
-//! 2. `set` — applied at the target;
+//! 2. `set` — applied at the target; a live previous version on the same target account (the
+//!    role an `alternating` rotation reuses) is retired first, since the new password replaces
+//!    its value there;
 //! 3. `test` — read back from the store and tested at the target;
-//! 4. `finish` — a live previous version is retired (`revoked`, `superseded`), then
-//!    pending → current and current → previous in one compare-and-set; `rotated` published.
+//! 4. `finish` — a live previous version is retired (`revoked`, `superseded`), the store
+//!    promotes the new version (AWS Secrets Manager: `AWSCURRENT`), then pending → current and
+//!    current → previous in one compare-and-set; `rotated` published.
 //!
 //! A pending version left by another, interrupted operation is retired first, so a crashed
 //! rotation never blocks the next one. Redelivery is harmless: every step checks the recorded
@@ -124,7 +127,7 @@ pub async fn run_rotation(
 
     // 1. create_pending
     let value = store
-        .put_new(id, new_version, keyloop_backends::generate_value())
+        .put_new(&cred, new_version, keyloop_backends::generate_value())
         .await
         .map_err(|e| backend(e, "store the pending value"))?;
     let fingerprint = Fingerprint::of(&value);
@@ -134,6 +137,7 @@ pub async fn run_rotation(
         stage: Stage::Pending,
         fingerprint: fingerprint.clone(),
         created_by: op.to_owned(),
+        login: None,
         created_at: now,
         activated_at: None,
         demoted_at: None,
@@ -146,7 +150,10 @@ pub async fn run_rotation(
         .update(id, |c| match c.version(new_version) {
             Some(v) => Ok(Change::Keep(v.stage)),
             None => {
-                c.versions.push(pending.clone());
+                let mut pending = pending.clone();
+                // Decided once, with the version's record: a retry uses the recorded login.
+                pending.login = c.login_for_new_version();
+                c.versions.push(pending);
                 Ok(Change::Write(Stage::Pending))
             }
         })
@@ -174,13 +181,42 @@ pub async fn run_rotation(
     data.rotation_reason = Some(cmd.reason);
     cause.publish(ctx, op, data).await?;
 
-    // 2. set, 3. test
+    // 2. set. A previous version on the account the new value goes to stops working when it is
+    // set there: retire it first, so the audit log says so before it happens.
+    let (cred, _) = ctx.inventory.require(id).await?;
+    if let Some(login) = cred.version(new_version).and_then(|v| v.login.as_deref()) {
+        for old in cred
+            .versions
+            .iter()
+            .filter(|v| v.stage == Stage::Previous && v.login.as_deref() == Some(login))
+        {
+            ops::revoke_version(
+                ctx,
+                RevokeVersion {
+                    credential: id,
+                    version: old.id,
+                    reason: RevokeReason::Superseded,
+                    op,
+                    leak_published_at: None,
+                    note: Some(format!("its account {login} takes the new value")),
+                },
+                cause,
+            )
+            .await?;
+        }
+    }
+    let (cred, _) = ctx.inventory.require(id).await?;
+    if cred.version(new_version).map(|v| v.stage) != Some(Stage::Pending) {
+        info!(credential = %id, version = %new_version, "pending version was revoked before it was set (leaked mid-rotation?); nothing to do");
+        return Ok(());
+    }
     target
-        .apply(id, new_version, &value)
+        .apply(&cred, new_version, &value)
         .await
         .map_err(|e| backend(e, "set the new value at the target"))?;
+    // 3. test
     let stored = store
-        .get(id, new_version)
+        .get(&cred, new_version)
         .await
         .map_err(|e| backend(e, "read back the pending value"))?;
     if stored.as_ref() != Some(&value) {
@@ -191,11 +227,11 @@ pub async fn run_rotation(
             ),
         ));
     }
+    drop(stored);
     target
-        .test(id, new_version, &value)
+        .test(&cred, new_version, &value)
         .await
         .map_err(|e| backend(e, "test the new value at the target"))?;
-    drop((value, stored));
 
     // 4. finish: at most one previous version may be live, so retire the one a new demotion
     // would replace before the promotion is stored.
@@ -229,6 +265,15 @@ pub async fn run_rotation(
         )
         .await?;
     }
+    let (cred, _) = ctx.inventory.require(id).await?;
+    if cred.version(new_version).map(|v| v.stage) == Some(Stage::Pending) {
+        // The store first (AWS Secrets Manager: AWSCURRENT moves), then the inventory: a crash
+        // in between leaves the version pending, and the retry promotes it again, harmlessly.
+        store
+            .promote(&cred, new_version, cred.current().map(|v| v.id))
+            .await
+            .map_err(|e| backend(e, "promote the new value in its store"))?;
+    }
     let now = OffsetDateTime::now_utc();
     let promotion = ctx
         .inventory
@@ -241,19 +286,29 @@ pub async fn run_rotation(
             })
         })
         .await?;
-    if !promotion.promoted
-        && ctx
-            .inventory
-            .require(id)
-            .await?
-            .0
+    if !promotion.promoted {
+        let (cred, _) = ctx.inventory.require(id).await?;
+        if let Some(v) = cred
             .version(new_version)
-            .map(|v| v.stage)
-            != Some(Stage::Current)
-    {
-        info!(credential = %id, version = %new_version, "pending version was revoked before it could be promoted");
-        return Ok(());
+            .filter(|v| v.stage == Stage::Revoked)
+        {
+            // A revocation (a leak of the pending value?) won the race with this attempt, which
+            // may have set the value at the target after the revocation invalidated it: make
+            // sure it is dead there again.
+            target
+                .invalidate(
+                    &cred,
+                    new_version,
+                    Some(&value),
+                    v.revoke_reason.unwrap_or(RevokeReason::Superseded),
+                )
+                .await
+                .map_err(|e| backend(e, "invalidate again a version revoked mid-rotation"))?;
+            info!(credential = %id, version = %new_version, "pending version was revoked before it could be promoted");
+            return Ok(());
+        }
     }
+    drop(value);
     let (cred, _) = ctx.inventory.require(id).await?;
     ops::schedule_after_rotation(ctx, &cred, promotion.demoted, now).await?;
     publish_rotated(ctx, cmd, cause, new_version, promotion.demoted).await

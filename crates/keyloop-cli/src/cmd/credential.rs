@@ -5,14 +5,17 @@ use crate::{config, output};
 use anyhow::{Context, Result, anyhow, bail};
 use keyloop_core::duration::parse_duration;
 use keyloop_core::event::lifecycle_event;
-use keyloop_core::{CredentialId, LifecycleData, LifecycleKind, Policy, StoreKind, TargetKind};
+use keyloop_core::{
+    BackendSettings, CredentialId, LifecycleData, LifecycleKind, Policy, RotationStrategy,
+    StoreKind, TargetKind,
+};
 use keyloop_workers::ops::{self, Cause, Registration};
 use std::io::Write;
 use std::process::ExitCode;
 
 pub(crate) async fn run(g: &Global, cmd: CredentialCommand) -> Result<ExitCode> {
     match cmd {
-        CredentialCommand::Register(args) => register(g, args).await,
+        CredentialCommand::Register(args) => register(g, *args).await,
         CredentialCommand::List => list(g).await,
         CredentialCommand::Show { id } => show(g, &id).await,
         CredentialCommand::Reveal { id } => reveal(g, &id).await,
@@ -46,12 +49,31 @@ async fn register(g: &Global, args: RegisterArgs) -> Result<ExitCode> {
     };
     let store = match args.store.as_str() {
         "local" => StoreKind::Local,
-        other => bail!("unknown store `{other}`; stores: local"),
+        "aws-sm" => StoreKind::AwsSm,
+        other => bail!("unknown store `{other}`; stores: local, aws-sm"),
     };
     let target = match args.target.as_str() {
         "none" => TargetKind::None,
-        other => bail!("unknown target `{other}`; targets: none"),
+        "postgres" => TargetKind::Postgres,
+        other => bail!("unknown target `{other}`; targets: none, postgres"),
     };
+    let strategy = match args.strategy.as_deref() {
+        None => None,
+        Some("single") => Some(RotationStrategy::Single),
+        Some("alternating") => Some(RotationStrategy::Alternating),
+        Some(other) => bail!("unknown strategy `{other}`; strategies: single, alternating"),
+    };
+    let settings = BackendSettings {
+        secret_id: match store {
+            StoreKind::AwsSm => Some(args.secret_id.unwrap_or_else(|| format!("keyloop/{id}"))),
+            StoreKind::Local => args.secret_id,
+        },
+        role: args.role,
+        strategy,
+    };
+    settings
+        .check(store, target)
+        .with_context(|| format!("register credential {id}"))?;
     let bus = config::connect(g).await?;
     let ctx = config::context(g, bus).await?;
     let cause = Cause {
@@ -66,6 +88,7 @@ async fn register(g: &Global, args: RegisterArgs) -> Result<ExitCode> {
             store,
             target,
             policy,
+            settings,
         },
         &cause,
     )
@@ -120,7 +143,7 @@ async fn reveal(g: &Global, id: &str) -> Result<ExitCode> {
     };
     let store = ctx.backends.store(cred.store)?;
     let value = store
-        .get(&id, current.id)
+        .get(&cred, current.id)
         .await
         .map_err(|e| anyhow!("credential {id}: {e}"))?
         .ok_or_else(|| anyhow!("credential {id}: the value of version {} is gone from its store (revoked just now?)", current.id))?;

@@ -79,6 +79,7 @@ pub(crate) async fn run(g: &Global) -> Result<ExitCode> {
                 idle_revoke_after_secs: None,
                 owner: Some("platform".into()),
             },
+            settings: Default::default(),
         };
         let cred = ops::register(&ctx, reg, &cause)
             .await
@@ -98,7 +99,7 @@ pub(crate) async fn run(g: &Global) -> Result<ExitCode> {
         .id;
     let store = ctx.backends.store(cred.store)?;
     let old_value = store
-        .get(&leaked_id, old_version)
+        .get(&cred, old_version)
         .await
         .map_err(|e| anyhow::anyhow!("{e}"))?
         .context("value stored")?;
@@ -157,12 +158,12 @@ pub(crate) async fn run(g: &Global) -> Result<ExitCode> {
         .context("a new current version after rotation")?
         .id;
     let new_value = store
-        .get(&leaked_id, new_version)
+        .get(&cred, new_version)
         .await
         .map_err(|e| anyhow::anyhow!("{e}"))?
         .context("new value stored")?;
     let old_gone = store
-        .get(&leaked_id, old_version)
+        .get(&cred, old_version)
         .await
         .map_err(|e| anyhow::anyhow!("{e}"))?
         .is_none();

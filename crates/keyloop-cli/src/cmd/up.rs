@@ -34,7 +34,8 @@ pub(crate) async fn run(g: &Global, args: RunArgs) -> Result<ExitCode> {
             key
         }
     };
-    let ctx = WorkerContext::open(bus, Some(&key)).await?;
+    let mut ctx = WorkerContext::open(bus, Some(&key)).await?;
+    config::add_backends(&g, &mut ctx.backends)?;
     let roles: Vec<_> = Role::ALL.to_vec();
     eprintln!(
         "keyloop up: workers {} on {} (Ctrl-C to stop)",
