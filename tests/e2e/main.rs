@@ -1,6 +1,7 @@
 //! End-to-end tests across crates: the real `keyloop` binary and worker processes against a
 //! real nats-server started per test by `keyloop-testkit`.
 
+mod bad_input;
 mod cli;
 mod harness;
 mod jit;
