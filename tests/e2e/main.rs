@@ -6,6 +6,7 @@ mod cli;
 mod harness;
 mod jit;
 mod leak_loop;
+mod least_privilege;
 mod no_plaintext;
 mod replicas;
 mod schedule;
