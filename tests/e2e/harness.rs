@@ -26,6 +26,47 @@ pub(crate) struct Env {
     nats_server: PathBuf,
     /// Variables every `keyloop` process of this env gets (AWS emulator, PostgreSQL DSN).
     extra_env: Mutex<Vec<(String, String)>>,
+    /// The NATS user of `keyloop()` commands (none: anonymous).
+    user: Option<&'static str>,
+}
+
+/// The NATS users of `deploy/nats/users.conf`.
+pub(crate) const NATS_USERS: [&str; 4] = ["detector", "orchestrator", "worker", "ops"];
+
+/// The password a secured test server gives `user`.
+pub(crate) fn nats_password(user: &str) -> String {
+    format!("test-{user}-password")
+}
+
+/// `deploy/nats/` of the checkout.
+pub(crate) fn deploy_nats_dir() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../../deploy/nats")
+}
+
+/// The environment a server started from `deploy/nats/` needs: each user's password.
+pub(crate) fn nats_password_env() -> Vec<(String, String)> {
+    NATS_USERS
+        .iter()
+        .map(|u| {
+            (
+                format!("KEYLOOP_NATS_{}_PASSWORD", u.to_uppercase()),
+                nats_password(u),
+            )
+        })
+        .collect()
+}
+
+/// A connection as `user` of a secured server, with its own inbox prefix.
+pub(crate) async fn connect_as(url: &str, user: &str) -> Bus {
+    let connect = keyloop_nats::bus::Connect {
+        url: url.to_owned(),
+        user: Some(user.to_owned()),
+        password: Some(keyloop_core::Secret::new(nats_password(user))),
+        inbox_prefix: None,
+    };
+    Bus::connect_with(&connect, keyloop_nats::Topology::default())
+        .await
+        .unwrap_or_else(|e| panic!("connect as {user}: {e}"))
 }
 
 impl Env {
@@ -33,7 +74,7 @@ impl Env {
         let server = TestServer::start().await;
         let bus = server.bus().await;
         let url = server.url().to_owned();
-        Self::around(Some(server), None, url, bus).await
+        Self::around(Some(server), None, url, bus, None).await
     }
 
     /// An env on a 3-node JetStream cluster with R3 streams and buckets.
@@ -41,7 +82,24 @@ impl Env {
         let cluster = TestCluster::start(3).await;
         let bus = cluster.bus().await;
         let url = cluster.urls();
-        Self::around(None, Some(cluster), url, bus).await
+        Self::around(None, Some(cluster), url, bus, None).await
+    }
+
+    /// A server started from the checked-in `deploy/nats/single.conf` (users and permissions
+    /// included), with keyloop's layout created by `ops`. `keyloop()` commands run as `ops`;
+    /// `bus` is connected as `ops` too.
+    pub(crate) async fn start_secured() -> Self {
+        let env = nats_password_env();
+        let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+        let server =
+            TestServer::start_with_config(&deploy_nats_dir().join("single.conf"), &env, &[]).await;
+        let bus = connect_as(server.url(), "ops").await;
+        bus.topology
+            .init(&bus.js)
+            .await
+            .unwrap_or_else(|e| panic!("init as ops: {e}"));
+        let url = server.url().to_owned();
+        Self::around(Some(server), None, url, bus, Some("ops")).await
     }
 
     async fn around(
@@ -49,6 +107,7 @@ impl Env {
         cluster: Option<TestCluster>,
         url: String,
         bus: Bus,
+        user: Option<&'static str>,
     ) -> Self {
         let dir = tempfile::Builder::new()
             .prefix("keyloop-e2e-")
@@ -74,6 +133,7 @@ impl Env {
             dir,
             nats_server,
             extra_env: Mutex::default(),
+            user,
         }
     }
 
@@ -93,10 +153,28 @@ impl Env {
         .unwrap()
     }
 
-    /// `keyloop` with this env's server, key and data directory.
+    /// `keyloop` with this env's server, key and data directory, as this env's user.
     pub(crate) fn keyloop(&self) -> Command {
+        match self.user {
+            Some(user) => self.keyloop_as(user),
+            None => self.keyloop_anonymous(),
+        }
+    }
+
+    /// `keyloop` as `user` of a secured server.
+    pub(crate) fn keyloop_as(&self, user: &str) -> Command {
+        let mut cmd = self.keyloop_anonymous();
+        cmd.env("KEYLOOP_NATS_USER", user)
+            .env("KEYLOOP_NATS_PASSWORD", nats_password(user));
+        cmd
+    }
+
+    fn keyloop_anonymous(&self) -> Command {
         let mut cmd = Command::new(KEYLOOP);
         cmd.env("KEYLOOP_NATS_URL", &self.url)
+            .env_remove("KEYLOOP_NATS_USER")
+            .env_remove("KEYLOOP_NATS_PASSWORD")
+            .env_remove("KEYLOOP_NATS_INBOX_PREFIX")
             .env(
                 "KEYLOOP_MASTER_KEY_FILE",
                 self.dir.path().join("master.key"),
@@ -137,10 +215,18 @@ impl Env {
 
     /// Starts `keyloop worker ROLES` at debug log level; its stderr goes to a file.
     pub(crate) fn worker(&self, name: &str, roles: &[&str]) -> Worker {
+        self.spawn_worker(self.keyloop(), name, roles)
+    }
+
+    /// Starts `keyloop worker ROLES` as NATS user `user`, like [`Env::worker`].
+    pub(crate) fn worker_as(&self, user: &str, name: &str, roles: &[&str]) -> Worker {
+        self.spawn_worker(self.keyloop_as(user), name, roles)
+    }
+
+    fn spawn_worker(&self, mut keyloop: Command, name: &str, roles: &[&str]) -> Worker {
         let log = self.dir.path().join(format!("{name}.log"));
         let file = std::fs::File::create(&log).unwrap();
-        let child = self
-            .keyloop()
+        let child = keyloop
             .arg("worker")
             .args(roles)
             .env("RUST_LOG", "debug")

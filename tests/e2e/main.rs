@@ -3,6 +3,7 @@
 //! by `keyloop-testkit`.
 
 mod aws;
+mod bad_input;
 mod broker;
 mod chaos;
 mod cli;
@@ -10,6 +11,7 @@ mod fleet;
 mod harness;
 mod jit;
 mod leak_loop;
+mod least_privilege;
 mod no_plaintext;
 mod postgres;
 mod replicas;

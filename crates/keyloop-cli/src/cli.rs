@@ -26,6 +26,14 @@ pub(crate) struct Global {
         default_value = "nats://127.0.0.1:4222"
     )]
     pub(crate) nats: String,
+    /// NATS user. Its password comes from the KEYLOOP_NATS_PASSWORD variable (never a flag,
+    /// so it stays out of process listings); `nats://user:password@host` in --nats works too.
+    #[arg(long, global = true, env = "KEYLOOP_NATS_USER")]
+    pub(crate) nats_user: Option<String>,
+    /// Prefix of this client's reply subjects. Default: `_INBOX_<user>` when connecting as a
+    /// user, else `_INBOX`; the shipped server permissions let each user read only its own.
+    #[arg(long, global = true, env = "KEYLOOP_NATS_INBOX_PREFIX")]
+    pub(crate) nats_inbox_prefix: Option<String>,
     /// Machine-readable output (JSON) wherever the output is data.
     #[arg(long, global = true)]
     pub(crate) json: bool,

@@ -4,6 +4,8 @@
 use crate::cli::{Cli, Command, Global};
 use anyhow::{Context, Result, bail};
 use keyloop_backends::{AwsSecretsManager, AwsSmConfig, MasterKey, PostgresConfig, PostgresTarget};
+use keyloop_core::Secret;
+use keyloop_nats::bus::Connect;
 use keyloop_nats::{Bus, Topology};
 use keyloop_workers::{Backends, WorkerContext};
 use std::path::{Path, PathBuf};
@@ -42,11 +44,23 @@ pub(crate) fn data_dir(global: &Global) -> PathBuf {
     home.join(".local/share/keyloop")
 }
 
-/// Connects to `--nats` and refuses servers older than 2.10.
+/// Connects to `--nats` as `--nats-user` (password from KEYLOOP_NATS_PASSWORD) and refuses
+/// servers older than 2.10.
 pub(crate) async fn connect(global: &Global) -> Result<Bus> {
-    Bus::connect(&global.nats, Topology::new(&global.prefix))
+    let connect = Connect {
+        url: global.nats.clone(),
+        user: global.nats_user.clone(),
+        password: std::env::var("KEYLOOP_NATS_PASSWORD").ok().map(Secret::new),
+        inbox_prefix: global.nats_inbox_prefix.clone(),
+    };
+    Bus::connect_with(&connect, Topology::new(&global.prefix))
         .await
         .map_err(anyhow::Error::new)
+}
+
+/// `--nats` as it may be shown: without its password.
+pub(crate) fn shown_url(global: &Global) -> String {
+    keyloop_nats::bus::redact_url(&global.nats)
 }
 
 /// The master key: `--master-key-file`, else `KEYLOOP_MASTER_KEY`, else `<data-dir>/master.key`

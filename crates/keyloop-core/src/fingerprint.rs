@@ -60,8 +60,13 @@ pub struct FingerprintError {
 }
 
 /// The digests of one value. A fingerprint computed by keyloop has both; one reported by a
-/// detector may carry only one of them.
+/// detector may carry only one of them. Each digest is checked when deserialized.
+//
+// Checked at the edge because a fingerprint from the wire becomes a KV key and a lifecycle
+// event field: a plaintext value put where a digest belongs must be refused here, not looked
+// up, stored in the audit log or echoed in an error.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize, JsonSchema)]
+#[serde(try_from = "ReportedDigests")]
 pub struct Fingerprint {
     /// Lowercase hex SHA-256 of the value.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -69,6 +74,28 @@ pub struct Fingerprint {
     /// Lowercase hex SHA-1 of the value.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub sha1: Option<String>,
+}
+
+/// A fingerprint as it arrives in JSON, before its digests are checked; its schema is the
+/// published schema of [`Fingerprint`].
+#[derive(Deserialize, JsonSchema)]
+#[schemars(rename = "Fingerprint")]
+struct ReportedDigests {
+    /// Lowercase hex SHA-256 of the value.
+    #[serde(default)]
+    #[schemars(regex(pattern = r"^[0-9a-fA-F]{64}$"))]
+    sha256: Option<String>,
+    /// Lowercase hex SHA-1 of the value.
+    #[serde(default)]
+    #[schemars(regex(pattern = r"^[0-9a-fA-F]{40}$"))]
+    sha1: Option<String>,
+}
+
+impl TryFrom<ReportedDigests> for Fingerprint {
+    type Error = FingerprintError;
+    fn try_from(reported: ReportedDigests) -> Result<Self, Self::Error> {
+        Self::from_digests(reported.sha256.as_deref(), reported.sha1.as_deref())
+    }
 }
 
 impl Fingerprint {
@@ -154,5 +181,20 @@ mod tests {
             vec!["sha1.a9993e364706816aba3e25717850c26c9cd0d89d"]
         );
         assert!(Fingerprint::from_digests(Some("xyz"), None).is_err());
+    }
+
+    #[test]
+    fn a_value_where_a_digest_belongs_is_refused_without_echo() {
+        let json = r#"{"sha256":"FAKE-plaintext-in-the-digest-field-0001"}"#;
+        let err = serde_json::from_str::<Fingerprint>(json).expect_err("not a digest");
+        let text = err.to_string();
+        assert!(text.contains("not a sha256 digest"), "{text}");
+        assert!(!text.contains("FAKE-plaintext"), "{text}");
+        let upper = r#"{"sha1":"A9993E364706816ABA3E25717850C26C9CD0D89D"}"#;
+        let fp: Fingerprint = serde_json::from_str(upper).expect("a digest");
+        assert_eq!(
+            fp.sha1.as_deref(),
+            Some("a9993e364706816aba3e25717850c26c9cd0d89d")
+        );
     }
 }

@@ -8,9 +8,32 @@ use crate::server;
 use crate::topology::Topology;
 use async_nats::jetstream::{self, context::PublishErrorKind, publish::PublishAck};
 use async_nats::{HeaderMap, jetstream::message::PublishMessage};
+use keyloop_core::Secret;
 use keyloop_core::event::{CloudEvent, LifecycleEvent};
 use serde::Serialize;
+use std::fmt;
 use std::time::Duration;
+use tracing::{info, warn};
+
+/// Connection events go to the log. A server error is most often a permissions violation: the
+/// user may not publish or subscribe to a subject (the server names the subject, never a
+/// payload).
+fn log_event(event: async_nats::Event) {
+    use async_nats::Event;
+    match event {
+        Event::ServerError(e) => {
+            warn!(error = %e, "the NATS server reported an error (a permissions violation means this user may not use that subject: see deploy/nats/permissions.conf)")
+        }
+        Event::ClientError(e) => warn!(error = %e, "NATS client error"),
+        Event::SlowConsumer(sid) => {
+            warn!(sid, "slow consumer: messages were dropped by the client")
+        }
+        Event::Disconnected => warn!("disconnected from NATS; reconnecting"),
+        Event::Connected => info!("connected to NATS"),
+        Event::LameDuckMode => warn!("the NATS server is shutting down (lame duck mode)"),
+        Event::Draining | Event::Closed => {}
+    }
+}
 
 /// Header naming why a message went to the DLQ.
 pub const DLQ_REASON_HEADER: &str = "Keyloop-Dlq-Reason";
@@ -32,24 +55,156 @@ pub struct Bus {
     pub topology: Topology,
 }
 
+/// How to reach NATS and who to be there.
+#[derive(Clone, Default)]
+pub struct Connect {
+    /// `nats://[user[:password]@]host:port`. Credentials in the URL are used (async-nats
+    /// itself ignores them) and never printed.
+    pub url: String,
+    /// The NATS user, when not in the URL.
+    pub user: Option<String>,
+    /// Its password, when not in the URL.
+    pub password: Option<Secret>,
+    /// Prefix of this client's reply subjects. Default: `_INBOX_<user>` when connecting as a
+    /// user whose name is one subject token, else `_INBOX`. A per-user prefix lets the server
+    /// allow each user its own replies only (see `deploy/nats/permissions.conf`): replies carry
+    /// JIT tokens, which no other user may read.
+    pub inbox_prefix: Option<String>,
+}
+
+impl fmt::Debug for Connect {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Connect")
+            .field("url", &redact_url(&self.url))
+            .field("user", &self.user)
+            .field("password", &self.password.as_ref().map(|_| "[redacted]"))
+            .field("inbox_prefix", &self.inbox_prefix)
+            .finish()
+    }
+}
+
+impl Connect {
+    /// Anonymous connection to `url` (or with the credentials in it).
+    pub fn url(url: &str) -> Self {
+        Self {
+            url: url.to_owned(),
+            ..Self::default()
+        }
+    }
+
+    /// The URL without its credentials, the user taken from the URL or [`Connect::user`], and
+    /// the password likewise.
+    fn parts(&self) -> (String, Option<String>, Option<String>) {
+        let (url, url_user, url_password) = split_userinfo(&self.url);
+        let user = self.user.clone().or(url_user);
+        let password = self
+            .password
+            .as_ref()
+            .map(|p| p.expose().to_owned())
+            .or(url_password);
+        (url, user, password)
+    }
+}
+
+/// `url` with its password (or token) replaced by `***`, for messages and logs.
+pub fn redact_url(url: &str) -> String {
+    let (bare, user, password) = split_userinfo(url);
+    let Some(user) = user else {
+        return bare;
+    };
+    let Some((scheme, rest)) = bare.split_once("://") else {
+        return bare;
+    };
+    if password.is_some() {
+        format!("{scheme}://{user}:***@{rest}")
+    } else {
+        // A lone userinfo is a token.
+        format!("{scheme}://***@{rest}")
+    }
+}
+
+/// Splits `scheme://user:password@host…` into the URL without userinfo, the user and the
+/// password (percent-escapes are not decoded: keep credentials to unreserved characters, or
+/// pass them with `--nats-user` and `KEYLOOP_NATS_PASSWORD`).
+fn split_userinfo(url: &str) -> (String, Option<String>, Option<String>) {
+    let Some((scheme, rest)) = url.split_once("://") else {
+        return (url.to_owned(), None, None);
+    };
+    let authority_end = rest.find('/').unwrap_or(rest.len());
+    let Some(at) = rest[..authority_end].rfind('@') else {
+        return (url.to_owned(), None, None);
+    };
+    let (userinfo, host) = (&rest[..at], &rest[at + 1..]);
+    let (user, password) = match userinfo.split_once(':') {
+        Some((u, p)) => (u.to_owned(), Some(p.to_owned())),
+        None => (userinfo.to_owned(), None),
+    };
+    (format!("{scheme}://{host}"), Some(user), password)
+}
+
+/// The default inbox prefix for `user`: `_INBOX_<user>` when the name is one subject token of
+/// letters, digits, `_` and `-`.
+fn default_inbox_prefix(user: Option<&str>) -> String {
+    match user {
+        Some(u)
+            if !u.is_empty()
+                && u.bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-') =>
+        {
+            format!("_INBOX_{u}")
+        }
+        _ => "_INBOX".to_owned(),
+    }
+}
+
 impl Bus {
-    /// Connects to `url`, and refuses a server older than 2.10 before anything is used.
+    /// Connects to `url` (anonymously, or with the credentials in it), and refuses a server
+    /// older than 2.10 before anything is used.
     pub async fn connect(url: &str, topology: Topology) -> Result<Self, Error> {
+        Self::connect_with(&Connect::url(url), topology).await
+    }
+
+    /// Connects as `connect` says, and refuses a server older than 2.10 before anything is
+    /// used. Errors and logs name the URL without its password.
+    pub async fn connect_with(connect: &Connect, topology: Topology) -> Result<Self, Error> {
+        let (url, user, password) = connect.parts();
+        let shown = redact_url(&connect.url);
+        let inbox = connect
+            .inbox_prefix
+            .clone()
+            .unwrap_or_else(|| default_inbox_prefix(user.as_deref()));
         // No retry on the first connect: a person or a supervisor needs to hear at once that
         // nothing answers. After that, reconnects are automatic and unbounded.
-        let client = async_nats::ConnectOptions::new()
+        let mut options = async_nats::ConnectOptions::new()
             .name("keyloop")
             .max_reconnects(None)
             .connection_timeout(Duration::from_secs(5))
-            .connect(Self::server_addrs(url)?)
-            .await
-            .map_err(|e| {
-                Error::new(
-                    ErrorKind::Transient,
-                    format!("no NATS server answers at {url}; start one with `keyloop up`, or pass --nats URL"),
+            .custom_inbox_prefix(&inbox)
+            .event_callback(|event| async move { log_event(event) });
+        options = match (user.clone(), password) {
+            (Some(user), Some(password)) => options.user_and_password(user, password),
+            (Some(token), None) => options.token(token),
+            (None, _) => options,
+        };
+        let client = options.connect(Self::server_addrs(&url)?).await.map_err(|e| {
+            use async_nats::ConnectErrorKind as K;
+            match e.kind() {
+                K::AuthorizationViolation | K::Authentication => Error::new(
+                    ErrorKind::Permanent,
+                    format!(
+                        "the NATS server at {shown} refused {}; check --nats-user / KEYLOOP_NATS_USER and KEYLOOP_NATS_PASSWORD (or the credentials in --nats)",
+                        user.as_deref().map_or_else(|| "an anonymous connection".to_owned(), |u| format!("user {u}"))
+                    ),
                     e,
-                )
-            })?;
+                ),
+                _ => Error::new(
+                    ErrorKind::Transient,
+                    format!("no NATS server answers at {shown}; start one with `keyloop up`, or pass --nats URL"),
+                    e,
+                ),
+            }
+        })?;
+        let url = shown;
         let version = client.server_info().version;
         if !server::is_supported(&version) {
             return Err(Error::msg(
@@ -180,5 +335,44 @@ impl Bus {
                 e,
             )
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn credentials_in_a_url_are_split_off_and_never_shown() {
+        assert_eq!(
+            split_userinfo("nats://detector:FAKE-pw-0001@127.0.0.1:4222"),
+            (
+                "nats://127.0.0.1:4222".to_owned(),
+                Some("detector".to_owned()),
+                Some("FAKE-pw-0001".to_owned())
+            )
+        );
+        assert_eq!(
+            redact_url("nats://detector:FAKE-pw-0001@127.0.0.1:4222"),
+            "nats://detector:***@127.0.0.1:4222"
+        );
+        assert_eq!(
+            redact_url("tls://FAKE-token-0002@nats.example:4222/x@y"),
+            "tls://***@nats.example:4222/x@y"
+        );
+        assert_eq!(redact_url("nats://127.0.0.1:4222"), "nats://127.0.0.1:4222");
+        let connect = Connect {
+            password: Some(Secret::from("FAKE-pw-0003")),
+            ..Connect::url("nats://u:FAKE-pw-0004@h:1")
+        };
+        let shown = format!("{connect:?}");
+        assert!(!shown.contains("FAKE-pw"), "{shown}");
+    }
+
+    #[test]
+    fn each_user_gets_its_own_inbox_prefix() {
+        assert_eq!(default_inbox_prefix(Some("worker")), "_INBOX_worker");
+        assert_eq!(default_inbox_prefix(Some("a.b")), "_INBOX");
+        assert_eq!(default_inbox_prefix(None), "_INBOX");
     }
 }

@@ -160,6 +160,17 @@ pub struct ServerProcess {
 impl ServerProcess {
     /// Starts the server with JetStream on loopback and waits until it reports its client port.
     pub async fn start(opts: &ServerOptions) -> Result<Self, ServerError> {
+        Self::start_with_env(opts, &[]).await
+    }
+
+    /// Like [`ServerProcess::start`], with extra environment variables for the server: a
+    /// config file (`-c` in `extra_args`) reads its `$VAR` references, passwords for
+    /// instance, from the environment. The launcher's flags (loopback, port, store directory)
+    /// win over the file's settings.
+    pub async fn start_with_env(
+        opts: &ServerOptions,
+        env: &[(String, String)],
+    ) -> Result<Self, ServerError> {
         std::fs::create_dir_all(&opts.store_dir).map_err(|source| ServerError::Spawn {
             path: opts.store_dir.display().to_string(),
             source,
@@ -183,6 +194,7 @@ impl ServerProcess {
             .arg("--log")
             .arg(&log)
             .args(&opts.extra_args)
+            .envs(env.iter().map(|(k, v)| (k, v)))
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::null())

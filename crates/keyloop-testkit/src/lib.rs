@@ -22,6 +22,8 @@ pub struct TestServer {
     process: ServerProcess,
     options: ServerOptions,
     dir: TempDir,
+    /// Environment of the server process (a config file's `$VAR` references).
+    env: Vec<(String, String)>,
 }
 
 /// The nats-server binary for tests (see the module docs). Panics with what to do when none
@@ -61,6 +63,48 @@ impl TestServer {
             process,
             options,
             dir,
+            env: Vec::new(),
+        }
+    }
+
+    /// Starts a server with the config file `config` and `env` for the file's `$VAR`
+    /// references (passwords). The testkit's flags win over the file: loopback, a random client
+    /// port, a random monitoring port, a temporary store. `extra_args` go last (cluster routes,
+    /// say). Nothing is initialised: the file's users decide who may do what.
+    pub async fn start_with_config(
+        config: &std::path::Path,
+        env: &[(&str, &str)],
+        extra_args: &[String],
+    ) -> Self {
+        let dir = tempfile::Builder::new()
+            .prefix("keyloop-nats-")
+            .tempdir()
+            .expect("create a temporary store directory");
+        let mut args = vec![
+            "-c".to_owned(),
+            config.display().to_string(),
+            "--http_port".to_owned(),
+            "-1".to_owned(),
+        ];
+        args.extend_from_slice(extra_args);
+        let options = ServerOptions {
+            binary: nats_server_binary().await,
+            store_dir: dir.path().to_path_buf(),
+            port: None,
+            extra_args: args,
+        };
+        let env: Vec<_> = env
+            .iter()
+            .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+            .collect();
+        let process = ServerProcess::start_with_env(&options, &env)
+            .await
+            .unwrap_or_else(|e| panic!("{e}"));
+        Self {
+            process,
+            options,
+            dir,
+            env,
         }
     }
 
@@ -91,7 +135,7 @@ impl TestServer {
         self.process.kill().await;
         let mut options = self.options.clone();
         options.port = Some(self.process.port());
-        self.process = ServerProcess::start(&options)
+        self.process = ServerProcess::start_with_env(&options, &self.env)
             .await
             .unwrap_or_else(|e| panic!("{e}"));
     }

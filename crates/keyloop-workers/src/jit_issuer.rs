@@ -15,6 +15,7 @@ use keyloop_core::event::{
     CloudEvent, LifecycleData, LifecycleKind, REVOKE_LEASE_COMMAND_TYPE, RevokeLeaseCommand,
     TASK_COMPLETED_TYPE, TaskCompleted, lease_event, stable_id,
 };
+use keyloop_core::lease::ScopePolicy;
 use keyloop_core::lease::{
     IssueReply, IssueRequest, LeaseState, ServiceError, VerifyReply, VerifyRequest,
 };
@@ -104,25 +105,64 @@ fn check_id(what: &str, id: &str) -> Result<(), ServiceError> {
     Ok(())
 }
 
-/// Issues a lease for `req` under `policy`: validated, recorded (lease, task index, fingerprint
-/// index, expiry), `issued` published, and only then the token handed out.
-pub async fn issue(
-    ctx: &WorkerContext,
-    policy: &JitPolicy,
+/// Decodes a `jit.issue` request. The error names the position of what is wrong, never the
+/// text: a request may carry anything.
+pub fn decode_issue_request(payload: &[u8]) -> Result<IssueRequest, ServiceError> {
+    check_size(payload)?;
+    serde_json::from_slice(payload).map_err(|e| {
+        service_error(
+            "bad_request",
+            format!(
+                "expected {{task_id, agent_id, scope, ttl_secs}} (schemas/jit.issue.request.json): error at line {} column {}",
+                e.line(),
+                e.column()
+            ),
+        )
+    })
+}
+
+/// Decodes a `token.verify` request into the token it carries. The error never quotes the
+/// payload, which is a token or something close to one.
+pub fn decode_verify_request(payload: &[u8]) -> Result<Secret, ServiceError> {
+    check_size(payload)?;
+    serde_json::from_slice::<VerifyRequest>(payload)
+        .map(|req| Secret::new(req.token))
+        .map_err(|e| {
+            service_error(
+                "bad_request",
+                format!(
+                    "expected {{\"token\": ...}}: error at line {} column {}",
+                    e.line(),
+                    e.column()
+                ),
+            )
+        })
+}
+
+fn check_size(payload: &[u8]) -> Result<(), ServiceError> {
+    if payload.len() > MAX_REQUEST_BYTES {
+        return Err(service_error(
+            "bad_request",
+            format!("request over {MAX_REQUEST_BYTES} bytes"),
+        ));
+    }
+    Ok(())
+}
+
+/// The policy of the scope `req` asks for, when `policy` allows the request as it stands.
+/// A refusal says why and what to ask for instead; it quotes the request only where it
+/// matched the policy (a known scope), never an unknown value.
+pub fn check_request<'p>(
+    policy: &'p JitPolicy,
     req: &IssueRequest,
-    now: OffsetDateTime,
-) -> Result<IssueReply, ServiceError> {
+) -> Result<&'p ScopePolicy, ServiceError> {
     check_id("task_id", &req.task_id)?;
     check_id("agent_id", &req.agent_id)?;
     let Some(scope) = policy.scopes.get(&req.scope) else {
         let known: Vec<_> = policy.scopes.keys().cloned().collect();
         return Err(service_error(
             "unknown_scope",
-            format!(
-                "unknown scope `{}`; scopes: {}",
-                req.scope.chars().take(64).collect::<String>(),
-                known.join(", ")
-            ),
+            format!("unknown scope; scopes: {}", known.join(", ")),
         ));
     };
     if scope.tier == Tier::Approve {
@@ -143,6 +183,18 @@ pub async fn issue(
             ),
         ));
     }
+    Ok(scope)
+}
+
+/// Issues a lease for `req` under `policy`: validated, recorded (lease, task index, fingerprint
+/// index, expiry), `issued` published, and only then the token handed out.
+pub async fn issue(
+    ctx: &WorkerContext,
+    policy: &JitPolicy,
+    req: &IssueRequest,
+    now: OffsetDateTime,
+) -> Result<IssueReply, ServiceError> {
+    let scope = check_request(policy, req)?;
     let unavailable = |e: Error| {
         service_error(
             "unavailable",
@@ -348,35 +400,26 @@ pub async fn serve(
             (ctx.clone(), policy.clone(), limiter.clone(), client.clone());
         in_flight.spawn(async move {
             let now = OffsetDateTime::now_utc();
-            let reply = if msg.payload.len() > MAX_REQUEST_BYTES {
-                encode::<()>(Err(service_error("bad_request", format!("request over {MAX_REQUEST_BYTES} bytes"))))
-            } else if is_issue {
-                match serde_json::from_slice::<IssueRequest>(&msg.payload) {
+            let reply = if is_issue {
+                match decode_issue_request(&msg.payload) {
                     Ok(req) => {
                         let result = issue(&ctx, &policy, &req, now).await;
                         match &result {
                             Ok(r) => info!(lease = %r.lease_id, task = %req.task_id, agent = %req.agent_id, scope = %req.scope, "lease issued"),
+                            // A bad_request's ids failed validation: they are not logged.
+                            Err(e) if e.code == "bad_request" => warn!(code = %e.code, reason = %e.message, "lease refused"),
                             Err(e) => warn!(task = %req.task_id, code = %e.code, reason = %e.message, "lease refused"),
                         }
                         encode(result)
                     }
-                    Err(e) => encode::<()>(Err(service_error(
-                        "bad_request",
-                        format!("expected {{task_id, agent_id, scope, ttl_secs}} (schemas/jit.issue.request.json): error at line {} column {}", e.line(), e.column()),
-                    ))),
+                    Err(e) => encode::<()>(Err(e)),
                 }
             } else {
-                match serde_json::from_slice::<VerifyRequest>(&msg.payload) {
-                    Ok(req) => {
-                        let token = Secret::new(req.token);
-                        encode(verify(&ctx, &token, now, &limiter).await.map_err(|e| {
-                            service_error("unavailable", format!("could not verify: {e}; retry"))
-                        }))
-                    }
-                    Err(e) => encode::<()>(Err(service_error(
-                        "bad_request",
-                        format!("expected {{\"token\": ...}}: error at line {} column {}", e.line(), e.column()),
-                    ))),
+                match decode_verify_request(&msg.payload) {
+                    Ok(token) => encode(verify(&ctx, &token, now, &limiter).await.map_err(|e| {
+                        service_error("unavailable", format!("could not verify: {e}; retry"))
+                    })),
+                    Err(e) => encode::<()>(Err(e)),
                 }
             };
             if let Err(e) = client.publish(reply_to, reply.into()).await {

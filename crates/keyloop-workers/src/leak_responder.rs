@@ -34,10 +34,10 @@ async fn respond(ctx: &WorkerContext, delivery: &Delivery) -> Result<(), Handler
         decode::cloud_event(&delivery.message.payload, LEAK_DETECTED_TYPE)?;
     let finding = &leak.data;
     if finding.fingerprint.is_empty() {
-        return Err(HandlerError::permanent(format!(
-            "leak {} has no digest (sha256 or sha1) to match",
-            leak.id
-        )));
+        // The id is not quoted: it is input, and the DLQ keeps the message for inspection.
+        return Err(HandlerError::permanent(
+            "leak event has no digest (sha256 or sha1) to match",
+        ));
     }
     let cause = Cause {
         source: SOURCE.into(),

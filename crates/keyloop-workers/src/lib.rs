@@ -12,6 +12,7 @@
 //! - [`jit_issuer`]: `jit.issue` / `token.verify` request/reply, and `task.completed`.
 
 pub mod context;
+pub mod decode;
 pub mod jit_issuer;
 pub mod leak_responder;
 pub mod ops;
@@ -19,8 +20,6 @@ pub mod revoker;
 pub mod rotator;
 pub mod scheduler;
 pub mod sweeper;
-
-mod decode;
 
 pub use context::{Backends, WorkerContext};
 

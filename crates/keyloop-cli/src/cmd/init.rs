@@ -12,14 +12,14 @@ pub(crate) async fn run(g: &Global, replicas: usize) -> Result<ExitCode> {
         .topology
         .init(&bus.js)
         .await
-        .with_context(|| format!("keyloop init on {}", g.nats))?;
+        .with_context(|| format!("keyloop init on {}", config::shown_url(g)))?;
     if g.json {
         output::json_line(&report);
     } else {
         println!("streams:   {}", report.streams.join(", "));
         println!("buckets:   {}", report.buckets.join(", "));
         println!("consumers: {}", report.consumers.join(", "));
-        println!("keyloop layout is ready on {}", g.nats);
+        println!("keyloop layout is ready on {}", config::shown_url(g));
     }
     Ok(ExitCode::SUCCESS)
 }

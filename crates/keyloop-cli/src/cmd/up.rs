@@ -20,7 +20,7 @@ pub(crate) async fn run(g: &Global, args: RunArgs) -> Result<ExitCode> {
     bus.topology
         .init(&bus.js)
         .await
-        .with_context(|| format!("keyloop init on {}", g.nats))?;
+        .with_context(|| format!("keyloop init on {}", config::shown_url(&g)))?;
     let key = match config::master_key(&g)? {
         Some(k) => k,
         None => {
@@ -44,7 +44,7 @@ pub(crate) async fn run(g: &Global, args: RunArgs) -> Result<ExitCode> {
             .map(|r| r.name())
             .collect::<Vec<_>>()
             .join(", "),
-        g.nats
+        config::shown_url(&g)
     );
     let shutdown = super::shutdown_on_signal();
     keyloop_workers::run(Arc::new(ctx), &roles, config, shutdown).await?;
@@ -71,7 +71,7 @@ async fn ensure_server(
     if !matches!(host.as_str(), "127.0.0.1" | "localhost" | "::1") {
         bail!(
             "no NATS server answers at {}; start it, or point --nats at a running one",
-            g.nats
+            config::shown_url(g)
         );
     }
     let binary = config::nats_server_binary().await?;
@@ -106,8 +106,9 @@ fn host_port(url: &str) -> Result<(String, u16)> {
     let (host, port) = match hostport.rsplit_once(':') {
         Some((h, p)) => (
             h,
-            p.parse()
-                .with_context(|| format!("bad port in --nats {url}"))?,
+            p.parse().with_context(|| {
+                format!("bad port in --nats {}", keyloop_nats::bus::redact_url(url))
+            })?,
         ),
         None => (hostport, 4222),
     };

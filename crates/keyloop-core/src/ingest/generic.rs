@@ -105,14 +105,16 @@ fn line(object: &Map<String, Value>) -> Result<Option<u64>, String> {
     }
 }
 
-/// Names the unknown field when it looks like a field name. A long or unusual key is not
-/// echoed: a malformed line could have a value where a key should be.
+/// Names the unknown field when it looks like a field name: short, lowercase ASCII, digits,
+/// `_`, `-`, `.` (`token`, `sha-256`). Anything else is not echoed: a malformed line could have
+/// a value where a key should be, and API keys are often 20 to 40 letters and digits of mixed
+/// case, which a looser rule would print.
 fn unknown_field(name: &str) -> String {
     let expected = FIELDS.map(|f| format!("`{f}`")).join(", ");
-    let plausible = name.len() <= 32
-        && name
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'-' | b'.'));
+    let plausible = name.len() <= 16
+        && name.bytes().all(|b| {
+            b.is_ascii_lowercase() || b.is_ascii_digit() || matches!(b, b'_' | b'-' | b'.')
+        });
     if plausible {
         format!("unknown field `{name}`; expected only {expected}")
     } else {
@@ -202,6 +204,8 @@ mod tests {
             r#"{"secret":12345}"#,
             r#"{"secret":"   "}"#,
             r#"{"secret":"FAKE-generic-0013","FAKE-generic-0014 looks like a value":1}"#,
+            r#"{"secret":"FAKE-generic-0016","AKIAFAKE0017EXAMPLE":1}"#,
+            r#"{"secret":"FAKE-generic-0018","0123456789abcdef0123456789abcdef":1}"#,
             "",
             r#"{"secret":"FAKE-generic-0015","detector":"ok"}"#,
         ]
@@ -240,6 +244,14 @@ mod tests {
                 ("line 10", "`secret` is empty"),
                 (
                     "line 11",
+                    "unknown field (name not shown: it is long or unusual)"
+                ),
+                (
+                    "line 12",
+                    "unknown field (name not shown: it is long or unusual)"
+                ),
+                (
+                    "line 13",
                     "unknown field (name not shown: it is long or unusual)"
                 ),
             ]

@@ -1,0 +1,467 @@
+//! Property tests over every ingest format (`keyloop_core::ingest::parse`): arbitrary bytes and
+//! structure-aware reports (the format's shape with values of any type, fields missing or
+//! extra, huge numbers, odd unicode, damaged text) never panic; an input that is not a report
+//! is an error that says why; every rejected entry has a position and a reason; and a secret
+//! planted in the report's value fields, ignored fields, keys or wrong-typed places never
+//! appears in anything `parse` returns. Valid reports give one finding per entry, with the
+//! digests of its value. Case counts are the constants below.
+
+#[path = "../../../tests/support/arbitrary_json.rs"]
+mod arbitrary_json;
+
+use arbitrary_json::{
+    Json, Planted, boolean, damage, exact_object, free_text, label, lines, mostly, object, one_of,
+    planted, text, unsigned, value, value_keyed,
+};
+use keyloop_core::Fingerprint;
+use keyloop_core::ingest::{Format, Parsed, parse};
+use proptest::prelude::*;
+
+/// Cases of arbitrary bytes, per format.
+const BYTES_CASES: u32 = 1024;
+/// Cases of structure-aware reports (intact or damaged), per format.
+const SHAPED_CASES: u32 = 2048;
+/// Cases of valid reports, per format.
+const VALID_CASES: u32 = 256;
+
+/// Parses `input`: whatever the outcome, it says why where it refuses, and shows no planted
+/// secret anywhere.
+fn check(format: Format, input: &[u8], planted: &Planted) -> Option<Parsed> {
+    match parse(format, input) {
+        Err(e) => {
+            assert_eq!(e.format, format);
+            assert!(!e.reason.trim().is_empty(), "an error says why");
+            let shown = format!("{e} {e:?}");
+            assert!(!planted.is_in(&shown), "{format} shows the secret: {shown}");
+            None
+        }
+        Ok(parsed) => {
+            for rejected in &parsed.rejected {
+                assert!(!rejected.position.is_empty() && !rejected.reason.trim().is_empty());
+            }
+            let shown = format!("{parsed:?}");
+            assert!(!planted.is_in(&shown), "{format} shows the secret: {shown}");
+            Some(parsed)
+        }
+    }
+}
+
+/// Arbitrary bytes with the planted secret spliced in somewhere.
+fn spliced(mut bytes: Vec<u8>, at: prop::sample::Index, planted: &Planted) -> Vec<u8> {
+    let at = at.index(bytes.len() + 1);
+    bytes.splice(at..at, planted.value.bytes());
+    bytes
+}
+
+/// Where a value sits: mostly the planted secret, sometimes any value.
+fn secret_field() -> BoxedStrategy<Json> {
+    prop_oneof![
+        6 => Just(Json::Planted),
+        1 => Just(Json::Str("REDACTED".into())),
+        1 => Just(Json::Str("   ".into())),
+        2 => value(),
+    ]
+    .boxed()
+}
+
+/// A location or name field: a label mostly, else a value of another type (which parsers skip:
+/// a location is optional). Never the planted secret as the string itself, since locations are
+/// passed on by design.
+fn place() -> BoxedStrategy<Json> {
+    prop_oneof![
+        12 => label(),
+        1 => value().prop_filter("a location is not the secret", |v| {
+            !matches!(v, Json::Planted)
+        }),
+    ]
+    .boxed()
+}
+
+fn line_number() -> BoxedStrategy<Json> {
+    prop_oneof![
+        4 => unsigned(),
+        1 => text("[0-9]{1,25}"),
+        1 => text("-?[0-9]{1,4}(\\.[0-9])?"),
+    ]
+    .boxed()
+}
+
+fn gitleaks_finding() -> BoxedStrategy<Json> {
+    object(vec![
+        ("Description", place()),
+        ("StartLine", mostly(line_number())),
+        ("EndLine", mostly(line_number())),
+        ("Match", free_text()),
+        ("Secret", secret_field()),
+        ("File", place()),
+        ("Commit", place()),
+        ("Link", place()),
+        ("Entropy", mostly(arbitrary_json::number())),
+        ("Author", free_text()),
+        ("Message", free_text()),
+        (
+            "Tags",
+            mostly(Just(Json::Array(vec![Json::Planted])).boxed()),
+        ),
+        ("RuleID", place()),
+        ("Fingerprint", free_text()),
+    ])
+}
+
+fn gitleaks_report() -> BoxedStrategy<Json> {
+    prop_oneof![
+        8 => proptest::collection::vec(
+            prop_oneof![8 => gitleaks_finding(), 1 => value()],
+            0..5,
+        )
+        .prop_map(Json::Array),
+        1 => Just(Json::Raw("null".into())),
+        1 => value(),
+    ]
+    .boxed()
+}
+
+fn trufflehog_finding() -> BoxedStrategy<Json> {
+    let source = object(vec![
+        ("repository", place()),
+        ("file", place()),
+        ("line", mostly(line_number())),
+        ("commit", place()),
+        ("link", place()),
+        ("email", free_text()),
+    ]);
+    let data = exact_object(vec![(
+        "Git",
+        prop_oneof![6 => source, 1 => value()].boxed(),
+    )]);
+    object(vec![
+        (
+            "SourceMetadata",
+            mostly(exact_object(vec![("Data", mostly(data))])),
+        ),
+        ("SourceType", mostly(unsigned())),
+        ("DetectorType", mostly(unsigned())),
+        ("DetectorName", place()),
+        ("Verified", mostly(boolean())),
+        ("Raw", secret_field()),
+        ("RawV2", free_text()),
+        ("Redacted", free_text()),
+        ("ExtraData", value()),
+    ])
+}
+
+fn trufflehog_log_line() -> BoxedStrategy<Json> {
+    object(vec![
+        ("level", mostly(one_of(&["info-0", "error"]))),
+        ("msg", free_text()),
+        ("error", free_text()),
+    ])
+}
+
+fn trufflehog_report() -> BoxedStrategy<Json> {
+    lines(prop_oneof![6 => trufflehog_finding(), 1 => trufflehog_log_line(), 1 => value()].boxed())
+}
+
+fn detect_secrets_entry() -> BoxedStrategy<Json> {
+    object(vec![
+        ("type", place()),
+        ("filename", place()),
+        (
+            "hashed_secret",
+            prop_oneof![
+                4 => text("[0-9a-fA-F]{40}"),
+                2 => Just(Json::Planted),
+                1 => value(),
+            ]
+            .boxed(),
+        ),
+        ("is_verified", mostly(boolean())),
+        ("line_number", mostly(line_number())),
+    ])
+}
+
+fn detect_secrets_report() -> BoxedStrategy<Json> {
+    // `results` keys are file names, which positions quote: they never hold the secret.
+    let files = proptest::collection::vec(
+        (
+            label(),
+            prop_oneof![
+                6 => proptest::collection::vec(
+                    prop_oneof![8 => detect_secrets_entry(), 1 => value()],
+                    0..4,
+                )
+                .prop_map(Json::Array),
+                1 => value(),
+            ],
+        ),
+        0..4,
+    )
+    .prop_map(Json::Object)
+    .boxed();
+    prop_oneof![
+        8 => object(vec![
+            ("version", place()),
+            ("plugins_used", value()),
+            ("filters_used", value()),
+            ("results", prop_oneof![8 => files, 1 => value_keyed(label())].boxed()),
+            ("generated_at", free_text()),
+        ]),
+        1 => value(),
+    ]
+    .boxed()
+}
+
+fn github_alert() -> BoxedStrategy<Json> {
+    let location = object(vec![
+        ("path", place()),
+        ("start_line", mostly(line_number())),
+        ("commit_sha", place()),
+        ("blob_url", free_text()),
+    ]);
+    object(vec![
+        ("number", mostly(unsigned())),
+        ("state", place()),
+        ("secret_type", place()),
+        ("secret_type_display_name", place()),
+        ("secret", secret_field()),
+        ("html_url", place()),
+        ("first_location_detected", mostly(location.clone())),
+        (
+            "locations",
+            mostly(
+                proptest::collection::vec(exact_object(vec![("details", location)]), 0..3)
+                    .prop_map(Json::Array)
+                    .boxed(),
+            ),
+        ),
+        ("resolution_comment", free_text()),
+    ])
+}
+
+fn github_payload() -> BoxedStrategy<Json> {
+    object(vec![
+        ("action", place()),
+        ("alert", mostly(github_alert())),
+        ("repository", mostly(object(vec![("full_name", place())]))),
+        ("sender", value()),
+    ])
+}
+
+fn github_report() -> BoxedStrategy<Json> {
+    let one = prop_oneof![3 => github_payload(), 2 => github_alert(), 1 => value()];
+    prop_oneof![
+        4 => one.clone(),
+        4 => proptest::collection::vec(one, 0..4).prop_map(Json::Array),
+        1 => value(),
+    ]
+    .boxed()
+}
+
+fn generic_line() -> BoxedStrategy<Json> {
+    object(vec![
+        ("secret", secret_field()),
+        (
+            "sha256",
+            prop_oneof![4 => text("[0-9a-fA-F]{64}"), 1 => Just(Json::Planted), 1 => value()]
+                .boxed(),
+        ),
+        (
+            "sha1",
+            prop_oneof![4 => text("[0-9a-fA-F]{40}"), 1 => Just(Json::Planted), 1 => value()]
+                .boxed(),
+        ),
+        ("repo", place()),
+        ("file", place()),
+        ("line", mostly(line_number())),
+        ("commit", place()),
+        ("url", place()),
+        ("detector", place()),
+    ])
+}
+
+fn generic_report() -> BoxedStrategy<Json> {
+    lines(prop_oneof![8 => generic_line(), 1 => value()].boxed())
+}
+
+/// A secret as a detector reports it: printable, not blank, not in gitleaks' redacted forms.
+fn valid_secret() -> BoxedStrategy<String> {
+    "[A-Za-z0-9+/=_:@-][\\PC]{6,60}[A-Za-z0-9]".boxed()
+}
+
+/// A valid report of `format` with one entry per value in `secrets` (a detect-secrets entry
+/// carries the value's SHA-1 only), and the fingerprints the parser must find.
+fn valid_report(format: Format, secrets: &[String]) -> (Json, Vec<Fingerprint>) {
+    let s = |v: &str| Json::Str(v.to_owned());
+    let raw = |v: &str| Json::Raw(v.to_owned());
+    let obj = |fields: Vec<(&str, Json)>| {
+        Json::Object(fields.into_iter().map(|(k, v)| (s(k), v)).collect())
+    };
+    let mut expected: Vec<Fingerprint> = secrets
+        .iter()
+        .map(|v| Fingerprint::of_bytes(v.as_bytes()))
+        .collect();
+    let doc = match format {
+        Format::Gitleaks => Json::Array(
+            secrets
+                .iter()
+                .enumerate()
+                .map(|(i, v)| {
+                    obj(vec![
+                        ("Secret", s(v)),
+                        ("Match", s(&format!("token = {v}"))),
+                        ("File", s(&format!("src/f{i}.py"))),
+                        ("StartLine", raw(&(i + 1).to_string())),
+                        ("RuleID", s("generic-api-key")),
+                    ])
+                })
+                .collect(),
+        ),
+        Format::Trufflehog => Json::Lines(
+            secrets
+                .iter()
+                .map(|v| {
+                    obj(vec![
+                        ("DetectorName", s("Generic")),
+                        ("Raw", s(v)),
+                        (
+                            "SourceMetadata",
+                            obj(vec![(
+                                "Data",
+                                obj(vec![("Filesystem", obj(vec![("file", s("a.env"))]))]),
+                            )]),
+                        ),
+                    ])
+                })
+                .collect(),
+            false,
+        ),
+        Format::DetectSecrets => {
+            for fp in &mut expected {
+                fp.sha256 = None;
+            }
+            let entries = secrets
+                .iter()
+                .enumerate()
+                .map(|(i, v)| {
+                    let sha1 = Fingerprint::of_bytes(v.as_bytes()).sha1.expect("sha1");
+                    obj(vec![
+                        ("type", s("Secret Keyword")),
+                        ("hashed_secret", s(&sha1.to_uppercase())),
+                        ("line_number", raw(&(i + 1).to_string())),
+                    ])
+                })
+                .collect();
+            obj(vec![("results", obj(vec![("a.py", Json::Array(entries))]))])
+        }
+        Format::Github => Json::Array(
+            secrets
+                .iter()
+                .enumerate()
+                .map(|(i, v)| {
+                    obj(vec![
+                        ("action", s("created")),
+                        (
+                            "alert",
+                            obj(vec![
+                                ("number", raw(&(i + 1).to_string())),
+                                ("secret_type", s("adafruit_io_key")),
+                                ("secret", s(v)),
+                            ]),
+                        ),
+                        ("repository", obj(vec![("full_name", s("acme/app"))])),
+                    ])
+                })
+                .collect(),
+        ),
+        Format::Generic => Json::Lines(
+            secrets
+                .iter()
+                .map(|v| obj(vec![("secret", s(v)), ("file", s("x.txt"))]))
+                .collect(),
+            true,
+        ),
+    };
+    (doc, expected)
+}
+
+/// Three properties for one format.
+macro_rules! ingest_properties {
+    ($module:ident, $format:expr, $shape:ident) => {
+        mod $module {
+            use super::*;
+
+            proptest! {
+                #![proptest_config(ProptestConfig::with_cases(BYTES_CASES))]
+                #[test]
+                fn arbitrary_bytes_are_refused_or_parsed_without_panic_or_echo(
+                    p in planted(),
+                    bytes in proptest::collection::vec(any::<u8>(), 0..512),
+                    at in any::<prop::sample::Index>(),
+                ) {
+                    check($format, &spliced(bytes, at, &p), &p);
+                }
+            }
+
+            proptest! {
+                #![proptest_config(ProptestConfig::with_cases(SHAPED_CASES))]
+                #[test]
+                fn shaped_reports_are_parsed_or_refused_without_echo(
+                    p in planted(),
+                    doc in $shape(),
+                    damage in damage(),
+                ) {
+                    check($format, &damage.apply(&doc, &p), &p);
+                }
+            }
+
+            proptest! {
+                #![proptest_config(ProptestConfig::with_cases(VALID_CASES))]
+                #[test]
+                fn valid_reports_give_one_finding_per_value_with_its_digests(
+                    secrets in proptest::collection::vec(valid_secret(), 1..5),
+                ) {
+                    let (doc, expected) = valid_report($format, &secrets);
+                    let none = Planted { value: String::new(), marker: "\u{0}none".into() };
+                    let text = doc.render(&none);
+                    let parsed = check($format, text.as_bytes(), &none);
+                    let parsed = parsed.unwrap_or_else(|| panic!("{text}"));
+                    prop_assert!(parsed.rejected.is_empty(), "{:?}", parsed.rejected);
+                    let found: Vec<_> = parsed.findings.iter().map(|f| f.fingerprint.clone()).collect();
+                    prop_assert_eq!(found, expected);
+                }
+            }
+        }
+    };
+}
+
+ingest_properties!(gitleaks, Format::Gitleaks, gitleaks_report);
+ingest_properties!(trufflehog, Format::Trufflehog, trufflehog_report);
+ingest_properties!(detect_secrets, Format::DetectSecrets, detect_secrets_report);
+ingest_properties!(github, Format::Github, github_report);
+ingest_properties!(generic, Format::Generic, generic_report);
+
+/// Nesting far beyond serde_json's recursion limit is a clear error, not a stack overflow.
+#[test]
+fn deeply_nested_reports_are_refused_by_every_format() {
+    let p = Planted {
+        value: "PLANTEDdeepnest0000000000000000".into(),
+        marker: "PLANTEDdeepnest".into(),
+    };
+    for depth in [200, 100_000] {
+        for (open, close) in [("[", "]"), ("{\"Secret\":", "}")] {
+            let doc = format!(
+                "{}\"{}\"{}",
+                open.repeat(depth),
+                p.value,
+                close.repeat(depth)
+            );
+            for format in Format::ALL {
+                let parsed = check(format, doc.as_bytes(), &p);
+                assert!(
+                    parsed.is_none_or(|p| p.findings.is_empty()),
+                    "{format}: nothing usable in a nested document"
+                );
+            }
+        }
+    }
+}
