@@ -10,6 +10,7 @@
 pub mod aws_sm;
 pub mod local;
 pub mod postgres;
+pub mod resilience;
 pub mod target;
 
 use futures::future::BoxFuture;
@@ -40,6 +41,7 @@ fn random_with_prefix(prefix: &str) -> Secret {
     text.push_str(&hex::encode(bytes.as_ref()));
     Secret::new(text)
 }
+pub use resilience::{FaultSpecError, Faults, ResilientStore, ResilientTarget};
 pub use target::NoneTarget;
 
 /// Whether retrying a backend call can help.

@@ -123,6 +123,14 @@ pub(crate) struct RunArgs {
     /// default: read (auto, 1h), write (notify, 1h), admin (approve, 15m).
     #[arg(long, env = "KEYLOOP_JIT_POLICY")]
     pub(crate) jit_policy: Option<PathBuf>,
+    /// Serve Prometheus metrics on this address (e.g. 127.0.0.1:9464).
+    #[arg(long, env = "KEYLOOP_METRICS_ADDR")]
+    pub(crate) metrics_addr: Option<std::net::SocketAddr>,
+    /// Inject backend faults, for tests and game days only: `transient=0.3`,
+    /// `permanent=apply,invalidate` (store ops: put_new get promote destroy; target ops: apply
+    /// test invalidate).
+    #[arg(long, env = "KEYLOOP_INJECT_FAULTS", hide = true)]
+    pub(crate) inject_faults: Option<String>,
 }
 
 #[derive(Debug, Subcommand)]

@@ -205,3 +205,19 @@ pub(crate) fn worker_config(args: &crate::cli::RunArgs) -> Result<keyloop_worker
         jit_policy,
     })
 }
+
+/// Fault injection and the metrics endpoint from `up`/`worker` flags.
+pub(crate) async fn apply_run_args(
+    args: &crate::cli::RunArgs,
+    ctx: &mut WorkerContext,
+) -> Result<()> {
+    if let Some(spec) = &args.inject_faults {
+        let faults = keyloop_backends::Faults::parse(spec)?;
+        tracing::warn!(%spec, "injecting backend faults (tests and game days only)");
+        ctx.backends.faults = Some(Arc::new(faults));
+    }
+    if let Some(addr) = args.metrics_addr {
+        crate::metrics_http::serve(addr).await?;
+    }
+    Ok(())
+}

@@ -5,6 +5,7 @@
 mod cli;
 mod cmd;
 mod config;
+mod metrics_http;
 mod output;
 
 use clap::Parser;

@@ -6,6 +6,7 @@ pub mod bus;
 pub mod due;
 pub mod error;
 pub mod inventory;
+pub mod metrics;
 pub mod runtime;
 pub mod server;
 pub mod topology;

@@ -318,6 +318,7 @@ async fn process(
                     warn!(error = %e, "ack failed; the message will be redelivered and is idempotent");
                 }
                 stats.acked.fetch_add(1, Ordering::Relaxed);
+                crate::metrics::global().role(role).acked.fetch_add(1, Ordering::Relaxed);
                 debug!("done");
             }
             Err(e) if e.kind == ErrorKind::Transient && !delivery.last_attempt => {
@@ -325,6 +326,7 @@ async fn process(
                 warn!(reason = %e.reason, retry_in_ms = delay.as_millis() as u64, "transient failure; will retry");
                 let _ = message.ack_with(AckKind::Nak(Some(delay))).await;
                 stats.retried.fetch_add(1, Ordering::Relaxed);
+                crate::metrics::global().role(role).retried.fetch_add(1, Ordering::Relaxed);
             }
             Err(e) => {
                 let reason = if e.kind == ErrorKind::Transient {
@@ -337,6 +339,7 @@ async fn process(
                         error!(%reason, "message sent to the DLQ");
                         let _ = message.ack_with(AckKind::Term).await;
                         stats.dead_lettered.fetch_add(1, Ordering::Relaxed);
+                        crate::metrics::global().role(role).dead_lettered.fetch_add(1, Ordering::Relaxed);
                     }
                     Err(dlq_err) => {
                         error!(%reason, error = %dlq_err, "could not write to the DLQ; will retry the message");

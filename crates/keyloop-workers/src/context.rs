@@ -1,7 +1,9 @@
 //! What every handler needs: the bus, the inventory and fingerprint index, and the backends a
 //! credential may name. Built once per process and shared by all roles in it.
 
-use keyloop_backends::{LocalStore, MasterKey, NoneTarget, Store, Target};
+use keyloop_backends::{
+    LocalStore, MasterKey, NoneTarget, ResilientStore, ResilientTarget, Store, Target,
+};
 use keyloop_core::{StoreKind, TargetKind};
 use keyloop_nats::{Bus, DueIndex, Error, ErrorKind, FingerprintIndex, Inventory};
 use std::sync::Arc;
@@ -20,12 +22,14 @@ pub struct Backends {
     pub aws_sm: Option<Arc<dyn Store>>,
     /// The `postgres` target; `None` when no admin DSN was given.
     pub postgres: Option<Arc<dyn Target>>,
+    /// Faults to inject into every store and target call (tests and game days only).
+    pub faults: Option<Arc<keyloop_backends::Faults>>,
 }
 
 impl Backends {
     /// The store of that kind, or an error that says how to configure it.
     pub fn store(&self, kind: StoreKind) -> Result<Arc<dyn Store>, Error> {
-        match kind {
+        let inner: Arc<dyn Store> = match kind {
             StoreKind::Local => self.local.clone().map(|s| s as Arc<dyn Store>).ok_or_else(|| {
                 Error::msg(
                     ErrorKind::Permanent,
@@ -38,20 +42,22 @@ impl Backends {
                     "this process has no AWS Secrets Manager store configured (aws-sm)",
                 )
             }),
-        }
+        }?;
+        Ok(Arc::new(ResilientStore::new(inner, self.faults.clone())))
     }
 
     /// The target of that kind, or an error that says how to configure it.
     pub fn target(&self, kind: TargetKind) -> Result<Arc<dyn Target>, Error> {
-        match kind {
-            TargetKind::None => Ok(Arc::new(NoneTarget)),
+        let inner: Arc<dyn Target> = match kind {
+            TargetKind::None => Ok(Arc::new(NoneTarget) as Arc<dyn Target>),
             TargetKind::Postgres => self.postgres.clone().ok_or_else(|| {
                 Error::msg(
                     ErrorKind::Permanent,
                     "the postgres target needs an admin connection: set KEYLOOP_POSTGRES_DSN or pass --postgres-dsn (a role with CREATEROLE and pg_signal_backend)",
                 )
             }),
-        }
+        }?;
+        Ok(Arc::new(ResilientTarget::new(inner, self.faults.clone())))
     }
 }
 

@@ -520,3 +520,10 @@ where
     guard.release(ctx).await;
     result
 }
+
+/// Whether an operation that failed with `error` gives up now: a permanent error does at once,
+/// a transient one on the message's last delivery. Messages about credentials that do not exist
+/// are not failures of an operation (they go to the DLQ as bad input).
+pub fn gives_up(error: &Error, last_attempt: bool) -> bool {
+    error.kind() != ErrorKind::NotFound && (!error.is_transient() || last_attempt)
+}

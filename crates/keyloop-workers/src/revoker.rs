@@ -40,13 +40,16 @@ async fn revoke(ctx: &WorkerContext, delivery: &Delivery) -> Result<(), HandlerE
         correlation: command.correlationid.clone(),
         causation: Some(command.id.clone()),
     };
-    ops::with_claim(
-        ctx,
-        &cmd.credential,
-        &cmd.op_id,
-        revoke_versions(ctx, cmd, &cause),
-    )
-    .await?;
+    let attempt = async {
+        let result = revoke_versions(ctx, cmd, &cause).await;
+        if let Err(e) = &result
+            && ops::gives_up(e, delivery.last_attempt)
+        {
+            revocation_failed(ctx, cmd, &cause, e).await;
+        }
+        result
+    };
+    ops::with_claim(ctx, &cmd.credential, &cmd.op_id, attempt).await?;
     if cmd.then_rotate {
         let op_id = format!("{}/rotate", cmd.op_id);
         let rotate = RotateCommand {
@@ -129,4 +132,28 @@ async fn revoke_versions(
         info!(credential = %cmd.credential, %version, reason = cmd.reason.name(), ?outcome, "revocation step done");
     }
     Ok(())
+}
+
+/// The revocation gave up: the audit log, the log and the metrics say so loudly (a leaked value
+/// may still work), and the message goes to the DLQ for an operator.
+async fn revocation_failed(
+    ctx: &WorkerContext,
+    cmd: &RevokeCommand,
+    cause: &Cause,
+    error: &keyloop_nats::Error,
+) {
+    keyloop_nats::metrics::global()
+        .revocation_failed
+        .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    tracing::error!(credential = %cmd.credential, op = %cmd.op_id, reason = cmd.reason.name(), %error, "revocation failed; the version may still work at its target");
+    let mut data = keyloop_core::LifecycleData::new(
+        keyloop_core::LifecycleKind::RevocationFailed,
+        Some(cmd.credential.clone()),
+        cmd.version,
+    );
+    data.revoke_reason = Some(cmd.reason);
+    data.detail = Some(error.to_string());
+    if let Err(e) = cause.publish(ctx, &cmd.op_id, data).await {
+        tracing::warn!(credential = %cmd.credential, error = %e, "could not publish revocation_failed");
+    }
 }

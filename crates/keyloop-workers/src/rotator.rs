@@ -45,14 +45,57 @@ async fn rotate(ctx: &WorkerContext, delivery: &Delivery) -> Result<(), HandlerE
         causation: Some(command.id.clone()),
     };
     let cmd = &command.data;
-    ops::with_claim(
-        ctx,
-        &cmd.credential,
-        &cmd.op_id,
-        run_rotation(ctx, cmd, &cause),
-    )
-    .await
-    .map_err(HandlerError::from)
+    let attempt = async {
+        let result = run_rotation(ctx, cmd, &cause).await;
+        match result {
+            Err(e) if ops::gives_up(&e, delivery.last_attempt) => {
+                rotation_failed(ctx, cmd, &cause, &e).await;
+                Err(e)
+            }
+            other => other,
+        }
+    };
+    ops::with_claim(ctx, &cmd.credential, &cmd.op_id, attempt)
+        .await
+        .map_err(HandlerError::from)
+}
+
+/// The rotation gave up (a permanent error, or the last delivery): say so in the audit log and
+/// the metrics, and retire its pending version, so the next rotation starts clean. The current
+/// version is untouched: it was never demoted. Best effort: the message goes to the DLQ anyway.
+async fn rotation_failed(ctx: &WorkerContext, cmd: &RotateCommand, cause: &Cause, error: &Error) {
+    keyloop_nats::metrics::global()
+        .rotation_failed
+        .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let version = version_for_op(&cmd.op_id);
+    tracing::error!(credential = %cmd.credential, op = %cmd.op_id, %error, "rotation failed; the current version stays");
+    let mut data = LifecycleData::new(
+        LifecycleKind::RotationFailed,
+        Some(cmd.credential.clone()),
+        Some(version),
+    );
+    data.rotation_reason = Some(cmd.reason);
+    data.detail = Some(error.to_string());
+    if let Err(e) = cause.publish(ctx, &cmd.op_id, data).await {
+        tracing::warn!(credential = %cmd.credential, error = %e, "could not publish rotation_failed");
+    }
+    let pending = matches!(
+        ctx.inventory.get(&cmd.credential).await,
+        Ok(Some((c, _))) if c.version(version).is_some_and(|v| v.stage == Stage::Pending)
+    );
+    if pending {
+        let retire = RevokeVersion {
+            credential: &cmd.credential,
+            version,
+            reason: RevokeReason::Superseded,
+            op: &cmd.op_id,
+            leak_published_at: None,
+            note: Some("its rotation failed".into()),
+        };
+        if let Err(e) = ops::revoke_version(ctx, retire, cause).await {
+            tracing::warn!(credential = %cmd.credential, %version, error = %e, "could not retire the failed rotation's pending version; the next rotation will");
+        }
+    }
 }
 
 /// Runs (or resumes) the rotation `cmd.op_id` of `cmd.credential` to the end. The caller holds

@@ -36,6 +36,7 @@ pub(crate) async fn run(g: &Global, args: RunArgs) -> Result<ExitCode> {
     };
     let mut ctx = WorkerContext::open(bus, Some(&key)).await?;
     config::add_backends(&g, &mut ctx.backends)?;
+    config::apply_run_args(&args, &mut ctx).await?;
     let roles: Vec<_> = Role::ALL.to_vec();
     eprintln!(
         "keyloop up: workers {} on {} (Ctrl-C to stop)",

@@ -12,7 +12,8 @@ pub(crate) async fn run(g: &Global, args: WorkerArgs) -> Result<ExitCode> {
     let roles = parse_roles(&args.roles)?;
     let _ = config::worker_config(&args.run)?;
     let bus = config::connect(g).await?;
-    let ctx = config::context(g, bus).await?;
+    let mut ctx = config::context(g, bus).await?;
+    config::apply_run_args(&args.run, &mut ctx).await?;
     require_store(&ctx, &roles)?;
     let config = config::worker_config(&args.run)?;
     let shutdown = super::shutdown_on_signal();
