@@ -615,3 +615,24 @@ impl Follower {
         }
     }
 }
+
+impl Env {
+    /// Waits (watching the inventory entry) until the credential's claim is released: an
+    /// operation releases it just after publishing its last event.
+    pub(crate) async fn claim_released(&self, id: &str) -> keyloop_core::Credential {
+        let kv = self.bus.kv(&self.bus.topology.inventory_bucket()).await.unwrap();
+        let mut watch = kv.watch_with_history(format!("cred.{id}")).await.unwrap();
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+        loop {
+            let entry = tokio::time::timeout_at(deadline, watch.next())
+                .await
+                .unwrap_or_else(|_| panic!("the claim on {id} was not released within 10 s"))
+                .expect("watch open")
+                .unwrap();
+            let cred: keyloop_core::Credential = serde_json::from_slice(&entry.value).unwrap();
+            if cred.claim.is_none() {
+                return cred;
+            }
+        }
+    }
+}
