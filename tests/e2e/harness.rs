@@ -620,7 +620,11 @@ impl Env {
     /// Waits (watching the inventory entry) until the credential's claim is released: an
     /// operation releases it just after publishing its last event.
     pub(crate) async fn claim_released(&self, id: &str) -> keyloop_core::Credential {
-        let kv = self.bus.kv(&self.bus.topology.inventory_bucket()).await.unwrap();
+        let kv = self
+            .bus
+            .kv(&self.bus.topology.inventory_bucket())
+            .await
+            .unwrap();
         let mut watch = kv.watch_with_history(format!("cred.{id}")).await.unwrap();
         let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
         loop {

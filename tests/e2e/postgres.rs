@@ -659,3 +659,110 @@ async fn invalidating_a_version_whose_role_moved_on_leaves_the_current_password_
     assert!(logs_in(&pg, &role, &current).await);
     session.simple_query("SELECT 1").await.unwrap();
 }
+
+#[tokio::test]
+async fn a_jit_lease_on_a_postgres_scope_is_a_role_until_its_task_completes() {
+    let (env, pg, _admin) = start().await;
+    let group = unique_name("scope_reporting");
+    pg.superuser()
+        .await
+        .batch_execute(&format!("CREATE ROLE {group} NOLOGIN"))
+        .await
+        .unwrap();
+    let policy = serde_json::json!({"scopes": {
+        "db-read": {"tier": "auto", "max_ttl_secs": 3600, "postgres_group": group},
+        "read": {"tier": "auto", "max_ttl_secs": 3600}
+    }});
+    let policy_file = env.file("jit-policy.json", policy.to_string().as_bytes());
+    let _w = env.worker(
+        "worker",
+        &[
+            "revoker",
+            "sweeper",
+            "jit-issuer",
+            "--jit-policy",
+            path_str(&policy_file),
+        ],
+    );
+    let events = Events::subscribe(&env.bus).await;
+
+    let out = env
+        .ok(&[
+            "task",
+            "start",
+            "report-77",
+            "--agent",
+            "analyst",
+            "--scope",
+            "db-read",
+            "--ttl",
+            "30m",
+            "--json",
+        ])
+        .await;
+    let lease: serde_json::Value = serde_json::from_str(out.trim()).unwrap();
+    let login = lease["login"]
+        .as_str()
+        .expect("a PostgreSQL role to log in as")
+        .to_owned();
+    let token = lease["secret"].as_str().unwrap().to_owned();
+    let expires_at = time::OffsetDateTime::parse(
+        lease["expires_at"].as_str().unwrap(),
+        &time::format_description::well_known::Rfc3339,
+    )
+    .unwrap();
+    assert!(
+        logs_in(&pg, &login, &token).await,
+        "the JIT role logs in with the token"
+    );
+    let su = pg.superuser().await;
+    let row = su
+        .query_one(
+            "SELECT rolvaliduntil FROM pg_roles WHERE rolname = $1",
+            &[&login],
+        )
+        .await
+        .unwrap();
+    let valid_until: time::OffsetDateTime = row.get(0);
+    assert_eq!(
+        valid_until.unix_timestamp(),
+        expires_at.unix_timestamp(),
+        "VALID UNTIL is the lease expiry"
+    );
+    let member: bool = su
+        .query_one("SELECT pg_has_role($1, $2, 'MEMBER')", &[&login, &group])
+        .await
+        .unwrap()
+        .get(0);
+    assert!(member, "the role has the scope's group privileges");
+    let session = pg.connect_as(&login, &token, "postgres").await.unwrap();
+
+    env.ok(&["task", "complete", "report-77"]).await;
+    events
+        .wait("lease revoked", Duration::from_secs(10), |e| {
+            e.iter()
+                .any(|e| e.data.kind == LifecycleKind::Revoked && e.data.lease.is_some())
+        })
+        .await;
+    assert!(
+        !logs_in(&pg, &login, &token).await,
+        "the role cannot log in after its task completed"
+    );
+    assert!(
+        session.simple_query("SELECT 1").await.is_err(),
+        "its open session was ended"
+    );
+    let exists: bool = su
+        .query_one(
+            "SELECT EXISTS (SELECT 1 FROM pg_roles WHERE rolname = $1)",
+            &[&login],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert!(!exists, "the role no longer exists");
+    assert!(
+        !pg.log_text().contains(&token),
+        "the token never reached the server's log"
+    );
+}

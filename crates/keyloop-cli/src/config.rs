@@ -152,9 +152,12 @@ pub(crate) async fn context(global: &Global, bus: Bus) -> Result<WorkerContext> 
 pub(crate) fn add_backends(global: &Global, backends: &mut Backends) -> Result<()> {
     backends.aws_sm = Some(Arc::new(AwsSecretsManager::new(AwsSmConfig::default())));
     if let Some(dsn) = &global.postgres_dsn {
-        let target = PostgresTarget::new(&PostgresConfig::new(dsn.clone()))
-            .map_err(|e| anyhow::anyhow!("{e}"))?;
-        backends.postgres = Some(Arc::new(target));
+        let target = Arc::new(
+            PostgresTarget::new(&PostgresConfig::new(dsn.clone()))
+                .map_err(|e| anyhow::anyhow!("{e}"))?,
+        );
+        backends.postgres = Some(target.clone());
+        backends.jit_roles = Some(target);
     }
     Ok(())
 }

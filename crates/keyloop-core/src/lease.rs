@@ -43,6 +43,11 @@ pub struct ScopePolicy {
     /// The longest TTL a lease of this scope may have (seconds). Longer requests are refused,
     /// never silently shortened: an orchestrator must know how long its credential lives.
     pub max_ttl_secs: u64,
+    /// Issue each lease as a PostgreSQL login role, member of this group role (which holds the
+    /// scope's privileges), with the token as its password and `VALID UNTIL` the expiry.
+    /// Absent: the lease is a keyloop token, checked with `keyloop.token.verify`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub postgres_group: Option<String>,
 }
 
 /// The scopes the JIT issuer serves.
@@ -62,6 +67,7 @@ impl Default for JitPolicy {
             ScopePolicy {
                 tier: Tier::Auto,
                 max_ttl_secs: 3_600,
+                postgres_group: None,
             },
         );
         scopes.insert(
@@ -69,6 +75,7 @@ impl Default for JitPolicy {
             ScopePolicy {
                 tier: Tier::Notify,
                 max_ttl_secs: 3_600,
+                postgres_group: None,
             },
         );
         scopes.insert(
@@ -76,6 +83,7 @@ impl Default for JitPolicy {
             ScopePolicy {
                 tier: Tier::Approve,
                 max_ttl_secs: 900,
+                postgres_group: None,
             },
         );
         Self { scopes }
@@ -134,6 +142,9 @@ pub struct Lease {
     /// The operation that ended it, so a retried revocation knows the change was its own.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub ended_by: Option<String>,
+    /// The PostgreSQL login role of a lease on a `postgres_group` scope.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub login: Option<String>,
 }
 
 impl Lease {
@@ -176,6 +187,10 @@ pub struct IssueReply {
     pub expires_at: OffsetDateTime,
     /// The scope's tier.
     pub tier: Tier,
+    /// The PostgreSQL role to log in as, for a lease on a `postgres_group` scope (the token is
+    /// its password).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub login: Option<String>,
 }
 
 /// An error reply of a request/reply service.

@@ -22,6 +22,9 @@ pub struct Backends {
     pub aws_sm: Option<Arc<dyn Store>>,
     /// The `postgres` target; `None` when no admin DSN was given.
     pub postgres: Option<Arc<dyn Target>>,
+    /// The `postgres` target again, for JIT leases on scopes with a `postgres_group` (their
+    /// role operations are not part of the `Target` trait).
+    pub jit_roles: Option<Arc<keyloop_backends::PostgresTarget>>,
     /// Faults to inject into every store and target call (tests and game days only).
     pub faults: Option<Arc<keyloop_backends::Faults>>,
 }

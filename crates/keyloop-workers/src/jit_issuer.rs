@@ -201,10 +201,29 @@ pub async fn issue(
             format!("could not record the lease: {e}; retry"),
         )
     };
+    let jit_roles = match &scope.postgres_group {
+        None => None,
+        Some(group) => Some((
+            ctx.backends.jit_roles.clone().ok_or_else(|| {
+                service_error(
+                    "unavailable",
+                    format!(
+                        "scope `{}` issues PostgreSQL roles, but this jit-issuer has no admin connection (KEYLOOP_POSTGRES_DSN / --postgres-dsn)",
+                        req.scope
+                    ),
+                )
+            })?,
+            group.clone(),
+        )),
+    };
+    let lease_id = Uuid::now_v7();
+    let login = jit_roles
+        .as_ref()
+        .map(|_| keyloop_backends::postgres::jit_role_name(lease_id));
     let token = keyloop_backends::generate_token();
     let fingerprint = Fingerprint::of(&token);
     let lease = Lease {
-        id: Uuid::now_v7(),
+        id: lease_id,
         task_id: req.task_id.clone(),
         agent_id: req.agent_id.clone(),
         scope: req.scope.clone(),
@@ -216,7 +235,10 @@ pub async fn issue(
         ended_at: None,
         end_reason: None,
         ended_by: None,
+        login: login.clone(),
     };
+    // The lease is recorded, indexed and its expiry scheduled before any role exists, so a
+    // crash in between leaves a lease whose expiry drops the role, never a role nobody tracks.
     ctx.inventory
         .create_lease(&lease)
         .await
@@ -232,6 +254,19 @@ pub async fn issue(
     );
     indexed.map_err(unavailable)?;
     scheduled.map_err(unavailable)?;
+    if let (Some((roles, group)), Some(name)) = (&jit_roles, &login) {
+        let role = keyloop_backends::postgres::JitRole {
+            name,
+            group,
+            valid_until: lease.expires_at,
+        };
+        roles.create_jit_role(&role, &token).await.map_err(|e| {
+            service_error(
+                "unavailable",
+                format!("could not create the lease's PostgreSQL role: {e}"),
+            )
+        })?;
+    }
     let mut data = LifecycleData::new(LifecycleKind::Issued, None, None);
     data.actor = Some(req.agent_id.clone());
     let event = lease_event(SOURCE, &format!("issue/{}", lease.id), data, &lease)
@@ -245,6 +280,7 @@ pub async fn issue(
         secret: token.expose().to_owned(),
         expires_at: lease.expires_at,
         tier: lease.tier,
+        login,
     })
 }
 

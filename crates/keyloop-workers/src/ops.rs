@@ -386,6 +386,25 @@ pub async fn end_lease(
     leak_published_at: Option<OffsetDateTime>,
     cause: &Cause,
 ) -> Result<bool, Error> {
+    // A lease that is a PostgreSQL role: the role goes first (sessions ended, objects
+    // reassigned, role dropped), so the lease is never recorded ended while its role works.
+    if let Some(lease) = ctx.inventory.lease(lease_id).await?
+        && lease.state == LeaseState::Active
+        && let Some(login) = &lease.login
+    {
+        let roles = ctx.backends.jit_roles.as_ref().ok_or_else(|| {
+            Error::msg(
+                ErrorKind::Permanent,
+                format!("lease {lease_id} is PostgreSQL role {login}: this revoker needs the admin connection (KEYLOOP_POSTGRES_DSN / --postgres-dsn) to drop it"),
+            )
+        })?;
+        roles.drop_jit_role(login).await.map_err(|e| {
+            backend(
+                e,
+                &format!("drop PostgreSQL role {login} of lease {lease_id}"),
+            )
+        })?;
+    }
     let now = OffsetDateTime::now_utc();
     let lease = ctx
         .inventory

@@ -86,12 +86,18 @@ async fn start(
             "task_id": task_id,
             "scope": req.scope,
             "tier": reply.tier,
+            "login": reply.login,
             "expires_at": output::ts(reply.expires_at),
             "secret": reply.secret,
         }));
     } else {
+        let login = reply
+            .login
+            .as_deref()
+            .map(|l| format!("; log in to PostgreSQL as {l} with it"))
+            .unwrap_or_default();
         eprintln!(
-            "lease {} for task {task_id} (scope {}, tier {}) expires {}; the token below is shown once",
+            "lease {} for task {task_id} (scope {}, tier {}) expires {}; the token below is shown once{login}",
             reply.lease_id,
             req.scope,
             reply.tier.name(),
