@@ -2,56 +2,16 @@
 //! 3-node cluster killed mid-run. Workers reconnect and finish; nothing is lost or doubled.
 
 use crate::harness::{Env, Follower, path_str};
-use keyloop_backends::MasterKey;
-use keyloop_core::{LifecycleEvent, LifecycleKind, Policy, StoreKind, TargetKind};
-use keyloop_workers::WorkerContext;
-use keyloop_workers::ops::{self, Cause, Registration};
+use keyloop_core::{LifecycleEvent, LifecycleKind};
 use std::collections::{HashMap, HashSet};
 use std::time::{Duration, Instant};
 
 /// Registers `n` credentials and writes a generic report leaking each of them.
 async fn credentials_and_report(env: &Env, n: usize) -> std::path::PathBuf {
-    let key =
-        MasterKey::from_hex(&std::fs::read_to_string(env.dir.path().join("master.key")).unwrap())
-            .unwrap();
-    let ctx = WorkerContext::open(env.bus.clone(), Some(&key))
-        .await
-        .unwrap();
-    let cause = Cause {
-        source: "keyloop/test".into(),
-        ..Default::default()
-    };
-    let mut lines = String::new();
-    for i in 0..n {
-        let id: keyloop_core::CredentialId = format!("svc/b-{i:03}").parse().unwrap();
-        let reg = Registration {
-            id: id.clone(),
-            store: StoreKind::Local,
-            target: TargetKind::None,
-            policy: Policy {
-                max_age_secs: None,
-                grace_secs: 0,
-                idle_revoke_after_secs: None,
-                owner: None,
-            },
-            settings: Default::default(),
-        };
-        let cred = ops::register(&ctx, reg, &cause).await.unwrap();
-        let value = ctx
-            .backends
-            .store(StoreKind::Local)
-            .unwrap()
-            .get(&cred, cred.versions[0].id)
-            .await
-            .unwrap()
-            .unwrap();
-        lines.push_str(
-            &serde_json::json!({"secret": value.expose(), "file": format!("b-{i}.env")})
-                .to_string(),
-        );
-        lines.push('\n');
-    }
-    env.file("leaks.jsonl", lines.as_bytes())
+    let creds = env
+        .register_all((0..n).map(|i| format!("svc/b-{i:03}")))
+        .await;
+    env.generic_report("leaks.jsonl", creds.iter().map(|c| c.value.as_str()))
 }
 
 fn rotated_credentials(events: &[LifecycleEvent]) -> usize {

@@ -4,15 +4,11 @@
 //! inventory and the audit log, and the figures are printed.
 
 use crate::harness::{Env, Wiretap, lifecycle, stream_messages};
-use keyloop_backends::MasterKey;
 use keyloop_core::event::{CloudEvent, ROTATE_COMMAND_TYPE, RotateCommand};
 use keyloop_core::lease::{IssueReply, IssueRequest, LeaseState};
-use keyloop_core::{
-    CredentialId, LifecycleKind, Policy, RotationReason, Stage, StoreKind, TargetKind,
-};
+use keyloop_core::{CredentialId, LifecycleKind, RotationReason, Stage};
 
-use keyloop_workers::WorkerContext;
-use keyloop_workers::ops::{self, Cause, Registration};
+use keyloop_workers::ops;
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
@@ -66,61 +62,19 @@ async fn issue(env: &Env, task: &str) -> IssueReply {
 async fn the_fleet_loses_nothing_while_workers_are_killed_every_second() {
     let started = Instant::now();
     let env = Arc::new(Env::start().await);
-    let key =
-        MasterKey::from_hex(&std::fs::read_to_string(env.dir.path().join("master.key")).unwrap())
-            .unwrap();
-    let ctx = Arc::new(
-        WorkerContext::open(env.bus.clone(), Some(&key))
-            .await
-            .unwrap(),
+    // 1,000 credentials; keep the first version of each, and leak the first 800 values.
+    let creds = env
+        .register_all((0..CREDENTIALS).map(|i| id(i).to_string()))
+        .await;
+    let first_versions: HashMap<usize, uuid::Uuid> = creds
+        .iter()
+        .enumerate()
+        .map(|(i, c)| (i, c.version))
+        .collect();
+    let report = env.generic_report(
+        "chaos-leaks.jsonl",
+        creds[..LEAKS].iter().map(|c| c.value.as_str()),
     );
-    let cause = Cause {
-        source: "keyloop/test".into(),
-        ..Default::default()
-    };
-
-    // 1,000 credentials, registered concurrently; keep the first value of those that will leak.
-    let mut set = tokio::task::JoinSet::new();
-    for i in 0..CREDENTIALS {
-        let (ctx, cause) = (ctx.clone(), cause.clone());
-        set.spawn(async move {
-            let reg = Registration {
-                id: id(i),
-                store: StoreKind::Local,
-                target: TargetKind::None,
-                policy: Policy {
-                    max_age_secs: None,
-                    grace_secs: 3_600,
-                    idle_revoke_after_secs: None,
-                    owner: None,
-                },
-                settings: Default::default(),
-            };
-            let cred = ops::register(&ctx, reg, &cause).await.unwrap();
-            let value = ctx
-                .backends
-                .store(StoreKind::Local)
-                .unwrap()
-                .get(&cred, cred.versions[0].id)
-                .await
-                .unwrap()
-                .unwrap();
-            (i, cred.versions[0].id, value.expose().to_owned())
-        });
-    }
-    let mut first_versions = HashMap::new();
-    let mut leak_lines = String::new();
-    while let Some(r) = set.join_next().await {
-        let (i, version, value) = r.unwrap();
-        first_versions.insert(i, version);
-        if i < LEAKS {
-            leak_lines.push_str(
-                &serde_json::json!({"secret": value, "file": format!("c-{i}.env")}).to_string(),
-            );
-            leak_lines.push('\n');
-        }
-    }
-    let report = env.file("chaos-leaks.jsonl", leak_lines.as_bytes());
     println!(
         "registered {CREDENTIALS} credentials in {:?}",
         started.elapsed()

@@ -6,9 +6,7 @@
 use crate::harness::{
     Env, Events, Follower, gitleaks_report, lifecycle, path_str, stream_messages,
 };
-use keyloop_core::{LifecycleKind, Policy, Stage, StoreKind, TargetKind};
-use keyloop_workers::WorkerContext;
-use keyloop_workers::ops::{self, Cause, Registration};
+use keyloop_core::{LifecycleKind, Stage};
 use std::collections::HashSet;
 use std::time::Duration;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -62,40 +60,10 @@ fn metric(text: &str, line_start: &str) -> u64 {
 async fn thirty_percent_transient_backend_faults_delay_but_never_stop_the_loop() {
     const N: usize = 60;
     let env = Env::start().await;
-    let ctx = WorkerContext::open(env.bus.clone(), Some(&env.master_key()))
-        .await
-        .unwrap();
-    let cause = Cause {
-        source: "keyloop/test".into(),
-        ..Default::default()
-    };
-    let mut lines = String::new();
-    for i in 0..N {
-        let reg = Registration {
-            id: format!("svc/flaky-{i:02}").parse().unwrap(),
-            store: StoreKind::Local,
-            target: TargetKind::None,
-            policy: Policy {
-                max_age_secs: None,
-                grace_secs: 0,
-                idle_revoke_after_secs: None,
-                owner: None,
-            },
-            settings: Default::default(),
-        };
-        let cred = ops::register(&ctx, reg, &cause).await.unwrap();
-        let store = ctx.backends.store(StoreKind::Local).unwrap();
-        let value = store
-            .get(&cred, cred.versions[0].id)
-            .await
-            .unwrap()
-            .unwrap();
-        lines.push_str(
-            &serde_json::json!({"secret": value.expose(), "file": format!("f{i}")}).to_string(),
-        );
-        lines.push('\n');
-    }
-    let report = env.file("flaky.jsonl", lines.as_bytes());
+    let creds = env
+        .register_all((0..N).map(|i| format!("svc/flaky-{i:02}")))
+        .await;
+    let report = env.generic_report("flaky.jsonl", creds.iter().map(|c| c.value.as_str()));
     let port = free_port();
     let port_arg = format!("127.0.0.1:{port}");
     let _w = env.worker(

@@ -2,49 +2,12 @@
 //! claim; a dead holder's claim lapses; SIGTERM finishes what is in hand and exits 0.
 
 use crate::harness::{Env, Events, lifecycle, stream_messages};
-use keyloop_backends::MasterKey;
 use keyloop_core::event::{CloudEvent, ROTATE_COMMAND_TYPE, RotateCommand};
-use keyloop_core::{Claim, LifecycleKind, Policy, RotationReason, Stage, StoreKind, TargetKind};
+use keyloop_core::{Claim, LifecycleKind, RotationReason, Stage};
 use keyloop_nats::Change;
-use keyloop_workers::WorkerContext;
-use keyloop_workers::ops::{self, Cause, Registration};
 use std::collections::HashSet;
 use std::time::{Duration, Instant};
 use time::OffsetDateTime;
-
-async fn context(env: &Env) -> WorkerContext {
-    let key =
-        MasterKey::from_hex(&std::fs::read_to_string(env.dir.path().join("master.key")).unwrap())
-            .unwrap();
-    WorkerContext::open(env.bus.clone(), Some(&key))
-        .await
-        .unwrap()
-}
-
-async fn register(ctx: &WorkerContext, id: &str) {
-    let reg = Registration {
-        id: id.parse().unwrap(),
-        store: StoreKind::Local,
-        target: TargetKind::None,
-        policy: Policy {
-            max_age_secs: None,
-            grace_secs: 3_600,
-            idle_revoke_after_secs: None,
-            owner: None,
-        },
-        settings: Default::default(),
-    };
-    ops::register(
-        ctx,
-        reg,
-        &Cause {
-            source: "keyloop/test".into(),
-            ..Default::default()
-        },
-    )
-    .await
-    .unwrap();
-}
 
 async fn rotate_command(env: &Env, credential: &str, op: &str) {
     let cmd = RotateCommand {
@@ -63,8 +26,7 @@ async fn rotate_command(env: &Env, credential: &str, op: &str) {
 #[tokio::test]
 async fn concurrent_rotations_of_one_credential_serialize_across_replicas() {
     let env = Env::start().await;
-    let ctx = context(&env).await;
-    register(&ctx, "svc/contended").await;
+    env.register_all(["svc/contended".to_owned()]).await;
     let _workers: Vec<_> = (0..3)
         .map(|i| env.worker(&format!("w{i}"), &["rotator", "revoker"]))
         .collect();
@@ -134,8 +96,8 @@ async fn concurrent_rotations_of_one_credential_serialize_across_replicas() {
 #[tokio::test]
 async fn a_dead_holders_claim_lapses_and_the_next_operation_proceeds() {
     let env = Env::start().await;
-    let ctx = context(&env).await;
-    register(&ctx, "svc/orphaned").await;
+    let ctx = env.context().await;
+    env.register_all(["svc/orphaned".to_owned()]).await;
     let id = "svc/orphaned".parse().unwrap();
     let lapse = OffsetDateTime::now_utc() + Duration::from_secs(2);
     ctx.inventory
@@ -167,11 +129,9 @@ async fn a_dead_holders_claim_lapses_and_the_next_operation_proceeds() {
 #[tokio::test]
 async fn sigterm_finishes_messages_in_hand_and_exits_zero() {
     let env = Env::start().await;
-    let ctx = context(&env).await;
     const N: usize = 300;
-    for i in 0..N {
-        register(&ctx, &format!("svc/s-{i:03}")).await;
-    }
+    env.register_all((0..N).map(|i| format!("svc/s-{i:03}")))
+        .await;
     let events = Events::subscribe(&env.bus).await;
     let first = env.worker("first", &["rotator", "revoker"]);
     for i in 0..N {

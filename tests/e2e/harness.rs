@@ -640,3 +640,83 @@ impl Env {
         }
     }
 }
+
+/// A credential registered by [`Env::register_all`]: its first version and that version's value.
+pub(crate) struct Registered {
+    pub(crate) version: uuid::Uuid,
+    pub(crate) value: String,
+}
+
+impl Env {
+    /// A worker context in this process with this env's master key (local store, target none).
+    pub(crate) async fn context(&self) -> keyloop_workers::WorkerContext {
+        keyloop_workers::WorkerContext::open(self.bus.clone(), Some(&self.master_key()))
+            .await
+            .unwrap()
+    }
+
+    /// Registers `ids` in-process (64 at a time; local store, target none, no schedule) and
+    /// returns them in order with their first version and value — fast set-up for tests that
+    /// need many credentials.
+    pub(crate) async fn register_all(
+        &self,
+        ids: impl IntoIterator<Item = String>,
+    ) -> Vec<Registered> {
+        use futures::StreamExt as _;
+        use keyloop_core::{Policy, StoreKind, TargetKind};
+        use keyloop_workers::ops::{self, Cause, Registration};
+        let ctx = Arc::new(self.context().await);
+        let cause = Cause {
+            source: "keyloop/test".into(),
+            ..Default::default()
+        };
+        futures::stream::iter(ids)
+            .map(|id| {
+                let (ctx, cause) = (ctx.clone(), cause.clone());
+                async move {
+                    let reg = Registration {
+                        id: id.parse().unwrap(),
+                        store: StoreKind::Local,
+                        target: TargetKind::None,
+                        policy: Policy {
+                            max_age_secs: None,
+                            grace_secs: 0,
+                            idle_revoke_after_secs: None,
+                            owner: None,
+                        },
+                        settings: Default::default(),
+                    };
+                    let cred = ops::register(&ctx, reg, &cause).await.unwrap();
+                    let version = cred.versions[0].id;
+                    let store = ctx.backends.store(StoreKind::Local).unwrap();
+                    let value = store
+                        .get(&cred, version)
+                        .await
+                        .unwrap()
+                        .unwrap()
+                        .expose()
+                        .to_owned();
+                    Registered { version, value }
+                }
+            })
+            .buffered(64)
+            .collect()
+            .await
+    }
+
+    /// A `generic` report (JSON lines) leaking each of `values`, one finding per line.
+    pub(crate) fn generic_report<'a>(
+        &self,
+        name: &str,
+        values: impl IntoIterator<Item = &'a str>,
+    ) -> PathBuf {
+        let mut lines = String::new();
+        for (i, v) in values.into_iter().enumerate() {
+            lines.push_str(
+                &serde_json::json!({"secret": v, "file": format!("{name}-{i}.env")}).to_string(),
+            );
+            lines.push('\n');
+        }
+        self.file(name, lines.as_bytes())
+    }
+}

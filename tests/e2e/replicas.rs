@@ -2,10 +2,7 @@
 //! over 200 credentials, and each credential is revoked and rotated exactly once.
 
 use crate::harness::{Env, Events, lifecycle, path_str};
-use keyloop_backends::MasterKey;
-use keyloop_core::{LifecycleKind, Policy, Stage, StoreKind, TargetKind};
-use keyloop_workers::WorkerContext;
-use keyloop_workers::ops::{self, Cause, Registration};
+use keyloop_core::{LifecycleKind, Stage};
 use std::collections::HashMap;
 use std::time::Duration;
 
@@ -14,46 +11,10 @@ const N: usize = 200;
 #[tokio::test]
 async fn two_worker_processes_share_200_leaks_and_each_credential_is_handled_once() {
     let env = Env::start().await;
-    let key =
-        MasterKey::from_hex(&std::fs::read_to_string(env.dir.path().join("master.key")).unwrap())
-            .unwrap();
-    let ctx = WorkerContext::open(env.bus.clone(), Some(&key))
-        .await
-        .unwrap();
-    let cause = Cause {
-        source: "keyloop/test".into(),
-        ..Default::default()
-    };
-    let mut lines = String::new();
-    for i in 0..N {
-        let id: keyloop_core::CredentialId = format!("fleet/svc-{i:03}").parse().unwrap();
-        let reg = Registration {
-            id: id.clone(),
-            store: StoreKind::Local,
-            target: TargetKind::None,
-            policy: Policy {
-                max_age_secs: None,
-                grace_secs: 0,
-                idle_revoke_after_secs: None,
-                owner: None,
-            },
-            settings: Default::default(),
-        };
-        let cred = ops::register(&ctx, reg, &cause).await.unwrap();
-        let store = ctx.backends.store(StoreKind::Local).unwrap();
-        let value = store
-            .get(&cred, cred.versions[0].id)
-            .await
-            .unwrap()
-            .unwrap();
-        lines.push_str(
-            &serde_json::json!({"secret": value.expose(), "file": format!("svc-{i}.env")})
-                .to_string(),
-        );
-        lines.push('\n');
-    }
-    let report = env.file("fleet.jsonl", lines.as_bytes());
-    drop(lines);
+    let creds = env
+        .register_all((0..N).map(|i| format!("fleet/svc-{i:03}")))
+        .await;
+    let report = env.generic_report("fleet.jsonl", creds.iter().map(|c| c.value.as_str()));
 
     let a = env.worker("worker-a", &["leak-responder", "rotator", "revoker"]);
     let b = env.worker("worker-b", &["leak-responder", "rotator", "revoker"]);
