@@ -115,3 +115,110 @@ async fn show_list_and_replay_have_json_forms_without_values() {
     let init: serde_json::Value = serde_json::from_str(init.trim()).unwrap();
     assert_eq!(init["streams"].as_array().unwrap().len(), 4);
 }
+
+#[tokio::test]
+async fn up_starts_its_own_server_and_every_worker_and_stops_cleanly_on_sigterm() {
+    let dir = tempfile::tempdir().unwrap();
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let url = format!("nats://127.0.0.1:{port}");
+    let nats_server = keyloop_testkit::nats_server_binary().await;
+    let keyloop = |args: &[&str]| {
+        let mut cmd = tokio::process::Command::new(KEYLOOP);
+        cmd.args(args)
+            .env("KEYLOOP_NATS_URL", &url)
+            .env("KEYLOOP_DATA_DIR", dir.path())
+            .env("KEYLOOP_NATS_SERVER", &nats_server)
+            .env_remove("KEYLOOP_MASTER_KEY")
+            .env_remove("KEYLOOP_MASTER_KEY_FILE")
+            .stdin(Stdio::null())
+            .kill_on_drop(true);
+        cmd
+    };
+    let log = std::fs::File::create(dir.path().join("up.log")).unwrap();
+    let mut up = keyloop(&["up", "--tick-interval", "1s"])
+        .stdout(Stdio::null())
+        .stderr(log)
+        .spawn()
+        .unwrap();
+
+    // `up` is ready when the CLI can list credentials through the server it started (a child
+    // process's start-up has no event to await, so poll it).
+    let mut ready = false;
+    for _ in 0..200 {
+        if keyloop(&["credential", "list"])
+            .output()
+            .await
+            .unwrap()
+            .status
+            .success()
+        {
+            ready = true;
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    let up_log = || std::fs::read_to_string(dir.path().join("up.log")).unwrap_or_default();
+    assert!(ready, "keyloop up did not become ready:\n{}", up_log());
+    let key = dir.path().join("master.key");
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        assert_eq!(
+            std::fs::metadata(&key).unwrap().permissions().mode() & 0o777,
+            0o600,
+            "dev key is private"
+        );
+    }
+    assert!(
+        up_log().contains("created a dev master key"),
+        "{}",
+        up_log()
+    );
+
+    // The CLI finds the dev key in the data directory; the JIT issuer of `up` answers.
+    assert!(
+        keyloop(&["credential", "register", "svc/up"])
+            .output()
+            .await
+            .unwrap()
+            .status
+            .success()
+    );
+    let value = keyloop(&["credential", "reveal", "svc/up"])
+        .output()
+        .await
+        .unwrap();
+    assert!(value.status.success() && value.stdout.starts_with(b"kl_"));
+    let task = keyloop(&[
+        "task", "start", "t-up", "--agent", "a", "--scope", "read", "--ttl", "1m",
+    ])
+    .output()
+    .await
+    .unwrap();
+    assert!(
+        task.status.success(),
+        "{}",
+        String::from_utf8_lossy(&task.stderr)
+    );
+
+    let _ = std::process::Command::new("kill")
+        .arg("-TERM")
+        .arg(up.id().unwrap().to_string())
+        .status();
+    let status = tokio::time::timeout(std::time::Duration::from_secs(20), up.wait())
+        .await
+        .expect("up exits after SIGTERM")
+        .unwrap();
+    assert!(status.success(), "{status}\n{}", up_log());
+    // Its child server is gone with it.
+    assert!(
+        tokio::net::TcpStream::connect(("127.0.0.1", port))
+            .await
+            .is_err(),
+        "the child nats-server stopped"
+    );
+}
