@@ -56,7 +56,7 @@ pub(crate) async fn run(g: &Global) -> Result<ExitCode> {
         shutdown.clone(),
     ));
     say(
-        "[2/6] created streams, KV buckets and consumers; leak-responder, rotator and revoker are running",
+        "[2/6] created streams, KV buckets and consumers; every worker role is running in this process",
     );
 
     let cause = Cause {
