@@ -1,6 +1,7 @@
 //! One file per subcommand, dispatched by a `match`, plus the helpers they share: shutdown on
 //! a signal, and waiting for lifecycle events after sending a command.
 
+mod bench;
 mod credential;
 pub(crate) mod demo;
 mod ingest;
@@ -33,6 +34,7 @@ pub(crate) async fn run(cli: Cli) -> Result<ExitCode> {
         Command::Replay(args) => replay::run(g, args).await,
         Command::Demo => demo::run(g).await,
         Command::Schemas { dir } => schemas::run(&dir),
+        Command::Bench(args) => bench::run(g, args).await,
     }
 }
 
