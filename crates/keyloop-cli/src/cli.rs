@@ -187,7 +187,7 @@ pub(crate) struct BenchArgs {
     #[arg(long, default_value = "10s")]
     pub(crate) duration: String,
     /// Leaks published as fast as possible in the throughput phase.
-    #[arg(long, default_value_t = 5000)]
+    #[arg(long, default_value_t = 10_000)]
     pub(crate) leaks: usize,
     /// Worker processes (each runs leak-responder, revoker and rotator); the raw loop runs as
     /// many processes.

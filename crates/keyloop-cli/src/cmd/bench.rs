@@ -39,13 +39,16 @@ const REGISTER_CONCURRENCY: usize = 128;
 const STALL_TIMEOUT: Duration = Duration::from_secs(60);
 
 /// What a run measures, in order. Each suite starts its own worker processes and stops them
-/// before the next, so suites never share the machine. JIT issue latency (through
-/// `keyloop.jit.issue`, against a raw NATS request/reply) slots in as [`Suite::Jit`].
+/// before the next, so suites never share the machine.
 #[derive(Debug, Clone, Copy)]
 enum Suite {
-    /// First, so keyloop is never measured on a server the raw loop has not also seen.
+    /// The baseline. It runs first, on the emptier server: if the order favours anyone, it
+    /// favours the baseline, never keyloop's ratios.
     RawLoop,
+    /// keyloop's leak → revoke → rotate loop.
     Keyloop,
+    /// JIT issue latency through `keyloop.jit.issue` against a raw NATS request/reply: slots in
+    /// here once JIT exists; until then it only says so.
     Jit,
 }
 
@@ -143,6 +146,8 @@ struct Env<'a> {
     /// Sees the completion events.
     watch: async_nats::Client,
     server_pid: Option<u32>,
+    /// The server's monitoring endpoint (`/varz` counts messages).
+    monitor: Option<String>,
     fingerprints: Vec<Fingerprint>,
 }
 
@@ -155,7 +160,8 @@ async fn bench(g: &Global, plan: Plan, dir: &Path) -> Result<Report> {
         binary,
         store_dir: dir.join("nats"),
         port: None,
-        extra_args: Vec::new(),
+        // A monitoring port, for the message counts in /varz.
+        extra_args: vec!["-m".into(), "-1".into()],
     })
     .await?;
     say(&format!(
@@ -182,6 +188,9 @@ async fn bench(g: &Global, plan: Plan, dir: &Path) -> Result<Report> {
         bus,
         fingerprints,
         server_pid: server.pid(),
+        monitor: server
+            .pid()
+            .and_then(|pid| fleet::monitor_address(dir, pid)),
     };
 
     let (mut raw, mut keyloop, mut unavailable) = (None, None, Vec::new());
@@ -487,6 +496,7 @@ async fn run_suite(
             .map(|s| throughput.tracker.sustained_rate(s))
             .collect(),
         throughput_cpu: throughput.cpu,
+        throughput_msgs: throughput.msgs,
         peak_rss,
     })
 }
@@ -496,6 +506,15 @@ struct PhaseRun {
     tracker: Arc<Tracker>,
     published: drive::Published,
     cpu: CpuUse,
+    msgs: Option<ServerMessages>,
+}
+
+/// Messages the server received from and sent to clients (its /varz `in_msgs`, `out_msgs`):
+/// every publish, request, reply, delivery and ack, the bench's own included.
+#[derive(Debug, Clone, Copy, Default)]
+pub(super) struct ServerMessages {
+    pub(super) received: u64,
+    pub(super) sent: u64,
 }
 
 /// Publishes `items` (at `rate`, or as fast as possible) and waits until each completed every
@@ -518,6 +537,7 @@ async fn run_phase(
     )
     .await?;
     let cpu_before = CpuUse::now(env.server_pid, &fleet.pids());
+    let msgs_before = fleet::server_messages(env.monitor.as_deref()).await;
     let started = Instant::now();
     let result = async {
         let published = drive::publish(&env.load, items, &tracker, rate).await?;
@@ -530,11 +550,22 @@ async fn run_phase(
     }
     .await;
     let cpu = CpuUse::now(env.server_pid, &fleet.pids()).since(&cpu_before, started.elapsed());
+    let msgs = match (
+        msgs_before,
+        fleet::server_messages(env.monitor.as_deref()).await,
+    ) {
+        (Some(a), Some(b)) => Some(ServerMessages {
+            received: b.received.saturating_sub(a.received),
+            sent: b.sent.saturating_sub(a.sent),
+        }),
+        _ => None,
+    };
     collector.abort();
     Ok(PhaseRun {
         tracker,
         published: result?,
         cpu,
+        msgs,
     })
 }
 

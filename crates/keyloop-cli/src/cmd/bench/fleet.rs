@@ -150,3 +150,30 @@ pub(super) fn cpu_time(pid: u32) -> Option<Duration> {
     let ticks: u64 = fields.get(11)?.parse::<u64>().ok()? + fields.get(12)?.parse::<u64>().ok()?;
     Some(Duration::from_millis(ticks * 10))
 }
+
+/// `host:port` of the monitoring endpoint of the server with `pid` started in `dir`, from the
+/// ports file it writes (see `ServerProcess::start`).
+pub(super) fn monitor_address(dir: &Path, pid: u32) -> Option<String> {
+    let file = dir.join(format!("nats/ports/nats-server_{pid}.ports"));
+    let json: serde_json::Value = serde_json::from_slice(&std::fs::read(file).ok()?).ok()?;
+    let url = json.get("monitoring")?.get(0)?.as_str()?;
+    Some(url.strip_prefix("http://")?.to_owned())
+}
+
+/// The server's message counters, from `GET /varz` (a one-shot HTTP/1.0 request: nothing
+/// else here speaks HTTP, so no client library for it).
+pub(super) async fn server_messages(monitor: Option<&str>) -> Option<super::ServerMessages> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut conn = tokio::net::TcpStream::connect(monitor?).await.ok()?;
+    conn.write_all(b"GET /varz HTTP/1.0\r\nHost: localhost\r\n\r\n")
+        .await
+        .ok()?;
+    let mut response = Vec::new();
+    conn.read_to_end(&mut response).await.ok()?;
+    let body = response.windows(4).position(|w| w == b"\r\n\r\n")? + 4;
+    let varz: serde_json::Value = serde_json::from_slice(&response[body..]).ok()?;
+    Some(super::ServerMessages {
+        received: varz.get("in_msgs")?.as_u64()?,
+        sent: varz.get("out_msgs")?.as_u64()?,
+    })
+}

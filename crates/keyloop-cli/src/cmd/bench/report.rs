@@ -2,7 +2,7 @@
 //! with every figure and the keyloop/raw ratios, for CI and for tracking figures over changes.
 
 use super::drive::Percentiles;
-use super::{CpuUse, Plan};
+use super::{CpuUse, Plan, ServerMessages};
 use serde_json::{Map, Value, json};
 use std::time::Duration;
 
@@ -24,6 +24,8 @@ pub(super) struct LoopFigures {
     pub(super) throughput: Vec<f64>,
     /// CPU spent during the throughput phase.
     pub(super) throughput_cpu: CpuUse,
+    /// Messages through the server during the throughput phase.
+    pub(super) throughput_msgs: Option<ServerMessages>,
     /// Largest peak RSS of the system's worker processes.
     pub(super) peak_rss: Option<u64>,
 }
@@ -237,6 +239,21 @@ impl Report {
                 ));
             }
         }
+        out.push(format!(
+            "{:<46}{:>12}{:>12}",
+            "NATS messages per leak, throughput phase", "to server", "from server"
+        ));
+        for (name, f) in systems {
+            if let Some(m) = f.as_ref().and_then(|f| f.throughput_msgs) {
+                let per = |n: u64| n as f64 / p.throughput_leaks.max(1) as f64;
+                out.push(format!(
+                    "  {:<44}{:>12.1}{:>12.1}",
+                    name,
+                    per(m.received),
+                    per(m.sent)
+                ));
+            }
+        }
         out.push(String::new());
         for note in &self.unavailable {
             out.push(note.clone());
@@ -372,6 +389,14 @@ impl Report {
                     format!("{prefix}_cpu_us_per_leak_{who}"),
                     json!(round(per_item_us(d, n), 1)),
                 );
+            }
+            if let Some(msgs) = f.throughput_msgs {
+                for (dir, count) in [("to", msgs.received), ("from", msgs.sent)] {
+                    m.insert(
+                        format!("{prefix}_server_msgs_{dir}_per_leak"),
+                        json!(round(count as f64 / n.max(1) as f64, 2)),
+                    );
+                }
             }
             let c = &f.latency_cpu;
             let wall = c.wall.as_secs_f64().max(1e-9);
