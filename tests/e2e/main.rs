@@ -3,6 +3,7 @@
 
 mod cli;
 mod harness;
+mod inventory;
 mod leak_loop;
 mod no_plaintext;
 mod replicas;

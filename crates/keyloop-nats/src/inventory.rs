@@ -99,11 +99,37 @@ impl Inventory {
     pub async fn update<T>(
         &self,
         id: &CredentialId,
+        decide: impl FnMut(&mut Credential) -> Result<Change<T>, Error>,
+    ) -> Result<T, Error> {
+        self.update_inner(id, None, decide).await
+    }
+
+    /// [`update`](Self::update) starting from `known`, a state of the credential the caller
+    /// read with its revision, instead of reading it again. If the entry changed since, the
+    /// compare-and-set fails and the loop re-reads and re-decides as `update` does, so the
+    /// outcome is the same; only the read is saved when nothing raced.
+    pub async fn update_from<T>(
+        &self,
+        id: &CredentialId,
+        known: (Credential, u64),
+        decide: impl FnMut(&mut Credential) -> Result<Change<T>, Error>,
+    ) -> Result<T, Error> {
+        self.update_inner(id, Some(known), decide).await
+    }
+
+    async fn update_inner<T>(
+        &self,
+        id: &CredentialId,
+        mut known: Option<(Credential, u64)>,
         mut decide: impl FnMut(&mut Credential) -> Result<Change<T>, Error>,
     ) -> Result<T, Error> {
         let key = key_of(id);
         for attempt in 0..CAS_ATTEMPTS {
-            let (mut cred, revision) = self.require(id).await?;
+            let given = known.is_some();
+            let (mut cred, revision) = match known.take() {
+                Some(state) => state,
+                None => self.require(id).await?,
+            };
             let value = match decide(&mut cred)? {
                 Change::Keep(v) => return Ok(v),
                 Change::Write(v) => v,
@@ -113,9 +139,13 @@ impl Inventory {
             match self.kv.update(&key, bytes.into(), revision).await {
                 Ok(_) => return Ok(value),
                 Err(e) if e.kind() == kv::UpdateErrorKind::WrongLastRevision => {
-                    // Lost a race with another replica: back off a little, spread by attempt.
-                    let jitter = (revision.wrapping_mul(31) + u64::from(attempt)) % 5;
-                    tokio::time::sleep(Duration::from_millis(u64::from(attempt) + jitter)).await;
+                    // A caller's state was merely stale: re-read at once. Otherwise we lost a
+                    // race with another replica: back off a little, spread by attempt.
+                    if !given {
+                        let jitter = (revision.wrapping_mul(31) + u64::from(attempt)) % 5;
+                        tokio::time::sleep(Duration::from_millis(u64::from(attempt) + jitter))
+                            .await;
+                    }
                 }
                 Err(e) => {
                     return Err(Error::new(

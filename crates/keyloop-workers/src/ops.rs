@@ -157,7 +157,21 @@ pub async fn revoke_version(
     req: RevokeVersion<'_>,
     cause: &Cause,
 ) -> Result<Revoked, Error> {
-    let (cred, _) = ctx.inventory.require(req.credential).await?;
+    let known = ctx.inventory.require(req.credential).await?;
+    revoke_version_from(ctx, req, cause, known).await
+}
+
+/// [`revoke_version`] from `known`, a state of the credential the caller read with its
+/// revision: saves the two inventory reads (the check and the compare-and-set's) when nothing
+/// changed the credential since. If something did, the compare-and-set re-reads and
+/// re-decides, so the outcome is the same as [`revoke_version`]'s.
+pub async fn revoke_version_from(
+    ctx: &WorkerContext,
+    req: RevokeVersion<'_>,
+    cause: &Cause,
+    known: (Credential, u64),
+) -> Result<Revoked, Error> {
+    let cred = &known.0;
     let Some(version) = cred.version(req.version) else {
         return Ok(Revoked::Unknown);
     };
@@ -185,7 +199,7 @@ pub async fn revoke_version(
     let (reason, op) = (req.reason, req.op);
     let outcome = ctx
         .inventory
-        .update(req.credential, |c| {
+        .update_from(req.credential, known, |c| {
             let Some(v) = c.version(req.version) else {
                 return Ok(Change::Keep(None));
             };

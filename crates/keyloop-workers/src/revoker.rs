@@ -36,7 +36,7 @@ async fn revoke(ctx: &WorkerContext, delivery: &Delivery) -> Result<(), HandlerE
         correlation: command.correlationid.clone(),
         causation: Some(command.id.clone()),
     };
-    let (cred, _) = ctx
+    let (cred, revision) = ctx
         .inventory
         .require(&cmd.credential)
         .await
@@ -54,20 +54,22 @@ async fn revoke(ctx: &WorkerContext, delivery: &Delivery) -> Result<(), HandlerE
             .map(|v| v.id)
             .collect(),
     };
+    // The first revocation starts from the state read above; each later one reads afresh,
+    // since the one before changed the credential.
+    let mut known = Some((cred, revision));
     for version in versions {
-        let outcome = ops::revoke_version(
-            ctx,
-            RevokeVersion {
-                credential: &cmd.credential,
-                version,
-                reason: cmd.reason,
-                op: &cmd.op_id,
-                leak_published_at: cmd.leak_published_at,
-                note: cmd.note.clone(),
-            },
-            &cause,
-        )
-        .await?;
+        let req = RevokeVersion {
+            credential: &cmd.credential,
+            version,
+            reason: cmd.reason,
+            op: &cmd.op_id,
+            leak_published_at: cmd.leak_published_at,
+            note: cmd.note.clone(),
+        };
+        let outcome = match known.take() {
+            Some(state) => ops::revoke_version_from(ctx, req, &cause, state).await?,
+            None => ops::revoke_version(ctx, req, &cause).await?,
+        };
         info!(credential = %cmd.credential, %version, reason = cmd.reason.name(), ?outcome, "revocation step done");
     }
     if cmd.then_rotate {
