@@ -55,7 +55,7 @@ pub async fn run_rotation(
     let id = &cmd.credential;
     let op = cmd.op_id.as_str();
     let new_version = version_for_op(op);
-    let (cred, _) = ctx.inventory.require(id).await?;
+    let (cred, revision) = ctx.inventory.require(id).await?;
     let store = ctx.backends.store(cred.store)?;
     let target = ctx.backends.target(cred.target)?;
 
@@ -73,20 +73,25 @@ pub async fn run_rotation(
 
     // A pending version of another operation is an interrupted rotation: retire it so it can
     // never be promoted behind our back, and so it does not block this one.
-    for stale in cred
+    let stale: Vec<_> = cred
         .versions
         .iter()
         .filter(|v| v.stage == Stage::Pending && v.id != new_version)
-    {
+        .map(|v| (v.id, v.created_by.clone()))
+        .collect();
+    // Retiring changes the credential, so the state read above serves the pending version's
+    // compare-and-set only when nothing was retired.
+    let known = stale.is_empty().then_some((cred, revision));
+    for (stale, created_by) in stale {
         ops::revoke_version(
             ctx,
             RevokeVersion {
                 credential: id,
-                version: stale.id,
+                version: stale,
                 reason: RevokeReason::Superseded,
                 op,
                 leak_published_at: None,
-                note: Some(format!("abandoned pending version of {}", stale.created_by)),
+                note: Some(format!("abandoned pending version of {created_by}")),
             },
             cause,
         )
@@ -112,16 +117,17 @@ pub async fn run_rotation(
         revoke_reason: None,
         revoked_by: None,
     };
-    let recorded = ctx
-        .inventory
-        .update(id, |c| match c.version(new_version) {
-            Some(v) => Ok(Change::Keep(v.stage)),
-            None => {
-                c.versions.push(pending.clone());
-                Ok(Change::Write(Stage::Pending))
-            }
-        })
-        .await?;
+    let record = |c: &mut keyloop_core::Credential| match c.version(new_version) {
+        Some(v) => Ok(Change::Keep(v.stage)),
+        None => {
+            c.versions.push(pending.clone());
+            Ok(Change::Write(Stage::Pending))
+        }
+    };
+    let recorded = match known {
+        Some(state) => ctx.inventory.update_from(id, state, record).await?,
+        None => ctx.inventory.update(id, record).await?,
+    };
     if recorded != Stage::Pending {
         // Promoted or revoked by a concurrent attempt while we were storing: nothing left to do.
         return Ok(());
@@ -169,37 +175,41 @@ pub async fn run_rotation(
     drop((value, stored));
 
     // 4. finish: at most one previous version may be live, so retire the one a new demotion
-    // would replace before the promotion is stored.
-    let (cred, _) = ctx.inventory.require(id).await?;
-    if cred.current().is_some()
-        && let Some(old_previous) = cred.in_stage(Stage::Previous)
-    {
-        ops::revoke_version(
-            ctx,
-            RevokeVersion {
+    // would replace before the promotion is stored. The state read here serves that
+    // retirement, or else the promotion's compare-and-set.
+    let (cred, revision) = ctx.inventory.require(id).await?;
+    let old_previous = cred
+        .current()
+        .and(cred.in_stage(Stage::Previous))
+        .map(|v| v.id);
+    let known = match old_previous {
+        Some(old_previous) => {
+            let req = RevokeVersion {
                 credential: id,
-                version: old_previous.id,
+                version: old_previous,
                 reason: RevokeReason::Superseded,
                 op,
                 leak_published_at: None,
                 note: None,
-            },
-            cause,
-        )
-        .await?;
-    }
+            };
+            ops::revoke_version_from(ctx, req, cause, (cred, revision)).await?;
+            None
+        }
+        None => Some((cred, revision)),
+    };
     let now = OffsetDateTime::now_utc();
-    let promotion = ctx
-        .inventory
-        .update(id, |c| {
-            let p = c.promote(new_version, now);
-            Ok(if p.promoted {
-                Change::Write(p)
-            } else {
-                Change::Keep(p)
-            })
+    let promote = |c: &mut keyloop_core::Credential| {
+        let p = c.promote(new_version, now);
+        Ok(if p.promoted {
+            Change::Write(p)
+        } else {
+            Change::Keep(p)
         })
-        .await?;
+    };
+    let promotion = match known {
+        Some(state) => ctx.inventory.update_from(id, state, promote).await?,
+        None => ctx.inventory.update(id, promote).await?,
+    };
     if !promotion.promoted
         && ctx
             .inventory
