@@ -67,7 +67,8 @@ pub(crate) enum Command {
         /// Output directory.
         dir: PathBuf,
     },
-    /// Measure time-to-revoke and throughput against the raw JetStream loop on the same server.
+    /// Measure time-to-revoke and throughput beside the raw JetStream loop, on a nats-server
+    /// and worker processes of its own (--nats and the master key are not used).
     Bench(BenchArgs),
 }
 
