@@ -12,6 +12,10 @@ demo:
 test:
     scripts/test
 
+# time-to-revoke and throughput beside the raw JetStream loop, e.g. `just bench --rate 500`
+bench *ARGS:
+    cargo run --release -q -p keyloop-cli -- bench {{ARGS}}
+
 # formatting and lints, as CI runs them
 lint:
     cargo fmt --all --check

@@ -249,7 +249,7 @@ impl Inventory {
         Ok(read(&self.kv, &lease_key(id)).await?.map(|(l, _)| l))
     }
 
-    /// Stores a new lease and indexes it under its task.
+    /// Stores a new lease (see [`Inventory::index_lease_under_task`] for its task index).
     pub async fn create_lease(&self, lease: &Lease) -> Result<(), Error> {
         create(
             &self.kv,
@@ -257,16 +257,24 @@ impl Inventory {
             lease,
             &format!("lease {}", lease.id),
         )
-        .await?;
+        .await
+        .map(|_| ())
+    }
+
+    /// Indexes a recorded lease under its task (see [`Inventory::leases_of_task`]).
+    pub async fn index_lease_under_task(&self, lease: &Lease) -> Result<(), Error> {
         let key = format!("task.{}.{}", task_token(&lease.task_id), lease.id);
-        self.kv.put(&key, bytes::Bytes::new()).await.map_err(|e| {
-            Error::new(
-                ErrorKind::Transient,
-                format!("index lease {} under its task", lease.id),
-                e,
-            )
-        })?;
-        Ok(())
+        self.kv
+            .put(&key, bytes::Bytes::new())
+            .await
+            .map(|_| ())
+            .map_err(|e| {
+                Error::new(
+                    ErrorKind::Transient,
+                    format!("index lease {} under its task", lease.id),
+                    e,
+                )
+            })
     }
 
     /// Applies `decide` to the stored lease with compare-and-set.
