@@ -145,16 +145,17 @@ async fn up_starts_its_own_server_and_every_worker_and_stops_cleanly_on_sigterm(
         .spawn()
         .unwrap();
 
-    // `up` is ready when the CLI can list credentials through the server it started (a child
-    // process's start-up has no event to await, so poll it).
+    // `up` is ready when its dev key exists and the CLI can list credentials through the server
+    // it started (a child process's start-up has no event to await, so poll it).
     let mut ready = false;
     for _ in 0..200 {
-        if keyloop(&["credential", "list"])
-            .output()
-            .await
-            .unwrap()
-            .status
-            .success()
+        if dir.path().join("master.key").is_file()
+            && keyloop(&["credential", "list"])
+                .output()
+                .await
+                .unwrap()
+                .status
+                .success()
         {
             ready = true;
             break;

@@ -254,6 +254,24 @@ impl ServerProcess {
     pub async fn kill(&mut self) {
         let _ = self.child.kill().await;
     }
+
+    /// Stops the server gracefully (SIGTERM, so it syncs its store) and waits up to 10 s for it
+    /// to exit; kills it after that.
+    pub async fn stop(&mut self) {
+        if let Some(pid) = self.child.id() {
+            let _ = std::process::Command::new("kill")
+                .arg("-TERM")
+                .arg(pid.to_string())
+                .status();
+            if tokio::time::timeout(Duration::from_secs(10), self.child.wait())
+                .await
+                .is_ok()
+            {
+                return;
+            }
+        }
+        self.kill().await;
+    }
 }
 
 fn read_client_port(ports_file: &Path) -> Option<u16> {

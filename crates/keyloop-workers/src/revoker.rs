@@ -101,12 +101,15 @@ async fn revoke_versions(
     cmd: &RevokeCommand,
     cause: &Cause,
 ) -> Result<(), keyloop_nats::Error> {
-    let (cred, _) = ctx.inventory.require(&cmd.credential).await?;
     let versions: Vec<_> = match cmd.version {
         Some(v) => vec![v],
         // Every live version, plus those this operation already revoked on an earlier attempt
         // (their events may not be out yet).
-        None => cred
+        None => ctx
+            .inventory
+            .require(&cmd.credential)
+            .await?
+            .0
             .versions
             .iter()
             .filter(|v| {

@@ -188,16 +188,18 @@ pub async fn run_rotation(
         revoke_reason: None,
         revoked_by: None,
     };
-    let recorded = ctx
+    // Every read below reuses the state a write returned: while this operation holds the
+    // claim, nothing else changes the versions (uses only touch `last_used_at`).
+    let (recorded, mut cred) = ctx
         .inventory
         .update(id, |c| match c.version(new_version) {
-            Some(v) => Ok(Change::Keep(v.stage)),
+            Some(v) => Ok(Change::Keep((v.stage, c.clone()))),
             None => {
                 let mut pending = pending.clone();
                 // Decided once, with the version's record: a retry uses the recorded login.
                 pending.login = c.login_for_new_version();
                 c.versions.push(pending);
-                Ok(Change::Write(Stage::Pending))
+                Ok(Change::Write((Stage::Pending, c.clone())))
             }
         })
         .await?;
@@ -226,7 +228,7 @@ pub async fn run_rotation(
 
     // 2. set. A previous version on the account the new value goes to stops working when it is
     // set there: retire it first, so the audit log says so before it happens.
-    let (cred, _) = ctx.inventory.require(id).await?;
+    let mut retired_any = false;
     if let Some(login) = cred.version(new_version).and_then(|v| v.login.as_deref()) {
         for old in cred
             .versions
@@ -246,9 +248,12 @@ pub async fn run_rotation(
                 cause,
             )
             .await?;
+            retired_any = true;
         }
     }
-    let (cred, _) = ctx.inventory.require(id).await?;
+    if retired_any {
+        cred = ctx.inventory.require(id).await?.0;
+    }
     if cred.version(new_version).map(|v| v.stage) != Some(Stage::Pending) {
         info!(credential = %id, version = %new_version, "pending version was revoked before it was set (leaked mid-rotation?); nothing to do");
         return Ok(());
@@ -278,7 +283,7 @@ pub async fn run_rotation(
 
     // 4. finish: at most one previous version may be live, so retire the one a new demotion
     // would replace before the promotion is stored.
-    let (cred, _) = ctx.inventory.require(id).await?;
+    let mut retired_previous = false;
     if cred.current().is_some()
         && let Some(old_previous) = cred.in_stage(Stage::Previous)
     {
@@ -307,8 +312,11 @@ pub async fn run_rotation(
             cause,
         )
         .await?;
+        retired_previous = true;
     }
-    let (cred, _) = ctx.inventory.require(id).await?;
+    if retired_previous {
+        cred = ctx.inventory.require(id).await?.0;
+    }
     if cred.version(new_version).map(|v| v.stage) == Some(Stage::Pending) {
         // The store first (AWS Secrets Manager: AWSCURRENT moves), then the inventory: a crash
         // in between leaves the version pending, and the retry promotes it again, harmlessly.
@@ -318,14 +326,14 @@ pub async fn run_rotation(
             .map_err(|e| backend(e, "promote the new value in its store"))?;
     }
     let now = OffsetDateTime::now_utc();
-    let promotion = ctx
+    let (promotion, promoted_cred) = ctx
         .inventory
         .update(id, |c| {
             let p = c.promote(new_version, now);
             Ok(if p.promoted {
-                Change::Write(p)
+                Change::Write((p, c.clone()))
             } else {
-                Change::Keep(p)
+                Change::Keep((p, c.clone()))
             })
         })
         .await?;
@@ -352,8 +360,7 @@ pub async fn run_rotation(
         }
     }
     drop(value);
-    let (cred, _) = ctx.inventory.require(id).await?;
-    ops::schedule_after_rotation(ctx, &cred, promotion.demoted, now).await?;
+    ops::schedule_after_rotation(ctx, &promoted_cred, promotion.demoted, now).await?;
     publish_rotated(ctx, cmd, cause, new_version, promotion.demoted).await
 }
 

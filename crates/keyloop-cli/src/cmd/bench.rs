@@ -620,6 +620,7 @@ async fn jit_suite(env: &Env<'_>) -> Result<report::JitFigures> {
     let mut sub = responder
         .queue_subscribe(echo_subject.clone(), "bench-echo".into())
         .await?;
+    responder.flush().await?;
     let echo = tokio::spawn(async move {
         while let Some(msg) = futures::StreamExt::next(&mut sub).await {
             if let Some(reply) = msg.reply {
@@ -655,6 +656,29 @@ async fn jit_suite(env: &Env<'_>) -> Result<report::JitFigures> {
         Role::JitIssuer.name().to_owned(),
     )];
     fleet.wait_ready(&env.bus.js, &consumers).await?;
+    // Pulling is not serving: wait until the issuer's request subscription answers (a process's
+    // start-up has no event to await).
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let probe = serde_json::to_vec(
+            &serde_json::json!({"task_id": "bench-probe", "agent_id": "bench", "scope": "read", "ttl_secs": 60}),
+        )?;
+        match client.request(env.topology.jit_issue(), probe.into()).await {
+            Ok(_) => break,
+            Err(e)
+                if e.kind() == async_nats::RequestErrorKind::NoResponders
+                    && Instant::now() < deadline =>
+            {
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            Err(e) => {
+                return Err(anyhow::anyhow!(
+                    "the jit-issuer does not answer on {}: {e}",
+                    env.topology.jit_issue()
+                ));
+            }
+        }
+    }
     say(&format!(
         "jit: {requests} issues through {} and as many raw request/replies",
         env.topology.jit_issue()

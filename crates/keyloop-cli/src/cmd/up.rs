@@ -15,7 +15,7 @@ use std::time::Duration;
 pub(crate) async fn run(g: &Global, args: RunArgs) -> Result<ExitCode> {
     let config = config::worker_config(&args)?;
     let data_dir = config::data_dir(g);
-    let (_child, g) = ensure_server(g, &data_dir).await?;
+    let (child, g) = ensure_server(g, &data_dir).await?;
     let bus = config::connect(&g).await?;
     bus.topology
         .init(&bus.js)
@@ -48,7 +48,14 @@ pub(crate) async fn run(g: &Global, args: RunArgs) -> Result<ExitCode> {
         config::shown_url(&g)
     );
     let shutdown = super::shutdown_on_signal();
-    keyloop_workers::run(Arc::new(ctx), &roles, config, shutdown).await?;
+    let result = keyloop_workers::run(Arc::new(ctx), &roles, config, shutdown).await;
+    if let Some(mut child) = child {
+        // The workers have flushed their acks; now the server may go (SIGTERM: it syncs its
+        // store), and `up` returns only once it is gone.
+        child.stop().await;
+        eprintln!("stopped the child nats-server");
+    }
+    result?;
     Ok(ExitCode::SUCCESS)
 }
 
