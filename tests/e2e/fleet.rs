@@ -184,3 +184,43 @@ async fn sigterm_finishes_messages_in_hand_and_exits_zero() {
             .is_empty()
     );
 }
+
+#[tokio::test]
+async fn a_slow_operation_renews_its_claim_past_the_ttl() {
+    let env = Env::start().await;
+    env.register_all(["svc/slow".to_owned()]).await;
+    let mut ctx = env.context().await;
+    ctx.claim_ttl = Duration::from_millis(300);
+    let ctx = std::sync::Arc::new(ctx);
+    let id: keyloop_core::CredentialId = "svc/slow".parse().unwrap();
+    let (started, running) = tokio::sync::oneshot::channel();
+    let slow = {
+        let (ctx, id) = (ctx.clone(), id.clone());
+        tokio::spawn(async move {
+            keyloop_workers::ops::with_claim(&ctx, &id, "slow-op", async {
+                let _ = started.send(());
+                // A backend call that takes four claim TTLs.
+                tokio::time::sleep(Duration::from_millis(1_200)).await;
+                Ok(())
+            })
+            .await
+        })
+    };
+    running.await.unwrap();
+    // Three TTLs in: without renewal the claim would have lapsed twice over.
+    tokio::time::sleep(Duration::from_millis(900)).await;
+    let cred = env.credential("svc/slow").await;
+    let claim = cred
+        .claim
+        .expect("the slow operation still holds its claim");
+    assert_eq!(claim.op, "slow-op");
+    assert!(
+        claim.deadline > OffsetDateTime::now_utc(),
+        "its deadline was pushed forward"
+    );
+    slow.await.unwrap().unwrap();
+    assert!(
+        env.credential("svc/slow").await.claim.is_none(),
+        "released when done"
+    );
+}

@@ -505,6 +505,25 @@ pub async fn claim(
 }
 
 impl ClaimGuard {
+    /// Pushes the deadline of the claim forward if it is still ours. A failure is logged: the
+    /// next renewal tries again, and the deadline still has two thirds of the TTL to run.
+    async fn renew(&self, ctx: &WorkerContext) {
+        let deadline = OffsetDateTime::now_utc() + ctx.claim_ttl;
+        let result = ctx
+            .inventory
+            .update(&self.credential, |c| match &mut c.claim {
+                Some(k) if k.op == self.op && k.holder == self.holder => {
+                    k.deadline = deadline;
+                    Ok(Change::Write(()))
+                }
+                _ => Ok(Change::Keep(())),
+            })
+            .await;
+        if let Err(e) = result {
+            tracing::warn!(credential = %self.credential, op = %self.op, error = %e, "could not renew claim");
+        }
+    }
+
     /// Releases the claim if it is still ours. A failure here is harmless: the claim lapses.
     pub async fn release(self, ctx: &WorkerContext) {
         let result = ctx
@@ -524,7 +543,9 @@ impl ClaimGuard {
 }
 
 /// Runs `operation` holding the credential's claim for `op`, and releases it afterwards
-/// whatever the outcome.
+/// whatever the outcome. While it runs, the claim's deadline is pushed forward every third of
+/// the claim TTL, so a slow backend call never lets another operation in; a holder that dies
+/// stops renewing, and its claim lapses.
 pub async fn with_claim<T, F>(
     ctx: &WorkerContext,
     credential: &CredentialId,
@@ -535,7 +556,18 @@ where
     F: std::future::Future<Output = Result<T, Error>>,
 {
     let guard = claim(ctx, credential, op).await?;
-    let result = operation.await;
+    let renew = async {
+        let mut every = tokio::time::interval(ctx.claim_ttl / 3);
+        every.tick().await;
+        loop {
+            every.tick().await;
+            guard.renew(ctx).await;
+        }
+    };
+    let result = tokio::select! {
+        result = operation => result,
+        never = renew => never,
+    };
     guard.release(ctx).await;
     result
 }
