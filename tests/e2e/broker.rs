@@ -3,6 +3,7 @@
 
 use crate::harness::{Env, Follower, path_str};
 use keyloop_core::{LifecycleEvent, LifecycleKind};
+use keyloop_nats::Role;
 use std::collections::{HashMap, HashSet};
 use std::time::{Duration, Instant};
 
@@ -66,22 +67,11 @@ async fn finish_or_explain(
         "lifecycle events stored: {}",
         crate::harness::lifecycle(&env.bus).await.len()
     );
-    for (role, stream) in [
-        ("leak-responder", env.bus.topology.events_stream()),
-        ("revoker", env.bus.topology.commands_stream()),
-        ("rotator", env.bus.topology.commands_stream()),
-    ] {
-        if let Ok(mut c) = env
-            .bus
-            .js
-            .get_consumer_from_stream::<async_nats::jetstream::consumer::pull::Config, _, _>(
-                role, &stream,
-            )
-            .await
-            && let Ok(info) = c.info().await
-        {
+    for role in [Role::LeakResponder, Role::Revoker, Role::Rotator] {
+        if let Some(info) = env.consumer_info(role).await {
             eprintln!(
-                "{role}: pending {} ack_pending {} redelivered {} leader {:?}",
+                "{}: pending {} ack_pending {} redelivered {} leader {:?}",
+                role.name(),
                 info.num_pending,
                 info.num_ack_pending,
                 info.num_redelivered,

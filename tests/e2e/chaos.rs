@@ -8,6 +8,7 @@ use keyloop_core::event::{CloudEvent, ROTATE_COMMAND_TYPE, RotateCommand};
 use keyloop_core::lease::{IssueReply, IssueRequest, LeaseState};
 use keyloop_core::{CredentialId, LifecycleKind, RotationReason, Stage};
 
+use keyloop_nats::Role;
 use keyloop_workers::ops;
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
@@ -174,23 +175,16 @@ async fn the_fleet_loses_nothing_while_workers_are_killed_every_second() {
 
     // The monkey keeps killing until every consumer has taken all its messages; then the fleet
     // must settle: nothing pending, nothing being handled, on every consumer.
-    let consumers = [
-        ("leak-responder", env.bus.topology.events_stream()),
-        ("revoker", env.bus.topology.commands_stream()),
-        ("rotator", env.bus.topology.commands_stream()),
-        ("jit-issuer", env.bus.topology.events_stream()),
-    ];
     let state = || async {
         let mut pending = 0;
         let mut in_hand = 0;
-        for (role, stream) in &consumers {
-            let mut c: async_nats::jetstream::consumer::PullConsumer = env
-                .bus
-                .js
-                .get_consumer_from_stream(*role, stream)
-                .await
-                .unwrap();
-            let info = c.info().await.unwrap();
+        for role in [
+            Role::LeakResponder,
+            Role::Revoker,
+            Role::Rotator,
+            Role::JitIssuer,
+        ] {
+            let info = env.consumer_info(role).await.expect("consumer info");
             pending += info.num_pending;
             in_hand += info.num_ack_pending;
         }

@@ -720,3 +720,20 @@ impl Env {
         self.file(name, lines.as_bytes())
     }
 }
+
+impl Env {
+    /// The durable consumer of `role`, as the server reports it now (pending, in hand, leader).
+    pub(crate) async fn consumer_info(
+        &self,
+        role: keyloop_nats::Role,
+    ) -> Option<async_nats::jetstream::consumer::Info> {
+        let (stream, _) = self.bus.topology.consumer_of(role);
+        let mut consumer: async_nats::jetstream::consumer::PullConsumer = self
+            .bus
+            .js
+            .get_consumer_from_stream(role.name(), &stream)
+            .await
+            .ok()?;
+        consumer.info().await.ok().cloned()
+    }
+}

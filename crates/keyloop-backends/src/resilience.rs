@@ -113,51 +113,69 @@ impl Faults {
     }
 }
 
-/// A store behind in-process retries and, when configured, injected faults.
-pub struct ResilientStore {
-    inner: Arc<dyn Store>,
+/// A store or target behind in-process retries and, when configured, injected faults.
+pub struct Resilient<T: ?Sized> {
+    inner: Arc<T>,
     faults: Option<Arc<Faults>>,
 }
 
-impl ResilientStore {
+/// A store behind in-process retries and, when configured, injected faults.
+pub type ResilientStore = Resilient<dyn Store>;
+/// A target behind in-process retries and, when configured, injected faults.
+pub type ResilientTarget = Resilient<dyn Target>;
+
+impl<T: ?Sized> Resilient<T> {
     /// Wraps `inner`.
-    pub fn new(inner: Arc<dyn Store>, faults: Option<Arc<Faults>>) -> Self {
+    pub fn new(inner: Arc<T>, faults: Option<Arc<Faults>>) -> Self {
         Self { inner, faults }
     }
 
-    fn fault(&self, op: &str, credential: &Credential) -> Result<(), BackendError> {
-        self.faults
-            .as_ref()
-            .map_or(Ok(()), |f| f.check(op, credential))
+    /// Runs `attempt` (one call of the inner backend) with fault injection in front of it and
+    /// in-process retries of transient failures around both.
+    fn call<'a, R, Fut>(
+        &'a self,
+        op: &'static str,
+        credential: &'a Credential,
+        mut attempt: impl FnMut() -> Fut + Send + 'a,
+    ) -> BoxFuture<'a, Result<R, BackendError>>
+    where
+        T: Sync + Send,
+        R: Send + 'a,
+        Fut: std::future::Future<Output = Result<R, BackendError>> + Send + 'a,
+    {
+        Box::pin(
+            (move || {
+                let call = attempt();
+                async move {
+                    if let Some(f) = &self.faults {
+                        f.check(op, credential)?;
+                    }
+                    call.await
+                }
+            })
+            .retry(backoff())
+            .when(is_transient),
+        )
     }
 }
 
-impl fmt::Debug for ResilientStore {
+impl<T: ?Sized + fmt::Debug> fmt::Debug for Resilient<T> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("ResilientStore")
+        f.debug_struct("Resilient")
             .field("inner", &self.inner)
             .finish_non_exhaustive()
     }
 }
 
-impl Store for ResilientStore {
+impl Store for Resilient<dyn Store> {
     fn put_new<'a>(
         &'a self,
         c: &'a Credential,
         v: Uuid,
         value: Secret,
     ) -> BoxFuture<'a, Result<Secret, BackendError>> {
-        Box::pin(async move {
-            (|| {
-                let value = value.clone();
-                async move {
-                    self.fault("put_new", c)?;
-                    self.inner.put_new(c, v, value).await
-                }
-            })
-            .retry(backoff())
-            .when(is_transient)
-            .await
+        self.call("put_new", c, move || {
+            self.inner.put_new(c, v, value.clone())
         })
     }
 
@@ -166,14 +184,7 @@ impl Store for ResilientStore {
         c: &'a Credential,
         v: Uuid,
     ) -> BoxFuture<'a, Result<Option<Secret>, BackendError>> {
-        Box::pin(
-            (move || async move {
-                self.fault("get", c)?;
-                self.inner.get(c, v).await
-            })
-            .retry(backoff())
-            .when(is_transient),
-        )
+        self.call("get", c, move || self.inner.get(c, v))
     }
 
     fn promote<'a>(
@@ -182,14 +193,7 @@ impl Store for ResilientStore {
         v: Uuid,
         p: Option<Uuid>,
     ) -> BoxFuture<'a, Result<(), BackendError>> {
-        Box::pin(
-            (move || async move {
-                self.fault("promote", c)?;
-                self.inner.promote(c, v, p).await
-            })
-            .retry(backoff())
-            .when(is_transient),
-        )
+        self.call("promote", c, move || self.inner.promote(c, v, p))
     }
 
     fn destroy<'a>(
@@ -197,59 +201,18 @@ impl Store for ResilientStore {
         c: &'a Credential,
         v: Uuid,
     ) -> BoxFuture<'a, Result<(), BackendError>> {
-        Box::pin(
-            (move || async move {
-                self.fault("destroy", c)?;
-                self.inner.destroy(c, v).await
-            })
-            .retry(backoff())
-            .when(is_transient),
-        )
+        self.call("destroy", c, move || self.inner.destroy(c, v))
     }
 }
 
-/// A target behind in-process retries and, when configured, injected faults.
-pub struct ResilientTarget {
-    inner: Arc<dyn Target>,
-    faults: Option<Arc<Faults>>,
-}
-
-impl ResilientTarget {
-    /// Wraps `inner`.
-    pub fn new(inner: Arc<dyn Target>, faults: Option<Arc<Faults>>) -> Self {
-        Self { inner, faults }
-    }
-
-    fn fault(&self, op: &str, credential: &Credential) -> Result<(), BackendError> {
-        self.faults
-            .as_ref()
-            .map_or(Ok(()), |f| f.check(op, credential))
-    }
-}
-
-impl fmt::Debug for ResilientTarget {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("ResilientTarget")
-            .field("inner", &self.inner)
-            .finish_non_exhaustive()
-    }
-}
-
-impl Target for ResilientTarget {
+impl Target for Resilient<dyn Target> {
     fn apply<'a>(
         &'a self,
         c: &'a Credential,
         v: Uuid,
         value: &'a Secret,
     ) -> BoxFuture<'a, Result<(), BackendError>> {
-        Box::pin(
-            (move || async move {
-                self.fault("apply", c)?;
-                self.inner.apply(c, v, value).await
-            })
-            .retry(backoff())
-            .when(is_transient),
-        )
+        self.call("apply", c, move || self.inner.apply(c, v, value))
     }
 
     fn test<'a>(
@@ -258,14 +221,7 @@ impl Target for ResilientTarget {
         v: Uuid,
         value: &'a Secret,
     ) -> BoxFuture<'a, Result<(), BackendError>> {
-        Box::pin(
-            (move || async move {
-                self.fault("test", c)?;
-                self.inner.test(c, v, value).await
-            })
-            .retry(backoff())
-            .when(is_transient),
-        )
+        self.call("test", c, move || self.inner.test(c, v, value))
     }
 
     fn invalidate<'a>(
@@ -275,14 +231,9 @@ impl Target for ResilientTarget {
         value: Option<&'a Secret>,
         reason: RevokeReason,
     ) -> BoxFuture<'a, Result<(), BackendError>> {
-        Box::pin(
-            (move || async move {
-                self.fault("invalidate", c)?;
-                self.inner.invalidate(c, v, value, reason).await
-            })
-            .retry(backoff())
-            .when(is_transient),
-        )
+        self.call("invalidate", c, move || {
+            self.inner.invalidate(c, v, value, reason)
+        })
     }
 }
 

