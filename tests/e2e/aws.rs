@@ -252,6 +252,7 @@ async fn rotate_until_set_then_kill(env: &Env, moto: &TestMoto, id: &str, op: &s
                 source: "keyloop/rotator".into(),
                 ..Default::default()
             },
+            &mut None,
         )
         .await
     });

@@ -686,7 +686,7 @@ impl Env {
                         },
                         settings: Default::default(),
                     };
-                    let cred = ops::register(&ctx, reg, &cause).await.unwrap();
+                    let cred = ops::register(&ctx, reg, &cause).await.unwrap().credential;
                     let version = cred.versions[0].id;
                     let store = ctx.backends.store(StoreKind::Local).unwrap();
                     let value = store
@@ -735,5 +735,27 @@ impl Env {
             .await
             .ok()?;
         consumer.info().await.ok().cloned()
+    }
+}
+
+/// Whether `role` logs in with `password`; any failure other than a refused login fails the
+/// test.
+pub(crate) async fn logs_in(
+    pg: &keyloop_testkit::postgres::TestPostgres,
+    role: &str,
+    password: &str,
+) -> bool {
+    match pg.connect_as(role, password, "postgres").await {
+        Ok(_) => true,
+        Err(e)
+            if matches!(
+                e.code(),
+                Some(c) if *c == tokio_postgres::error::SqlState::INVALID_PASSWORD
+                    || *c == tokio_postgres::error::SqlState::INVALID_AUTHORIZATION_SPECIFICATION
+            ) =>
+        {
+            false
+        }
+        Err(e) => panic!("login as {role} failed for another reason: {e}"),
     }
 }

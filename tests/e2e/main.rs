@@ -7,6 +7,7 @@ mod bad_input;
 mod broker;
 mod chaos;
 mod cli;
+mod fault_matrix;
 mod faults;
 mod fleet;
 mod harness;

@@ -3,7 +3,7 @@
 //! the password and the sessions that used it before `revoked` is published, JIT roles, clear
 //! errors, and no plaintext password in the server's statement log, events or worker logs.
 
-use crate::harness::{Env, Events, gitleaks_report, lifecycle, path_str};
+use crate::harness::{Env, Events, gitleaks_report, lifecycle, logs_in, path_str};
 use keyloop_backends::postgres::{JitRole, jit_role_name};
 use keyloop_backends::{PostgresConfig, PostgresTarget, Target};
 use keyloop_core::{LifecycleKind, RevokeReason, Secret, Stage};
@@ -12,7 +12,6 @@ use keyloop_workers::WorkerContext;
 use keyloop_workers::ops::{self, Cause, RevokeVersion, Revoked};
 use std::sync::Arc;
 use std::time::Duration;
-use tokio_postgres::error::SqlState;
 
 const ALL_ROLES: [&str; 3] = ["leak-responder", "rotator", "revoker"];
 
@@ -23,24 +22,6 @@ async fn start() -> (Env, TestPostgres, String) {
     let admin = pg.create_admin().await;
     env.set_env("KEYLOOP_POSTGRES_DSN", admin.clone());
     (env, pg, admin)
-}
-
-/// Whether `role` logs in with `password`; any failure other than a refused login fails the
-/// test.
-async fn logs_in(pg: &TestPostgres, role: &str, password: &str) -> bool {
-    match pg.connect_as(role, password, "postgres").await {
-        Ok(_) => true,
-        Err(e)
-            if matches!(
-                e.code(),
-                Some(c) if *c == SqlState::INVALID_PASSWORD
-                    || *c == SqlState::INVALID_AUTHORIZATION_SPECIFICATION
-            ) =>
-        {
-            false
-        }
-        Err(e) => panic!("login as {role} failed for another reason: {e}"),
-    }
 }
 
 async fn reveal(env: &Env, id: &str) -> String {
@@ -137,6 +118,110 @@ async fn single_rotation_changes_the_password_and_the_old_one_fails() {
             ("CLI output", format!("{registered}{rotated}")),
         ],
     );
+}
+
+/// A `single` role with a password only the test knows, registered as `id` through the CLI.
+async fn single_role(env: &Env, pg: &TestPostgres, id: &str) -> String {
+    let role = unique_name("app");
+    pg.superuser()
+        .await
+        .batch_execute(&format!("CREATE ROLE {role} LOGIN PASSWORD 'human-set-pw'"))
+        .await
+        .unwrap();
+    env.ok(&[
+        "credential",
+        "register",
+        id,
+        "--target",
+        "postgres",
+        "--role",
+        &role,
+        "--strategy",
+        "single",
+    ])
+    .await;
+    role
+}
+
+#[tokio::test]
+async fn a_single_rotation_that_fails_after_the_new_password_was_set_leaves_the_role_working() {
+    // Issue 9: with `permanent=test` (or `promote`) the give-up path revoked the pending
+    // version, which holds the role, and left it NOLOGIN: the revealed value stopped working.
+    let (env, pg, _admin) = start().await;
+    let id = "pg/rollback";
+    let role = single_role(&env, &pg, id).await;
+    let before = reveal(&env, id).await;
+    for fault in ["permanent=test", "permanent=promote"] {
+        let broken = env.worker("broken", &["rotator", "revoker", "--inject-faults", fault]);
+        let out = env.run(&["rotate", id]).await;
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "{fault}: {stderr}");
+        assert!(
+            stderr.contains("rolled back") && stderr.contains("given version"),
+            "{fault}: the failure says what state it left: {stderr}"
+        );
+        assert!(broken.stop().await.success());
+        let now = reveal(&env, id).await;
+        assert_eq!(now, before, "{fault}: the current version is unchanged");
+        assert!(
+            logs_in(&pg, &role, &now).await,
+            "{fault}: the revealed value still logs in"
+        );
+        let cred = env.credential(id).await;
+        assert!(cred.versions.iter().all(|v| v.stage != Stage::Pending));
+    }
+    let _healthy = env.worker("healthy", &ALL_ROLES);
+    env.ok(&["rotate", id]).await;
+    let after = reveal(&env, id).await;
+    assert_ne!(after, before);
+    assert!(logs_in(&pg, &role, &after).await);
+    assert!(!logs_in(&pg, &role, &before).await);
+}
+
+#[tokio::test]
+async fn a_worker_killed_right_after_setting_the_new_password_is_finished_by_another() {
+    let (env, pg, _admin) = start().await;
+    let id = "pg/crash";
+    let role = single_role(&env, &pg, id).await;
+    let before = reveal(&env, id).await;
+    // `crash=apply` aborts the process right after ALTER ROLE returned, as kill -9 would.
+    let mut doomed = env.worker(
+        "doomed",
+        &["rotator", "revoker", "--inject-faults", "crash=apply"],
+    );
+    let events = Events::subscribe(&env.bus).await;
+    let out = env.run(&["rotate", id, "--no-wait"]).await;
+    assert!(out.status.success());
+    let status = tokio::time::timeout(Duration::from_secs(20), doomed.child.wait())
+        .await
+        .expect("the worker crashes")
+        .unwrap();
+    assert!(!status.success(), "aborted: {status:?}");
+    // Between the crash and the resumption the role holds the new password, which the store
+    // holds as the pending version: nothing is lost. Another worker resumes once the message
+    // is redelivered (after the consumer's ack wait).
+    assert!(!logs_in(&pg, &role, &before).await);
+    let _replica = env.worker("replica", &ALL_ROLES);
+    events
+        .wait("rotated after the crash", Duration::from_secs(40), |e| {
+            e.iter().any(|e| e.data.kind == LifecycleKind::Rotated)
+        })
+        .await;
+    let after = reveal(&env, id).await;
+    assert_ne!(after, before);
+    assert!(
+        logs_in(&pg, &role, &after).await,
+        "the resumed rotation's value works"
+    );
+    let cred = env.credential(id).await;
+    assert_eq!(
+        cred.versions
+            .iter()
+            .filter(|v| v.stage == Stage::Current)
+            .count(),
+        1
+    );
+    assert!(cred.versions.iter().all(|v| v.stage != Stage::Pending));
 }
 
 #[tokio::test]

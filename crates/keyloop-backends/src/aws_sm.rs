@@ -234,6 +234,7 @@ impl AwsSecretsManager {
         let secret = cred.settings.secret_id.as_deref().unwrap_or("?");
         BackendError {
             kind,
+            untouched: false,
             message: redact(
                 format!(
                     "aws-sm store: credential {}: {what} (secret {secret}): {}{hint}",

@@ -61,6 +61,10 @@ pub struct BackendError {
     pub kind: BackendErrorKind,
     /// What failed, for whom, and what to do.
     pub message: String,
+    /// True when the call failed before it could change anything (no connection, refused
+    /// before any statement was sent): the backend is known to be as it was. False when that
+    /// is not known.
+    pub untouched: bool,
 }
 
 impl BackendError {
@@ -69,6 +73,7 @@ impl BackendError {
         Self {
             kind: BackendErrorKind::Transient,
             message: message.into(),
+            untouched: false,
         }
     }
 
@@ -77,7 +82,14 @@ impl BackendError {
         Self {
             kind: BackendErrorKind::Permanent,
             message: message.into(),
+            untouched: false,
         }
+    }
+
+    /// The same failure, known to have changed nothing.
+    pub fn before_any_change(mut self) -> Self {
+        self.untouched = true;
+        self
     }
 }
 
@@ -149,6 +161,18 @@ pub trait Target: Send + Sync + fmt::Debug {
         version: Uuid,
         value: &'a Secret,
     ) -> BoxFuture<'a, Result<(), BackendError>>;
+
+    /// Whether the target accepts `value` for `version` now: `Ok(false)` when it refuses it (a
+    /// failed login), an error when it cannot tell. Used to find out, after a failure, what the
+    /// target holds. Targets that check nothing accept everything.
+    fn accepts<'a>(
+        &'a self,
+        credential: &'a Credential,
+        version: Uuid,
+        value: &'a Secret,
+    ) -> BoxFuture<'a, Result<bool, BackendError>> {
+        Box::pin(async move { self.test(credential, version, value).await.map(|()| true) })
+    }
 
     /// Makes `version` invalid at the target and ends sessions that used it. When `value` is
     /// known the target proves it no longer works. `reason` lets a target end sessions it

@@ -18,7 +18,7 @@
 
 use crate::{BackendError, Target, redact};
 use futures::future::BoxFuture;
-use keyloop_core::{Credential, RevokeReason, Secret, Stage, Version};
+use keyloop_core::{AtTarget, Credential, RevokeReason, Secret, Stage, Version};
 use std::fmt;
 use std::str::FromStr;
 use std::sync::Arc;
@@ -251,6 +251,7 @@ impl PostgresTarget {
         BackendError {
             kind,
             message: self.clean(text),
+            untouched: false,
         }
     }
 
@@ -279,6 +280,13 @@ impl PostgresTarget {
     /// The admin connection: the kept one while it is open, else a new one, checked for the
     /// privileges keyloop needs.
     async fn admin(&self) -> Result<Arc<Admin>, BackendError> {
+        // Nothing is changed before the admin session is open and checked.
+        self.open_admin()
+            .await
+            .map_err(BackendError::before_any_change)
+    }
+
+    async fn open_admin(&self) -> Result<Arc<Admin>, BackendError> {
         let mut slot = self.admin.lock().await;
         if let Some(admin) = slot.as_ref()
             && !admin.client.is_closed()
@@ -710,12 +718,18 @@ impl PostgresTarget {
     }
 }
 
-/// True when `version`'s value is (or may still be) the password of `role`: no newer version
-/// on that role has been set and tested (pending ones have not, or not for sure).
+/// True when `version`'s value is (or may still be) the password of `role`: it was set there
+/// (a pending version only once its `set` step began, and not after a rollback gave the role
+/// back its holder's value), and no newer version on that role has been set and tested (pending
+/// ones have not, or not for sure).
 fn holds_role(cred: &Credential, version: Uuid, role: &str) -> bool {
     let Some(pos) = cred.versions.iter().position(|v| v.id == version) else {
         return true;
     };
+    let v = &cred.versions[pos];
+    if v.stage == Stage::Pending && v.at_target != AtTarget::Set {
+        return false;
+    }
     !cred.versions[pos + 1..].iter().any(|v| {
         v.login.as_deref() == Some(role) && matches!(v.stage, Stage::Current | Stage::Previous)
     })
@@ -819,6 +833,18 @@ impl Target for PostgresTarget {
         })
     }
 
+    fn accepts<'a>(
+        &'a self,
+        cred: &'a Credential,
+        version: Uuid,
+        value: &'a Secret,
+    ) -> BoxFuture<'a, Result<bool, BackendError>> {
+        Box::pin(async move {
+            let role = Self::role_of(cred, cred.version(version))?;
+            Ok(self.login(role, value).await? == Login::Accepted)
+        })
+    }
+
     /// When the version still holds its role (no newer version was set on it): `NOLOGIN`, no
     /// password, every session of the role ended. A version whose role already moved on needs
     /// nothing at the target, except after a leak: then the role's sessions are ended too,
@@ -907,11 +933,13 @@ mod tests {
                     revoked_at: None,
                     revoke_reason: None,
                     revoked_by: None,
+                    at_target: AtTarget::Set,
                 })
                 .collect(),
             created_at: at,
             last_used_at: None,
             claim: None,
+            rotation_retry: None,
         }
     }
 
@@ -932,6 +960,14 @@ mod tests {
         // A revoked newer version no longer holds anything.
         let c = credential(&[(Stage::Previous, "app"), (Stage::Revoked, "app")]);
         assert!(holds_role(&c, id(1), "app"));
+        // A pending version never set, or rolled back, does not hold the role it shares with
+        // the current one: retiring it must not disable that role.
+        for at in [AtTarget::NotSet, AtTarget::RolledBack] {
+            let mut c = credential(&[(Stage::Current, "app"), (Stage::Pending, "app")]);
+            c.versions[1].at_target = at;
+            assert!(!holds_role(&c, id(2), "app"), "{at:?}");
+            assert!(holds_role(&c, id(1), "app"));
+        }
     }
 
     #[test]

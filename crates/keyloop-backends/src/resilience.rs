@@ -12,7 +12,7 @@ use futures::future::BoxFuture;
 use keyloop_core::{Credential, RevokeReason, Secret};
 use std::fmt;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
 use uuid::Uuid;
 
@@ -31,12 +31,43 @@ fn is_transient(e: &BackendError) -> bool {
     e.kind == BackendErrorKind::Transient
 }
 
-/// Faults to inject: `transient=0.3` (30 % of calls fail transiently), `permanent=apply,test`
-/// (those operations always fail permanently), comma- or space-separated.
+/// The store and target operations faults can be injected into.
+pub const OPERATIONS: [&str; 7] = [
+    "put_new",
+    "get",
+    "promote",
+    "destroy",
+    "apply",
+    "test",
+    "invalidate",
+];
+
+/// What an injected crash does once the operation it follows has succeeded.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CrashMode {
+    /// The process aborts at once: no destructor, no flush, no ack — as `kill -9` would leave it.
+    Abort,
+    /// The call never returns (tests in one process drop the operation's future, which leaves
+    /// the same state behind: the effect happened, nothing after it did).
+    Hang,
+}
+
+/// Faults to inject, comma- or space-separated:
+/// - `transient=0.3`: 30 % of all calls fail transiently;
+/// - `permanent=apply,test`: those operations always fail permanently;
+/// - `flaky=apply:4`: the first 4 calls of `apply` fail transiently, then it recovers (more
+///   than the in-process attempts, so the message is retried by redelivery);
+/// - `crash=apply`: the first `apply` that succeeds is followed by a crash ([`CrashMode`]);
+/// - `seed=N`: the seed of the transient share.
 #[derive(Debug)]
 pub struct Faults {
     transient_per_million: u64,
     permanent: Vec<String>,
+    flaky: Vec<(String, AtomicU64)>,
+    crash_after: Vec<String>,
+    crash_mode: CrashMode,
+    crashed: AtomicBool,
+    crash_seen: tokio::sync::Notify,
     state: AtomicU64,
     injected: AtomicU64,
 }
@@ -44,21 +75,37 @@ pub struct Faults {
 /// A fault specification that could not be read.
 #[derive(Debug, thiserror::Error)]
 #[error(
-    "invalid fault specification `{0}`: expected e.g. `transient=0.3` and/or `permanent=apply,invalidate`"
+    "invalid fault specification `{0}`: expected e.g. `transient=0.3`, `permanent=apply,invalidate`, `flaky=apply:4` or `crash=test` (operations: put_new, get, promote, destroy, apply, test, invalidate)"
 )]
 pub struct FaultSpecError(String);
 
 impl Faults {
-    /// Parses a specification (see the type's docs).
+    /// Parses a specification (see the type's docs). Crashes abort the process.
     pub fn parse(spec: &str) -> Result<Self, FaultSpecError> {
         let err = || FaultSpecError(spec.chars().take(80).collect());
+        let operation = |op: &str| {
+            if OPERATIONS.contains(&op) {
+                Ok(op.to_owned())
+            } else {
+                Err(err())
+            }
+        };
         let mut faults = Self {
             transient_per_million: 0,
             permanent: Vec::new(),
+            flaky: Vec::new(),
+            crash_after: Vec::new(),
+            crash_mode: CrashMode::Abort,
+            crashed: AtomicBool::new(false),
+            crash_seen: tokio::sync::Notify::new(),
             state: AtomicU64::new(0x9E37_79B9_7F4A_7C15),
             injected: AtomicU64::new(0),
         };
-        for part in spec.split_whitespace().flat_map(|p| p.split(';')) {
+        for part in spec
+            .split_whitespace()
+            .flat_map(|p| p.split(';'))
+            .filter(|p| !p.is_empty())
+        {
             match part.split_once('=') {
                 Some(("transient", rate)) => {
                     let rate: f64 = rate.parse().map_err(|_| err())?;
@@ -68,7 +115,21 @@ impl Faults {
                     faults.transient_per_million = (rate * 1e6) as u64;
                 }
                 Some(("permanent", ops)) => {
-                    faults.permanent.extend(ops.split(',').map(str::to_owned))
+                    for op in ops.split(',') {
+                        faults.permanent.push(operation(op)?);
+                    }
+                }
+                Some(("flaky", ops)) => {
+                    for item in ops.split(',') {
+                        let (op, n) = item.split_once(':').ok_or_else(err)?;
+                        let n: u64 = n.parse().map_err(|_| err())?;
+                        faults.flaky.push((operation(op)?, AtomicU64::new(n)));
+                    }
+                }
+                Some(("crash", ops)) => {
+                    for op in ops.split(',') {
+                        faults.crash_after.push(operation(op)?);
+                    }
                 }
                 Some(("seed", seed)) => {
                     faults.state = AtomicU64::new(seed.parse().map_err(|_| err())?)
@@ -79,9 +140,24 @@ impl Faults {
         Ok(faults)
     }
 
+    /// The same faults, with crashes that hang the call instead of aborting the process.
+    pub fn hang_on_crash(mut self) -> Self {
+        self.crash_mode = CrashMode::Hang;
+        self
+    }
+
     /// How many faults were injected so far.
     pub fn injected(&self) -> u64 {
         self.injected.load(Ordering::Relaxed)
+    }
+
+    /// Resolves once an injected crash happened (with [`CrashMode::Hang`]).
+    pub async fn crashed(&self) {
+        let seen = self.crash_seen.notified();
+        if self.crashed.load(Ordering::SeqCst) {
+            return;
+        }
+        seen.await;
     }
 
     /// splitmix64 over a shared counter: cheap, lock-free, reproducible from the seed.
@@ -100,16 +176,42 @@ impl Faults {
             return Err(BackendError::permanent(format!(
                 "injected permanent fault in {op} for credential {}",
                 credential.id
-            )));
+            ))
+            .before_any_change());
         }
-        if self.transient_per_million > 0 && self.next() % 1_000_000 < self.transient_per_million {
+        let flaky = self.flaky.iter().any(|(p, left)| {
+            p == op
+                && left
+                    .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1))
+                    .is_ok()
+        });
+        let random =
+            self.transient_per_million > 0 && self.next() % 1_000_000 < self.transient_per_million;
+        if flaky || random {
             self.injected.fetch_add(1, Ordering::Relaxed);
             return Err(BackendError::transient(format!(
                 "injected transient fault in {op} for credential {}",
                 credential.id
-            )));
+            ))
+            .before_any_change());
         }
         Ok(())
+    }
+
+    /// After `op` succeeded: crash if asked to, once.
+    async fn after(&self, op: &str, credential: &Credential) {
+        if !self.crash_after.iter().any(|p| p == op) || self.crashed.swap(true, Ordering::SeqCst) {
+            return;
+        }
+        self.injected.fetch_add(1, Ordering::Relaxed);
+        tracing::error!(credential = %credential.id, op, "injected crash right after {op}");
+        match self.crash_mode {
+            CrashMode::Abort => std::process::abort(),
+            CrashMode::Hang => {
+                self.crash_seen.notify_waiters();
+                futures::future::pending::<()>().await;
+            }
+        }
     }
 }
 
@@ -150,7 +252,11 @@ impl<T: ?Sized> Resilient<T> {
                     if let Some(f) = &self.faults {
                         f.check(op, credential)?;
                     }
-                    call.await
+                    let result = call.await;
+                    if let (Some(f), Ok(_)) = (&self.faults, &result) {
+                        f.after(op, credential).await;
+                    }
+                    result
                 }
             })
             .retry(backoff())
@@ -224,6 +330,16 @@ impl Target for Resilient<dyn Target> {
         self.call("test", c, move || self.inner.test(c, v, value))
     }
 
+    /// A login, like `test`: the same faults apply.
+    fn accepts<'a>(
+        &'a self,
+        c: &'a Credential,
+        v: Uuid,
+        value: &'a Secret,
+    ) -> BoxFuture<'a, Result<bool, BackendError>> {
+        self.call("test", c, move || self.inner.accepts(c, v, value))
+    }
+
     fn invalidate<'a>(
         &'a self,
         c: &'a Credential,
@@ -248,11 +364,48 @@ mod tests {
         assert_eq!(f.permanent, ["apply", "test"]);
         assert!(Faults::parse("transient=2").is_err());
         assert!(
+            Faults::parse("permanent=aply").is_err(),
+            "a typo is refused"
+        );
+        let f = Faults::parse("flaky=apply:2 crash=test").unwrap();
+        assert_eq!(f.flaky[0].0, "apply");
+        assert_eq!(f.crash_after, ["test"]);
+        assert!(Faults::parse("flaky=apply").is_err());
+        assert!(
             Faults::parse("chaos")
                 .unwrap_err()
                 .to_string()
                 .contains("expected")
         );
+    }
+
+    #[test]
+    fn a_flaky_operation_fails_transiently_the_given_number_of_times_then_recovers() {
+        let f = Faults::parse("flaky=apply:2").unwrap();
+        let c = credential();
+        let kinds: Vec<_> = (0..4)
+            .map(|_| f.check("apply", &c).map_err(|e| e.kind))
+            .collect();
+        assert_eq!(
+            kinds,
+            [
+                Err(BackendErrorKind::Transient),
+                Err(BackendErrorKind::Transient),
+                Ok(()),
+                Ok(())
+            ]
+        );
+        assert!(f.check("test", &c).is_ok());
+        assert_eq!(f.injected(), 2);
+    }
+
+    fn credential() -> Credential {
+        serde_json::from_value(serde_json::json!({
+            "id": "svc/x", "store": "local", "target": "none",
+            "policy": {"grace_secs": 0}, "versions": [],
+            "created_at": "2026-01-01T00:00:00Z"
+        }))
+        .unwrap()
     }
 
     #[test]

@@ -58,6 +58,24 @@ pub(crate) fn credential_detail(c: &Credential) -> String {
             c.settings.strategy().name()
         ));
     }
+    if let Some(r) = &c.rotation_retry {
+        out.push_str(&format!(
+            "  rotation failing: {} in a row; next attempt {} (or `keyloop rotate {}` now)\n    last error: {}\n",
+            r.failures,
+            ts(r.next_attempt_at),
+            c.id,
+            r.last_error
+        ));
+    }
+    if let Some(registering) = c.versions.iter().find(|v| {
+        v.stage == keyloop_core::Stage::Pending
+            && keyloop_workers::ops::is_registration(&v.created_by)
+    }) {
+        out.push_str(&format!(
+            "  registration not finished ({}): run the same `keyloop credential register {} …` again\n",
+            registering.created_by, c.id
+        ));
+    }
     out.push_str(&format!(
         "  grace: {}\n  versions (oldest first):\n",
         format_duration(Duration::from_secs(c.policy.grace_secs))
@@ -72,6 +90,15 @@ pub(crate) fn credential_detail(c: &Credential) -> String {
         ));
         if let Some(login) = &v.login {
             out.push_str(&format!("  role {login}"));
+        }
+        match (v.stage, v.at_target) {
+            (keyloop_core::Stage::Pending, keyloop_core::AtTarget::NotSet) => {
+                out.push_str("  (not yet at the target)")
+            }
+            (keyloop_core::Stage::Pending, keyloop_core::AtTarget::RolledBack) => {
+                out.push_str("  (rolled back at the target)")
+            }
+            _ => {}
         }
         if let Some(t) = v.revoked_at {
             out.push_str(&format!(

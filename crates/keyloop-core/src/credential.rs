@@ -172,6 +172,39 @@ impl BackendSettings {
         }
     }
 
+    /// The inventory keys that bind what these settings manage outside keyloop — each
+    /// PostgreSQL login role (with `alternating`, the base role too) and the AWS secret — to one
+    /// credential, so two credentials never fight over one password. Roles are hex-encoded
+    /// (any text is a valid role name); a secret is known by its name, also when given as an
+    /// ARN (`arn:…:secret:NAME-AbCdEf`), and bound by a digest of it.
+    pub fn bindings(&self, store: StoreKind, target: TargetKind) -> Vec<String> {
+        use sha2::{Digest, Sha256};
+        let mut keys = Vec::new();
+        if target == TargetKind::Postgres {
+            let mut roles = self.logins();
+            if let Some(base) = &self.role
+                && !roles.contains(base)
+            {
+                roles.push(base.clone());
+            }
+            keys.extend(
+                roles
+                    .iter()
+                    .map(|r| format!("bind.postgres.{}", hex::encode(r.as_bytes()))),
+            );
+        }
+        if store == StoreKind::AwsSm
+            && let Some(id) = &self.secret_id
+        {
+            let name = secret_name(id);
+            keys.push(format!(
+                "bind.aws-sm.{}",
+                hex::encode(Sha256::digest(name.as_bytes()))
+            ));
+        }
+        keys
+    }
+
     /// Checks that the settings fit the store and target they are for; the error says which
     /// flag to fix.
     pub fn check(&self, store: StoreKind, target: TargetKind) -> Result<(), SettingsError> {
@@ -229,6 +262,26 @@ impl BackendSettings {
             TargetKind::None => {}
         }
         Ok(())
+    }
+}
+
+/// The name of an AWS secret given by name or by ARN: a full ARN ends in `:secret:` and the
+/// name with a dash and six characters AWS added.
+fn secret_name(id: &str) -> &str {
+    let Some(rest) = id
+        .strip_prefix("arn:")
+        .and_then(|a| a.split_once(":secret:"))
+        .map(|(_, name)| name)
+    else {
+        return id;
+    };
+    match rest.rsplit_once('-') {
+        Some((name, suffix))
+            if suffix.len() == 6 && suffix.bytes().all(|b| b.is_ascii_alphanumeric()) =>
+        {
+            name
+        }
+        _ => rest,
     }
 }
 
@@ -386,6 +439,66 @@ pub struct Version {
     /// The operation that revoked it, so a retried revocation knows the change was its own.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub revoked_by: Option<String>,
+    /// Whether the target may have been given this value. Recorded before the `set` step calls
+    /// the target, so a failed or interrupted rotation knows whether the account's password may
+    /// have changed; left out of JSON when `set` (every current and previous version).
+    #[serde(default, skip_serializing_if = "AtTarget::is_set")]
+    pub at_target: AtTarget,
+}
+
+/// Whether a version's value may be what its target account accepts: the fact a failed
+/// rotation needs to repair the account without guessing.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum AtTarget {
+    /// Stored, never given to the target: the account is as it was.
+    NotSet,
+    /// The `set` step began: the account may hold this value (the default, so a record
+    /// written before this field existed is treated with caution).
+    #[default]
+    Set,
+    /// Set, then a rollback gave the account back the value of the version that holds it and
+    /// proved that one logs in: this value no longer works there.
+    RolledBack,
+}
+
+impl AtTarget {
+    /// True for [`AtTarget::Set`].
+    pub fn is_set(&self) -> bool {
+        *self == Self::Set
+    }
+}
+
+impl Version {
+    /// A new pending version, not yet given to its target.
+    pub fn pending(
+        id: Uuid,
+        fingerprint: Fingerprint,
+        created_by: impl Into<String>,
+        login: Option<String>,
+        at: OffsetDateTime,
+    ) -> Self {
+        Self {
+            id,
+            stage: Stage::Pending,
+            fingerprint,
+            created_by: created_by.into(),
+            login,
+            created_at: at,
+            activated_at: None,
+            demoted_at: None,
+            revoked_at: None,
+            revoke_reason: None,
+            revoked_by: None,
+            at_target: AtTarget::NotSet,
+        }
+    }
+
+    /// Whether the target may accept this version's value: a live version that was set there
+    /// (a pending one only once its `set` step began, and not after a rollback).
+    pub fn may_work_at_target(&self) -> bool {
+        self.stage.is_live() && self.at_target == AtTarget::Set
+    }
 }
 
 /// A managed secret: its policy, its versions, and where it lives.
@@ -420,6 +533,46 @@ pub struct Credential {
     /// The operation in flight on this credential, if any: at most one across the fleet.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub claim: Option<Claim>,
+    /// Scheduled (or leak) rotations that failed in a row, and when the next one is tried;
+    /// cleared by the next rotation that succeeds.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rotation_retry: Option<RotationRetry>,
+}
+
+/// A scheduled rotation (or the rotation after a leak) failed: it is tried again, later each
+/// time, until one succeeds.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RotationRetry {
+    /// Why the failed rotations were started (`scheduled`, or `leak` when the leaked current
+    /// version was revoked and the credential waits for a new one).
+    pub reason: RotationReason,
+    /// Rotations that failed in a row.
+    pub failures: u32,
+    /// When the next one is tried.
+    #[serde(with = "time::serde::rfc3339")]
+    #[schemars(with = "String")]
+    pub next_attempt_at: OffsetDateTime,
+    /// Why the last one failed (never a value).
+    pub last_error: String,
+    /// The operation that failed last, so a redelivered failure is counted once.
+    pub failed_op: String,
+}
+
+impl RotationRetry {
+    /// First delay after a failed scheduled rotation.
+    pub const FIRST_DELAY: std::time::Duration = std::time::Duration::from_secs(60);
+    /// Longest delay between two attempts.
+    pub const MAX_DELAY: std::time::Duration = std::time::Duration::from_secs(6 * 3600);
+
+    /// The delay before attempt `failures + 1`: one minute, doubled per failure, at most six
+    /// hours, so a broken target is not hammered and a repaired one is picked up the same day.
+    pub fn delay_after(failures: u32) -> std::time::Duration {
+        let doublings = failures.saturating_sub(1).min(20);
+        Self::FIRST_DELAY
+            .saturating_mul(1u32 << doublings)
+            .min(Self::MAX_DELAY)
+    }
 }
 
 /// A worker's claim on a credential for one operation, until a deadline. Another operation
@@ -494,6 +647,36 @@ impl Credential {
         }
     }
 
+    /// The live version, other than `except`, whose value the target account `login` must keep
+    /// accepting: the current version on that account, else a previous one (in its grace).
+    pub fn holder_of(&self, login: &str, except: Uuid) -> Option<&Version> {
+        let on = |stage| {
+            self.versions
+                .iter()
+                .find(|v| v.id != except && v.stage == stage && v.login.as_deref() == Some(login))
+        };
+        on(Stage::Current).or_else(|| on(Stage::Previous))
+    }
+
+    /// What retiring the unfinished (pending) version `version` needs at the target, decided
+    /// from what the inventory recorded before each step: never guessed, so a failed rotation
+    /// never disables an account that a live version still needs.
+    pub fn undo_of_pending(&self, version: Uuid) -> PendingUndo {
+        let Some(v) = self.version(version) else {
+            return PendingUndo::Nothing;
+        };
+        if self.target == TargetKind::None || v.at_target != AtTarget::Set {
+            return PendingUndo::Nothing;
+        }
+        match v.login.as_deref() {
+            Some(login) => match self.holder_of(login, version) {
+                Some(holder) => PendingUndo::Restore { holder: holder.id },
+                None => PendingUndo::Invalidate,
+            },
+            None => PendingUndo::Invalidate,
+        }
+    }
+
     /// Ids of the versions whose values still work somewhere.
     pub fn live_versions(&self) -> Vec<Uuid> {
         self.versions
@@ -552,6 +735,22 @@ impl Credential {
     }
 }
 
+/// What must happen at the target to retire a pending version (see
+/// [`Credential::undo_of_pending`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PendingUndo {
+    /// The target never got the value, or a rollback already took it back: nothing to undo.
+    Nothing,
+    /// The value may have replaced the password of an account that the live version `holder`
+    /// needs: give the account `holder`'s value back (roll back), then retire the pending one.
+    Restore {
+        /// The version whose value the account must accept again.
+        holder: Uuid,
+    },
+    /// The value may be the password of an account no live version needs: invalidate it there.
+    Invalidate,
+}
+
 /// What [`Credential::promote`] changed.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
 pub struct Promotion {
@@ -599,6 +798,7 @@ mod stage_tests {
             revoked_at: None,
             revoke_reason: None,
             revoked_by: None,
+            at_target: AtTarget::Set,
         }
     }
 
@@ -618,6 +818,7 @@ mod stage_tests {
             created_at: datetime!(2026-01-01 0:00 UTC),
             last_used_at: None,
             claim: None,
+            rotation_retry: None,
         }
     }
 
@@ -648,6 +849,121 @@ mod stage_tests {
         assert_eq!(v.revoked_by.as_deref(), Some("leak-1"));
         assert!(c.current().is_none());
         assert!(c.live_versions().is_empty());
+    }
+
+    fn on_postgres(versions: &[(Stage, &str, AtTarget)]) -> Credential {
+        let mut c = credential(
+            versions
+                .iter()
+                .enumerate()
+                .map(|(i, (stage, login, at))| Version {
+                    login: Some((*login).to_owned()),
+                    at_target: *at,
+                    ..version(i as u128 + 1, *stage)
+                })
+                .collect(),
+        );
+        c.target = TargetKind::Postgres;
+        c
+    }
+
+    #[test]
+    fn a_pending_version_that_never_reached_the_target_needs_nothing_undone() {
+        let c = on_postgres(&[
+            (Stage::Current, "app", AtTarget::Set),
+            (Stage::Pending, "app", AtTarget::NotSet),
+        ]);
+        assert_eq!(c.undo_of_pending(Uuid::from_u128(2)), PendingUndo::Nothing);
+        let c = on_postgres(&[
+            (Stage::Current, "app", AtTarget::Set),
+            (Stage::Pending, "app", AtTarget::RolledBack),
+        ]);
+        assert_eq!(c.undo_of_pending(Uuid::from_u128(2)), PendingUndo::Nothing);
+    }
+
+    #[test]
+    fn a_set_pending_version_on_the_current_versions_role_is_rolled_back_not_disabled() {
+        // single: the new password replaced the current one's on the same role.
+        let c = on_postgres(&[
+            (Stage::Previous, "app", AtTarget::Set),
+            (Stage::Current, "app", AtTarget::Set),
+            (Stage::Pending, "app", AtTarget::Set),
+        ]);
+        assert_eq!(
+            c.undo_of_pending(Uuid::from_u128(3)),
+            PendingUndo::Restore {
+                holder: Uuid::from_u128(2)
+            }
+        );
+        // alternating: the pending value went to the role nobody live uses.
+        let c = on_postgres(&[
+            (Stage::Revoked, "app_a", AtTarget::Set),
+            (Stage::Current, "app_b", AtTarget::Set),
+            (Stage::Pending, "app_a", AtTarget::Set),
+        ]);
+        assert_eq!(
+            c.undo_of_pending(Uuid::from_u128(3)),
+            PendingUndo::Invalidate
+        );
+        // A previous version still in its grace on that role gets its value back.
+        let c = on_postgres(&[
+            (Stage::Previous, "app_a", AtTarget::Set),
+            (Stage::Current, "app_b", AtTarget::Set),
+            (Stage::Pending, "app_a", AtTarget::Set),
+        ]);
+        assert_eq!(
+            c.undo_of_pending(Uuid::from_u128(3)),
+            PendingUndo::Restore {
+                holder: Uuid::from_u128(1)
+            }
+        );
+        // A registration's first value has nothing to restore: the role was taken over.
+        let c = on_postgres(&[(Stage::Pending, "app", AtTarget::Set)]);
+        assert_eq!(
+            c.undo_of_pending(Uuid::from_u128(1)),
+            PendingUndo::Invalidate
+        );
+        // The `none` target accepts nothing by itself.
+        let mut c = on_postgres(&[
+            (Stage::Current, "app", AtTarget::Set),
+            (Stage::Pending, "app", AtTarget::Set),
+        ]);
+        c.target = TargetKind::None;
+        assert_eq!(c.undo_of_pending(Uuid::from_u128(2)), PendingUndo::Nothing);
+    }
+
+    #[test]
+    fn records_without_the_target_field_are_treated_as_set() {
+        let mut v = serde_json::to_value(version(1, Stage::Pending)).unwrap();
+        assert!(v.get("at_target").is_none(), "set is the default, left out");
+        v.as_object_mut().unwrap().remove("at_target");
+        let back: Version = serde_json::from_value(v).unwrap();
+        assert_eq!(back.at_target, AtTarget::Set);
+        let fresh = Version::pending(
+            Uuid::from_u128(9),
+            Fingerprint {
+                sha256: None,
+                sha1: None,
+            },
+            "op",
+            None,
+            datetime!(2026-01-01 0:00 UTC),
+        );
+        assert_eq!(
+            serde_json::to_value(&fresh).unwrap()["at_target"],
+            "not_set"
+        );
+    }
+
+    #[test]
+    fn failed_scheduled_rotations_are_retried_later_each_time_up_to_six_hours() {
+        let d: Vec<u64> = (1..=12)
+            .map(|n| RotationRetry::delay_after(n).as_secs())
+            .collect();
+        assert_eq!(&d[..5], &[60, 120, 240, 480, 960]);
+        assert!(d.windows(2).all(|w| w[0] <= w[1]));
+        assert_eq!(*d.last().unwrap(), 6 * 3600);
+        assert_eq!(RotationRetry::delay_after(u32::MAX).as_secs(), 6 * 3600);
     }
 }
 
@@ -690,11 +1006,13 @@ mod settings_tests {
                     revoked_at: None,
                     revoke_reason: None,
                     revoked_by: None,
+                    at_target: AtTarget::Set,
                 })
                 .collect(),
             created_at: datetime!(2026-01-01 0:00 UTC),
             last_used_at: None,
             claim: None,
+            rotation_retry: None,
         }
     }
 
@@ -762,6 +1080,47 @@ mod settings_tests {
         };
         assert!(sm.check(StoreKind::AwsSm, TargetKind::None).is_ok());
         assert!(sm.check(StoreKind::Local, TargetKind::None).is_err());
+    }
+
+    #[test]
+    fn every_managed_role_and_secret_is_bound_once_whatever_its_spelling() {
+        let pg = |role: &str, strategy| BackendSettings {
+            role: Some(role.into()),
+            strategy,
+            ..BackendSettings::default()
+        };
+        let single = pg("app", None).bindings(StoreKind::Local, TargetKind::Postgres);
+        let alternating = pg("app", Some(RotationStrategy::Alternating))
+            .bindings(StoreKind::Local, TargetKind::Postgres);
+        assert_eq!(single, ["bind.postgres.617070"]);
+        assert_eq!(alternating.len(), 3, "app_a, app_b and the base role app");
+        assert!(alternating.contains(&single[0]), "both claim role app");
+        let a = pg("app_a", None).bindings(StoreKind::Local, TargetKind::Postgres);
+        assert!(alternating.contains(&a[0]));
+        let aws = |id: &str| BackendSettings {
+            secret_id: Some(id.into()),
+            ..BackendSettings::default()
+        };
+        let by_name = aws("prod/db").bindings(StoreKind::AwsSm, TargetKind::None);
+        let by_arn = aws("arn:aws:secretsmanager:eu-west-1:123456789012:secret:prod/db-Ab12Cd")
+            .bindings(StoreKind::AwsSm, TargetKind::None);
+        assert_eq!(by_name, by_arn);
+        assert_ne!(
+            by_name,
+            aws("prod/db2").bindings(StoreKind::AwsSm, TargetKind::None)
+        );
+        assert!(
+            BackendSettings::default()
+                .bindings(StoreKind::Local, TargetKind::None)
+                .is_empty()
+        );
+        for key in single.iter().chain(&alternating).chain(&by_name) {
+            assert!(
+                key.bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b"._-".contains(&b)),
+                "{key} is a valid KV key"
+            );
+        }
     }
 
     #[test]

@@ -14,8 +14,8 @@ pub mod schema;
 pub mod secret;
 
 pub use credential::{
-    BackendSettings, Claim, Credential, CredentialId, Policy, RevokeReason, RotationReason,
-    RotationStrategy, Stage, StoreKind, TargetKind, Version,
+    AtTarget, BackendSettings, Claim, Credential, CredentialId, PendingUndo, Policy, RevokeReason,
+    RotationReason, RotationRetry, RotationStrategy, Stage, StoreKind, TargetKind, Version,
 };
 pub use event::{CloudEvent, LifecycleData, LifecycleEvent, LifecycleKind};
 pub use fingerprint::Fingerprint;

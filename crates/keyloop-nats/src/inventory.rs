@@ -221,6 +221,74 @@ impl Inventory {
         update(&self.kv, &credential_key(id), || not_registered(id), decide).await
     }
 
+    /// Removes a credential's record: only for a registration that took nothing over (its
+    /// target untouched), so no history is lost.
+    pub async fn remove(&self, id: &CredentialId) -> Result<(), Error> {
+        self.kv
+            .delete(credential_key(id))
+            .await
+            .map_err(|e| Error::new(ErrorKind::Transient, format!("remove credential {id}"), e))
+    }
+
+    /// Binds the account or secret named by `key` (see `binding_key`) to `credential`, so no
+    /// two credentials ever manage the same one. `Ok(None)`: bound to it now (or already);
+    /// `Ok(Some(other))`: `other`, a registered credential, holds it. A binding left by a
+    /// registration that died before recording its credential is taken over. Bind after the
+    /// credential's record exists, so a concurrent registration never mistakes a binding for
+    /// such a leftover.
+    pub async fn bind(
+        &self,
+        key: &str,
+        credential: &CredentialId,
+    ) -> Result<Option<CredentialId>, Error> {
+        for _ in 0..CAS_ATTEMPTS {
+            match create(&self.kv, key, credential, &format!("binding {key}")).await {
+                Ok(_) => return Ok(None),
+                Err(e) if e.kind() == ErrorKind::AlreadyExists => {}
+                Err(e) => return Err(e),
+            }
+            let Some((holder, revision)) = read::<CredentialId>(&self.kv, key).await? else {
+                continue;
+            };
+            if &holder == credential {
+                return Ok(None);
+            }
+            if self.get(&holder).await?.is_some() {
+                return Ok(Some(holder));
+            }
+            let bytes = serde_json::to_vec(credential)
+                .map_err(|e| Error::new(ErrorKind::Permanent, format!("encode {key}"), e))?;
+            match self.kv.update(key, bytes.into(), revision).await {
+                Ok(_) => return Ok(None),
+                Err(e) if e.kind() == kv::UpdateErrorKind::WrongLastRevision => continue,
+                Err(e) => {
+                    return Err(Error::new(
+                        ErrorKind::Transient,
+                        format!("take over binding {key}"),
+                        e,
+                    ));
+                }
+            }
+        }
+        Err(Error::msg(
+            ErrorKind::Transient,
+            format!("binding {key} keeps changing under concurrent registrations; retry"),
+        ))
+    }
+
+    /// Releases a binding if `credential` holds it.
+    pub async fn unbind(&self, key: &str, credential: &CredentialId) -> Result<(), Error> {
+        if let Some((holder, revision)) = read::<CredentialId>(&self.kv, key).await?
+            && &holder == credential
+        {
+            self.kv
+                .delete_expect_revision(key, Some(revision))
+                .await
+                .map_err(|e| Error::new(ErrorKind::Transient, format!("release {key}"), e))?;
+        }
+        Ok(())
+    }
+
     /// Every registered credential, ordered by id.
     pub async fn list(&self) -> Result<Vec<Credential>, Error> {
         let keys: Vec<String> = self
@@ -349,6 +417,16 @@ impl FingerprintIndex {
             }
         });
         futures::future::try_join_all(writes).await.map(|_| ())
+    }
+
+    /// Removes `keys` (the digests of a value that never took effect anywhere).
+    pub async fn remove(&self, keys: &[String]) -> Result<(), Error> {
+        for key in keys {
+            self.kv.purge(key).await.map_err(|e| {
+                Error::new(ErrorKind::Transient, format!("remove fingerprint {key}"), e)
+            })?;
+        }
+        Ok(())
     }
 
     /// The first of `keys` that is indexed.

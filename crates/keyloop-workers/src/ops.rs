@@ -3,11 +3,12 @@
 //! published — in that order, so `revoked` is never published for a value that still works).
 
 use crate::context::WorkerContext;
+use keyloop_backends::{Store, Target};
 use keyloop_core::event::{lease_event, lifecycle_event, stable_id};
 use keyloop_core::lease::LeaseState;
 use keyloop_core::{
-    BackendSettings, Credential, CredentialId, Fingerprint, LifecycleData, LifecycleKind, Policy,
-    RevokeReason, Stage, StoreKind, TargetKind, Version,
+    AtTarget, BackendSettings, Credential, CredentialId, Fingerprint, LifecycleData, LifecycleKind,
+    PendingUndo, Policy, RevokeReason, Stage, StoreKind, TargetKind, Version,
 };
 use keyloop_nats::{Change, DueItem, Error, ErrorKind, FingerprintRef};
 use std::time::Duration;
@@ -55,102 +56,103 @@ pub struct Registration {
     pub settings: BackendSettings,
 }
 
-/// Registers a credential with a first, current version and publishes `created`. The first
-/// value is stored, set at the target, tested and promoted in the store before the credential
-/// is recorded: registering a `postgres` credential takes the role over at once, so from then
-/// on keyloop holds the only valid password.
+/// Operation ids of registrations start with this.
+pub const REGISTER_OP_PREFIX: &str = "register/";
+
+/// Whether `op` (a version's `created_by`) is a registration.
+pub fn is_registration(op: &str) -> bool {
+    op.starts_with(REGISTER_OP_PREFIX)
+}
+
+/// A registration that finished: the credential, with what the operator must know.
+#[derive(Debug)]
+pub struct Registered {
+    /// The credential, its first version current.
+    pub credential: Credential,
+    /// True when this call finished a registration an earlier, interrupted one started.
+    pub resumed: bool,
+    /// Steps after the take-over that failed: the target accepts the value and keyloop holds
+    /// it, so the credential is registered, but something needs a look (words, no value).
+    pub warnings: Vec<String>,
+}
+
+/// Registers a credential with a first, current version and publishes `created`; or finishes
+/// an earlier registration of the same id and settings that stopped half-way (the CLI killed,
+/// a target down).
+///
+/// Registering a `postgres` credential takes the role over: from then on keyloop holds the only
+/// valid password. So the steps are recorded before they are taken — the record first (the
+/// first version `pending`, `at_target: not_set`; the role and secret bound to this id, so no
+/// other credential manages them), then the value stored, then `at_target: set`, then the
+/// target — and a failure leaves one of two states, and says which:
+/// - **the target as it was**: the failure came before the target was given the value (or the
+///   target refuses it, so the change did not happen); the value and the record are removed and
+///   nothing is registered;
+/// - **fully taken over**: once the target accepts the value, the value is never destroyed and
+///   the registration finishes; a later step that fails (the login test, the store's staging
+///   label) is reported in [`Registered::warnings`].
+///
+/// When the target's state cannot be known (it is unreachable), nothing is destroyed: the error
+/// says so, and running the same registration again finishes it.
 pub async fn register(
     ctx: &WorkerContext,
     reg: Registration,
     cause: &Cause,
-) -> Result<Credential, Error> {
-    if ctx.inventory.get(&reg.id).await?.is_some() {
-        return Err(Error::msg(
-            ErrorKind::AlreadyExists,
-            format!(
-                "credential {} is already registered (see `keyloop credential show {}`)",
-                reg.id, reg.id
-            ),
-        ));
-    }
+) -> Result<Registered, Error> {
     reg.settings
         .check(reg.store, reg.target)
         .map_err(|e| Error::msg(ErrorKind::Permanent, format!("credential {}: {e}", reg.id)))?;
     let store = ctx.backends.store(reg.store)?;
     let target = ctx.backends.target(reg.target)?;
-    let version_id = Uuid::now_v7();
-    let op = format!("register/{}/{version_id}", reg.id);
-    let now = OffsetDateTime::now_utc();
-    let mut cred = Credential {
-        id: reg.id.clone(),
-        store: reg.store,
-        target: reg.target,
-        policy: reg.policy,
-        settings: reg.settings,
-        versions: Vec::new(),
-        created_at: now,
-        last_used_at: None,
-        claim: None,
+    let (cred, resumed) = match ctx.inventory.get(&reg.id).await? {
+        Some((existing, _)) => (resumable(existing, &reg)?, true),
+        None => (record_registration(ctx, &reg).await?, false),
     };
-    let value = store
-        .put_new(&cred, version_id, keyloop_backends::generate_value())
-        .await
-        .map_err(|e| backend(e, "store the first value"))?;
-    let fingerprint = Fingerprint::of(&value);
-    let login = cred.login_for_new_version();
-    cred.versions.push(Version {
-        id: version_id,
-        stage: Stage::Current,
-        fingerprint: fingerprint.clone(),
-        created_by: op.clone(),
-        login,
-        created_at: now,
-        activated_at: Some(now),
-        demoted_at: None,
-        revoked_at: None,
-        revoke_reason: None,
-        revoked_by: None,
-    });
-    let taken_over = async {
-        target
-            .apply(&cred, version_id, &value)
-            .await
-            .map_err(|e| backend(e, "apply the first value at the target"))?;
-        target
-            .test(&cred, version_id, &value)
-            .await
-            .map_err(|e| backend(e, "test the first value at the target"))?;
-        store
-            .promote(&cred, version_id, None)
-            .await
-            .map_err(|e| backend(e, "make the first value current in its store"))
-    }
-    .await;
-    drop(value);
-    if let Err(e) = taken_over {
-        let _ = store.destroy(&cred, version_id).await;
-        return Err(e);
-    }
-    if let Err(e) = ctx.inventory.create(&cred).await {
-        // Lost a race with another registration of the same id: its value stays, ours goes.
-        let _ = store.destroy(&cred, version_id).await;
-        return Err(e);
-    }
-    ctx.fingerprints
-        .put(
-            &fingerprint.index_keys(),
-            &FingerprintRef::Version {
-                credential: reg.id.clone(),
-                version: version_id,
-            },
+    let version =
+        cred.versions.first().map(|v| v.id).ok_or_else(|| {
+            Error::msg(ErrorKind::Permanent, "a registration record has no version")
+        })?;
+    let op = cred.versions[0].created_by.clone();
+    let id = reg.id.clone();
+    let take_over = async {
+        let mut warnings = Vec::new();
+        let result = take_over(
+            ctx,
+            &cred,
+            version,
+            store.as_ref(),
+            target.as_ref(),
+            &mut warnings,
         )
-        .await?;
+        .await;
+        match result {
+            Ok(cred) => Ok((cred, warnings)),
+            Err((e, TargetState::AsItWas)) => {
+                let undone = undo_registration(ctx, &reg, version, store.as_ref()).await;
+                let left = match undone {
+                    Ok(()) => "the target is as it was, and nothing is registered".to_owned(),
+                    Err(u) => format!(
+                        "the target is as it was; cleaning up failed ({u}): run the same registration again, or see `keyloop credential show {id}`"
+                    ),
+                };
+                Err(Error::msg(e.kind(), format!("{e}; {left}")))
+            }
+            Err((e, TargetState::Unknown)) => Err(Error::msg(
+                e.kind(),
+                format!(
+                    "{e}; the target may or may not have taken the new value, so it was kept (nothing destroyed): run the same `keyloop credential register {id} …` again to finish"
+                ),
+            )),
+        }
+    };
+    let (cred, warnings) = with_claim(ctx, &id, &op, take_over).await?;
+    let now = OffsetDateTime::now_utc();
     if let Some(max_age) = cred.policy.max_age_secs {
         let due = now + Duration::from_secs(max_age);
         ctx.due
             .schedule(
                 DueItem::Rotate {
-                    credential: reg.id.clone(),
+                    credential: id.clone(),
                 },
                 due,
                 now,
@@ -162,18 +164,275 @@ pub async fn register(
         ctx.due
             .schedule(
                 DueItem::Idle {
-                    credential: reg.id.clone(),
+                    credential: id.clone(),
                 },
                 due,
                 now,
             )
             .await?;
     }
-    let mut data = LifecycleData::new(LifecycleKind::Created, Some(reg.id), Some(version_id));
+    let mut data = LifecycleData::new(LifecycleKind::Created, Some(id), Some(version));
     data.stage = Some(Stage::Current);
-    data.fingerprint = Some(fingerprint);
+    data.fingerprint = Some(cred.versions[0].fingerprint.clone());
+    if !warnings.is_empty() {
+        data.detail = Some(warnings.join("; "));
+    }
     cause.publish(ctx, &op, data).await?;
+    Ok(Registered {
+        credential: cred,
+        resumed,
+        warnings,
+    })
+}
+
+/// What the target holds after a registration step failed.
+enum TargetState {
+    /// Not changed: safe to remove everything.
+    AsItWas,
+    /// Cannot be known: keep everything.
+    Unknown,
+}
+
+/// An existing record this registration may finish: one whose registration did not finish,
+/// with the same store, target and settings. Anything else is already registered.
+fn resumable(existing: Credential, reg: &Registration) -> Result<Credential, Error> {
+    let unfinished = existing.versions.len() == 1
+        && existing.versions[0].stage == Stage::Pending
+        && is_registration(&existing.versions[0].created_by);
+    if !unfinished {
+        return Err(Error::msg(
+            ErrorKind::AlreadyExists,
+            format!(
+                "credential {} is already registered (see `keyloop credential show {}`)",
+                reg.id, reg.id
+            ),
+        ));
+    }
+    if existing.store != reg.store
+        || existing.target != reg.target
+        || existing.settings != reg.settings
+        || existing.policy != reg.policy
+    {
+        return Err(Error::msg(
+            ErrorKind::AlreadyExists,
+            format!(
+                "an unfinished registration of credential {} has other settings (store {}, target {}, {:?}); run it again with the same flags to finish it",
+                reg.id,
+                existing.store.name(),
+                existing.target.name(),
+                existing.settings
+            ),
+        ));
+    }
+    Ok(existing)
+}
+
+/// Records a new registration (its first version pending, not yet at the target) and binds
+/// the role and secret it will manage; refuses an id, role or secret already managed.
+async fn record_registration(ctx: &WorkerContext, reg: &Registration) -> Result<Credential, Error> {
+    let version_id = Uuid::now_v7();
+    let op = format!("{REGISTER_OP_PREFIX}{}/{version_id}", reg.id);
+    let now = OffsetDateTime::now_utc();
+    let mut cred = Credential {
+        id: reg.id.clone(),
+        store: reg.store,
+        target: reg.target,
+        policy: reg.policy.clone(),
+        settings: reg.settings.clone(),
+        versions: Vec::new(),
+        created_at: now,
+        last_used_at: None,
+        claim: None,
+        rotation_retry: None,
+    };
+    let login = cred.login_for_new_version();
+    cred.versions.push(Version::pending(
+        version_id,
+        Fingerprint {
+            sha256: None,
+            sha1: None,
+        },
+        op,
+        login,
+        now,
+    ));
+    ctx.inventory.create(&cred).await.map_err(|e| {
+        if e.kind() == ErrorKind::AlreadyExists {
+            Error::msg(
+                ErrorKind::AlreadyExists,
+                format!(
+                    "credential {} is already registered (see `keyloop credential show {}`)",
+                    reg.id, reg.id
+                ),
+            )
+        } else {
+            e
+        }
+    })?;
+    let mut bound = Vec::new();
+    for key in reg.settings.bindings(reg.store, reg.target) {
+        match ctx.inventory.bind(&key, &reg.id).await {
+            Ok(None) => bound.push(key),
+            outcome => {
+                for key in &bound {
+                    let _ = ctx.inventory.unbind(key, &reg.id).await;
+                }
+                let _ = ctx.inventory.remove(&reg.id).await;
+                return Err(match outcome {
+                    Ok(Some(other)) => Error::msg(
+                        ErrorKind::AlreadyExists,
+                        format!(
+                            "credential {}: {} is already managed by credential {other}; two credentials on one {} would overwrite each other's values (see `keyloop credential show {other}`)",
+                            reg.id,
+                            describe_binding(&key, &reg.settings),
+                            if key.starts_with("bind.postgres.") {
+                                "role"
+                            } else {
+                                "secret"
+                            },
+                        ),
+                    ),
+                    Err(e) => e,
+                    Ok(None) => unreachable!("handled above"),
+                });
+            }
+        }
+    }
     Ok(cred)
+}
+
+/// Words for a binding key: the role or the secret it stands for.
+fn describe_binding(key: &str, settings: &BackendSettings) -> String {
+    match key.strip_prefix("bind.postgres.") {
+        Some(hex_role) => {
+            let role = hex::decode(hex_role)
+                .ok()
+                .and_then(|b| String::from_utf8(b).ok())
+                .unwrap_or_default();
+            format!("PostgreSQL role {role:?}")
+        }
+        None => format!(
+            "AWS secret {:?}",
+            settings.secret_id.as_deref().unwrap_or("?")
+        ),
+    }
+}
+
+/// The registration's steps from wherever an earlier attempt stopped: store the value, index
+/// it, record `at_target: set`, apply, test, promote in the store, record it current. Each step
+/// is idempotent. An error comes with what the target holds.
+async fn take_over(
+    ctx: &WorkerContext,
+    cred: &Credential,
+    version: Uuid,
+    store: &dyn Store,
+    target: &dyn Target,
+    warnings: &mut Vec<String>,
+) -> Result<Credential, (Error, TargetState)> {
+    let id = &cred.id;
+    let fresh = cred.versions[0].at_target == AtTarget::NotSet;
+    let before_target = |e: Error| {
+        if fresh {
+            (e, TargetState::AsItWas)
+        } else {
+            (e, TargetState::Unknown)
+        }
+    };
+    let value = store
+        .put_new(cred, version, keyloop_backends::generate_value())
+        .await
+        .map_err(|e| before_target(backend(e, "store the first value")))?;
+    let fingerprint = Fingerprint::of(&value);
+    ctx.fingerprints
+        .put(
+            &fingerprint.index_keys(),
+            &FingerprintRef::Version {
+                credential: id.clone(),
+                version,
+            },
+        )
+        .await
+        .map_err(before_target)?;
+    let fp = fingerprint.clone();
+    let cred = ctx
+        .inventory
+        .update(id, |c| match c.version_mut(version) {
+            Some(v) if v.stage == Stage::Pending => {
+                v.fingerprint = fp.clone();
+                v.at_target = AtTarget::Set;
+                Ok(Change::Write(c.clone()))
+            }
+            _ => Ok(Change::Keep(c.clone())),
+        })
+        .await
+        .map_err(before_target)?;
+    if let Err(e) = target.apply(&cred, version, &value).await {
+        // A first attempt that never reached the target (no connection) changed nothing.
+        if e.untouched && fresh {
+            return Err((
+                backend(e, "apply the first value at the target"),
+                TargetState::AsItWas,
+            ));
+        }
+        let e = backend(e, "apply the first value at the target");
+        // Did the change happen anyway? Only the target can say.
+        match target.accepts(&cred, version, &value).await {
+            Ok(true) => warnings.push(format!(
+                "applying the value reported an error ({e}) but the target accepts it"
+            )),
+            // The target refuses the only value this registration ever had: it was not taken.
+            Ok(false) => return Err((e, TargetState::AsItWas)),
+            Err(_) => return Err((e, TargetState::Unknown)),
+        }
+    }
+    if let Err(e) = target.test(&cred, version, &value).await {
+        warnings.push(format!(
+            "the target took the value, but the login test after it failed ({}); fix the target and run `keyloop rotate {id}`",
+            backend(e, "test")
+        ));
+    }
+    if let Err(e) = store.promote(&cred, version, None).await {
+        warnings.push(format!(
+            "the store could not mark the value current ({}); `keyloop rotate {id}` once the store works again",
+            backend(e, "promote")
+        ));
+    }
+    drop(value);
+    let now = OffsetDateTime::now_utc();
+    ctx.inventory
+        .update(id, |c| match c.version_mut(version) {
+            Some(v) if v.stage == Stage::Pending => {
+                v.stage = Stage::Current;
+                v.activated_at = Some(now);
+                Ok(Change::Write(c.clone()))
+            }
+            _ => Ok(Change::Keep(c.clone())),
+        })
+        .await
+        .map_err(|e| (e, TargetState::Unknown))
+}
+
+/// Removes what a registration that took nothing over left: its value, fingerprints,
+/// bindings and record.
+async fn undo_registration(
+    ctx: &WorkerContext,
+    reg: &Registration,
+    version: Uuid,
+    store: &dyn Store,
+) -> Result<(), Error> {
+    if let Some((cred, _)) = ctx.inventory.get(&reg.id).await? {
+        if let Err(e) = store.destroy(&cred, version).await {
+            tracing::warn!(credential = %reg.id, error = %e, "could not destroy the unused first value of a failed registration; it never reached the target");
+        }
+        let fp = &cred.versions[0].fingerprint;
+        if fp.sha256.is_some() || fp.sha1.is_some() {
+            ctx.fingerprints.remove(&fp.index_keys()).await?;
+        }
+    }
+    for key in reg.settings.bindings(reg.store, reg.target) {
+        ctx.inventory.unbind(&key, &reg.id).await?;
+    }
+    ctx.inventory.remove(&reg.id).await
 }
 
 /// A revocation of one version, as part of operation `op`.
@@ -207,6 +466,22 @@ pub enum Revoked {
 /// Makes a version invalid at its target, destroys its value, records it revoked and publishes
 /// `revoked`. Idempotent: a retry after a crash at any point finishes the same revocation and
 /// publishes the same event id.
+///
+/// Only what makes the version dead is waited for:
+/// - its value is read only to prove the death with a login; when it cannot be read (a wrong
+///   master key, a store outage), the target invalidates it anyway and the event says the proof
+///   was not possible;
+/// - a pending version is undone as [`Credential::undo_of_pending`] decides from the recorded
+///   steps: nothing at the target when the target never got it, and when its value replaced the
+///   password of an account a live version still needs (a `single` rotation), that version's value
+///   is given back to the account instead of disabling it — a failed rotation never locks a role
+///   out (a leaked pending value whose account cannot be given back is disabled: dead first);
+/// - destroying the stored copy comes after the target and does not hold the revocation up: a
+///   copy that cannot be destroyed no longer works anywhere, and the event says it is left.
+///
+/// If the worker stops at any point, the version is still live in the inventory and the retry
+/// does every step again: each is idempotent (a restored account is tested before it is set
+/// again, `NOLOGIN` twice is one change, destroying what is gone succeeds).
 pub async fn revoke_version(
     ctx: &WorkerContext,
     req: RevokeVersion<'_>,
@@ -219,22 +494,61 @@ pub async fn revoke_version(
     if version.stage == Stage::Revoked && version.revoked_by.as_deref() != Some(req.op) {
         return Ok(Revoked::Already);
     }
+    let mut notes = Vec::new();
     if version.stage != Stage::Revoked {
         let store = ctx.backends.store(cred.store)?;
         let target = ctx.backends.target(cred.target)?;
-        let value = store
-            .get(&cred, req.version)
-            .await
-            .map_err(|e| backend(e, "read the value to revoke"))?;
-        target
-            .invalidate(&cred, req.version, value.as_ref(), req.reason)
-            .await
-            .map_err(|e| backend(e, "invalidate the version at its target"))?;
-        drop(value);
-        store
-            .destroy(&cred, req.version)
-            .await
-            .map_err(|e| backend(e, "destroy the revoked value"))?;
+        let mut cred = cred.clone();
+        let mut call_target = true;
+        if version.stage == Stage::Pending {
+            match cred.undo_of_pending(req.version) {
+                PendingUndo::Nothing => {
+                    // Never given to the target, or a rollback took it back. A leaked value that
+                    // was briefly a password may have opened sessions: the target ends them.
+                    call_target = version.at_target == AtTarget::RolledBack
+                        && req.reason == RevokeReason::Leak;
+                }
+                PendingUndo::Restore { holder } => {
+                    match restore(&cred, holder, store.as_ref(), target.as_ref()).await {
+                        Ok(note) => {
+                            notes.push(note);
+                            cred = mark_rolled_back(ctx, req.credential, req.version).await?;
+                            call_target = req.reason == RevokeReason::Leak;
+                        }
+                        Err(e) if req.reason == RevokeReason::Leak => {
+                            tracing::warn!(credential = %req.credential, version = %req.version, error = %e, "cannot give the account its current value back; disabling it, since a leaked value must die first");
+                            notes.push(format!("the account could not be given version {holder}'s value back ({e}), so it was disabled: rotate to give it a working value"));
+                        }
+                        Err(e) => return Err(e),
+                    }
+                }
+                PendingUndo::Invalidate => {}
+            }
+        }
+        if call_target {
+            let value = match store.get(&cred, req.version).await {
+                Ok(value) => value,
+                Err(e) => {
+                    tracing::warn!(credential = %req.credential, version = %req.version, error = %e, "cannot read the value to prove its death; invalidating it anyway");
+                    notes.push(format!(
+                        "no login proved it dead: its value could not be read ({})",
+                        backend(e, "read the value")
+                    ));
+                    None
+                }
+            };
+            target
+                .invalidate(&cred, req.version, value.as_ref(), req.reason)
+                .await
+                .map_err(|e| backend(e, "invalidate the version at its target"))?;
+        }
+        if let Err(e) = store.destroy(&cred, req.version).await {
+            tracing::warn!(credential = %req.credential, version = %req.version, error = %e, "the revoked value's stored copy could not be destroyed; it no longer works at its target");
+            notes.push(format!(
+                "its stored copy is not destroyed ({}); it no longer works at the target",
+                backend(e, "destroy")
+            ));
+        }
     }
     let now = OffsetDateTime::now_utc();
     let (reason, op) = (req.reason, req.op);
@@ -269,10 +583,74 @@ pub async fn revoke_version(
         .leak_published_at
         .map(|t| (revoked_at - t).whole_milliseconds().max(0) as u64);
     data.actor = req.note;
+    if !notes.is_empty() {
+        data.detail = Some(notes.join("; "));
+    }
     cause
         .publish(ctx, &format!("{}/{}", req.op, req.version), data)
         .await?;
     Ok(Revoked::ByThisOperation)
+}
+
+/// Gives the target account of `holder` that version's value back (the rollback of a value set
+/// on the same account), unless it already logs in with it. Returns what was done, for the
+/// audit log. The new value's death on that account follows: one account, one password.
+///
+/// A login that fails after the value was set again is reported, not fatal: the target
+/// acknowledged the change, and undoing it would leave the account with no known password.
+pub async fn restore(
+    cred: &Credential,
+    holder: Uuid,
+    store: &dyn Store,
+    target: &dyn Target,
+) -> Result<String, Error> {
+    let value = store
+        .get(cred, holder)
+        .await
+        .map_err(|e| backend(e, &format!("read version {holder}'s value to give it back")))?
+        .ok_or_else(|| {
+            Error::msg(
+                ErrorKind::Permanent,
+                format!(
+                    "credential {}: version {holder}'s value is gone from its store, so its account cannot be given it back",
+                    cred.id
+                ),
+            )
+        })?;
+    if target.accepts(cred, holder, &value).await.unwrap_or(false) {
+        return Ok(format!(
+            "its account still accepts version {holder}, which stays in use (tested)"
+        ));
+    }
+    target.apply(cred, holder, &value).await.map_err(|e| {
+        backend(
+            e,
+            &format!("give the account version {holder}'s value back"),
+        )
+    })?;
+    Ok(match target.test(cred, holder, &value).await {
+        Ok(()) => format!("rolled back: its account has version {holder}'s value again (tested)"),
+        Err(e) => format!(
+            "rolled back: its account was given version {holder}'s value again, but the login test after it failed ({e})"
+        ),
+    })
+}
+
+/// Records that a rollback took `version`'s value off its account; returns the record.
+async fn mark_rolled_back(
+    ctx: &WorkerContext,
+    credential: &CredentialId,
+    version: Uuid,
+) -> Result<Credential, Error> {
+    ctx.inventory
+        .update(credential, |c| match c.version_mut(version) {
+            Some(v) if v.stage == Stage::Pending && v.at_target == AtTarget::Set => {
+                v.at_target = AtTarget::RolledBack;
+                Ok(Change::Write(c.clone()))
+            }
+            _ => Ok(Change::Keep(c.clone())),
+        })
+        .await
 }
 
 /// The id of the version a rotation creates: derived from the operation, so a retried
@@ -536,8 +914,13 @@ impl ClaimGuard {
                 _ => Ok(Change::Keep(())),
             })
             .await;
-        if let Err(e) = result {
-            tracing::warn!(credential = %self.credential, op = %self.op, error = %e, "could not release claim; it lapses at its deadline");
+        match result {
+            // A failed registration removed its record, claim and all.
+            Err(e) if e.kind() == ErrorKind::NotFound => {}
+            Err(e) => {
+                tracing::warn!(credential = %self.credential, op = %self.op, error = %e, "could not release claim; it lapses at its deadline")
+            }
+            Ok(()) => {}
         }
     }
 }

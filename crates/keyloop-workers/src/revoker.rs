@@ -34,22 +34,42 @@ async fn revoke(ctx: &WorkerContext, delivery: &Delivery) -> Result<(), HandlerE
     }
     let command: CloudEvent<RevokeCommand> =
         decode::cloud_event(&delivery.message.payload, REVOKE_COMMAND_TYPE)?;
-    let cmd = &command.data;
     let cause = Cause {
         source: SOURCE.into(),
         correlation: command.correlationid.clone(),
         causation: Some(command.id.clone()),
     };
+    execute(ctx, &command.data, &cause, delivery.last_attempt)
+        .await
+        .map_err(HandlerError::from)
+}
+
+/// Revokes what `cmd` names holding the credential's claim, then asks for the rotation a
+/// leaked current version needs. When it gives up (a permanent error, or a transient one —
+/// also a claim another operation kept busy — when `last_attempt`), `revocation_failed` says so
+/// loudly before the error goes back to the runtime (the DLQ): a leaked value may still work.
+pub async fn execute(
+    ctx: &WorkerContext,
+    cmd: &RevokeCommand,
+    cause: &Cause,
+    last_attempt: bool,
+) -> Result<(), keyloop_nats::Error> {
     let attempt = async {
-        let result = revoke_versions(ctx, cmd, &cause).await;
+        let result = revoke_versions(ctx, cmd, cause).await;
         if let Err(e) = &result
-            && ops::gives_up(e, delivery.last_attempt)
+            && ops::gives_up(e, last_attempt)
         {
-            revocation_failed(ctx, cmd, &cause, e).await;
+            revocation_failed(ctx, cmd, cause, e).await;
         }
         result
     };
-    ops::with_claim(ctx, &cmd.credential, &cmd.op_id, attempt).await?;
+    match ops::with_claim(ctx, &cmd.credential, &cmd.op_id, attempt).await {
+        Err(e) if e.kind() == keyloop_nats::ErrorKind::Busy && last_attempt => {
+            revocation_failed(ctx, cmd, cause, &e).await;
+            return Err(e);
+        }
+        other => other?,
+    }
     if cmd.then_rotate {
         let op_id = format!("{}/rotate", cmd.op_id);
         let rotate = RotateCommand {

@@ -2,29 +2,49 @@
 //! replica can resume after a crash:
 //!
 //! 1. `create_pending` — a value from the OS CSPRNG stored under a version id derived from the
-//!    operation id, recorded `pending`, its fingerprints indexed, `rotation_started` published;
-//! 2. `set` — applied at the target; a live previous version on the same target account (the
-//!    role an `alternating` rotation reuses) is retired first, since the new password replaces
-//!    its value there;
+//!    operation id, recorded `pending` (`at_target: not_set`), its fingerprints indexed,
+//!    `rotation_started` published;
+//! 2. `set` — a live previous version on the account the new value goes to (the role an
+//!    `alternating` rotation reuses) is retired first, since the new password replaces its value
+//!    there; then `at_target: set` is recorded and the value applied at the target;
 //! 3. `test` — read back from the store and tested at the target;
 //! 4. `finish` — a live previous version is retired (`revoked`, `superseded`), the store
 //!    promotes the new version (AWS Secrets Manager: `AWSCURRENT`), then pending → current and
 //!    current → previous in one compare-and-set; `rotated` published.
 //!
-//! A pending version left by another, interrupted operation is retired first, so a crashed
-//! rotation never blocks the next one. Redelivery is harmless: every step checks the recorded
-//! state and events have ids derived from the operation id.
+//! **If it stops anywhere.** A crash leaves the recorded state; the redelivered command resumes
+//! it (every step checks the record; events have ids derived from the operation id). A rotation
+//! that gives up (a permanent error, or a transient one on the last delivery) repairs what it
+//! started before it reports `rotation_failed` ([`give_up`]): it *rolls back* — the pending
+//! version is retired as the record says (`ops::revoke_version`): nothing to undo when the target
+//! never got it; for a value set on the current version's own account (`single`), the current
+//! value is given back and tested; an unused account of an `alternating` pair is disabled — or,
+//! when the rollback itself cannot be done, it *rolls forward* if the new value is in hand and
+//! logs in (finish). Never does a failed rotation disable an account a live version needs, or
+//! destroy a value the target still accepts. If neither works, nothing is destroyed and the
+//! pending version is repaired the same way by the next rotation, which retires any pending
+//! version of another operation first — a crashed rotation never blocks the next one.
+//!
+//! A failed scheduled rotation (or the rotation after a leak, which leaves the credential
+//! without a current version) is tried again later: the credential records the failures in a
+//! row and the next attempt (`RotationRetry`), and the sweeper issues it when it falls due.
 
 use crate::context::WorkerContext;
 use crate::decode;
 use crate::ops::{self, Cause, RevokeVersion, backend, version_for_op};
 use futures::FutureExt;
 use keyloop_core::event::{CloudEvent, ROTATE_COMMAND_TYPE, RotateCommand};
-use keyloop_core::{Fingerprint, LifecycleData, LifecycleKind, RevokeReason, Stage, Version};
-use keyloop_nats::{Change, Delivery, Error, ErrorKind, FingerprintRef, Handler, HandlerError};
+use keyloop_core::{
+    AtTarget, Credential, Fingerprint, LifecycleData, LifecycleKind, PendingUndo, RevokeReason,
+    RotationReason, RotationRetry, Secret, Stage, Version,
+};
+use keyloop_nats::{
+    Change, Delivery, DueItem, Error, ErrorKind, FingerprintRef, Handler, HandlerError,
+};
 use std::sync::Arc;
 use time::OffsetDateTime;
 use tracing::info;
+use uuid::Uuid;
 
 const SOURCE: &str = "keyloop/rotator";
 
@@ -44,66 +64,228 @@ async fn rotate(ctx: &WorkerContext, delivery: &Delivery) -> Result<(), HandlerE
         correlation: command.correlationid.clone(),
         causation: Some(command.id.clone()),
     };
-    let cmd = &command.data;
-    let attempt = async {
-        let result = run_rotation(ctx, cmd, &cause).await;
-        match result {
-            Err(e) if ops::gives_up(&e, delivery.last_attempt) => {
-                rotation_failed(ctx, cmd, &cause, &e).await;
-                Err(e)
-            }
-            other => other,
-        }
-    };
-    ops::with_claim(ctx, &cmd.credential, &cmd.op_id, attempt)
+    execute(ctx, &command.data, &cause, delivery.last_attempt)
         .await
         .map_err(HandlerError::from)
 }
 
-/// The rotation gave up (a permanent error, or the last delivery): say so in the audit log and
-/// the metrics, and retire its pending version, so the next rotation starts clean. The current
-/// version is untouched: it was never demoted. Best effort: the message goes to the DLQ anyway.
-async fn rotation_failed(ctx: &WorkerContext, cmd: &RotateCommand, cause: &Cause, error: &Error) {
-    keyloop_nats::metrics::global()
-        .rotation_failed
-        .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-    let version = version_for_op(&cmd.op_id);
-    tracing::error!(credential = %cmd.credential, op = %cmd.op_id, %error, "rotation failed; the current version stays");
-    let mut data = LifecycleData::new(
-        LifecycleKind::RotationFailed,
-        Some(cmd.credential.clone()),
-        Some(version),
-    );
-    data.rotation_reason = Some(cmd.reason);
-    data.detail = Some(error.to_string());
-    if let Err(e) = cause.publish(ctx, &cmd.op_id, data).await {
-        tracing::warn!(credential = %cmd.credential, error = %e, "could not publish rotation_failed");
-    }
-    let pending = matches!(
-        ctx.inventory.get(&cmd.credential).await,
-        Ok(Some((c, _))) if c.version(version).is_some_and(|v| v.stage == Stage::Pending)
-    );
-    if pending {
-        let retire = RevokeVersion {
-            credential: &cmd.credential,
-            version,
-            reason: RevokeReason::Superseded,
-            op: &cmd.op_id,
-            leak_published_at: None,
-            note: Some("its rotation failed".into()),
-        };
-        if let Err(e) = ops::revoke_version(ctx, retire, cause).await {
-            tracing::warn!(credential = %cmd.credential, %version, error = %e, "could not retire the failed rotation's pending version; the next rotation will");
+/// Runs (or resumes) the rotation `cmd` holding the credential's claim. When it gives up (a
+/// permanent error, or a transient one when `last_attempt`), it repairs what it started (see
+/// [`give_up`]) and returns the error; `Ok` when the rotation finished, also by rolling forward.
+pub async fn execute(
+    ctx: &WorkerContext,
+    cmd: &RotateCommand,
+    cause: &Cause,
+    last_attempt: bool,
+) -> Result<(), Error> {
+    let attempt = async {
+        let mut in_hand = None;
+        match run_rotation(ctx, cmd, cause, &mut in_hand).await {
+            Err(e) if ops::gives_up(&e, last_attempt) => give_up(ctx, cmd, cause, e, in_hand).await,
+            other => other,
         }
+    };
+    match ops::with_claim(ctx, &cmd.credential, &cmd.op_id, attempt).await {
+        Err(e) if e.kind() == ErrorKind::Busy && last_attempt => {
+            rotation_failed(
+                ctx,
+                cmd,
+                cause,
+                &e,
+                "it never started, so nothing changed: another operation held the credential on every delivery",
+            )
+            .await;
+            Err(e)
+        }
+        other => other,
     }
 }
 
+/// The rotation gave up with `error`. Its pending version (if it got that far) is retired as
+/// the record says — rolled back — and when that cannot be done, the rotation is finished
+/// instead if the new value is in hand and logs in (rolled forward; then this returns `Ok`).
+/// Then `rotation_failed` says what failed and what state it left, a metric counts it, a
+/// scheduled or leak rotation is filed to be tried again, and the error goes back to the
+/// runtime (the DLQ).
+async fn give_up(
+    ctx: &WorkerContext,
+    cmd: &RotateCommand,
+    cause: &Cause,
+    error: Error,
+    in_hand: Option<Secret>,
+) -> Result<(), Error> {
+    let version = version_for_op(&cmd.op_id);
+    let outcome = match ctx.inventory.require(&cmd.credential).await {
+        Err(e) => {
+            format!("its pending version could not be checked ({e}); the next rotation repairs it")
+        }
+        Ok((cred, _)) => match cred.version(version) {
+            Some(v) if v.stage == Stage::Pending => {
+                let undo = cred.undo_of_pending(version);
+                let retire = RevokeVersion {
+                    credential: &cmd.credential,
+                    version,
+                    reason: RevokeReason::Superseded,
+                    op: &cmd.op_id,
+                    leak_published_at: None,
+                    note: Some("its rotation failed".into()),
+                };
+                match ops::revoke_version(ctx, retire, cause).await {
+                    Ok(_) => describe_rollback(&cred, version, undo),
+                    Err(rollback) if v.at_target == AtTarget::Set => {
+                        match roll_forward(ctx, cmd, cause, version, in_hand).await {
+                            Ok(()) => {
+                                tracing::warn!(credential = %cmd.credential, op = %cmd.op_id, %error, %rollback, "rotation rolled forward: the rollback failed, the new value works at the target and is current");
+                                return Ok(());
+                            }
+                            Err(forward) => format!(
+                                "it could neither roll back ({rollback}) nor forward ({forward}): pending version {version} is kept, nothing was destroyed, and the next rotation repairs it"
+                            ),
+                        }
+                    }
+                    Err(rollback) => format!(
+                        "its pending version {version} could not be retired ({rollback}); the target never got it, and the next rotation retires it"
+                    ),
+                }
+            }
+            _ => "nothing to undo: it stopped before it created a new version".to_owned(),
+        },
+    };
+    rotation_failed(ctx, cmd, cause, &error, &outcome).await;
+    Err(error)
+}
+
+/// Words for the audit log on what a rollback did.
+fn describe_rollback(cred: &Credential, version: Uuid, undo: PendingUndo) -> String {
+    let current = cred
+        .current()
+        .map_or("no version".to_owned(), |v| format!("version {}", v.id));
+    match undo {
+        PendingUndo::Nothing => format!(
+            "rolled back: the target never got the new value; {current} stays current and pending version {version} is retired"
+        ),
+        PendingUndo::Restore { holder } => format!(
+            "rolled back: the account was given version {holder}'s value back; {current} stays current and pending version {version} is retired"
+        ),
+        PendingUndo::Invalidate => format!(
+            "rolled back: the new value's account was disabled; {current} stays current and pending version {version} is retired"
+        ),
+    }
+}
+
+/// Finishes a rotation whose rollback failed, when the new value is in hand (or still in the
+/// store) and logs in at the target: then the target already works with it, and making it
+/// current is the safe way out.
+async fn roll_forward(
+    ctx: &WorkerContext,
+    cmd: &RotateCommand,
+    cause: &Cause,
+    version: Uuid,
+    in_hand: Option<Secret>,
+) -> Result<(), Error> {
+    let (cred, _) = ctx.inventory.require(&cmd.credential).await?;
+    let store = ctx.backends.store(cred.store)?;
+    let target = ctx.backends.target(cred.target)?;
+    let value = match in_hand {
+        Some(v) => v,
+        None => store
+            .get(&cred, version)
+            .await
+            .map_err(|e| backend(e, "read the new value"))?
+            .ok_or_else(|| {
+                Error::msg(
+                    ErrorKind::Permanent,
+                    format!("the value of pending version {version} is not in its store"),
+                )
+            })?,
+    };
+    target
+        .test(&cred, version, &value)
+        .await
+        .map_err(|e| backend(e, "test the new value at the target"))?;
+    finish(ctx, cmd, cause, cred, version, &value).await
+}
+
+/// The rotation gave up: say so in the audit log (with `outcome`: the state it left), the log
+/// and the metrics, and file the next attempt of a scheduled or leak rotation. Best effort: the
+/// message goes to the DLQ anyway.
+async fn rotation_failed(
+    ctx: &WorkerContext,
+    cmd: &RotateCommand,
+    cause: &Cause,
+    error: &Error,
+    outcome: &str,
+) {
+    keyloop_nats::metrics::global()
+        .rotation_failed
+        .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    tracing::error!(credential = %cmd.credential, op = %cmd.op_id, %error, outcome, "rotation failed");
+    let mut data = LifecycleData::new(
+        LifecycleKind::RotationFailed,
+        Some(cmd.credential.clone()),
+        Some(version_for_op(&cmd.op_id)),
+    );
+    data.rotation_reason = Some(cmd.reason);
+    data.detail = Some(format!("{error}; {outcome}"));
+    if let Err(e) = cause.publish(ctx, &cmd.op_id, data).await {
+        tracing::warn!(credential = %cmd.credential, error = %e, "could not publish rotation_failed");
+    }
+    if matches!(cmd.reason, RotationReason::Scheduled | RotationReason::Leak)
+        && let Err(e) = schedule_retry(ctx, cmd, error).await
+    {
+        tracing::error!(credential = %cmd.credential, error = %e, "could not file the next attempt of a failed rotation; `keyloop rotate` it by hand");
+    }
+}
+
+/// Records one more failure in a row and files the next attempt with the sweeper.
+async fn schedule_retry(
+    ctx: &WorkerContext,
+    cmd: &RotateCommand,
+    error: &Error,
+) -> Result<(), Error> {
+    let now = OffsetDateTime::now_utc();
+    let op = cmd.op_id.as_str();
+    let retry = ctx
+        .inventory
+        .update(&cmd.credential, |c| {
+            // One failure per operation: a redelivered give-up counts once.
+            if c.rotation_retry.as_ref().is_some_and(|r| r.failed_op == op) {
+                return Ok(Change::Keep(c.rotation_retry.clone()));
+            }
+            let failures = c.rotation_retry.as_ref().map_or(0, |r| r.failures) + 1;
+            c.rotation_retry = Some(RotationRetry {
+                reason: cmd.reason,
+                failures,
+                next_attempt_at: now + RotationRetry::delay_after(failures),
+                last_error: error.to_string(),
+                failed_op: op.to_owned(),
+            });
+            Ok(Change::Write(c.rotation_retry.clone()))
+        })
+        .await?;
+    if let Some(r) = retry {
+        ctx.due
+            .schedule(
+                DueItem::Rotate {
+                    credential: cmd.credential.clone(),
+                },
+                r.next_attempt_at,
+                now,
+            )
+            .await?;
+        info!(credential = %cmd.credential, failures = r.failures, next_attempt_at = %r.next_attempt_at, "failed rotation will be tried again");
+    }
+    Ok(())
+}
+
 /// Runs (or resumes) the rotation `cmd.op_id` of `cmd.credential` to the end. The caller holds
-/// the credential's claim (see `ops::with_claim`).
+/// the credential's claim (see `ops::with_claim`). The new value, once created, is left in
+/// `in_hand` for the give-up path.
 pub async fn run_rotation(
     ctx: &WorkerContext,
     cmd: &RotateCommand,
     cause: &Cause,
+    in_hand: &mut Option<Secret>,
 ) -> Result<(), Error> {
     let id = &cmd.credential;
     let op = cmd.op_id.as_str();
@@ -129,14 +311,28 @@ pub async fn run_rotation(
             return publish_rotated(ctx, cmd, cause, new_version, demoted).await;
         }
         Some(Stage::Revoked) => {
-            info!(credential = %id, version = %new_version, "rotation's version was revoked before it finished (leaked mid-rotation?); nothing to do");
+            info!(credential = %id, version = %new_version, "rotation's version was revoked before it finished (leaked mid-rotation, or rolled back); nothing to do");
             return Ok(());
         }
         Some(Stage::Pending) | None => {}
     }
+    if let Some(registering) = cred
+        .versions
+        .iter()
+        .find(|v| v.stage == Stage::Pending && ops::is_registration(&v.created_by))
+    {
+        return Err(Error::msg(
+            ErrorKind::Permanent,
+            format!(
+                "credential {id} is not registered yet: its registration ({}) has not finished; run the same `keyloop credential register {id} …` again to finish it",
+                registering.created_by
+            ),
+        ));
+    }
 
-    // A pending version of another operation is an interrupted rotation: retire it so it can
-    // never be promoted behind our back, and so it does not block this one.
+    // A pending version of another operation is an interrupted or failed rotation: retire it
+    // (undone at the target as its record says) so it can never be promoted behind our back,
+    // and so it does not block this one.
     for stale in cred
         .versions
         .iter()
@@ -168,29 +364,24 @@ pub async fn run_rotation(
         .await?;
     }
 
-    // 1. create_pending
+    // 1. create_pending. Stopping after the store write leaves a value no record names: the
+    // retry stores under the same version id, and gets this value back.
     let value = store
         .put_new(&cred, new_version, keyloop_backends::generate_value())
         .await
         .map_err(|e| backend(e, "store the pending value"))?;
+    *in_hand = Some(value.clone());
     let fingerprint = Fingerprint::of(&value);
-    let now = OffsetDateTime::now_utc();
-    let pending = Version {
-        id: new_version,
-        stage: Stage::Pending,
-        fingerprint: fingerprint.clone(),
-        created_by: op.to_owned(),
-        login: None,
-        created_at: now,
-        activated_at: None,
-        demoted_at: None,
-        revoked_at: None,
-        revoke_reason: None,
-        revoked_by: None,
-    };
+    let pending = Version::pending(
+        new_version,
+        fingerprint.clone(),
+        op,
+        None,
+        OffsetDateTime::now_utc(),
+    );
     // Every read below reuses the state a write returned: while this operation holds the
     // claim, nothing else changes the versions (uses only touch `last_used_at`).
-    let (recorded, mut cred) = ctx
+    let (recorded, cred) = ctx
         .inventory
         .update(id, |c| match c.version(new_version) {
             Some(v) => Ok(Change::Keep((v.stage, c.clone()))),
@@ -228,7 +419,6 @@ pub async fn run_rotation(
 
     // 2. set. A previous version on the account the new value goes to stops working when it is
     // set there: retire it first, so the audit log says so before it happens.
-    let mut retired_any = false;
     if let Some(login) = cred.version(new_version).and_then(|v| v.login.as_deref()) {
         for old in cred
             .versions
@@ -248,13 +438,24 @@ pub async fn run_rotation(
                 cause,
             )
             .await?;
-            retired_any = true;
         }
     }
-    if retired_any {
-        cred = ctx.inventory.require(id).await?.0;
-    }
-    if cred.version(new_version).map(|v| v.stage) != Some(Stage::Pending) {
+    // Recorded before the target is called: from here on, a failure knows the account may hold
+    // the new value and undoes it (see the module docs).
+    let (stage, cred) = ctx
+        .inventory
+        .update(id, |c| {
+            let stage = c.version(new_version).map(|v| v.stage);
+            match c.version_mut(new_version) {
+                Some(v) if v.stage == Stage::Pending && v.at_target == AtTarget::NotSet => {
+                    v.at_target = AtTarget::Set;
+                    Ok(Change::Write((stage, c.clone())))
+                }
+                _ => Ok(Change::Keep((stage, c.clone()))),
+            }
+        })
+        .await?;
+    if stage != Some(Stage::Pending) {
         info!(credential = %id, version = %new_version, "pending version was revoked before it was set (leaked mid-rotation?); nothing to do");
         return Ok(());
     }
@@ -281,9 +482,27 @@ pub async fn run_rotation(
         .await
         .map_err(|e| backend(e, "test the new value at the target"))?;
 
-    // 4. finish: at most one previous version may be live, so retire the one a new demotion
-    // would replace before the promotion is stored.
-    let mut retired_previous = false;
+    // 4. finish
+    finish(ctx, cmd, cause, cred, new_version, &value).await
+}
+
+/// The `finish` step: the previous version a new demotion would replace is retired (at most
+/// one previous is live), the store promotes the new version, then the inventory does (pending
+/// → current, current → previous, failures in a row cleared) and `rotated` is published. A
+/// crash between the store and the inventory leaves the version pending; the retry promotes it
+/// again, harmlessly.
+async fn finish(
+    ctx: &WorkerContext,
+    cmd: &RotateCommand,
+    cause: &Cause,
+    mut cred: Credential,
+    new_version: Uuid,
+    value: &Secret,
+) -> Result<(), Error> {
+    let id = &cmd.credential;
+    let op = cmd.op_id.as_str();
+    let store = ctx.backends.store(cred.store)?;
+    let target = ctx.backends.target(cred.target)?;
     if cred.current().is_some()
         && let Some(old_previous) = cred.in_stage(Stage::Previous)
     {
@@ -312,14 +531,9 @@ pub async fn run_rotation(
             cause,
         )
         .await?;
-        retired_previous = true;
-    }
-    if retired_previous {
         cred = ctx.inventory.require(id).await?.0;
     }
     if cred.version(new_version).map(|v| v.stage) == Some(Stage::Pending) {
-        // The store first (AWS Secrets Manager: AWSCURRENT moves), then the inventory: a crash
-        // in between leaves the version pending, and the retry promotes it again, harmlessly.
         store
             .promote(&cred, new_version, cred.current().map(|v| v.id))
             .await
@@ -330,36 +544,34 @@ pub async fn run_rotation(
         .inventory
         .update(id, |c| {
             let p = c.promote(new_version, now);
-            Ok(if p.promoted {
-                Change::Write((p, c.clone()))
+            if p.promoted {
+                c.rotation_retry = None;
+                Ok(Change::Write((p, c.clone())))
             } else {
-                Change::Keep((p, c.clone()))
-            })
+                Ok(Change::Keep((p, c.clone())))
+            }
         })
         .await?;
-    if !promotion.promoted {
-        let (cred, _) = ctx.inventory.require(id).await?;
-        if let Some(v) = cred
+    if !promotion.promoted
+        && let Some(v) = promoted_cred
             .version(new_version)
             .filter(|v| v.stage == Stage::Revoked)
-        {
-            // A revocation (a leak of the pending value?) won the race with this attempt, which
-            // may have set the value at the target after the revocation invalidated it: make
-            // sure it is dead there again.
-            target
-                .invalidate(
-                    &cred,
-                    new_version,
-                    Some(&value),
-                    v.revoke_reason.unwrap_or(RevokeReason::Superseded),
-                )
-                .await
-                .map_err(|e| backend(e, "invalidate again a version revoked mid-rotation"))?;
-            info!(credential = %id, version = %new_version, "pending version was revoked before it could be promoted");
-            return Ok(());
-        }
+    {
+        // A revocation (a leak of the pending value?) won the race with this attempt, which
+        // may have set the value at the target after the revocation invalidated it: make sure
+        // it is dead there again.
+        target
+            .invalidate(
+                &promoted_cred,
+                new_version,
+                Some(value),
+                v.revoke_reason.unwrap_or(RevokeReason::Superseded),
+            )
+            .await
+            .map_err(|e| backend(e, "invalidate again a version revoked mid-rotation"))?;
+        info!(credential = %id, version = %new_version, "pending version was revoked before it could be promoted");
+        return Ok(());
     }
-    drop(value);
     ops::schedule_after_rotation(ctx, &promoted_cred, promotion.demoted, now).await?;
     publish_rotated(ctx, cmd, cause, new_version, promotion.demoted).await
 }
@@ -368,8 +580,8 @@ async fn publish_rotated(
     ctx: &WorkerContext,
     cmd: &RotateCommand,
     cause: &Cause,
-    version: uuid::Uuid,
-    demoted: Option<uuid::Uuid>,
+    version: Uuid,
+    demoted: Option<Uuid>,
 ) -> Result<(), Error> {
     let mut data = LifecycleData::new(
         LifecycleKind::Rotated,

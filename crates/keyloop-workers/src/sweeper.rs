@@ -126,6 +126,35 @@ async fn act(ctx: &WorkerContext, entry: &DueEntry, now: OffsetDateTime) -> Resu
             let Some((cred, _)) = ctx.inventory.get(credential).await? else {
                 return Ok(false);
             };
+            if let Some(retry) = &cred.rotation_retry {
+                // A failed scheduled (or leak) rotation: its next attempt has its own entry at
+                // `next_attempt_at`, and its own operation id, so it never meets the version
+                // the failed one retired.
+                if retry.next_attempt_at > now {
+                    return Ok(false);
+                }
+                let op_id = format!(
+                    "retry/{credential}/{}/{}",
+                    cred.current()
+                        .map_or_else(|| "none".to_owned(), |v| v.id.to_string()),
+                    retry.failures
+                );
+                let cmd = RotateCommand {
+                    credential: credential.clone(),
+                    reason: retry.reason,
+                    op_id: op_id.clone(),
+                };
+                publish(
+                    ctx,
+                    &topo.cmd_rotate(),
+                    ROTATE_COMMAND_TYPE,
+                    &op_id,
+                    credential.as_str(),
+                    cmd,
+                )
+                .await?;
+                return Ok(true);
+            }
             let (Some(max_age), Some(current)) = (cred.policy.max_age_secs, cred.current()) else {
                 return Ok(false);
             };

@@ -252,7 +252,8 @@ async fn register(ctx: &Arc<WorkerContext>, n: usize) -> Result<Vec<Fingerprint>
                 };
                 let cred = ops::register(&ctx, reg, &cause)
                     .await
-                    .with_context(|| format!("register bench/c{i:06}"))?;
+                    .with_context(|| format!("register bench/c{i:06}"))?
+                    .credential;
                 cred.current()
                     .map(|v| v.fingerprint.clone())
                     .context("a registered credential has a current version")

@@ -83,7 +83,8 @@ pub(crate) async fn run(g: &Global) -> Result<ExitCode> {
         };
         let cred = ops::register(&ctx, reg, &cause)
             .await
-            .with_context(|| format!("register {id}"))?;
+            .with_context(|| format!("register {id}"))?
+            .credential;
         say(&format!(
             "      registered {}",
             output::credential_row(&cred)

@@ -54,7 +54,7 @@ pub(crate) async fn run(g: &Global, args: RotateArgs) -> Result<ExitCode> {
     }
     if outcome.data.kind == LifecycleKind::RotationFailed {
         bail!(
-            "rotation of {id} failed: {}; the current version is unchanged; see `keyloop replay --correlation {op_id}`",
+            "rotation of {id} failed: {}; see `keyloop credential show {id}` and `keyloop replay --correlation {op_id}`",
             outcome.data.detail.unwrap_or_default()
         );
     }
