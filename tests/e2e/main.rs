@@ -7,6 +7,7 @@ mod bad_input;
 mod broker;
 mod chaos;
 mod cli;
+mod fail_safe;
 mod fault_matrix;
 mod faults;
 mod fleet;
