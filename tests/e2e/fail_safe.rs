@@ -218,6 +218,8 @@ async fn a_revocation_kept_out_by_a_busy_claim_on_its_last_delivery_reports_revo
                 op: "someone-else".into(),
                 holder: "another-process".into(),
                 deadline: OffsetDateTime::now_utc() + Duration::from_secs(3600),
+                token: 1,
+                beat: 0,
             });
             Ok(Change::Write(()))
         })

@@ -1,9 +1,11 @@
 //! The fleet: operations on one credential serialize across replicas through the inventory
-//! claim; a dead holder's claim lapses; SIGTERM finishes what is in hand and exits 0.
+//! claim; a dead holder's claim lapses by the waiter's own clock, a renewed one never does, and
+//! a holder whose claim was taken over is fenced off; SIGTERM finishes what is in hand and exits
+//! 0.
 
 use crate::harness::{Env, Events, lifecycle, stream_messages};
 use keyloop_core::event::{CloudEvent, ROTATE_COMMAND_TYPE, RotateCommand};
-use keyloop_core::{Claim, LifecycleKind, RotationReason, Stage};
+use keyloop_core::{Claim, CredentialId, LifecycleKind, RotationReason, Stage};
 use keyloop_nats::Change;
 use std::collections::HashSet;
 use std::time::{Duration, Instant};
@@ -93,37 +95,159 @@ async fn concurrent_rotations_of_one_credential_serialize_across_replicas() {
     env.claim_released("svc/contended").await;
 }
 
-#[tokio::test]
-async fn a_dead_holders_claim_lapses_and_the_next_operation_proceeds() {
-    let env = Env::start().await;
-    let ctx = env.context().await;
-    env.register_all(["svc/orphaned".to_owned()]).await;
-    let id = "svc/orphaned".parse().unwrap();
-    let lapse = OffsetDateTime::now_utc() + Duration::from_secs(2);
-    ctx.inventory
-        .update(&id, |c| {
+/// Writes a claim of another holder on `id`, as a worker elsewhere would have.
+async fn foreign_claim(env: &Env, id: &CredentialId, deadline: OffsetDateTime, beat: u64) {
+    env.bus
+        .inventory()
+        .await
+        .unwrap()
+        .update(id, |c| {
+            c.claim_epoch = 7;
             c.claim = Some(Claim {
                 op: "ghost-op".into(),
-                holder: "worker-that-died".into(),
-                deadline: lapse,
+                holder: "worker-elsewhere".into(),
+                deadline,
+                token: 7,
+                beat,
             });
             Ok(Change::Write(()))
         })
         .await
         .unwrap();
-    let _w = env.worker("w", &["rotator", "revoker"]);
+}
+
+#[tokio::test]
+async fn a_dead_holders_claim_lapses_by_the_waiters_clock_whatever_its_deadline_says() {
+    let env = Env::start().await;
+    env.register_all(["svc/orphaned".to_owned()]).await;
+    let id: CredentialId = "svc/orphaned".parse().unwrap();
+    // Its deadline says a century: a holder's wall clock is not trusted.
+    foreign_claim(
+        &env,
+        &id,
+        OffsetDateTime::now_utc() + Duration::from_secs(100 * 365 * 86_400),
+        0,
+    )
+    .await;
+    let mut ctx = env.context().await;
+    ctx.claim_ttl = Duration::from_secs(1);
     let started = Instant::now();
-    env.ok(&["rotate", "svc/orphaned"]).await;
+    let token = keyloop_workers::claim::with_claim(&ctx, &id, "next-op", async {
+        Ok(env.credential("svc/orphaned").await.claim.unwrap().token)
+    })
+    .await
+    .expect("the silent claim is taken over");
     assert!(
-        OffsetDateTime::now_utc() >= lapse,
-        "the rotation waited for the dead holder's claim to lapse"
-    );
-    println!(
-        "rotation proceeded {:?} after the request, once the orphaned claim lapsed",
+        started.elapsed() >= ctx.claim_ttl,
+        "taken only after a whole TTL without a renewal: {:?}",
         started.elapsed()
     );
-    let cred = env.claim_released("svc/orphaned").await;
-    assert_eq!(cred.versions.len(), 2);
+    assert_eq!(token, 8, "a new fencing token, above the dead holder's");
+    println!(
+        "a claim nobody renewed was taken over after {:?} (TTL {:?})",
+        started.elapsed(),
+        ctx.claim_ttl
+    );
+}
+
+#[tokio::test]
+async fn a_renewed_claim_is_never_taken_even_when_its_holders_clock_says_it_expired() {
+    let env = Env::start().await;
+    env.register_all(["svc/alive".to_owned()]).await;
+    let id: CredentialId = "svc/alive".parse().unwrap();
+    // A live holder whose wall clock is far behind: its deadline is long past, but it renews.
+    let past = OffsetDateTime::UNIX_EPOCH;
+    foreign_claim(&env, &id, past, 0).await;
+    let renewer = {
+        let bus = env.bus.clone();
+        let id = id.clone();
+        tokio::spawn(async move {
+            let inventory = bus.inventory().await.unwrap();
+            let mut every = tokio::time::interval(Duration::from_millis(200));
+            loop {
+                every.tick().await;
+                let _ = inventory
+                    .update(&id, |c| {
+                        if let Some(k) = &mut c.claim {
+                            k.beat += 1;
+                        }
+                        Ok(Change::Write(()))
+                    })
+                    .await;
+            }
+        })
+    };
+    let mut ctx = env.context().await;
+    ctx.claim_ttl = Duration::from_secs(1);
+    let outcome = keyloop_workers::claim::with_claim(&ctx, &id, "next-op", async { Ok(()) }).await;
+    renewer.abort();
+    assert_eq!(
+        outcome.unwrap_err().kind(),
+        keyloop_nats::ErrorKind::Busy,
+        "a renewing holder keeps its claim"
+    );
+    assert_eq!(
+        env.credential("svc/alive").await.claim.unwrap().holder,
+        "worker-elsewhere"
+    );
+}
+
+#[tokio::test]
+async fn a_holder_whose_claim_was_taken_over_writes_nothing_and_calls_no_backend() {
+    let env = Env::start().await;
+    let registered = env.register_all(["svc/fenced".to_owned()]).await;
+    let id: CredentialId = "svc/fenced".parse().unwrap();
+    let ctx = env.context().await;
+    let (taken_tx, taken_rx) = tokio::sync::oneshot::channel::<()>();
+    let (started_tx, started_rx) = tokio::sync::oneshot::channel::<()>();
+    let holder = async {
+        keyloop_workers::claim::with_claim(&ctx, &id, "slow-op", async {
+            let _ = started_tx.send(());
+            taken_rx.await.unwrap();
+            // Another worker took the claim over while this one was stalled.
+            let write = keyloop_workers::claim::update_credential(&ctx, &id, |c| {
+                c.policy.owner = Some("written by a stale holder".into());
+                Ok(Change::Write(()))
+            })
+            .await;
+            let store = ctx.backends.store(keyloop_core::StoreKind::Local).unwrap();
+            let cred = env.credential("svc/fenced").await;
+            let read = store.get(&cred, registered[0].version).await;
+            Ok((write, read))
+        })
+        .await
+    };
+    let thief = async {
+        started_rx.await.unwrap();
+        env.bus
+            .inventory()
+            .await
+            .unwrap()
+            .update(&id, |c| {
+                c.claim_epoch += 1;
+                let claim = c.claim.as_mut().unwrap();
+                claim.holder = "the-worker-that-took-over".into();
+                claim.token = c.claim_epoch;
+                Ok(Change::Write(()))
+            })
+            .await
+            .unwrap();
+        taken_tx.send(()).unwrap();
+    };
+    let (outcome, ()) = tokio::join!(holder, thief);
+    let (write, read) = outcome.unwrap();
+    let write = write.unwrap_err();
+    assert_eq!(write.kind(), keyloop_nats::ErrorKind::Busy);
+    assert!(write.to_string().contains("lost its claim"), "{write}");
+    let read = read.unwrap_err();
+    assert!(read.message.contains("lost its claim"), "{}", read.message);
+    let cred = env.credential("svc/fenced").await;
+    assert_eq!(cred.policy.owner, None, "the stale write never landed");
+    assert_eq!(
+        cred.claim.unwrap().holder,
+        "the-worker-that-took-over",
+        "and the stale holder did not release the new holder's claim"
+    );
 }
 
 #[tokio::test]
@@ -197,7 +321,7 @@ async fn a_slow_operation_renews_its_claim_past_the_ttl() {
     let slow = {
         let (ctx, id) = (ctx.clone(), id.clone());
         tokio::spawn(async move {
-            keyloop_workers::ops::with_claim(&ctx, &id, "slow-op", async {
+            keyloop_workers::claim::with_claim(&ctx, &id, "slow-op", async {
                 let _ = started.send(());
                 // A backend call that takes four claim TTLs.
                 tokio::time::sleep(Duration::from_millis(1_200)).await;

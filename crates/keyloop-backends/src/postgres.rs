@@ -939,6 +939,7 @@ mod tests {
             created_at: at,
             last_used_at: None,
             claim: None,
+            claim_epoch: 0,
             rotation_retry: None,
         }
     }

@@ -533,10 +533,17 @@ pub struct Credential {
     /// The operation in flight on this credential, if any: at most one across the fleet.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub claim: Option<Claim>,
+    /// Claims taken on this credential so far: the last claim's fencing token.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub claim_epoch: u64,
     /// Scheduled (or leak) rotations that failed in a row, and when the next one is tried;
     /// cleared by the next rotation that succeeds.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub rotation_retry: Option<RotationRetry>,
+}
+
+fn is_zero(n: &u64) -> bool {
+    *n == 0
 }
 
 /// A scheduled rotation (or the rotation after a leak) failed: it is tried again, later each
@@ -585,17 +592,19 @@ pub struct Claim {
     pub op: String,
     /// The worker process holding it.
     pub holder: String,
-    /// When it lapses if not released.
+    /// When it lapses if not renewed, by the holder's clock: for people reading the record.
+    /// Other workers never compare it with their own clocks (see `beat`).
     #[serde(with = "time::serde::rfc3339")]
     #[schemars(with = "String")]
     pub deadline: OffsetDateTime,
-}
-
-impl Claim {
-    /// Whether `op` may take this claim at `now`.
-    pub fn yields_to(&self, op: &str, now: OffsetDateTime) -> bool {
-        self.op == op || self.deadline <= now
-    }
+    /// The fencing token: one more than the last claim's on this credential, so a holder that
+    /// lost its claim can tell that every later write is no longer its own.
+    #[serde(default)]
+    pub token: u64,
+    /// Renewals so far. A waiting worker that sees the same `(holder, token, beat)` for a whole
+    /// claim TTL by its own monotonic clock takes the claim: the holder stopped renewing.
+    #[serde(default)]
+    pub beat: u64,
 }
 
 impl Credential {
@@ -818,6 +827,7 @@ mod stage_tests {
             created_at: datetime!(2026-01-01 0:00 UTC),
             last_used_at: None,
             claim: None,
+            claim_epoch: 0,
             rotation_retry: None,
         }
     }
@@ -1012,6 +1022,7 @@ mod settings_tests {
             created_at: datetime!(2026-01-01 0:00 UTC),
             last_used_at: None,
             claim: None,
+            claim_epoch: 0,
             rotation_retry: None,
         }
     }

@@ -1,6 +1,7 @@
 //! What every handler needs: the bus, the inventory and fingerprint index, and the backends a
 //! credential may name. Built once per process and shared by all roles in it.
 
+use crate::claim::{ClaimWatch, Fenced};
 use keyloop_backends::{
     LocalStore, MasterKey, NoneTarget, ResilientStore, ResilientTarget, Store, Target,
 };
@@ -8,8 +9,8 @@ use keyloop_core::{StoreKind, TargetKind};
 use keyloop_nats::{Bus, DueIndex, Error, ErrorKind, FingerprintIndex, Inventory};
 use std::sync::Arc;
 
-/// How long a claim lasts if its holder dies without releasing it. Only other operations wait
-/// for it: the dead holder's own operation, redelivered, takes it over at once.
+/// How long a claim lasts once its holder stops renewing it (see `claim`). Only other
+/// operations wait for it: the dead holder's own operation, redelivered, takes it over at once.
 pub const DEFAULT_CLAIM_TTL: std::time::Duration = std::time::Duration::from_secs(15);
 
 /// The stores and targets this process can reach. Set by the binary from its flags and
@@ -30,7 +31,8 @@ pub struct Backends {
 }
 
 impl Backends {
-    /// The store of that kind, or an error that says how to configure it.
+    /// The store of that kind (behind in-process retries, injected faults and the claim fence
+    /// of the calling task), or an error that says how to configure it.
     pub fn store(&self, kind: StoreKind) -> Result<Arc<dyn Store>, Error> {
         let inner: Arc<dyn Store> = match kind {
             StoreKind::Local => self.local.clone().map(|s| s as Arc<dyn Store>).ok_or_else(|| {
@@ -46,10 +48,12 @@ impl Backends {
                 )
             }),
         }?;
-        Ok(Arc::new(ResilientStore::new(inner, self.faults.clone())))
+        let resilient: Arc<dyn Store> = Arc::new(ResilientStore::new(inner, self.faults.clone()));
+        Ok(Arc::new(Fenced(resilient)))
     }
 
-    /// The target of that kind, or an error that says how to configure it.
+    /// The target of that kind (behind in-process retries, injected faults and the claim fence
+    /// of the calling task), or an error that says how to configure it.
     pub fn target(&self, kind: TargetKind) -> Result<Arc<dyn Target>, Error> {
         let inner: Arc<dyn Target> = match kind {
             TargetKind::None => Ok(Arc::new(NoneTarget) as Arc<dyn Target>),
@@ -60,7 +64,8 @@ impl Backends {
                 )
             }),
         }?;
-        Ok(Arc::new(ResilientTarget::new(inner, self.faults.clone())))
+        let resilient: Arc<dyn Target> = Arc::new(ResilientTarget::new(inner, self.faults.clone()));
+        Ok(Arc::new(Fenced(resilient)))
     }
 }
 
@@ -81,6 +86,8 @@ pub struct WorkerContext {
     pub holder: String,
     /// How long a claim lasts if its holder dies without releasing it.
     pub claim_ttl: std::time::Duration,
+    /// Claims of other holders this process has seen, to tell when one stopped being renewed.
+    pub claim_watch: Arc<ClaimWatch>,
 }
 
 impl WorkerContext {
@@ -108,6 +115,7 @@ impl WorkerContext {
             },
             holder: format!("{}-{}", std::process::id(), uuid::Uuid::now_v7()),
             claim_ttl: DEFAULT_CLAIM_TTL,
+            claim_watch: Arc::default(),
         })
     }
 }

@@ -11,6 +11,7 @@
 //! - [`sweeper`]: on each tick, commands for what has fallen due; records uses;
 //! - [`jit_issuer`]: `jit.issue` / `token.verify` request/reply, and `task.completed`.
 
+pub mod claim;
 pub mod context;
 pub mod decode;
 pub mod jit_issuer;

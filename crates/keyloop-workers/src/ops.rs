@@ -145,7 +145,7 @@ pub async fn register(
             )),
         }
     };
-    let (cred, warnings) = with_claim(ctx, &id, &op, take_over).await?;
+    let (cred, warnings) = crate::claim::with_claim(ctx, &id, &op, take_over).await?;
     let now = OffsetDateTime::now_utc();
     if let Some(max_age) = cred.policy.max_age_secs {
         let due = now + Duration::from_secs(max_age);
@@ -243,6 +243,7 @@ async fn record_registration(ctx: &WorkerContext, reg: &Registration) -> Result<
         created_at: now,
         last_used_at: None,
         claim: None,
+        claim_epoch: 0,
         rotation_retry: None,
     };
     let login = cred.login_for_new_version();
@@ -354,18 +355,16 @@ async fn take_over(
         .await
         .map_err(before_target)?;
     let fp = fingerprint.clone();
-    let cred = ctx
-        .inventory
-        .update(id, |c| match c.version_mut(version) {
-            Some(v) if v.stage == Stage::Pending => {
-                v.fingerprint = fp.clone();
-                v.at_target = AtTarget::Set;
-                Ok(Change::Write(c.clone()))
-            }
-            _ => Ok(Change::Keep(c.clone())),
-        })
-        .await
-        .map_err(before_target)?;
+    let cred = crate::claim::update_credential(ctx, id, |c| match c.version_mut(version) {
+        Some(v) if v.stage == Stage::Pending => {
+            v.fingerprint = fp.clone();
+            v.at_target = AtTarget::Set;
+            Ok(Change::Write(c.clone()))
+        }
+        _ => Ok(Change::Keep(c.clone())),
+    })
+    .await
+    .map_err(before_target)?;
     if let Err(e) = target.apply(&cred, version, &value).await {
         // A first attempt that never reached the target (no connection) changed nothing.
         if e.untouched && fresh {
@@ -399,17 +398,16 @@ async fn take_over(
     }
     drop(value);
     let now = OffsetDateTime::now_utc();
-    ctx.inventory
-        .update(id, |c| match c.version_mut(version) {
-            Some(v) if v.stage == Stage::Pending => {
-                v.stage = Stage::Current;
-                v.activated_at = Some(now);
-                Ok(Change::Write(c.clone()))
-            }
-            _ => Ok(Change::Keep(c.clone())),
-        })
-        .await
-        .map_err(|e| (e, TargetState::Unknown))
+    crate::claim::update_credential(ctx, id, |c| match c.version_mut(version) {
+        Some(v) if v.stage == Stage::Pending => {
+            v.stage = Stage::Current;
+            v.activated_at = Some(now);
+            Ok(Change::Write(c.clone()))
+        }
+        _ => Ok(Change::Keep(c.clone())),
+    })
+    .await
+    .map_err(|e| (e, TargetState::Unknown))
 }
 
 /// Removes what a registration that took nothing over left: its value, fingerprints,
@@ -552,19 +550,17 @@ pub async fn revoke_version(
     }
     let now = OffsetDateTime::now_utc();
     let (reason, op) = (req.reason, req.op);
-    let outcome = ctx
-        .inventory
-        .update(req.credential, |c| {
-            let Some(v) = c.version(req.version) else {
-                return Ok(Change::Keep(None));
-            };
-            if v.stage == Stage::Revoked {
-                return Ok(Change::Keep(Some(v.clone())));
-            }
-            c.revoke(req.version, reason, op, now);
-            Ok(Change::Write(c.version(req.version).cloned()))
-        })
-        .await?;
+    let outcome = crate::claim::update_credential(ctx, req.credential, |c| {
+        let Some(v) = c.version(req.version) else {
+            return Ok(Change::Keep(None));
+        };
+        if v.stage == Stage::Revoked {
+            return Ok(Change::Keep(Some(v.clone())));
+        }
+        c.revoke(req.version, reason, op, now);
+        Ok(Change::Write(c.version(req.version).cloned()))
+    })
+    .await?;
     let Some(version) = outcome else {
         return Ok(Revoked::Unknown);
     };
@@ -642,15 +638,14 @@ async fn mark_rolled_back(
     credential: &CredentialId,
     version: Uuid,
 ) -> Result<Credential, Error> {
-    ctx.inventory
-        .update(credential, |c| match c.version_mut(version) {
-            Some(v) if v.stage == Stage::Pending && v.at_target == AtTarget::Set => {
-                v.at_target = AtTarget::RolledBack;
-                Ok(Change::Write(c.clone()))
-            }
-            _ => Ok(Change::Keep(c.clone())),
-        })
-        .await
+    crate::claim::update_credential(ctx, credential, |c| match c.version_mut(version) {
+        Some(v) if v.stage == Stage::Pending && v.at_target == AtTarget::Set => {
+            v.at_target = AtTarget::RolledBack;
+            Ok(Change::Write(c.clone()))
+        }
+        _ => Ok(Change::Keep(c.clone())),
+    })
+    .await
 }
 
 /// The id of the version a rotation creates: derived from the operation, so a retried
@@ -818,141 +813,6 @@ pub async fn end_lease(
         .caused_by(cause.correlation.clone(), cause.causation.clone());
     ctx.bus.publish_lifecycle(&event).await?;
     Ok(true)
-}
-
-/// Longest an operation waits in-process for another operation's claim on the same credential
-/// before giving the message back (nak) to be retried later.
-const CLAIM_WAIT: Duration = Duration::from_secs(5);
-
-/// A held claim on a credential; release it with [`ClaimGuard::release`] (if the holder dies
-/// first, the claim lapses at its deadline).
-#[derive(Debug)]
-#[must_use = "release the claim when the operation is done"]
-pub struct ClaimGuard {
-    credential: CredentialId,
-    op: String,
-    holder: String,
-}
-
-/// Takes the credential's claim for operation `op`: at most one operation in flight per
-/// credential across the fleet. Waits (with backoff, up to a few seconds) while another
-/// operation holds it; then fails with `Busy`, and the message is retried later.
-pub async fn claim(
-    ctx: &WorkerContext,
-    credential: &CredentialId,
-    op: &str,
-) -> Result<ClaimGuard, Error> {
-    use backon::{ExponentialBuilder, Retryable};
-    let attempt = || async {
-        let now = OffsetDateTime::now_utc();
-        let deadline = now + ctx.claim_ttl;
-        ctx.inventory
-            .update(credential, |c| {
-                if let Some(existing) = &c.claim
-                    && !existing.yields_to(op, now)
-                {
-                    return Err(Error::msg(
-                        ErrorKind::Busy,
-                        format!(
-                            "credential {credential} is busy with operation {} (claim until {}); will retry",
-                            existing.op, existing.deadline
-                        ),
-                    ));
-                }
-                c.claim = Some(keyloop_core::Claim { op: op.to_owned(), holder: ctx.holder.clone(), deadline });
-                Ok(Change::Write(()))
-            })
-            .await
-    };
-    attempt
-        .retry(
-            ExponentialBuilder::default()
-                .with_min_delay(Duration::from_millis(2))
-                .with_max_delay(Duration::from_millis(250))
-                .with_total_delay(Some(CLAIM_WAIT))
-                .without_max_times()
-                .with_jitter(),
-        )
-        .when(|e: &Error| e.kind() == ErrorKind::Busy)
-        .await?;
-    Ok(ClaimGuard {
-        credential: credential.clone(),
-        op: op.to_owned(),
-        holder: ctx.holder.clone(),
-    })
-}
-
-impl ClaimGuard {
-    /// Pushes the deadline of the claim forward if it is still ours. A failure is logged: the
-    /// next renewal tries again, and the deadline still has two thirds of the TTL to run.
-    async fn renew(&self, ctx: &WorkerContext) {
-        let deadline = OffsetDateTime::now_utc() + ctx.claim_ttl;
-        let result = ctx
-            .inventory
-            .update(&self.credential, |c| match &mut c.claim {
-                Some(k) if k.op == self.op && k.holder == self.holder => {
-                    k.deadline = deadline;
-                    Ok(Change::Write(()))
-                }
-                _ => Ok(Change::Keep(())),
-            })
-            .await;
-        if let Err(e) = result {
-            tracing::warn!(credential = %self.credential, op = %self.op, error = %e, "could not renew claim");
-        }
-    }
-
-    /// Releases the claim if it is still ours. A failure here is harmless: the claim lapses.
-    pub async fn release(self, ctx: &WorkerContext) {
-        let result = ctx
-            .inventory
-            .update(&self.credential, |c| match &c.claim {
-                Some(k) if k.op == self.op && k.holder == self.holder => {
-                    c.claim = None;
-                    Ok(Change::Write(()))
-                }
-                _ => Ok(Change::Keep(())),
-            })
-            .await;
-        match result {
-            // A failed registration removed its record, claim and all.
-            Err(e) if e.kind() == ErrorKind::NotFound => {}
-            Err(e) => {
-                tracing::warn!(credential = %self.credential, op = %self.op, error = %e, "could not release claim; it lapses at its deadline")
-            }
-            Ok(()) => {}
-        }
-    }
-}
-
-/// Runs `operation` holding the credential's claim for `op`, and releases it afterwards
-/// whatever the outcome. While it runs, the claim's deadline is pushed forward every third of
-/// the claim TTL, so a slow backend call never lets another operation in; a holder that dies
-/// stops renewing, and its claim lapses.
-pub async fn with_claim<T, F>(
-    ctx: &WorkerContext,
-    credential: &CredentialId,
-    op: &str,
-    operation: F,
-) -> Result<T, Error>
-where
-    F: std::future::Future<Output = Result<T, Error>>,
-{
-    let guard = claim(ctx, credential, op).await?;
-    let renew = async {
-        let mut every = tokio::time::interval(ctx.claim_ttl / 3);
-        every.tick().await;
-        loop {
-            every.tick().await;
-            guard.renew(ctx).await;
-        }
-    };
-    let result = tokio::select! {
-        result = operation => result,
-        never = renew => never,
-    };
-    guard.release(ctx).await;
-    result
 }
 
 /// Whether an operation that failed with `error` gives up now: a permanent error does at once,

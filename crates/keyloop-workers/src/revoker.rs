@@ -63,7 +63,7 @@ pub async fn execute(
         }
         result
     };
-    match ops::with_claim(ctx, &cmd.credential, &cmd.op_id, attempt).await {
+    match crate::claim::with_claim(ctx, &cmd.credential, &cmd.op_id, attempt).await {
         Err(e) if e.kind() == keyloop_nats::ErrorKind::Busy && last_attempt => {
             revocation_failed(ctx, cmd, cause, &e).await;
             return Err(e);

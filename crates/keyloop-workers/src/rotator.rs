@@ -85,7 +85,7 @@ pub async fn execute(
             other => other,
         }
     };
-    match ops::with_claim(ctx, &cmd.credential, &cmd.op_id, attempt).await {
+    match crate::claim::with_claim(ctx, &cmd.credential, &cmd.op_id, attempt).await {
         Err(e) if e.kind() == ErrorKind::Busy && last_attempt => {
             rotation_failed(
                 ctx,
@@ -245,24 +245,22 @@ async fn schedule_retry(
 ) -> Result<(), Error> {
     let now = OffsetDateTime::now_utc();
     let op = cmd.op_id.as_str();
-    let retry = ctx
-        .inventory
-        .update(&cmd.credential, |c| {
-            // One failure per operation: a redelivered give-up counts once.
-            if c.rotation_retry.as_ref().is_some_and(|r| r.failed_op == op) {
-                return Ok(Change::Keep(c.rotation_retry.clone()));
-            }
-            let failures = c.rotation_retry.as_ref().map_or(0, |r| r.failures) + 1;
-            c.rotation_retry = Some(RotationRetry {
-                reason: cmd.reason,
-                failures,
-                next_attempt_at: now + RotationRetry::delay_after(failures),
-                last_error: error.to_string(),
-                failed_op: op.to_owned(),
-            });
-            Ok(Change::Write(c.rotation_retry.clone()))
-        })
-        .await?;
+    let retry = crate::claim::update_credential(ctx, &cmd.credential, |c| {
+        // One failure per operation: a redelivered give-up counts once.
+        if c.rotation_retry.as_ref().is_some_and(|r| r.failed_op == op) {
+            return Ok(Change::Keep(c.rotation_retry.clone()));
+        }
+        let failures = c.rotation_retry.as_ref().map_or(0, |r| r.failures) + 1;
+        c.rotation_retry = Some(RotationRetry {
+            reason: cmd.reason,
+            failures,
+            next_attempt_at: now + RotationRetry::delay_after(failures),
+            last_error: error.to_string(),
+            failed_op: op.to_owned(),
+        });
+        Ok(Change::Write(c.rotation_retry.clone()))
+    })
+    .await?;
     if let Some(r) = retry {
         ctx.due
             .schedule(
@@ -381,9 +379,8 @@ pub async fn run_rotation(
     );
     // Every read below reuses the state a write returned: while this operation holds the
     // claim, nothing else changes the versions (uses only touch `last_used_at`).
-    let (recorded, cred) = ctx
-        .inventory
-        .update(id, |c| match c.version(new_version) {
+    let (recorded, cred) =
+        crate::claim::update_credential(ctx, id, |c| match c.version(new_version) {
             Some(v) => Ok(Change::Keep((v.stage, c.clone()))),
             None => {
                 let mut pending = pending.clone();
@@ -442,19 +439,17 @@ pub async fn run_rotation(
     }
     // Recorded before the target is called: from here on, a failure knows the account may hold
     // the new value and undoes it (see the module docs).
-    let (stage, cred) = ctx
-        .inventory
-        .update(id, |c| {
-            let stage = c.version(new_version).map(|v| v.stage);
-            match c.version_mut(new_version) {
-                Some(v) if v.stage == Stage::Pending && v.at_target == AtTarget::NotSet => {
-                    v.at_target = AtTarget::Set;
-                    Ok(Change::Write((stage, c.clone())))
-                }
-                _ => Ok(Change::Keep((stage, c.clone()))),
+    let (stage, cred) = crate::claim::update_credential(ctx, id, |c| {
+        let stage = c.version(new_version).map(|v| v.stage);
+        match c.version_mut(new_version) {
+            Some(v) if v.stage == Stage::Pending && v.at_target == AtTarget::NotSet => {
+                v.at_target = AtTarget::Set;
+                Ok(Change::Write((stage, c.clone())))
             }
-        })
-        .await?;
+            _ => Ok(Change::Keep((stage, c.clone()))),
+        }
+    })
+    .await?;
     if stage != Some(Stage::Pending) {
         info!(credential = %id, version = %new_version, "pending version was revoked before it was set (leaked mid-rotation?); nothing to do");
         return Ok(());
@@ -540,18 +535,16 @@ async fn finish(
             .map_err(|e| backend(e, "promote the new value in its store"))?;
     }
     let now = OffsetDateTime::now_utc();
-    let (promotion, promoted_cred) = ctx
-        .inventory
-        .update(id, |c| {
-            let p = c.promote(new_version, now);
-            if p.promoted {
-                c.rotation_retry = None;
-                Ok(Change::Write((p, c.clone())))
-            } else {
-                Ok(Change::Keep((p, c.clone())))
-            }
-        })
-        .await?;
+    let (promotion, promoted_cred) = crate::claim::update_credential(ctx, id, |c| {
+        let p = c.promote(new_version, now);
+        if p.promoted {
+            c.rotation_retry = None;
+            Ok(Change::Write((p, c.clone())))
+        } else {
+            Ok(Change::Keep((p, c.clone())))
+        }
+    })
+    .await?;
     if !promotion.promoted
         && let Some(v) = promoted_cred
             .version(new_version)

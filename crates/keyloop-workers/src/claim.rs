@@ -1,0 +1,540 @@
+//! Claims: at most one operation in flight per credential across the fleet, as a
+//! compare-and-set on the credential's record.
+//!
+//! - **Fencing.** Every claim carries a token one higher than the last one taken on that
+//!   credential. [`with_claim`] scopes a [`Fence`] around its operation: every credential write
+//!   through [`update_credential`] checks that the record's claim is still this holder's token,
+//!   and every store and target call (the [`Fenced`] wrappers `Backends` hands out) checks that
+//!   the claim is still live by this process's clock. A holder that lost its claim, or failed to
+//!   renew it for most of a TTL, stops before its next write or backend call.
+//! - **Expiry without trusting clocks.** The holder renews every third of the TTL, which bumps
+//!   the claim's `beat`. A waiting worker takes a claim over only after it has seen the same
+//!   `(holder, token, beat)` for a whole TTL by its own monotonic clock; the holder stops using
+//!   it by its own monotonic clock well before that ([`Fence`] keeps a sixth of the TTL in hand),
+//!   so two replicas whose wall clocks disagree never both act. The recorded `deadline` is only
+//!   for people reading the record. The same operation, redelivered after a crash, takes its
+//!   own claim over at once (every step is idempotent); its old holder, if still alive, is
+//!   fenced off by the new token.
+
+use crate::context::WorkerContext;
+use futures::future::BoxFuture;
+use keyloop_backends::{BackendError, Store, Target};
+use keyloop_core::{Claim, Credential, CredentialId, RevokeReason, Secret};
+use keyloop_nats::{Change, Error, ErrorKind};
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+use time::OffsetDateTime;
+use tokio::time::Instant;
+use uuid::Uuid;
+
+/// Longest an operation waits in-process for another operation's claim on the same credential
+/// before giving the message back (nak) to be retried later.
+pub const CLAIM_WAIT: Duration = Duration::from_secs(5);
+
+tokio::task_local! {
+    static FENCE: Arc<Fence>;
+}
+
+/// What the holder of a claim knows about it: its token, and until when by this process's
+/// monotonic clock it may still act.
+#[derive(Debug)]
+pub struct Fence {
+    credential: CredentialId,
+    op: String,
+    holder: String,
+    token: u64,
+    ttl: Duration,
+    state: Mutex<FenceState>,
+}
+
+#[derive(Debug)]
+struct FenceState {
+    valid_until: Instant,
+    lost: Option<String>,
+}
+
+impl Fence {
+    fn new(credential: &CredentialId, op: &str, holder: &str, token: u64, ttl: Duration) -> Self {
+        Self {
+            credential: credential.clone(),
+            op: op.to_owned(),
+            holder: holder.to_owned(),
+            token,
+            ttl,
+            state: Mutex::new(FenceState {
+                valid_until: Instant::now(),
+                lost: None,
+            }),
+        }
+    }
+
+    /// The claim was written (taken or renewed) by a request sent at `sent`: other workers
+    /// wait a whole TTL from when they see it, so acting stays safe until five sixths of it.
+    fn confirmed(&self, sent: Instant) {
+        let mut s = self.state.lock().expect("fence lock");
+        s.valid_until = s.valid_until.max(sent + self.ttl - self.ttl / 6);
+    }
+
+    fn lose(&self, why: String) {
+        self.state
+            .lock()
+            .expect("fence lock")
+            .lost
+            .get_or_insert(why);
+    }
+
+    fn lost_error(&self, why: &str) -> Error {
+        Error::msg(
+            ErrorKind::Busy,
+            format!(
+                "credential {}: operation {} lost its claim ({why}); it stops before its next step and is retried, resuming from what is recorded",
+                self.credential, self.op
+            ),
+        )
+    }
+
+    /// Whether this holder may still act, by its own clock.
+    pub fn check_live(&self) -> Result<(), Error> {
+        let s = self.state.lock().expect("fence lock");
+        if let Some(why) = &s.lost {
+            return Err(self.lost_error(why));
+        }
+        if Instant::now() >= s.valid_until {
+            return Err(self.lost_error(
+                "it could not be renewed in time, so another worker may take it over",
+            ));
+        }
+        Ok(())
+    }
+
+    /// Whether `record`'s claim is still this one (same holder and token).
+    fn check_record(&self, record: &Credential) -> Result<(), Error> {
+        match &record.claim {
+            Some(c) if c.holder == self.holder && c.token == self.token => Ok(()),
+            Some(c) => {
+                let why = format!(
+                    "now held by operation {} with token {} (ours was {})",
+                    c.op, c.token, self.token
+                );
+                self.lose(why.clone());
+                Err(self.lost_error(&why))
+            }
+            None => {
+                let why = "released by someone else".to_owned();
+                self.lose(why.clone());
+                Err(self.lost_error(&why))
+            }
+        }
+    }
+
+    /// The fence in scope for `credential`, if this task holds its claim.
+    fn current(credential: &CredentialId) -> Option<Arc<Fence>> {
+        FENCE
+            .try_with(|f| f.clone())
+            .ok()
+            .filter(|f| &f.credential == credential)
+    }
+}
+
+/// Applies `decide` to the credential's record with compare-and-set, like
+/// `Inventory::update`; when the calling task holds the credential's claim, the write is fenced:
+/// it fails (and nothing is written) once the record's claim is no longer this holder's.
+pub async fn update_credential<T>(
+    ctx: &WorkerContext,
+    id: &CredentialId,
+    mut decide: impl FnMut(&mut Credential) -> Result<Change<T>, Error>,
+) -> Result<T, Error> {
+    let fence = Fence::current(id);
+    ctx.inventory
+        .update(id, |c| {
+            if let Some(f) = &fence {
+                f.check_record(c)?;
+            }
+            decide(c)
+        })
+        .await
+}
+
+/// What waiting workers in this process have seen of claims held by others: when each
+/// `(holder, token, beat)` was first seen, by the monotonic clock.
+#[derive(Debug, Default)]
+pub struct ClaimWatch {
+    seen: Mutex<HashMap<CredentialId, (String, u64, u64, Instant)>>,
+}
+
+impl ClaimWatch {
+    /// True once `claim` has looked the same for `ttl` by this process's clock: its holder
+    /// stopped renewing.
+    fn lapsed(&self, id: &CredentialId, claim: &Claim, ttl: Duration) -> bool {
+        let mut seen = self.seen.lock().expect("claim watch lock");
+        let now = Instant::now();
+        let entry = seen
+            .entry(id.clone())
+            .or_insert_with(|| (claim.holder.clone(), claim.token, claim.beat, now));
+        if (entry.0.as_str(), entry.1, entry.2) != (claim.holder.as_str(), claim.token, claim.beat)
+        {
+            *entry = (claim.holder.clone(), claim.token, claim.beat, now);
+        }
+        now.duration_since(entry.3) >= ttl
+    }
+
+    fn forget(&self, id: &CredentialId) {
+        self.seen.lock().expect("claim watch lock").remove(id);
+    }
+}
+
+/// A held claim; [`with_claim`] renews and releases it.
+#[derive(Debug)]
+struct ClaimGuard {
+    fence: Arc<Fence>,
+}
+
+/// Takes the credential's claim for operation `op`. Waits (with backoff, up to
+/// [`CLAIM_WAIT`]) while another operation holds it and keeps renewing it; then fails with
+/// `Busy`, and the message is retried later.
+async fn claim(
+    ctx: &WorkerContext,
+    credential: &CredentialId,
+    op: &str,
+) -> Result<ClaimGuard, Error> {
+    use backon::{ExponentialBuilder, Retryable};
+    let attempt = || async {
+        let sent = Instant::now();
+        let deadline = OffsetDateTime::now_utc() + ctx.claim_ttl;
+        let token = ctx
+            .inventory
+            .update(credential, |c| {
+                if let Some(existing) = &c.claim
+                    && existing.op != op
+                    && !ctx.claim_watch.lapsed(credential, existing, ctx.claim_ttl)
+                {
+                    return Err(Error::msg(
+                        ErrorKind::Busy,
+                        format!(
+                            "credential {credential} is busy with operation {} (claimed by {}); will retry",
+                            existing.op, existing.holder
+                        ),
+                    ));
+                }
+                c.claim_epoch += 1;
+                c.claim = Some(Claim {
+                    op: op.to_owned(),
+                    holder: ctx.holder.clone(),
+                    deadline,
+                    token: c.claim_epoch,
+                    beat: 0,
+                });
+                Ok(Change::Write(c.claim_epoch))
+            })
+            .await?;
+        Ok::<_, Error>((token, sent))
+    };
+    let (token, sent) = attempt
+        .retry(
+            ExponentialBuilder::default()
+                .with_min_delay(Duration::from_millis(2))
+                .with_max_delay(Duration::from_millis(250))
+                .with_total_delay(Some(CLAIM_WAIT))
+                .without_max_times()
+                .with_jitter(),
+        )
+        .when(|e: &Error| e.kind() == ErrorKind::Busy)
+        .await?;
+    ctx.claim_watch.forget(credential);
+    let fence = Arc::new(Fence::new(
+        credential,
+        op,
+        &ctx.holder,
+        token,
+        ctx.claim_ttl,
+    ));
+    fence.confirmed(sent);
+    Ok(ClaimGuard { fence })
+}
+
+impl ClaimGuard {
+    /// Bumps the claim's beat (and its informational deadline) if it is still ours. A failed
+    /// write is logged and the next renewal tries again; the fence stops the operation if none
+    /// succeeds in time. A claim no longer ours stops it at once.
+    async fn renew(&self, ctx: &WorkerContext) {
+        let f = &self.fence;
+        let sent = Instant::now();
+        let deadline = OffsetDateTime::now_utc() + ctx.claim_ttl;
+        let result = ctx
+            .inventory
+            .update(&f.credential, |c| match &mut c.claim {
+                Some(k) if k.holder == f.holder && k.token == f.token => {
+                    k.beat += 1;
+                    k.deadline = deadline;
+                    Ok(Change::Write(true))
+                }
+                _ => Ok(Change::Keep(false)),
+            })
+            .await;
+        match result {
+            Ok(true) => f.confirmed(sent),
+            Ok(false) => {
+                tracing::warn!(credential = %f.credential, op = %f.op, "claim taken over by another worker; stopping before the next step");
+                f.lose("taken over by another worker".into());
+            }
+            Err(e) => {
+                tracing::warn!(credential = %f.credential, op = %f.op, error = %e, "could not renew claim; will try again")
+            }
+        }
+    }
+
+    /// Releases the claim if it is still ours. A failure here is harmless: the claim lapses.
+    async fn release(self, ctx: &WorkerContext) {
+        let f = &self.fence;
+        let result = ctx
+            .inventory
+            .update(&f.credential, |c| match &c.claim {
+                Some(k) if k.holder == f.holder && k.token == f.token => {
+                    c.claim = None;
+                    Ok(Change::Write(()))
+                }
+                _ => Ok(Change::Keep(())),
+            })
+            .await;
+        match result {
+            // A failed registration removed its record, claim and all.
+            Err(e) if e.kind() == ErrorKind::NotFound => {}
+            Err(e) => {
+                tracing::warn!(credential = %f.credential, op = %f.op, error = %e, "could not release claim; it lapses once it stops being renewed")
+            }
+            Ok(()) => {}
+        }
+    }
+}
+
+/// Runs `operation` holding the credential's claim for `op`, and releases it afterwards
+/// whatever the outcome. While it runs, the claim is renewed every third of the claim TTL, so
+/// a slow backend call never lets another operation in, and the operation's writes and backend
+/// calls are fenced (see the module docs); a holder that dies stops renewing, and its claim
+/// lapses.
+pub async fn with_claim<T, F>(
+    ctx: &WorkerContext,
+    credential: &CredentialId,
+    op: &str,
+    operation: F,
+) -> Result<T, Error>
+where
+    F: std::future::Future<Output = Result<T, Error>>,
+{
+    let guard = claim(ctx, credential, op).await?;
+    let renew = async {
+        let mut every = tokio::time::interval(ctx.claim_ttl / 3);
+        every.tick().await;
+        loop {
+            every.tick().await;
+            guard.renew(ctx).await;
+        }
+    };
+    let result = FENCE
+        .scope(guard.fence.clone(), async {
+            tokio::select! {
+                result = operation => result,
+                never = renew => never,
+            }
+        })
+        .await;
+    guard.release(ctx).await;
+    result
+}
+
+/// The fence's check before a backend call: `Busy` (retried later) when the calling task holds
+/// a claim on `credential` that it may no longer act on.
+fn check_before_call(credential: &Credential) -> Result<(), BackendError> {
+    match Fence::current(&credential.id) {
+        Some(f) => f
+            .check_live()
+            .map_err(|e| BackendError::transient(e.to_string()).before_any_change()),
+        None => Ok(()),
+    }
+}
+
+/// A store or target whose every call first checks the claim of the task making it (see the
+/// module docs): a holder that lost its claim never reaches the backend again.
+#[derive(Debug)]
+pub struct Fenced<T: ?Sized>(pub Arc<T>);
+
+impl Store for Fenced<dyn Store> {
+    fn put_new<'a>(
+        &'a self,
+        c: &'a Credential,
+        v: Uuid,
+        value: Secret,
+    ) -> BoxFuture<'a, Result<Secret, BackendError>> {
+        Box::pin(async move {
+            check_before_call(c)?;
+            self.0.put_new(c, v, value).await
+        })
+    }
+
+    fn get<'a>(
+        &'a self,
+        c: &'a Credential,
+        v: Uuid,
+    ) -> BoxFuture<'a, Result<Option<Secret>, BackendError>> {
+        Box::pin(async move {
+            check_before_call(c)?;
+            self.0.get(c, v).await
+        })
+    }
+
+    fn promote<'a>(
+        &'a self,
+        c: &'a Credential,
+        v: Uuid,
+        p: Option<Uuid>,
+    ) -> BoxFuture<'a, Result<(), BackendError>> {
+        Box::pin(async move {
+            check_before_call(c)?;
+            self.0.promote(c, v, p).await
+        })
+    }
+
+    fn destroy<'a>(
+        &'a self,
+        c: &'a Credential,
+        v: Uuid,
+    ) -> BoxFuture<'a, Result<(), BackendError>> {
+        Box::pin(async move {
+            check_before_call(c)?;
+            self.0.destroy(c, v).await
+        })
+    }
+}
+
+impl Target for Fenced<dyn Target> {
+    fn apply<'a>(
+        &'a self,
+        c: &'a Credential,
+        v: Uuid,
+        value: &'a Secret,
+    ) -> BoxFuture<'a, Result<(), BackendError>> {
+        Box::pin(async move {
+            check_before_call(c)?;
+            self.0.apply(c, v, value).await
+        })
+    }
+
+    fn test<'a>(
+        &'a self,
+        c: &'a Credential,
+        v: Uuid,
+        value: &'a Secret,
+    ) -> BoxFuture<'a, Result<(), BackendError>> {
+        Box::pin(async move {
+            check_before_call(c)?;
+            self.0.test(c, v, value).await
+        })
+    }
+
+    fn accepts<'a>(
+        &'a self,
+        c: &'a Credential,
+        v: Uuid,
+        value: &'a Secret,
+    ) -> BoxFuture<'a, Result<bool, BackendError>> {
+        Box::pin(async move {
+            check_before_call(c)?;
+            self.0.accepts(c, v, value).await
+        })
+    }
+
+    fn invalidate<'a>(
+        &'a self,
+        c: &'a Credential,
+        v: Uuid,
+        value: Option<&'a Secret>,
+        reason: RevokeReason,
+    ) -> BoxFuture<'a, Result<(), BackendError>> {
+        Box::pin(async move {
+            check_before_call(c)?;
+            self.0.invalidate(c, v, value, reason).await
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn claim(holder: &str, token: u64, beat: u64) -> Claim {
+        Claim {
+            op: "op".into(),
+            holder: holder.into(),
+            deadline: OffsetDateTime::UNIX_EPOCH,
+            token,
+            beat,
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_claim_lapses_only_after_it_looked_the_same_for_a_whole_ttl_by_our_clock() {
+        let watch = ClaimWatch::default();
+        let id: CredentialId = "svc/x".parse().unwrap();
+        let ttl = Duration::from_secs(15);
+        // The recorded deadline (1970) means nothing: first sight starts the count.
+        assert!(!watch.lapsed(&id, &claim("a", 1, 0), ttl));
+        tokio::time::advance(ttl / 2).await;
+        // A renewal (a new beat) starts the count again.
+        assert!(!watch.lapsed(&id, &claim("a", 1, 1), ttl));
+        tokio::time::advance(ttl / 2 + Duration::from_secs(1)).await;
+        assert!(
+            !watch.lapsed(&id, &claim("a", 1, 1), ttl),
+            "renewed less than a TTL ago"
+        );
+        tokio::time::advance(ttl / 2).await;
+        assert!(
+            watch.lapsed(&id, &claim("a", 1, 1), ttl),
+            "silent for a TTL"
+        );
+        // Another holder's claim is a new claim.
+        assert!(!watch.lapsed(&id, &claim("b", 2, 0), ttl));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_holder_stops_acting_before_any_waiter_may_take_its_claim_over() {
+        let ttl = Duration::from_secs(15);
+        let f = Fence::new(&"svc/x".parse().unwrap(), "op", "me", 3, ttl);
+        f.confirmed(Instant::now());
+        assert!(f.check_live().is_ok());
+        tokio::time::advance(ttl - ttl / 6 - Duration::from_millis(1)).await;
+        assert!(f.check_live().is_ok());
+        tokio::time::advance(Duration::from_millis(1)).await;
+        // A waiter that saw the write no earlier than it was sent still waits another sixth of
+        // the TTL: the holder has already stopped.
+        assert_eq!(f.check_live().unwrap_err().kind(), ErrorKind::Busy);
+        // A renewal that gets through makes it live again.
+        f.confirmed(Instant::now());
+        assert!(f.check_live().is_ok());
+    }
+
+    #[test]
+    fn a_record_claimed_by_another_token_stops_the_old_holder_for_good() {
+        let f = Fence::new(
+            &"svc/x".parse().unwrap(),
+            "op",
+            "me",
+            3,
+            Duration::from_secs(15),
+        );
+        let mut record: Credential = serde_json::from_value(serde_json::json!({
+            "id": "svc/x", "store": "local", "target": "none",
+            "policy": {"grace_secs": 0}, "versions": [],
+            "created_at": "2026-01-01T00:00:00Z"
+        }))
+        .unwrap();
+        record.claim = Some(claim("me", 3, 7));
+        assert!(f.check_record(&record).is_ok());
+        // The same holder process, but a newer claim (its own operation taken over again).
+        record.claim = Some(claim("me", 4, 0));
+        assert!(f.check_record(&record).is_err());
+        record.claim = Some(claim("me", 3, 8));
+        assert!(f.check_record(&record).is_ok(), "the record is fine again");
+        assert!(f.check_live().is_err(), "but the fence stays lost");
+    }
+}
