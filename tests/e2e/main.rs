@@ -7,6 +7,7 @@ mod bad_input;
 mod broker;
 mod chaos;
 mod cli;
+mod durations;
 mod faults;
 mod fleet;
 mod harness;

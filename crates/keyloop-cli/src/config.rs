@@ -5,6 +5,7 @@ use crate::cli::{Cli, Command, Global};
 use anyhow::{Context, Result, bail};
 use keyloop_backends::{AwsSecretsManager, AwsSmConfig, MasterKey, PostgresConfig, PostgresTarget};
 use keyloop_core::Secret;
+use keyloop_core::duration::{Bounds, DurationError, LEASE_TTL, TICK_INTERVAL};
 use keyloop_nats::bus::Connect;
 use keyloop_nats::{Bus, Topology};
 use keyloop_workers::{Backends, WorkerContext};
@@ -179,13 +180,18 @@ pub(crate) async fn nats_server_binary() -> Result<PathBuf> {
         .map_err(anyhow::Error::new)
 }
 
+/// The duration flag `--<bounds.setting>` within its bounds, or a message that names the flag,
+/// the value and the allowed range.
+pub(crate) fn duration_flag(bounds: Bounds, text: &str) -> Result<std::time::Duration> {
+    bounds.parse(text).map_err(|e| match e {
+        DurationError::OutOfRange(e) => anyhow::anyhow!("--{e}"),
+        e => anyhow::anyhow!("--{}: {e}", bounds.setting),
+    })
+}
+
 /// The worker configuration from `up`/`worker` flags.
 pub(crate) fn worker_config(args: &crate::cli::RunArgs) -> Result<keyloop_workers::WorkerConfig> {
-    let tick_interval = keyloop_core::duration::parse_duration(&args.tick_interval)
-        .map_err(|e| anyhow::anyhow!("--tick-interval: {e}"))?;
-    if tick_interval < std::time::Duration::from_secs(1) {
-        bail!("--tick-interval must be at least 1s");
-    }
+    let tick_interval = duration_flag(TICK_INTERVAL, &args.tick_interval)?;
     let jit_policy = match &args.jit_policy {
         None => keyloop_core::JitPolicy::default(),
         Some(path) => {
@@ -199,6 +205,7 @@ pub(crate) fn worker_config(args: &crate::cli::RunArgs) -> Result<keyloop_worker
             })?
         }
     };
+    check_jit_policy(&jit_policy, args.jit_policy.as_deref())?;
     Ok(keyloop_workers::WorkerConfig {
         consume: keyloop_nats::ConsumeConfig {
             concurrency: args.concurrency.max(1),
@@ -207,6 +214,24 @@ pub(crate) fn worker_config(args: &crate::cli::RunArgs) -> Result<keyloop_worker
         tick_interval,
         jit_policy,
     })
+}
+
+/// Every scope's `max_ttl_secs` within [`LEASE_TTL`], so a lease's expiry can always be
+/// computed (a huge value would overflow the issuer's time arithmetic).
+fn check_jit_policy(policy: &keyloop_core::JitPolicy, file: Option<&Path>) -> Result<()> {
+    for (name, scope) in &policy.scopes {
+        if let Err(e) = LEASE_TTL.check(scope.max_ttl_secs) {
+            bail!(
+                "JIT policy {}: scope `{name}`: max_ttl_secs {} is out of range: it must be {}, that is {} to {} seconds",
+                file.map_or_else(|| "(default)".into(), |f| f.display().to_string()),
+                scope.max_ttl_secs,
+                e.range,
+                LEASE_TTL.min_secs,
+                LEASE_TTL.max_secs
+            );
+        }
+    }
+    Ok(())
 }
 
 /// Fault injection and the metrics endpoint from `up`/`worker` flags.
