@@ -1,6 +1,14 @@
-//! Durations are checked against their ranges before anything is connected to or written.
+//! Durations are checked against their ranges before anything is connected to or written, and
+//! a policy record out of range that reaches the sweeper anyway is refused, not acted on.
 
 use crate::harness::{Env, lifecycle};
+use keyloop_core::event::{CloudEvent, RotateCommand};
+use keyloop_core::{Policy, StoreKind, TargetKind};
+use keyloop_nats::{Change, DueItem};
+use keyloop_workers::ops::{self, Cause, Registration};
+use keyloop_workers::sweeper;
+use std::time::Duration;
+use time::OffsetDateTime;
 
 /// Runs `keyloop ARGS`, expects a refusal (exit 1 or clap's 2, never a panic's 101) whose
 /// stderr says each of `expect`, with nothing on stdout.
@@ -159,4 +167,110 @@ async fn task_ttl_tick_interval_and_replay_windows_out_of_range_are_refused_befo
     // The replay accepts what it always did.
     env.ok(&["replay", "--since", "1h", "--until", "2026-01-01T00:00:00Z"])
         .await;
+}
+
+/// Registers `id` in-process (local store, target none) with `policy`.
+pub(crate) async fn register_with(
+    ctx: &keyloop_workers::WorkerContext,
+    id: &keyloop_core::CredentialId,
+    policy: Policy,
+) -> keyloop_core::Credential {
+    let cause = Cause {
+        source: "keyloop/test".into(),
+        ..Cause::default()
+    };
+    let registration = Registration {
+        id: id.clone(),
+        store: StoreKind::Local,
+        target: TargetKind::None,
+        policy,
+        settings: Default::default(),
+    };
+    ops::register(ctx, registration, &cause).await.unwrap()
+}
+
+/// Registers `id` in-process with a valid rotation policy, then overwrites its inventory
+/// record with `max_age_secs` (as anyone with write access to the bucket could) and files a
+/// rotation due now.
+async fn tampered(env: &Env, id: &str, max_age_secs: u64) -> keyloop_workers::WorkerContext {
+    let ctx = env.context().await;
+    let id: keyloop_core::CredentialId = id.parse().unwrap();
+    register_with(
+        &ctx,
+        &id,
+        Policy {
+            max_age_secs: Some(3_600),
+            grace_secs: 0,
+            idle_revoke_after_secs: None,
+            owner: None,
+        },
+    )
+    .await;
+    ctx.inventory
+        .update(&id, |c| {
+            c.policy.max_age_secs = Some(max_age_secs);
+            Ok(Change::Write(()))
+        })
+        .await
+        .unwrap();
+    let now = OffsetDateTime::now_utc();
+    ctx.due
+        .schedule(DueItem::Rotate { credential: id }, now, now)
+        .await
+        .unwrap();
+    ctx
+}
+
+/// The commands on `subject` still queued (nothing consumes them in an in-process test). The
+/// commands stream is a work queue, which takes no ordered consumer: read it by sequence.
+pub(crate) async fn commands_on<T: serde::de::DeserializeOwned>(
+    env: &Env,
+    subject: &str,
+) -> Vec<T> {
+    let stream = env
+        .bus
+        .js
+        .get_stream(env.bus.topology.commands_stream())
+        .await
+        .unwrap();
+    let state = stream.cached_info().state.clone();
+    let mut out = Vec::new();
+    if state.messages == 0 {
+        return out;
+    }
+    for seq in state.first_sequence..=state.last_sequence {
+        let Ok(msg) = stream.get_raw_message(seq).await else {
+            continue; // deleted
+        };
+        if msg.subject.as_str() == subject {
+            let event: CloudEvent<T> = serde_json::from_slice(&msg.payload).unwrap();
+            out.push(event.data);
+        }
+    }
+    out
+}
+
+async fn rotate_commands(env: &Env) -> Vec<RotateCommand> {
+    commands_on(env, &env.bus.topology.cmd_rotate()).await
+}
+
+#[tokio::test]
+async fn the_sweeper_refuses_a_zero_max_age_from_the_inventory_instead_of_rotating_every_tick() {
+    let env = Env::start().await;
+    let ctx = tampered(&env, "svc/zero", 0).await;
+    let later = OffsetDateTime::now_utc() + Duration::from_secs(5);
+    let stats = sweeper::sweep(&ctx, later).await.unwrap();
+    assert_eq!(stats.commands, 0, "{stats:?}");
+    assert!(rotate_commands(&env).await.is_empty(), "no rotation issued");
+}
+
+#[tokio::test]
+async fn the_sweeper_survives_an_overflowing_max_age_from_the_inventory() {
+    let env = Env::start().await;
+    let ctx = tampered(&env, "svc/huge", u64::MAX).await;
+    let later = OffsetDateTime::now_utc() + Duration::from_secs(5);
+    // Before: `activated_at + max_age` panicked in the sweeper.
+    let stats = sweeper::sweep(&ctx, later).await.unwrap();
+    assert_eq!(stats.commands, 0, "{stats:?}");
+    assert!(rotate_commands(&env).await.is_empty());
 }
