@@ -11,6 +11,7 @@ mod durations;
 mod faults;
 mod fleet;
 mod harness;
+mod idle;
 mod jit;
 mod leak_loop;
 mod least_privilege;

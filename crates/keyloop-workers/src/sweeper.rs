@@ -4,7 +4,9 @@
 //!
 //! Complexity: a sweep reads the due-time index's minute buckets from its cursor to now
 //! (`DueIndex::scan_minute`), so its work is O(minutes since the last sweep + items due in them),
-//! not O(inventory). Each due item is re-checked against the inventory before acting.
+//! not O(inventory). Each due item is re-checked against the inventory before acting; an item
+//! that is not due after all (a credential used since its idle check was filed) is filed again,
+//! possibly under the same key, which the sweep then keeps.
 //!
 //! Policies are read back from the inventory, so they are checked again here: a rotation or
 //! idle revocation under a policy out of range ([`keyloop_core::Policy::validate`]) is refused
@@ -107,18 +109,42 @@ pub async fn sweep(ctx: &WorkerContext, now: OffsetDateTime) -> Result<SweepStat
             if entry.due_at > now {
                 continue;
             }
-            if act(ctx, &entry, now).await? {
-                stats.commands += 1;
-            } else {
-                stats.dropped += 1;
+            let refiled = match act(ctx, &entry, now).await? {
+                Acted::Published => {
+                    stats.commands += 1;
+                    None
+                }
+                Acted::Dropped => {
+                    stats.dropped += 1;
+                    None
+                }
+                Acted::Refiled(new_key) => {
+                    stats.dropped += 1;
+                    Some(new_key)
+                }
+            };
+            // An item re-filed for later in the same minute lands under the same key: removing
+            // "the old entry" would remove the new one, and the item would never fall due again.
+            if refiled.as_deref() != Some(key.as_str()) {
+                ctx.due.remove(&key).await?;
             }
-            ctx.due.remove(&key).await?;
         }
     }
     // Everything before this minute is handled; the current minute is read again next time, for
     // items due later in it.
     ctx.due.advance_cursor(now_minute - 1, cursor).await?;
     Ok(stats)
+}
+
+/// What [`act`] did with a due entry.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Acted {
+    /// Its command is stored; the entry can go.
+    Published,
+    /// Stale or refused; the entry can go.
+    Dropped,
+    /// Not due yet after all: filed again under this key, which may be the entry's own.
+    Refiled(String),
 }
 
 /// Whether a credential is idle at `now`, judged from the inventory record alone.
@@ -172,23 +198,23 @@ async fn credential_for(
 }
 
 /// Publishes the command for a due entry if the inventory confirms it is due; reschedules or
-/// drops it otherwise. Returns whether a command was published.
-async fn act(ctx: &WorkerContext, entry: &DueEntry, now: OffsetDateTime) -> Result<bool, Error> {
+/// drops it otherwise.
+async fn act(ctx: &WorkerContext, entry: &DueEntry, now: OffsetDateTime) -> Result<Acted, Error> {
     let topo = &ctx.bus.topology;
     match &entry.item {
         DueItem::Rotate { credential } => {
             let Some(cred) = credential_for(ctx, credential).await? else {
-                return Ok(false);
+                return Ok(Acted::Dropped);
             };
             let (Some(max_age), Some(current)) = (cred.policy.max_age_secs, cred.current()) else {
-                return Ok(false);
+                return Ok(Acted::Dropped);
             };
             let activated = current.activated_at.unwrap_or(current.created_at);
             let due = checked_after(activated, max_age);
             if due.is_none_or(|due| due > now) {
                 // Rotated early: the rotation that did it filed the next due entry.
                 debug!(%credential, "rotation not due any more");
-                return Ok(false);
+                return Ok(Acted::Dropped);
             }
             let op_id = format!("scheduled/{credential}/{}", current.id);
             let cmd = RotateCommand {
@@ -205,7 +231,7 @@ async fn act(ctx: &WorkerContext, entry: &DueEntry, now: OffsetDateTime) -> Resu
                 cmd,
             )
             .await?;
-            Ok(true)
+            Ok(Acted::Published)
         }
         DueItem::Retire {
             credential,
@@ -214,10 +240,10 @@ async fn act(ctx: &WorkerContext, entry: &DueEntry, now: OffsetDateTime) -> Resu
             // Not through `credential_for`: ending a previous version's grace only removes
             // trust, so it goes ahead whatever the policy record says.
             let Some((cred, _)) = ctx.inventory.get(credential).await? else {
-                return Ok(false);
+                return Ok(Acted::Dropped);
             };
             if cred.version(*version).map(|v| v.stage) != Some(Stage::Previous) {
-                return Ok(false);
+                return Ok(Acted::Dropped);
             }
             let op_id = format!("retire/{credential}/{version}");
             let cmd = RevokeCommand {
@@ -238,14 +264,14 @@ async fn act(ctx: &WorkerContext, entry: &DueEntry, now: OffsetDateTime) -> Resu
                 cmd,
             )
             .await?;
-            Ok(true)
+            Ok(Acted::Published)
         }
         DueItem::Expire { lease } => {
             let Some(l) = ctx.inventory.lease(*lease).await? else {
-                return Ok(false);
+                return Ok(Acted::Dropped);
             };
             if l.state != LeaseState::Active {
-                return Ok(false);
+                return Ok(Acted::Dropped);
             }
             let op_id = format!("expire/{lease}");
             let cmd = RevokeLeaseCommand {
@@ -264,18 +290,18 @@ async fn act(ctx: &WorkerContext, entry: &DueEntry, now: OffsetDateTime) -> Resu
                 cmd,
             )
             .await?;
-            Ok(true)
+            Ok(Acted::Published)
         }
         DueItem::Idle { credential } => {
             let Some(cred) = credential_for(ctx, credential).await? else {
-                return Ok(false);
+                return Ok(Acted::Dropped);
             };
             let last = match idleness(&cred, now) {
-                Idleness::Never => return Ok(false),
+                Idleness::Never => return Ok(Acted::Dropped),
                 Idleness::UsedSince { due } => {
                     // Used since this entry was filed: look again when it could next be idle.
-                    ctx.due.schedule(entry.item.clone(), due, now).await?;
-                    return Ok(false);
+                    let key = ctx.due.schedule(entry.item.clone(), due, now).await?;
+                    return Ok(Acted::Refiled(key));
                 }
                 Idleness::Idle { last } => last,
             };
@@ -298,7 +324,7 @@ async fn act(ctx: &WorkerContext, entry: &DueEntry, now: OffsetDateTime) -> Resu
                 cmd,
             )
             .await?;
-            Ok(true)
+            Ok(Acted::Published)
         }
     }
 }
