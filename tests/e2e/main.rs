@@ -15,6 +15,7 @@ mod idle;
 mod jit;
 mod leak_loop;
 mod least_privilege;
+mod master_key;
 mod no_plaintext;
 mod postgres;
 mod replicas;
