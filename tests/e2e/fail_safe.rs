@@ -4,7 +4,7 @@
 //! secret.
 
 use crate::harness::{Env, lifecycle, logs_in};
-use keyloop_backends::{Faults, LocalStore, MasterKey, PostgresConfig, PostgresTarget};
+use keyloop_backends::{Faults, PostgresConfig, PostgresTarget};
 use keyloop_core::event::{CloudEvent, RevokeCommand, RotateCommand};
 use keyloop_core::{
     BackendSettings, Claim, CredentialId, LifecycleKind, Policy, RevokeReason, RotationReason,
@@ -42,7 +42,7 @@ fn registration(id: &str, max_age: Option<u64>) -> Registration {
 }
 
 #[tokio::test]
-async fn a_leaked_password_whose_value_cannot_be_decrypted_is_still_killed_at_the_role() {
+async fn a_leaked_password_whose_stored_value_does_not_decrypt_is_still_killed_at_the_role() {
     let (env, pg) = tokio::join!(Env::start(), TestPostgres::start());
     let admin = pg.create_admin().await;
     env.set_env("KEYLOOP_POSTGRES_DSN", admin.clone());
@@ -70,21 +70,29 @@ async fn a_leaked_password_whose_value_cannot_be_decrypted_is_still_killed_at_th
         .to_owned();
     assert!(logs_in(&pg, &role, &value).await);
 
-    // A revoker whose master key is not the one the value was sealed with.
-    let mut ctx = WorkerContext::open(env.bus.clone(), None).await.unwrap();
+    // The stored ciphertext no longer decrypts (corrupted or tampered with): the value cannot
+    // be had, and the leak must be killed all the same.
+    let cred = env.credential(id).await;
+    let current = cred.current().unwrap().id;
     let kv = env
         .bus
         .kv(&env.bus.topology.secrets_bucket())
         .await
         .unwrap();
-    ctx.backends.local = Some(Arc::new(LocalStore::new(kv, &MasterKey::generate())));
+    let key = format!("v.{id}.{current}");
+    let mut sealed = kv.get(&key).await.unwrap().unwrap().to_vec();
+    let last = sealed.len() - 1;
+    sealed[last] ^= 0xff;
+    kv.put(&key, sealed.into()).await.unwrap();
+    let mut ctx = WorkerContext::open(env.bus.clone(), Some(&env.master_key()))
+        .await
+        .unwrap();
     ctx.backends.postgres = Some(Arc::new(
         PostgresTarget::new(&PostgresConfig::new(Secret::from(admin))).unwrap(),
     ));
-    let cred = env.credential(id).await;
     let cmd = RevokeCommand {
         credential: id.parse().unwrap(),
-        version: Some(cred.current().unwrap().id),
+        version: Some(current),
         reason: RevokeReason::Leak,
         op_id: "leak/test/undecryptable".into(),
         leak_published_at: Some(OffsetDateTime::now_utc()),

@@ -2,6 +2,7 @@
 
 use clap::{Args, Parser, Subcommand};
 use keyloop_core::Secret;
+use keyloop_core::duration::{DurationError, REPLAY_AGO};
 use std::path::PathBuf;
 
 /// keyloop — leaked means dead within milliseconds. Rotates, revokes and issues
@@ -119,7 +120,7 @@ pub(crate) struct RunArgs {
     /// Messages processed at once per role in this process.
     #[arg(long, default_value_t = 64)]
     pub(crate) concurrency: usize,
-    /// The scheduler's window: one tick per window (at least 1s).
+    /// The scheduler's window: one tick per window (from 1s to 1h).
     #[arg(long, default_value = "1m", env = "KEYLOOP_TICK_INTERVAL")]
     pub(crate) tick_interval: String,
     /// JIT policy file (JSON: {"scopes": {"read": {"tier": "auto", "max_ttl_secs": 3600}}});
@@ -148,7 +149,7 @@ pub(crate) enum TaskCommand {
         /// Scope (read, write, admin by default).
         #[arg(long)]
         scope: String,
-        /// Lifetime (e.g. 15m); at most the scope's maximum.
+        /// Lifetime (e.g. 15m; from 1s to 365d); at most the scope's maximum.
         #[arg(long)]
         ttl: String,
     },
@@ -207,16 +208,17 @@ pub(crate) struct RegisterArgs {
     /// turn; the previous one stays valid during grace).
     #[arg(long, value_parser = ["single", "alternating"])]
     pub(crate) strategy: Option<String>,
-    /// Rotate when the current value is this old (e.g. 90d).
+    /// Rotate when the current value is this old (e.g. 90d; from 1s to 3650d).
     #[arg(long)]
     pub(crate) max_age: Option<String>,
-    /// How long the previous value stays valid after a scheduled rotation (e.g. 1h).
+    /// How long the previous value stays valid after a scheduled rotation (e.g. 1h; from 0s
+    /// to 365d, and no longer than --max-age).
     #[arg(long, default_value = "0s")]
     pub(crate) grace: String,
     /// Team or person to page about this credential.
     #[arg(long)]
     pub(crate) owner: Option<String>,
-    /// Revoke every live version when unused for this long (e.g. 30d).
+    /// Revoke every live version when unused for this long (e.g. 30d; from 1s to 3650d).
     #[arg(long)]
     pub(crate) idle_revoke_after: Option<String>,
 }
@@ -264,11 +266,12 @@ pub(crate) struct RevokeArgs {
 
 #[derive(Debug, Args, Default, Clone)]
 pub(crate) struct ReplayArgs {
-    /// Start at this time (RFC 3339, e.g. 2026-11-29T10:00:00Z) or this long ago (e.g. 1h).
-    #[arg(long)]
+    /// Start at this time (RFC 3339, e.g. 2026-11-29T10:00:00Z) or this long ago (e.g. 1h,
+    /// at most 3650d).
+    #[arg(long, value_parser = replay_time)]
     pub(crate) since: Option<String>,
     /// Stop at this time (RFC 3339) or this long ago.
-    #[arg(long)]
+    #[arg(long, value_parser = replay_time)]
     pub(crate) until: Option<String>,
     /// Only events about this credential (and the leaks that started them).
     #[arg(long)]
@@ -276,6 +279,20 @@ pub(crate) struct ReplayArgs {
     /// Only events of this correlation id (a leak id or an operation id).
     #[arg(long)]
     pub(crate) correlation: Option<String>,
+}
+
+/// Checks `--since`/`--until` the way the replay reads them: RFC 3339, or a duration ago
+/// within [`REPLAY_AGO`] (a longer one would overflow the subtraction from now).
+fn replay_time(text: &str) -> Result<String, String> {
+    use time::format_description::well_known::Rfc3339;
+    if time::OffsetDateTime::parse(text, &Rfc3339).is_ok() {
+        return Ok(text.to_owned());
+    }
+    match REPLAY_AGO.parse(text) {
+        Ok(_) => Ok(text.to_owned()),
+        Err(DurationError::OutOfRange(e)) => Err(e.to_string()),
+        Err(_) => Err("expected RFC 3339 (2026-11-29T10:00:00Z) or a duration ago (1h)".into()),
+    }
 }
 
 /// Holds a flag's value as a [`Secret`], so printing the parsed flags never shows it.

@@ -5,6 +5,7 @@ use crate::cli::{Cli, Command, Global};
 use anyhow::{Context, Result, bail};
 use keyloop_backends::{AwsSecretsManager, AwsSmConfig, MasterKey, PostgresConfig, PostgresTarget};
 use keyloop_core::Secret;
+use keyloop_core::duration::{Bounds, DurationError, LEASE_TTL, TICK_INTERVAL};
 use keyloop_nats::bus::Connect;
 use keyloop_nats::{Bus, Topology};
 use keyloop_workers::{Backends, WorkerContext};
@@ -63,22 +64,119 @@ pub(crate) fn shown_url(global: &Global) -> String {
     keyloop_nats::bus::redact_url(&global.nats)
 }
 
+/// Where the master key of this process came from, named in messages (never the key).
+#[derive(Debug, Clone)]
+pub(crate) enum KeySource {
+    /// `--master-key-file` or `KEYLOOP_MASTER_KEY_FILE`.
+    File(PathBuf),
+    /// `KEYLOOP_MASTER_KEY`.
+    Env,
+    /// `<data-dir>/master.key`, found there because no key was given.
+    DataDir(PathBuf),
+    /// `<data-dir>/master.key`, just created by `keyloop up`.
+    NewDevKey(PathBuf),
+}
+
+impl std::fmt::Display for KeySource {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::File(p) => write!(
+                f,
+                "the key file {} (--master-key-file / KEYLOOP_MASTER_KEY_FILE)",
+                p.display()
+            ),
+            Self::Env => f.write_str("the KEYLOOP_MASTER_KEY variable"),
+            Self::DataDir(p) => write!(
+                f,
+                "the data directory's key file {} (no --master-key-file or KEYLOOP_MASTER_KEY was given)",
+                p.display()
+            ),
+            Self::NewDevKey(p) => write!(f, "a dev key just created at {}", p.display()),
+        }
+    }
+}
+
+/// A master key and where it came from.
+pub(crate) struct GivenKey {
+    pub(crate) key: MasterKey,
+    pub(crate) source: KeySource,
+}
+
 /// The master key: `--master-key-file`, else `KEYLOOP_MASTER_KEY`, else `<data-dir>/master.key`
 /// if it exists. `None` when there is none; commands that need it say how to give one.
-pub(crate) fn master_key(global: &Global) -> Result<Option<MasterKey>> {
+pub(crate) fn master_key(global: &Global) -> Result<Option<GivenKey>> {
     if let Some(path) = &global.master_key_file {
-        return read_key_file(path).map(Some);
+        return read_key_file(path).map(|key| {
+            Some(GivenKey {
+                key,
+                source: KeySource::File(path.clone()),
+            })
+        });
     }
     if let Ok(hex) = std::env::var("KEYLOOP_MASTER_KEY") {
         return MasterKey::from_hex(&hex)
             .context("KEYLOOP_MASTER_KEY is set but is not a master key")
-            .map(Some);
+            .map(|key| {
+                Some(GivenKey {
+                    key,
+                    source: KeySource::Env,
+                })
+            });
     }
     let default = data_dir(global).join("master.key");
     if default.is_file() {
-        return read_key_file(&default).map(Some);
+        return read_key_file(&default).map(|key| {
+            Some(GivenKey {
+                key,
+                source: KeySource::DataDir(default),
+            })
+        });
     }
     Ok(None)
+}
+
+/// How to give the right key, appended to every refusal of one.
+const PASS_THE_KEY: &str = "Pass it with --master-key-file FILE (mode 0600) or KEYLOOP_MASTER_KEY; a store made by `keyloop up` keeps its key in master.key in the data directory of the first `keyloop up` (--data-dir / KEYLOOP_DATA_DIR). No value was read or written";
+
+/// The worker context of this process with the local store when a key is given; a key the
+/// store refuses gives a message with both key ids, where the given key came from and how to
+/// pass the right one.
+pub(crate) async fn open_context(bus: Bus, key: Option<&GivenKey>) -> Result<WorkerContext> {
+    WorkerContext::open(bus, key.map(|k| &k.key))
+        .await
+        .map_err(|e| explain_key_refusal(e, key))
+}
+
+/// The refusal inside `e` when the local store refused the key (not when it could not be
+/// reached).
+pub(crate) fn key_refusal(
+    e: &keyloop_nats::Error,
+) -> Option<&keyloop_backends::local::KeyMismatch> {
+    use keyloop_backends::local::KeyCheckError;
+    match std::error::Error::source(e)?.downcast_ref::<KeyCheckError>()? {
+        KeyCheckError::Mismatch(m) => Some(m),
+        KeyCheckError::Unavailable { .. } => None,
+    }
+}
+
+/// `e` as a message; a refused key gets where it came from and how to pass the right one.
+pub(crate) fn explain_key_refusal(
+    e: keyloop_nats::Error,
+    given: Option<&GivenKey>,
+) -> anyhow::Error {
+    use keyloop_backends::local::Expected;
+    match (key_refusal(&e), given) {
+        (Some(m), Some(given)) => {
+            let how = match m.expected {
+                Expected::Key(_) | Expected::Unrecorded { .. } => PASS_THE_KEY,
+                Expected::CheckDoesNotOpen | Expected::UnreadableCheck => {
+                    "No value was read or written"
+                }
+            };
+            anyhow::anyhow!("{m}. The key given came from {}. {how}", given.source)
+        }
+        _ => anyhow::Error::new(e),
+    }
 }
 
 fn read_key_file(path: &Path) -> Result<MasterKey> {
@@ -136,12 +234,10 @@ fn write_private(path: &Path, bytes: &[u8]) -> Result<()> {
     Ok(())
 }
 
-/// A worker context for commands that touch stores (`register`, `reveal`).
+/// A worker context for commands that touch stores (`register`, `reveal`, `worker`).
 pub(crate) async fn context(global: &Global, bus: Bus) -> Result<WorkerContext> {
     let key = master_key(global)?;
-    let mut ctx = WorkerContext::open(bus, key.as_ref())
-        .await
-        .map_err(anyhow::Error::new)?;
+    let mut ctx = open_context(bus, key.as_ref()).await?;
     add_backends(global, &mut ctx.backends)?;
     Ok(ctx)
 }
@@ -179,13 +275,18 @@ pub(crate) async fn nats_server_binary() -> Result<PathBuf> {
         .map_err(anyhow::Error::new)
 }
 
+/// The duration flag `--<bounds.setting>` within its bounds, or a message that names the flag,
+/// the value and the allowed range.
+pub(crate) fn duration_flag(bounds: Bounds, text: &str) -> Result<std::time::Duration> {
+    bounds.parse(text).map_err(|e| match e {
+        DurationError::OutOfRange(e) => anyhow::anyhow!("--{e}"),
+        e => anyhow::anyhow!("--{}: {e}", bounds.setting),
+    })
+}
+
 /// The worker configuration from `up`/`worker` flags.
 pub(crate) fn worker_config(args: &crate::cli::RunArgs) -> Result<keyloop_workers::WorkerConfig> {
-    let tick_interval = keyloop_core::duration::parse_duration(&args.tick_interval)
-        .map_err(|e| anyhow::anyhow!("--tick-interval: {e}"))?;
-    if tick_interval < std::time::Duration::from_secs(1) {
-        bail!("--tick-interval must be at least 1s");
-    }
+    let tick_interval = duration_flag(TICK_INTERVAL, &args.tick_interval)?;
     let jit_policy = match &args.jit_policy {
         None => keyloop_core::JitPolicy::default(),
         Some(path) => {
@@ -199,6 +300,7 @@ pub(crate) fn worker_config(args: &crate::cli::RunArgs) -> Result<keyloop_worker
             })?
         }
     };
+    check_jit_policy(&jit_policy, args.jit_policy.as_deref())?;
     Ok(keyloop_workers::WorkerConfig {
         consume: keyloop_nats::ConsumeConfig {
             concurrency: args.concurrency.max(1),
@@ -207,6 +309,24 @@ pub(crate) fn worker_config(args: &crate::cli::RunArgs) -> Result<keyloop_worker
         tick_interval,
         jit_policy,
     })
+}
+
+/// Every scope's `max_ttl_secs` within [`LEASE_TTL`], so a lease's expiry can always be
+/// computed (a huge value would overflow the issuer's time arithmetic).
+fn check_jit_policy(policy: &keyloop_core::JitPolicy, file: Option<&Path>) -> Result<()> {
+    for (name, scope) in &policy.scopes {
+        if let Err(e) = LEASE_TTL.check(scope.max_ttl_secs) {
+            bail!(
+                "JIT policy {}: scope `{name}`: max_ttl_secs {} is out of range: it must be {}, that is {} to {} seconds",
+                file.map_or_else(|| "(default)".into(), |f| f.display().to_string()),
+                scope.max_ttl_secs,
+                e.range,
+                LEASE_TTL.min_secs,
+                LEASE_TTL.max_secs
+            );
+        }
+    }
+    Ok(())
 }
 
 /// Fault injection and the metrics endpoint from `up`/`worker` flags.

@@ -308,6 +308,28 @@ pub struct Policy {
     pub owner: Option<String>,
 }
 
+impl Policy {
+    /// Checks every duration against its bounds in [`crate::duration`]: `max_age` and
+    /// `idle_revoke_after` from 1 s to 10 years, `grace` from 0 to 1 year and never longer
+    /// than `max_age`. Registration calls it before anything is written; workers call it on a
+    /// record read back from the inventory before acting on it, since anyone with write
+    /// access to the bucket could have put a zero or an overflowing value there.
+    pub fn validate(&self) -> Result<(), crate::duration::OutOfRange> {
+        use crate::duration::{GRACE, IDLE_REVOKE_AFTER, MAX_AGE};
+        if let Some(max_age) = self.max_age_secs {
+            MAX_AGE.check(max_age)?;
+        }
+        if let Some(idle) = self.idle_revoke_after_secs {
+            IDLE_REVOKE_AFTER.check(idle)?;
+        }
+        let grace = self
+            .max_age_secs
+            .map_or(GRACE, |max_age| GRACE.at_most(max_age, "max-age"));
+        grace.check(self.grace_secs)?;
+        Ok(())
+    }
+}
+
 /// A version's place in the rotation protocol.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "snake_case")]

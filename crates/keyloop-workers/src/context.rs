@@ -92,7 +92,7 @@ pub struct WorkerContext {
 
 impl WorkerContext {
     /// Opens the buckets (they must exist: `keyloop init`) and the local store when a master
-    /// key is given.
+    /// key is given; a key that is not the store's is refused ([`LocalStore::open_checked`]).
     pub async fn open(bus: Bus, master_key: Option<&MasterKey>) -> Result<Self, Error> {
         let inventory = bus.inventory().await?;
         let fingerprints = bus.fingerprints().await?;
@@ -100,7 +100,15 @@ impl WorkerContext {
         let local = match master_key {
             Some(key) => {
                 let kv = bus.kv(&bus.topology.secrets_bucket()).await?;
-                Some(Arc::new(LocalStore::new(kv, key)))
+                let local = LocalStore::open_checked(kv, key).await.map_err(|e| {
+                    let kind = if e.is_transient() {
+                        ErrorKind::Transient
+                    } else {
+                        ErrorKind::Permanent
+                    };
+                    Error::new(kind, "open the local store", e)
+                })?;
+                Some(Arc::new(local))
             }
             None => None,
         };

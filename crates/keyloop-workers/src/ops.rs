@@ -11,7 +11,6 @@ use keyloop_core::{
     PendingUndo, Policy, RevokeReason, Stage, StoreKind, TargetKind, Version,
 };
 use keyloop_nats::{Change, DueItem, Error, ErrorKind, FingerprintRef};
-use std::time::Duration;
 use time::OffsetDateTime;
 use uuid::Uuid;
 
@@ -102,6 +101,9 @@ pub async fn register(
     reg.settings
         .check(reg.store, reg.target)
         .map_err(|e| Error::msg(ErrorKind::Permanent, format!("credential {}: {e}", reg.id)))?;
+    reg.policy
+        .validate()
+        .map_err(|e| Error::msg(ErrorKind::Permanent, format!("credential {}: {e}", reg.id)))?;
     let store = ctx.backends.store(reg.store)?;
     let target = ctx.backends.target(reg.target)?;
     let (cred, resumed) = match ctx.inventory.get(&reg.id).await? {
@@ -148,7 +150,8 @@ pub async fn register(
     let (cred, warnings) = crate::claim::with_claim(ctx, &id, &op, take_over).await?;
     let now = OffsetDateTime::now_utc();
     if let Some(max_age) = cred.policy.max_age_secs {
-        let due = now + Duration::from_secs(max_age);
+        let activated = cred.versions[0].activated_at.unwrap_or(now);
+        let due = due_after(&id, activated, max_age)?;
         ctx.due
             .schedule(
                 DueItem::Rotate {
@@ -160,7 +163,7 @@ pub async fn register(
             .await?;
     }
     if let Some(idle) = cred.policy.idle_revoke_after_secs {
-        let due = now + Duration::from_secs(idle);
+        let due = due_after(&id, cred.last_activity(), idle)?;
         ctx.due
             .schedule(
                 DueItem::Idle {
@@ -722,7 +725,7 @@ pub async fn schedule_after_rotation(
                 DueItem::Rotate {
                     credential: credential.id.clone(),
                 },
-                activated + Duration::from_secs(max_age),
+                due_after(&credential.id, activated, max_age)?,
                 now,
             )
             .await?;
@@ -739,12 +742,23 @@ pub async fn schedule_after_rotation(
         ctx.due
             .schedule(
                 item,
-                demoted_at + Duration::from_secs(credential.policy.grace_secs),
+                due_after(&credential.id, demoted_at, credential.policy.grace_secs)?,
                 now,
             )
             .await?;
     }
     Ok(())
+}
+
+/// `at` plus `secs` of a credential's policy; a policy so far out of range that the sum
+/// overflows is refused (registration validates policies; this guards records from elsewhere).
+fn due_after(id: &CredentialId, at: OffsetDateTime, secs: u64) -> Result<OffsetDateTime, Error> {
+    keyloop_core::duration::checked_after(at, secs).ok_or_else(|| {
+        Error::msg(
+            ErrorKind::Permanent,
+            format!("credential {id}: a policy duration of {secs} s is out of range"),
+        )
+    })
 }
 
 /// Ends a lease: `revoked` (task completed, leak, operator) or `expired`. The state change in

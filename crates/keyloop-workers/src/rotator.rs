@@ -503,10 +503,10 @@ async fn finish(
     {
         // If its grace is over anyway, this is the same retirement the sweeper would do: same
         // reason and operation id, so whichever runs first, one `revoked` (grace_ended) results.
-        let grace = std::time::Duration::from_secs(cred.policy.grace_secs);
-        let grace_over = old_previous
-            .demoted_at
-            .is_none_or(|d| d + grace <= OffsetDateTime::now_utc());
+        let grace_over = old_previous.demoted_at.is_none_or(|d| {
+            keyloop_core::duration::checked_after(d, cred.policy.grace_secs)
+                .is_some_and(|end| end <= OffsetDateTime::now_utc())
+        });
         let retire_op = format!("retire/{id}/{}", old_previous.id);
         let (reason, revoke_op) = if grace_over {
             (RevokeReason::GraceEnded, retire_op.as_str())

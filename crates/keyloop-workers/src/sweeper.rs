@@ -4,7 +4,13 @@
 //!
 //! Complexity: a sweep reads the due-time index's minute buckets from its cursor to now
 //! (`DueIndex::scan_minute`), so its work is O(minutes since the last sweep + items due in them),
-//! not O(inventory). Each due item is re-checked against the inventory before acting.
+//! not O(inventory). Each due item is re-checked against the inventory before acting; an item
+//! that is not due after all (a credential used since its idle check was filed) is filed again,
+//! possibly under the same key, which the sweep then keeps.
+//!
+//! Policies are read back from the inventory, so they are checked again here: a rotation or
+//! idle revocation under a policy out of range ([`keyloop_core::Policy::validate`]) is refused
+//! with an error in the log, and every time sum is checked, so no record makes a sweep panic.
 //!
 //! Redelivery and concurrent sweepers are harmless: every command carries a message id derived
 //! from the item (the version to rotate, the lease to expire), so repeated ticks never double a
@@ -14,20 +20,20 @@ use crate::context::WorkerContext;
 use crate::decode;
 use crate::ops::{self, Cause};
 use futures::FutureExt;
+use keyloop_core::duration::checked_after;
 use keyloop_core::event::{
     CREDENTIAL_USED_TYPE, CloudEvent, CredentialUsed, REVOKE_COMMAND_TYPE,
     REVOKE_LEASE_COMMAND_TYPE, ROTATE_COMMAND_TYPE, RevokeCommand, RevokeLeaseCommand,
     RotateCommand, SCHEDULE_TICK_TYPE, ScheduleTick, stable_id,
 };
 use keyloop_core::lease::LeaseState;
-use keyloop_core::{RevokeReason, RotationReason, Stage};
+use keyloop_core::{Credential, RevokeReason, RotationReason, Stage};
 use keyloop_nats::due::{DueEntry, DueItem, minute_of};
 use keyloop_nats::{Delivery, Error, Handler, HandlerError};
 use serde::Serialize;
 use std::sync::Arc;
-use std::time::Duration;
 use time::OffsetDateTime;
-use tracing::{debug, info};
+use tracing::{debug, error, info};
 
 const SOURCE: &str = "keyloop/sweeper";
 
@@ -103,12 +109,25 @@ pub async fn sweep(ctx: &WorkerContext, now: OffsetDateTime) -> Result<SweepStat
             if entry.due_at > now {
                 continue;
             }
-            if act(ctx, &entry, now).await? {
-                stats.commands += 1;
-            } else {
-                stats.dropped += 1;
+            let refiled = match act(ctx, &entry, now).await? {
+                Acted::Published => {
+                    stats.commands += 1;
+                    None
+                }
+                Acted::Dropped => {
+                    stats.dropped += 1;
+                    None
+                }
+                Acted::Refiled(new_key) => {
+                    stats.dropped += 1;
+                    Some(new_key)
+                }
+            };
+            // An item re-filed for later in the same minute lands under the same key: removing
+            // "the old entry" would remove the new one, and the item would never fall due again.
+            if refiled.as_deref() != Some(key.as_str()) {
+                ctx.due.remove(&key).await?;
             }
-            ctx.due.remove(&key).await?;
         }
     }
     // Everything before this minute is handled; the current minute is read again next time, for
@@ -117,21 +136,82 @@ pub async fn sweep(ctx: &WorkerContext, now: OffsetDateTime) -> Result<SweepStat
     Ok(stats)
 }
 
+/// What [`act`] did with a due entry.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Acted {
+    /// Its command is stored; the entry can go.
+    Published,
+    /// Stale or refused; the entry can go.
+    Dropped,
+    /// Not due yet after all: filed again under this key, which may be the entry's own.
+    Refiled(String),
+}
+
+/// Whether a credential is idle at `now`, judged from the inventory record alone.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Idleness {
+    /// Unused since `last` for at least `idle_revoke_after`: revoke.
+    Idle {
+        /// Its last use (or its registration).
+        last: OffsetDateTime,
+    },
+    /// Used recently: it can be idle at `due` at the earliest.
+    UsedSince {
+        /// When to look again.
+        due: OffsetDateTime,
+    },
+    /// No idle policy, nothing live, or a policy that must not be acted on.
+    Never,
+}
+
+fn idleness(cred: &Credential, now: OffsetDateTime) -> Idleness {
+    let Some(idle) = cred.policy.idle_revoke_after_secs else {
+        return Idleness::Never;
+    };
+    if cred.live_versions().is_empty() {
+        return Idleness::Never;
+    }
+    let last = cred.last_activity();
+    match checked_after(last, idle) {
+        None => Idleness::Never,
+        Some(due) if due > now => Idleness::UsedSince { due },
+        Some(_) => Idleness::Idle { last },
+    }
+}
+
+/// Reads the credential of a due entry, or `None` when it is gone or its policy is out of
+/// range. A policy that fails [`Policy::validate`](keyloop_core::Policy::validate) was not
+/// written by `keyloop credential register` (which refuses it): acting on a zero `max_age`
+/// would rotate on every tick forever, so the sweeper refuses it and says so.
+async fn credential_for(
+    ctx: &WorkerContext,
+    credential: &keyloop_core::CredentialId,
+) -> Result<Option<Credential>, Error> {
+    let Some((cred, _)) = ctx.inventory.get(credential).await? else {
+        return Ok(None);
+    };
+    if let Err(e) = cred.policy.validate() {
+        error!(%credential, error = %e, "refusing to act on a policy out of range; register the credential again with valid values");
+        return Ok(None);
+    }
+    Ok(Some(cred))
+}
+
 /// Publishes the command for a due entry if the inventory confirms it is due; reschedules or
-/// drops it otherwise. Returns whether a command was published.
-async fn act(ctx: &WorkerContext, entry: &DueEntry, now: OffsetDateTime) -> Result<bool, Error> {
+/// drops it otherwise.
+async fn act(ctx: &WorkerContext, entry: &DueEntry, now: OffsetDateTime) -> Result<Acted, Error> {
     let topo = &ctx.bus.topology;
     match &entry.item {
         DueItem::Rotate { credential } => {
-            let Some((cred, _)) = ctx.inventory.get(credential).await? else {
-                return Ok(false);
+            let Some(cred) = credential_for(ctx, credential).await? else {
+                return Ok(Acted::Dropped);
             };
             if let Some(retry) = &cred.rotation_retry {
                 // A failed scheduled (or leak) rotation: its next attempt has its own entry at
                 // `next_attempt_at`, and its own operation id, so it never meets the version
                 // the failed one retired.
                 if retry.next_attempt_at > now {
-                    return Ok(false);
+                    return Ok(Acted::Dropped);
                 }
                 let op_id = format!(
                     "retry/{credential}/{}/{}",
@@ -153,17 +233,17 @@ async fn act(ctx: &WorkerContext, entry: &DueEntry, now: OffsetDateTime) -> Resu
                     cmd,
                 )
                 .await?;
-                return Ok(true);
+                return Ok(Acted::Published);
             }
             let (Some(max_age), Some(current)) = (cred.policy.max_age_secs, cred.current()) else {
-                return Ok(false);
+                return Ok(Acted::Dropped);
             };
-            let due =
-                current.activated_at.unwrap_or(current.created_at) + Duration::from_secs(max_age);
-            if due > now {
+            let activated = current.activated_at.unwrap_or(current.created_at);
+            let due = checked_after(activated, max_age);
+            if due.is_none_or(|due| due > now) {
                 // Rotated early: the rotation that did it filed the next due entry.
                 debug!(%credential, "rotation not due any more");
-                return Ok(false);
+                return Ok(Acted::Dropped);
             }
             let op_id = format!("scheduled/{credential}/{}", current.id);
             let cmd = RotateCommand {
@@ -180,17 +260,19 @@ async fn act(ctx: &WorkerContext, entry: &DueEntry, now: OffsetDateTime) -> Resu
                 cmd,
             )
             .await?;
-            Ok(true)
+            Ok(Acted::Published)
         }
         DueItem::Retire {
             credential,
             version,
         } => {
+            // Not through `credential_for`: ending a previous version's grace only removes
+            // trust, so it goes ahead whatever the policy record says.
             let Some((cred, _)) = ctx.inventory.get(credential).await? else {
-                return Ok(false);
+                return Ok(Acted::Dropped);
             };
             if cred.version(*version).map(|v| v.stage) != Some(Stage::Previous) {
-                return Ok(false);
+                return Ok(Acted::Dropped);
             }
             let op_id = format!("retire/{credential}/{version}");
             let cmd = RevokeCommand {
@@ -211,14 +293,14 @@ async fn act(ctx: &WorkerContext, entry: &DueEntry, now: OffsetDateTime) -> Resu
                 cmd,
             )
             .await?;
-            Ok(true)
+            Ok(Acted::Published)
         }
         DueItem::Expire { lease } => {
             let Some(l) = ctx.inventory.lease(*lease).await? else {
-                return Ok(false);
+                return Ok(Acted::Dropped);
             };
             if l.state != LeaseState::Active {
-                return Ok(false);
+                return Ok(Acted::Dropped);
             }
             let op_id = format!("expire/{lease}");
             let cmd = RevokeLeaseCommand {
@@ -237,25 +319,21 @@ async fn act(ctx: &WorkerContext, entry: &DueEntry, now: OffsetDateTime) -> Resu
                 cmd,
             )
             .await?;
-            Ok(true)
+            Ok(Acted::Published)
         }
         DueItem::Idle { credential } => {
-            let Some((cred, _)) = ctx.inventory.get(credential).await? else {
-                return Ok(false);
+            let Some(cred) = credential_for(ctx, credential).await? else {
+                return Ok(Acted::Dropped);
             };
-            let Some(idle) = cred.policy.idle_revoke_after_secs else {
-                return Ok(false);
+            let last = match idleness(&cred, now) {
+                Idleness::Never => return Ok(Acted::Dropped),
+                Idleness::UsedSince { due } => {
+                    // Used since this entry was filed: look again when it could next be idle.
+                    let key = ctx.due.schedule(entry.item.clone(), due, now).await?;
+                    return Ok(Acted::Refiled(key));
+                }
+                Idleness::Idle { last } => last,
             };
-            if cred.live_versions().is_empty() {
-                return Ok(false);
-            }
-            let last = cred.last_activity();
-            let due = last + Duration::from_secs(idle);
-            if due > now {
-                // Used since this entry was filed: look again when it could next be idle.
-                ctx.due.schedule(entry.item.clone(), due, now).await?;
-                return Ok(false);
-            }
             let op_id = format!("idle/{credential}/{}", last.unix_timestamp());
             let cmd = RevokeCommand {
                 credential: credential.clone(),
@@ -275,7 +353,7 @@ async fn act(ctx: &WorkerContext, entry: &DueEntry, now: OffsetDateTime) -> Resu
                 cmd,
             )
             .await?;
-            Ok(true)
+            Ok(Acted::Published)
         }
     }
 }
@@ -297,4 +375,105 @@ async fn publish<T: Serialize>(
     .with_subject(about)
     .caused_by(Some(op_id.to_owned()), None);
     ctx.bus.publish_event(subject, &event).await.map(|_| ())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use keyloop_core::{BackendSettings, Fingerprint, Policy, StoreKind, TargetKind, Version};
+    use std::time::Duration;
+    use time::macros::datetime;
+    use uuid::Uuid;
+
+    const REGISTERED: OffsetDateTime = datetime!(2026-01-01 10:00:00 UTC);
+
+    fn credential(
+        idle: Option<u64>,
+        last_used: Option<OffsetDateTime>,
+        stage: Stage,
+    ) -> Credential {
+        Credential {
+            id: "svc/idle".parse().unwrap(),
+            store: StoreKind::Local,
+            target: TargetKind::None,
+            policy: Policy {
+                max_age_secs: None,
+                grace_secs: 0,
+                idle_revoke_after_secs: idle,
+                owner: None,
+            },
+            settings: BackendSettings::default(),
+            versions: vec![Version {
+                id: Uuid::from_u128(1),
+                stage,
+                fingerprint: Fingerprint {
+                    sha256: None,
+                    sha1: None,
+                },
+                created_by: "register".into(),
+                login: None,
+                created_at: REGISTERED,
+                activated_at: Some(REGISTERED),
+                demoted_at: None,
+                revoked_at: None,
+                revoke_reason: None,
+                revoked_by: None,
+                at_target: keyloop_core::AtTarget::Set,
+            }],
+            created_at: REGISTERED,
+            last_used_at: last_used,
+            claim: None,
+            claim_epoch: 0,
+            rotation_retry: None,
+        }
+    }
+
+    #[test]
+    fn a_used_credential_is_idle_once_the_window_after_its_last_use_has_passed() {
+        let used = REGISTERED + Duration::from_secs(1);
+        let cred = credential(Some(2), Some(used), Stage::Current);
+        // Past the window after registration, inside the one after the use: look again then.
+        assert_eq!(
+            idleness(&cred, REGISTERED + Duration::from_secs(2)),
+            Idleness::UsedSince {
+                due: used + Duration::from_secs(2)
+            }
+        );
+        assert_eq!(
+            idleness(&cred, used + Duration::from_secs(2)),
+            Idleness::Idle { last: used }
+        );
+        // Many times the window later it is still idle, never forgotten.
+        assert_eq!(
+            idleness(&cred, used + Duration::from_secs(3_600)),
+            Idleness::Idle { last: used }
+        );
+    }
+
+    #[test]
+    fn a_never_used_credential_is_idle_from_its_registration() {
+        let cred = credential(Some(60), None, Stage::Current);
+        assert_eq!(
+            idleness(&cred, REGISTERED + Duration::from_secs(60)),
+            Idleness::Idle { last: REGISTERED }
+        );
+    }
+
+    #[test]
+    fn no_policy_nothing_live_or_an_overflowing_window_is_never_idle() {
+        let now = REGISTERED + Duration::from_secs(86_400);
+        assert_eq!(
+            idleness(&credential(None, None, Stage::Current), now),
+            Idleness::Never
+        );
+        assert_eq!(
+            idleness(&credential(Some(1), None, Stage::Revoked), now),
+            Idleness::Never
+        );
+        // A record nobody validated: checked arithmetic, no panic.
+        assert_eq!(
+            idleness(&credential(Some(u64::MAX), None, Stage::Current), now),
+            Idleness::Never
+        );
+    }
 }

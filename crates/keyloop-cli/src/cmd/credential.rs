@@ -3,7 +3,7 @@
 use crate::cli::{CredentialCommand, Global, RegisterArgs};
 use crate::{config, output};
 use anyhow::{Context, Result, anyhow, bail};
-use keyloop_core::duration::parse_duration;
+use keyloop_core::duration::{GRACE, IDLE_REVOKE_AFTER, MAX_AGE};
 use keyloop_core::event::lifecycle_event;
 use keyloop_core::{
     BackendSettings, CredentialId, LifecycleData, LifecycleKind, Policy, RotationStrategy,
@@ -32,25 +32,8 @@ pub(crate) fn parse_id(id: &str) -> Result<CredentialId> {
 
 async fn register(g: &Global, args: RegisterArgs) -> Result<ExitCode> {
     let id = parse_id(&args.id)?;
-    let secs = |flag: &str, v: &str| {
-        parse_duration(v)
-            .map(|d| d.as_secs())
-            .map_err(|e| anyhow!("--{flag}: {e}"))
-    };
-    let policy = Policy {
-        max_age_secs: args
-            .max_age
-            .as_deref()
-            .map(|v| secs("max-age", v))
-            .transpose()?,
-        grace_secs: secs("grace", &args.grace)?,
-        idle_revoke_after_secs: args
-            .idle_revoke_after
-            .as_deref()
-            .map(|v| secs("idle-revoke-after", v))
-            .transpose()?,
-        owner: args.owner,
-    };
+    let policy =
+        policy(&args).with_context(|| format!("register credential {id} (nothing registered)"))?;
     let store = match args.store.as_str() {
         "local" => StoreKind::Local,
         "aws-sm" => StoreKind::AwsSm,
@@ -123,6 +106,28 @@ async fn register(g: &Global, args: RegisterArgs) -> Result<ExitCode> {
         "credential {id} is registered and its target accepts keyloop's value, but the steps above need a look"
     );
     Ok(ExitCode::from(EXIT_REGISTERED_WITH_WARNINGS))
+}
+
+/// The policy from the flags, every duration within its bounds, checked before anything is
+/// connected to or written, so a bad value never registers half a credential.
+fn policy(args: &RegisterArgs) -> Result<Policy> {
+    let secs = |bounds, v: &str| config::duration_flag(bounds, v).map(|d| d.as_secs());
+    let policy = Policy {
+        max_age_secs: args
+            .max_age
+            .as_deref()
+            .map(|v| secs(MAX_AGE, v))
+            .transpose()?,
+        grace_secs: secs(GRACE, &args.grace)?,
+        idle_revoke_after_secs: args
+            .idle_revoke_after
+            .as_deref()
+            .map(|v| secs(IDLE_REVOKE_AFTER, v))
+            .transpose()?,
+        owner: args.owner.clone(),
+    };
+    policy.validate().map_err(|e| anyhow!("--{e}"))?;
+    Ok(policy)
 }
 
 async fn list(g: &Global) -> Result<ExitCode> {

@@ -70,7 +70,9 @@ async fn start(
     scope: String,
     ttl: &str,
 ) -> Result<ExitCode> {
-    let ttl = super::duration_arg("ttl", ttl)?;
+    // Checked here too (the issuer refuses above the scope's maximum): nothing is sent for a
+    // value no scope can accept.
+    let ttl = config::duration_flag(keyloop_core::duration::LEASE_TTL, ttl)?;
     let bus = config::connect(g).await?;
     let req = IssueRequest {
         task_id: task_id.clone(),

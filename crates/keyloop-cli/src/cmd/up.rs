@@ -1,6 +1,7 @@
 //! `keyloop up`: every worker in one process. When nothing answers at `--nats` (and it is a
 //! loopback address), starts a child nats-server with JetStream under the data directory and
-//! stops it on exit. Creates a dev master key (mode 0600) when none is given, and says so.
+//! stops it on exit. Creates a dev master key (mode 0600) when none is given and the local
+//! store has no key yet, and says so; it never makes a second key for a store that has one.
 
 use crate::cli::{Global, RunArgs};
 use crate::config;
@@ -23,18 +24,22 @@ pub(crate) async fn run(g: &Global, args: RunArgs) -> Result<ExitCode> {
         .with_context(|| format!("keyloop init on {}", config::shown_url(&g)))?;
     let key = match config::master_key(&g)? {
         Some(k) => k,
-        None => {
-            let (key, created) = config::ensure_dev_key(&data_dir)?;
-            if created {
-                eprintln!(
-                    "created a dev master key at {} (mode 0600); for production pass --master-key-file or KEYLOOP_MASTER_KEY",
-                    data_dir.join("master.key").display()
-                );
+        None => new_dev_key(&g, &bus, &data_dir).await?,
+    };
+    let mut ctx = match WorkerContext::open(bus, Some(&key.key)).await {
+        Ok(ctx) => ctx,
+        Err(e) => {
+            // Another process claimed the empty store between our look and our open: the key
+            // made for it is nobody's, and must not be found by the next run. (Not on any other
+            // error: the store may have recorded the new key before the failure.)
+            if let config::KeySource::NewDevKey(path) = &key.source
+                && config::key_refusal(&e).is_some()
+            {
+                let _ = std::fs::remove_file(path);
             }
-            key
+            return Err(config::explain_key_refusal(e, Some(&key)));
         }
     };
-    let mut ctx = WorkerContext::open(bus, Some(&key)).await?;
     config::add_backends(&g, &mut ctx.backends)?;
     config::apply_run_args(&args, &mut ctx).await?;
     let roles: Vec<_> = Role::ALL.to_vec();
@@ -57,6 +62,50 @@ pub(crate) async fn run(g: &Global, args: RunArgs) -> Result<ExitCode> {
     }
     result?;
     Ok(ExitCode::SUCCESS)
+}
+
+/// A new dev key in the data directory, only when the local store on the server has no key
+/// yet: a store that already holds values (or a key check value) belongs to a key this run
+/// was not given, and a new one would make every value unreadable to this process and every
+/// value it writes unreadable to the rest of the fleet.
+async fn new_dev_key(
+    g: &Global,
+    bus: &keyloop_nats::Bus,
+    data_dir: &std::path::Path,
+) -> Result<config::GivenKey> {
+    use keyloop_backends::LocalStore;
+    use keyloop_backends::local::Sealing;
+    let bucket = bus.topology.secrets_bucket();
+    let kv = bus.kv(&bucket).await?;
+    let path = data_dir.join("master.key");
+    let whose = match LocalStore::sealing(&kv).await? {
+        Sealing::Empty => None,
+        Sealing::Key(id) => Some(format!("belongs to master key id {id}")),
+        Sealing::Unrecorded => Some("holds values sealed under a master key".to_owned()),
+    };
+    if let Some(whose) = whose {
+        bail!(
+            "the local store on {} (bucket {bucket}) {whose}, and no key was given (no --master-key-file, no KEYLOOP_MASTER_KEY, no {}); not creating a new dev key, which could not read its values. Pass the store's key with --master-key-file FILE or KEYLOOP_MASTER_KEY, or run with the --data-dir of the `keyloop up` that created it",
+            config::shown_url(g),
+            path.display()
+        );
+    }
+    let (key, created) = config::ensure_dev_key(data_dir)?;
+    if !created {
+        // Written by another `keyloop up` on this data directory since we looked.
+        return Ok(config::GivenKey {
+            key,
+            source: config::KeySource::DataDir(path),
+        });
+    }
+    eprintln!(
+        "created a dev master key at {} (mode 0600); for production pass --master-key-file or KEYLOOP_MASTER_KEY",
+        path.display()
+    );
+    Ok(config::GivenKey {
+        key,
+        source: config::KeySource::NewDevKey(path),
+    })
 }
 
 /// Returns a child server (kept alive by the caller) when one had to be started, and the
