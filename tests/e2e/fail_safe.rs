@@ -410,3 +410,32 @@ async fn two_credentials_on_one_role_or_one_secret_are_refused_and_the_refusal_l
             .success()
     );
 }
+
+#[tokio::test]
+async fn registering_again_with_the_same_settings_finishes_without_a_second_value() {
+    // A registrar stopped after recording the value current but before its schedules and
+    // `created` were out: the same registration run again completes it, once.
+    let env = Env::start().await;
+    let ctx = env.context().await;
+    let first = ops::register(&ctx, registration("svc/twice", Some(3600)), &cause())
+        .await
+        .unwrap();
+    assert!(!first.resumed);
+    let again = ops::register(&ctx, registration("svc/twice", Some(3600)), &cause())
+        .await
+        .unwrap();
+    assert!(again.resumed);
+    assert_eq!(again.credential.versions, first.credential.versions);
+    let created = lifecycle(&env.bus)
+        .await
+        .into_iter()
+        .filter(|e| e.data.kind == LifecycleKind::Created)
+        .count();
+    assert_eq!(created, 1, "one created event for one registration");
+    let other = ops::register(&ctx, registration("svc/twice", Some(60)), &cause()).await;
+    assert_eq!(
+        other.unwrap_err().kind(),
+        keyloop_nats::ErrorKind::AlreadyExists,
+        "other settings are another registration"
+    );
+}

@@ -147,7 +147,13 @@ pub async fn register(
             )),
         }
     };
-    let (cred, warnings) = crate::claim::with_claim(ctx, &id, &op, take_over).await?;
+    let (cred, warnings) = if cred.versions[0].stage == Stage::Current {
+        // Taken over on an earlier run: only the schedules and `created` (idempotent) remain.
+        drop(take_over);
+        (cred.clone(), Vec::new())
+    } else {
+        crate::claim::with_claim(ctx, &id, &op, take_over).await?
+    };
     let now = OffsetDateTime::now_utc();
     if let Some(max_age) = cred.policy.max_age_secs {
         let activated = cred.versions[0].activated_at.unwrap_or(now);
@@ -196,11 +202,13 @@ enum TargetState {
     Unknown,
 }
 
-/// An existing record this registration may finish: one whose registration did not finish,
-/// with the same store, target and settings. Anything else is already registered.
+/// An existing record this registration may finish: one whose only version is still its
+/// registration's (pending, or current when the registrar stopped before its schedules and
+/// `created` event were out), with the same store, target, settings and policy. Anything else
+/// is already registered.
 fn resumable(existing: Credential, reg: &Registration) -> Result<Credential, Error> {
     let unfinished = existing.versions.len() == 1
-        && existing.versions[0].stage == Stage::Pending
+        && matches!(existing.versions[0].stage, Stage::Pending | Stage::Current)
         && is_registration(&existing.versions[0].created_by);
     if !unfinished {
         return Err(Error::msg(
