@@ -3,7 +3,7 @@
 //! revocation kept out by a busy claim is loud; two credentials never manage one role or one
 //! secret.
 
-use crate::harness::{Env, lifecycle, logs_in};
+use crate::harness::{Env, lifecycle, logs_in, single_role};
 use keyloop_backends::{Faults, PostgresConfig, PostgresTarget};
 use keyloop_core::event::{CloudEvent, RevokeCommand, RotateCommand};
 use keyloop_core::{
@@ -46,23 +46,8 @@ async fn a_leaked_password_whose_stored_value_does_not_decrypt_is_still_killed_a
     let (env, pg) = tokio::join!(Env::start(), TestPostgres::start());
     let admin = pg.create_admin().await;
     env.set_env("KEYLOOP_POSTGRES_DSN", admin.clone());
-    let role = unique_name("svc");
-    pg.superuser()
-        .await
-        .batch_execute(&format!("CREATE ROLE {role} LOGIN"))
-        .await
-        .unwrap();
     let id = "pg/undecryptable";
-    env.ok(&[
-        "credential",
-        "register",
-        id,
-        "--target",
-        "postgres",
-        "--role",
-        &role,
-    ])
-    .await;
+    let role = single_role(&env, &pg, id).await;
     let value = env
         .ok(&["credential", "reveal", id])
         .await

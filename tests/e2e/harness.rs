@@ -759,3 +759,30 @@ pub(crate) async fn logs_in(
         Err(e) => panic!("login as {role} failed for another reason: {e}"),
     }
 }
+
+/// A `single` role with a password only the test knows, registered as `id` through the CLI.
+pub(crate) async fn single_role(
+    env: &Env,
+    pg: &keyloop_testkit::postgres::TestPostgres,
+    id: &str,
+) -> String {
+    let role = keyloop_testkit::postgres::unique_name("app");
+    pg.superuser()
+        .await
+        .batch_execute(&format!("CREATE ROLE {role} LOGIN PASSWORD 'human-set-pw'"))
+        .await
+        .unwrap();
+    env.ok(&[
+        "credential",
+        "register",
+        id,
+        "--target",
+        "postgres",
+        "--role",
+        &role,
+        "--strategy",
+        "single",
+    ])
+    .await;
+    role
+}

@@ -3,7 +3,7 @@
 //! the password and the sessions that used it before `revoked` is published, JIT roles, clear
 //! errors, and no plaintext password in the server's statement log, events or worker logs.
 
-use crate::harness::{Env, Events, gitleaks_report, lifecycle, logs_in, path_str};
+use crate::harness::{Env, Events, gitleaks_report, lifecycle, logs_in, path_str, single_role};
 use keyloop_backends::postgres::{JitRole, jit_role_name};
 use keyloop_backends::{PostgresConfig, PostgresTarget, Target};
 use keyloop_core::{LifecycleKind, RevokeReason, Secret, Stage};
@@ -118,29 +118,6 @@ async fn single_rotation_changes_the_password_and_the_old_one_fails() {
             ("CLI output", format!("{registered}{rotated}")),
         ],
     );
-}
-
-/// A `single` role with a password only the test knows, registered as `id` through the CLI.
-async fn single_role(env: &Env, pg: &TestPostgres, id: &str) -> String {
-    let role = unique_name("app");
-    pg.superuser()
-        .await
-        .batch_execute(&format!("CREATE ROLE {role} LOGIN PASSWORD 'human-set-pw'"))
-        .await
-        .unwrap();
-    env.ok(&[
-        "credential",
-        "register",
-        id,
-        "--target",
-        "postgres",
-        "--role",
-        &role,
-        "--strategy",
-        "single",
-    ])
-    .await;
-    role
 }
 
 #[tokio::test]

@@ -41,7 +41,9 @@ fn random_with_prefix(prefix: &str) -> Secret {
     text.push_str(&hex::encode(bytes.as_ref()));
     Secret::new(text)
 }
-pub use resilience::{FaultSpecError, Faults, Resilient, ResilientStore, ResilientTarget};
+pub use resilience::{
+    CallGuard, FaultSpecError, Faults, Resilient, ResilientStore, ResilientTarget,
+};
 pub use target::NoneTarget;
 
 /// Whether retrying a backend call can help.

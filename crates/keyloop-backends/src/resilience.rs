@@ -215,10 +215,16 @@ impl Faults {
     }
 }
 
-/// A store or target behind in-process retries and, when configured, injected faults.
+/// A check every call must pass before it reaches the backend (the worker's claim fence): it
+/// returns why the call may not go ahead.
+pub type CallGuard = Arc<dyn Fn(&Credential) -> Result<(), BackendError> + Send + Sync>;
+
+/// A store or target behind in-process retries and, when configured, injected faults and a
+/// guard checked before every call.
 pub struct Resilient<T: ?Sized> {
     inner: Arc<T>,
     faults: Option<Arc<Faults>>,
+    guard: Option<CallGuard>,
 }
 
 /// A store behind in-process retries and, when configured, injected faults.
@@ -229,11 +235,21 @@ pub type ResilientTarget = Resilient<dyn Target>;
 impl<T: ?Sized> Resilient<T> {
     /// Wraps `inner`.
     pub fn new(inner: Arc<T>, faults: Option<Arc<Faults>>) -> Self {
-        Self { inner, faults }
+        Self {
+            inner,
+            faults,
+            guard: None,
+        }
     }
 
-    /// Runs `attempt` (one call of the inner backend) with fault injection in front of it and
-    /// in-process retries of transient failures around both.
+    /// The same, with `guard` checked before every call (and not retried when it refuses).
+    pub fn guarded(mut self, guard: CallGuard) -> Self {
+        self.guard = Some(guard);
+        self
+    }
+
+    /// Runs `attempt` (one call of the inner backend) after the guard, with fault injection in
+    /// front of it and in-process retries of transient failures around both.
     fn call<'a, R, Fut>(
         &'a self,
         op: &'static str,
@@ -245,23 +261,27 @@ impl<T: ?Sized> Resilient<T> {
         R: Send + 'a,
         Fut: std::future::Future<Output = Result<R, BackendError>> + Send + 'a,
     {
-        Box::pin(
-            (move || {
-                let call = attempt();
-                async move {
-                    if let Some(f) = &self.faults {
-                        f.check(op, credential)?;
-                    }
-                    let result = call.await;
-                    if let (Some(f), Ok(_)) = (&self.faults, &result) {
-                        f.after(op, credential).await;
-                    }
-                    result
+        let retried = (move || {
+            let call = attempt();
+            async move {
+                if let Some(f) = &self.faults {
+                    f.check(op, credential)?;
                 }
-            })
-            .retry(backoff())
-            .when(is_transient),
-        )
+                let result = call.await;
+                if let (Some(f), Ok(_)) = (&self.faults, &result) {
+                    f.after(op, credential).await;
+                }
+                result
+            }
+        })
+        .retry(backoff())
+        .when(is_transient);
+        Box::pin(async move {
+            if let Some(guard) = &self.guard {
+                guard(credential)?;
+            }
+            retried.await
+        })
     }
 }
 

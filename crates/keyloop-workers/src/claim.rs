@@ -4,8 +4,8 @@
 //! - **Fencing.** Every claim carries a token one higher than the last one taken on that
 //!   credential. [`with_claim`] scopes a [`Fence`] around its operation: every credential write
 //!   through [`update_credential`] checks that the record's claim is still this holder's token,
-//!   and every store and target call (the [`Fenced`] wrappers `Backends` hands out) checks that
-//!   the claim is still live by this process's clock. A holder that lost its claim, or failed to
+//!   and every store and target call (through the [`claim_fence`] guard of the backends
+//!   `Backends` hands out) checks that the claim is still live by this process's clock. A holder that lost its claim, or failed to
 //!   renew it for most of a TTL, stops before its next write or backend call.
 //! - **Expiry without trusting clocks.** The holder renews every third of the TTL, which bumps
 //!   the claim's `beat`. A waiting worker takes a claim over only after it has seen the same
@@ -17,16 +17,14 @@
 //!   fenced off by the new token.
 
 use crate::context::WorkerContext;
-use futures::future::BoxFuture;
-use keyloop_backends::{BackendError, Store, Target};
-use keyloop_core::{Claim, Credential, CredentialId, RevokeReason, Secret};
+use keyloop_backends::{BackendError, CallGuard};
+use keyloop_core::{Claim, Credential, CredentialId};
 use keyloop_nats::{Change, Error, ErrorKind};
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use time::OffsetDateTime;
 use tokio::time::Instant;
-use uuid::Uuid;
 
 /// Longest an operation waits in-process for another operation's claim on the same credential
 /// before giving the message back (nak) to be retried later.
@@ -343,119 +341,18 @@ where
     result
 }
 
-/// The fence's check before a backend call: `Busy` (retried later) when the calling task holds
-/// a claim on `credential` that it may no longer act on.
-fn check_before_call(credential: &Credential) -> Result<(), BackendError> {
-    match Fence::current(&credential.id) {
-        Some(f) => f
-            .check_live()
-            .map_err(|e| BackendError::transient(e.to_string()).before_any_change()),
-        None => Ok(()),
-    }
-}
-
-/// A store or target whose every call first checks the claim of the task making it (see the
-/// module docs): a holder that lost its claim never reaches the backend again.
-#[derive(Debug)]
-pub struct Fenced<T: ?Sized>(pub Arc<T>);
-
-impl Store for Fenced<dyn Store> {
-    fn put_new<'a>(
-        &'a self,
-        c: &'a Credential,
-        v: Uuid,
-        value: Secret,
-    ) -> BoxFuture<'a, Result<Secret, BackendError>> {
-        Box::pin(async move {
-            check_before_call(c)?;
-            self.0.put_new(c, v, value).await
-        })
-    }
-
-    fn get<'a>(
-        &'a self,
-        c: &'a Credential,
-        v: Uuid,
-    ) -> BoxFuture<'a, Result<Option<Secret>, BackendError>> {
-        Box::pin(async move {
-            check_before_call(c)?;
-            self.0.get(c, v).await
-        })
-    }
-
-    fn promote<'a>(
-        &'a self,
-        c: &'a Credential,
-        v: Uuid,
-        p: Option<Uuid>,
-    ) -> BoxFuture<'a, Result<(), BackendError>> {
-        Box::pin(async move {
-            check_before_call(c)?;
-            self.0.promote(c, v, p).await
-        })
-    }
-
-    fn destroy<'a>(
-        &'a self,
-        c: &'a Credential,
-        v: Uuid,
-    ) -> BoxFuture<'a, Result<(), BackendError>> {
-        Box::pin(async move {
-            check_before_call(c)?;
-            self.0.destroy(c, v).await
-        })
-    }
-}
-
-impl Target for Fenced<dyn Target> {
-    fn apply<'a>(
-        &'a self,
-        c: &'a Credential,
-        v: Uuid,
-        value: &'a Secret,
-    ) -> BoxFuture<'a, Result<(), BackendError>> {
-        Box::pin(async move {
-            check_before_call(c)?;
-            self.0.apply(c, v, value).await
-        })
-    }
-
-    fn test<'a>(
-        &'a self,
-        c: &'a Credential,
-        v: Uuid,
-        value: &'a Secret,
-    ) -> BoxFuture<'a, Result<(), BackendError>> {
-        Box::pin(async move {
-            check_before_call(c)?;
-            self.0.test(c, v, value).await
-        })
-    }
-
-    fn accepts<'a>(
-        &'a self,
-        c: &'a Credential,
-        v: Uuid,
-        value: &'a Secret,
-    ) -> BoxFuture<'a, Result<bool, BackendError>> {
-        Box::pin(async move {
-            check_before_call(c)?;
-            self.0.accepts(c, v, value).await
-        })
-    }
-
-    fn invalidate<'a>(
-        &'a self,
-        c: &'a Credential,
-        v: Uuid,
-        value: Option<&'a Secret>,
-        reason: RevokeReason,
-    ) -> BoxFuture<'a, Result<(), BackendError>> {
-        Box::pin(async move {
-            check_before_call(c)?;
-            self.0.invalidate(c, v, value, reason).await
-        })
-    }
+/// The fence's check before a backend call, for `Resilient::guarded`: `Busy`-like (transient,
+/// nothing changed) when the calling task holds a claim on the credential that it may no longer
+/// act on; calls outside a claim pass.
+pub fn claim_fence() -> CallGuard {
+    Arc::new(
+        |credential: &Credential| match Fence::current(&credential.id) {
+            Some(f) => f
+                .check_live()
+                .map_err(|e| BackendError::transient(e.to_string()).before_any_change()),
+            None => Ok(()),
+        },
+    )
 }
 
 #[cfg(test)]

@@ -1,7 +1,7 @@
 //! What every handler needs: the bus, the inventory and fingerprint index, and the backends a
 //! credential may name. Built once per process and shared by all roles in it.
 
-use crate::claim::{ClaimWatch, Fenced};
+use crate::claim::{ClaimWatch, claim_fence};
 use keyloop_backends::{
     LocalStore, MasterKey, NoneTarget, ResilientStore, ResilientTarget, Store, Target,
 };
@@ -48,8 +48,9 @@ impl Backends {
                 )
             }),
         }?;
-        let resilient: Arc<dyn Store> = Arc::new(ResilientStore::new(inner, self.faults.clone()));
-        Ok(Arc::new(Fenced(resilient)))
+        Ok(Arc::new(
+            ResilientStore::new(inner, self.faults.clone()).guarded(claim_fence()),
+        ))
     }
 
     /// The target of that kind (behind in-process retries, injected faults and the claim fence
@@ -64,8 +65,9 @@ impl Backends {
                 )
             }),
         }?;
-        let resilient: Arc<dyn Target> = Arc::new(ResilientTarget::new(inner, self.faults.clone()));
-        Ok(Arc::new(Fenced(resilient)))
+        Ok(Arc::new(
+            ResilientTarget::new(inner, self.faults.clone()).guarded(claim_fence()),
+        ))
     }
 }
 

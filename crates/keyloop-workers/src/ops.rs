@@ -219,11 +219,20 @@ fn resumable(existing: Credential, reg: &Registration) -> Result<Credential, Err
             ),
         ));
     }
-    if existing.store != reg.store
-        || existing.target != reg.target
-        || existing.settings != reg.settings
-        || existing.policy != reg.policy
-    {
+    let same = existing.store == reg.store
+        && existing.target == reg.target
+        && existing.settings == reg.settings
+        && existing.policy == reg.policy;
+    if !same && existing.versions[0].stage == Stage::Current {
+        return Err(Error::msg(
+            ErrorKind::AlreadyExists,
+            format!(
+                "credential {} is already registered, with other settings (see `keyloop credential show {}`)",
+                reg.id, reg.id
+            ),
+        ));
+    }
+    if !same {
         return Err(Error::msg(
             ErrorKind::AlreadyExists,
             format!(

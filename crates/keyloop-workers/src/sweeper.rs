@@ -206,49 +206,36 @@ async fn act(ctx: &WorkerContext, entry: &DueEntry, now: OffsetDateTime) -> Resu
             let Some(cred) = credential_for(ctx, credential).await? else {
                 return Ok(Acted::Dropped);
             };
-            if let Some(retry) = &cred.rotation_retry {
+            let (op_id, reason) = if let Some(retry) = &cred.rotation_retry {
                 // A failed scheduled (or leak) rotation: its next attempt has its own entry at
                 // `next_attempt_at`, and its own operation id, so it never meets the version
                 // the failed one retired.
                 if retry.next_attempt_at > now {
                     return Ok(Acted::Dropped);
                 }
-                let op_id = format!(
-                    "retry/{credential}/{}/{}",
-                    cred.current()
-                        .map_or_else(|| "none".to_owned(), |v| v.id.to_string()),
-                    retry.failures
-                );
-                let cmd = RotateCommand {
-                    credential: credential.clone(),
-                    reason: retry.reason,
-                    op_id: op_id.clone(),
+                let current = cred
+                    .current()
+                    .map_or_else(|| "none".to_owned(), |v| v.id.to_string());
+                let op = format!("retry/{credential}/{current}/{}", retry.failures);
+                (op, retry.reason)
+            } else {
+                let (Some(max_age), Some(current)) = (cred.policy.max_age_secs, cred.current())
+                else {
+                    return Ok(Acted::Dropped);
                 };
-                publish(
-                    ctx,
-                    &topo.cmd_rotate(),
-                    ROTATE_COMMAND_TYPE,
-                    &op_id,
-                    credential.as_str(),
-                    cmd,
-                )
-                .await?;
-                return Ok(Acted::Published);
-            }
-            let (Some(max_age), Some(current)) = (cred.policy.max_age_secs, cred.current()) else {
-                return Ok(Acted::Dropped);
+                let activated = current.activated_at.unwrap_or(current.created_at);
+                let due = checked_after(activated, max_age);
+                if due.is_none_or(|due| due > now) {
+                    // Rotated early: the rotation that did it filed the next due entry.
+                    debug!(%credential, "rotation not due any more");
+                    return Ok(Acted::Dropped);
+                }
+                let op = format!("scheduled/{credential}/{}", current.id);
+                (op, RotationReason::Scheduled)
             };
-            let activated = current.activated_at.unwrap_or(current.created_at);
-            let due = checked_after(activated, max_age);
-            if due.is_none_or(|due| due > now) {
-                // Rotated early: the rotation that did it filed the next due entry.
-                debug!(%credential, "rotation not due any more");
-                return Ok(Acted::Dropped);
-            }
-            let op_id = format!("scheduled/{credential}/{}", current.id);
             let cmd = RotateCommand {
                 credential: credential.clone(),
-                reason: RotationReason::Scheduled,
+                reason,
                 op_id: op_id.clone(),
             };
             publish(
