@@ -10,6 +10,7 @@ mod cli;
 mod faults;
 mod fleet;
 mod harness;
+mod ingest_large;
 mod jit;
 mod leak_loop;
 mod least_privilege;

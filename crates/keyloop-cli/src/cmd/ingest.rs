@@ -16,6 +16,12 @@ use std::process::ExitCode;
 /// a live leak nobody acted on, so scripts must notice.
 const EXIT_SOME_REJECTED: u8 = 3;
 
+/// Publish acks awaited at most at once. async-nats lets a JetStream context have 5,000 acks
+/// outstanding (`max_ack_inflight`) and then waits in `send_publish` for one to be awaited;
+/// awaiting them only after publishing everything therefore hung any report of more than
+/// 5,000 findings. A window well below that keeps the connection busy and memory flat.
+const MAX_ACKS_IN_FLIGHT: usize = 256;
+
 /// What one ingest did.
 #[derive(Debug, Default, Serialize)]
 pub(crate) struct IngestReport {
@@ -82,7 +88,8 @@ fn read_stdin() -> Result<Vec<u8>> {
     Ok(buf)
 }
 
-/// Publishes parsed findings as `leak.detected` events; each waits for its stream ack.
+/// Publishes parsed findings as `leak.detected` events, with at most [`MAX_ACKS_IN_FLIGHT`]
+/// stream acks outstanding.
 pub(crate) async fn publish(
     bus: &Bus,
     format: Format,
@@ -102,9 +109,13 @@ pub(crate) async fn publish(
     };
     let subject = bus.topology.leak_detected();
     let source = format!("keyloop/ingest/{format}");
-    // Publish all, then await the acks together: one round trip per report, not per finding.
-    let mut acks = Vec::with_capacity(parsed.findings.len());
+    let mut in_flight = std::collections::VecDeque::with_capacity(MAX_ACKS_IN_FLIGHT);
     for finding in parsed.findings {
+        if in_flight.len() == MAX_ACKS_IN_FLIGHT
+            && let Some((id, ack)) = in_flight.pop_front()
+        {
+            settle(&mut report, &subject, id, ack).await?;
+        }
         let id = finding.dedup_key();
         let event = CloudEvent::new(id.clone(), &source, LEAK_DETECTED_TYPE, finding)
             .caused_by(Some(id.clone()), None);
@@ -117,18 +128,29 @@ pub(crate) async fn publish(
             .send_publish(subject.clone(), publish)
             .await
             .with_context(|| format!("publish leak {id} to {subject}"))?;
-        acks.push((id, ack));
+        in_flight.push_back((id, ack));
     }
-    for (id, ack) in acks {
-        let ack = ack.await.with_context(|| {
-            format!("leak {id} was not stored on {subject} (is `keyloop init` done?)")
-        })?;
-        if ack.duplicate {
-            report.deduplicated += 1;
-        } else {
-            report.published += 1;
-        }
-        report.leak_ids.push(id);
+    for (id, ack) in in_flight {
+        settle(&mut report, &subject, id, ack).await?;
     }
     Ok(report)
+}
+
+/// Waits for one publish ack and counts it.
+async fn settle(
+    report: &mut IngestReport,
+    subject: &str,
+    id: String,
+    ack: async_nats::jetstream::context::PublishAckFuture,
+) -> Result<()> {
+    let ack = ack.await.with_context(|| {
+        format!("leak {id} was not stored on {subject} (is `keyloop init` done?)")
+    })?;
+    if ack.duplicate {
+        report.deduplicated += 1;
+    } else {
+        report.published += 1;
+    }
+    report.leak_ids.push(id);
+    Ok(())
 }

@@ -1,0 +1,53 @@
+//! Ingest of a report far beyond async-nats's 5,000 outstanding publish acks (a report of more
+//! than 5,000 findings used to hang for ever): every finding reaches the stream.
+
+use crate::harness::{Env, path_str, stream_messages};
+use keyloop_core::event::CloudEvent;
+use keyloop_core::{Fingerprint, LeakFinding};
+use std::collections::HashSet;
+use std::time::Duration;
+
+const FINDINGS: usize = 20_000;
+
+#[tokio::test]
+async fn a_report_of_20000_findings_is_published_whole() {
+    let env = Env::start().await;
+    let values: Vec<String> = (0..FINDINGS)
+        .map(|i| format!("FAKE-large-report-{i:06}"))
+        .collect();
+    let path = env.generic_report("large.jsonl", values.iter().map(String::as_str));
+
+    let out = tokio::time::timeout(
+        Duration::from_secs(120),
+        env.run(&["ingest", "generic", path_str(&path), "--json"]),
+    )
+    .await
+    .expect("an ingest of 20,000 findings finishes");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let report: serde_json::Value =
+        serde_json::from_slice(&out.stdout).expect("ingest --json prints one JSON object");
+    assert_eq!(report["published"], FINDINGS);
+    assert_eq!(report["deduplicated"], 0);
+    assert_eq!(report["rejected"].as_array().unwrap().len(), 0);
+
+    // Every value is in the stream, once.
+    let subject = env.bus.topology.leak_detected();
+    let stored = stream_messages(&env.bus, &env.bus.topology.events_stream()).await;
+    let leaks: Vec<CloudEvent<LeakFinding>> = stored
+        .iter()
+        .filter(|m| m.subject == subject)
+        .map(|m| serde_json::from_slice(&m.payload).expect("a leak event"))
+        .collect();
+    assert_eq!(leaks.len(), FINDINGS);
+    let sha256 = |v: &str| Fingerprint::of_bytes(v.as_bytes()).sha256.unwrap();
+    let expected: HashSet<String> = values.iter().map(|v| sha256(v)).collect();
+    let found: HashSet<String> = leaks
+        .iter()
+        .map(|e| e.data.fingerprint.sha256.clone().unwrap())
+        .collect();
+    assert_eq!(found, expected);
+}
