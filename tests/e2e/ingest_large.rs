@@ -1,5 +1,6 @@
 //! Ingest of a report far beyond async-nats's 5,000 outstanding publish acks (a report of more
-//! than 5,000 findings used to hang for ever): every finding reaches the stream.
+//! than 5,000 findings used to hang for ever): every finding reaches the stream, and the summary
+//! stays small.
 
 use crate::harness::{Env, path_str, stream_messages};
 use keyloop_core::event::CloudEvent;
@@ -8,6 +9,9 @@ use std::collections::HashSet;
 use std::time::Duration;
 
 const FINDINGS: usize = 20_000;
+
+/// How many leak ids the summary lists (`cmd/ingest.rs`).
+const LISTED: usize = 1_000;
 
 #[tokio::test]
 async fn a_report_of_20000_findings_is_published_whole() {
@@ -30,11 +34,19 @@ async fn a_report_of_20000_findings_is_published_whole() {
     );
     let report: serde_json::Value =
         serde_json::from_slice(&out.stdout).expect("ingest --json prints one JSON object");
+    assert_eq!(report["findings"], FINDINGS);
     assert_eq!(report["published"], FINDINGS);
     assert_eq!(report["deduplicated"], 0);
     assert_eq!(report["rejected"].as_array().unwrap().len(), 0);
+    let ids = report["leak_ids"].as_array().unwrap();
+    assert_eq!(
+        ids.len(),
+        LISTED,
+        "the summary lists a bounded number of ids"
+    );
+    assert_eq!(report["leak_ids_not_listed"], FINDINGS - LISTED);
 
-    // Every value is in the stream, once.
+    // Every distinct value is in the stream, once.
     let subject = env.bus.topology.leak_detected();
     let stored = stream_messages(&env.bus, &env.bus.topology.events_stream()).await;
     let leaks: Vec<CloudEvent<LeakFinding>> = stored
@@ -50,4 +62,14 @@ async fn a_report_of_20000_findings_is_published_whole() {
         .map(|e| e.data.fingerprint.sha256.clone().unwrap())
         .collect();
     assert_eq!(found, expected);
+    // The ids keep report order.
+    let first = leaks
+        .iter()
+        .find(|e| e.data.fingerprint.sha256.as_deref() == Some(sha256(&values[0]).as_str()))
+        .unwrap();
+    assert_eq!(
+        first.data.location.file.as_deref(),
+        Some("large.jsonl-0.env")
+    );
+    assert_eq!(ids[0], first.id.as_str());
 }

@@ -5,56 +5,90 @@
 //! organization-level lists). Webhook alerts usually omit the value; such an alert is rejected
 //! with the REST call that returns it.
 
-use super::json::{self, SecretField};
-use super::{Parsed, Rejected};
+use super::Sink;
+use super::json::{self, Found, SecretField, scalars_are_other};
 use crate::fingerprint::Fingerprint;
 use crate::leak::{LeakFinding, LeakLocation};
+use serde::de::{DeserializeSeed, Deserializer, MapAccess, SeqAccess, Visitor};
 use serde_json::{Map, Value};
+use std::fmt;
+use std::io::Read;
 
 const EXPECTED: &str = "a GitHub secret_scanning_alert webhook payload, a JSON array of them, or \
                         secret scanning alerts from the REST API";
 
-/// Parses GitHub secret scanning alerts.
-pub(crate) fn parse(text: &str) -> Result<Parsed, String> {
-    let mut doc = json::document(text, EXPECTED)?;
-    let mut parsed = Parsed::default();
-    match &mut *doc {
-        Value::Object(object) => {
-            if !is_alert_like(object) {
-                return Err(format!(
-                    "expected {EXPECTED}, found an object with neither `alert` nor `secret_type`"
-                ));
-            }
-            push(&mut parsed, 1, finding(object));
-        }
-        Value::Array(items) => {
-            for (index, item) in items.iter_mut().enumerate() {
-                let found = json::kind(item);
-                let outcome = match item.as_object_mut() {
-                    Some(object) if is_alert_like(object) => finding(object),
-                    Some(_) => Err("expected an alert or a webhook payload, found an object \
-                                    with neither `alert` nor `secret_type`"
-                        .to_owned()),
-                    None => Err(format!(
-                        "expected an alert or a webhook payload, found {found}"
-                    )),
-                };
-                push(&mut parsed, index + 1, outcome);
-            }
-        }
-        other => return Err(format!("expected {EXPECTED}, found {}", json::kind(other))),
-    }
-    Ok(parsed)
+/// Parses GitHub secret scanning alerts: one payload, or an array of them one at a time.
+pub(crate) fn parse(input: impl Read, sink: &mut Sink<'_>) -> Result<(), String> {
+    json::document(input, EXPECTED, sink, |de, sink| {
+        Report { sink }.deserialize(de)
+    })
 }
 
-fn push(parsed: &mut Parsed, number: usize, outcome: Result<LeakFinding, String>) {
-    match outcome {
-        Ok(finding) => parsed.findings.push(finding),
-        Err(reason) => parsed.rejected.push(Rejected {
-            position: format!("finding {number}"),
-            reason,
-        }),
+/// The top-level value: one payload or alert, or an array of them.
+struct Report<'s, 'a> {
+    sink: &'s mut Sink<'a>,
+}
+
+impl Report<'_, '_> {
+    fn other<E: serde::de::Error>(self, found: Found) -> Result<(), E> {
+        let reason = format!("expected {EXPECTED}, found {}", found.0);
+        Err(json::refuse(self.sink, reason))
     }
+}
+
+impl<'de> DeserializeSeed<'de> for Report<'_, '_> {
+    type Value = ();
+    fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<(), D::Error> {
+        d.deserialize_any(self)
+    }
+}
+
+impl<'de> Visitor<'de> for Report<'_, '_> {
+    type Value = ();
+
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(EXPECTED)
+    }
+
+    fn visit_map<A: MapAccess<'de>>(self, map: A) -> Result<(), A::Error> {
+        let mut doc = json::collect_map(map)?;
+        let Value::Object(object) = &mut *doc else {
+            return self.other(Found("an object"));
+        };
+        if !is_alert_like(object) {
+            let reason = format!(
+                "expected {EXPECTED}, found an object with neither `alert` nor `secret_type`"
+            );
+            return Err(json::refuse(self.sink, reason));
+        }
+        let _ = self
+            .sink
+            .outcome(|| "finding 1".to_owned(), finding(object));
+        Ok(())
+    }
+
+    fn visit_seq<A: SeqAccess<'de>>(self, seq: A) -> Result<(), A::Error> {
+        json::each_element(seq, |index, mut item| {
+            let found = json::kind(&item);
+            let outcome = match item.as_object_mut() {
+                Some(object) if is_alert_like(object) => finding(object),
+                Some(_) => Err("expected an alert or a webhook payload, found an object \
+                                with neither `alert` nor `secret_type`"
+                    .to_owned()),
+                None => Err(format!(
+                    "expected an alert or a webhook payload, found {found}"
+                )),
+            };
+            self.sink
+                .outcome(|| format!("finding {}", index + 1), outcome)
+        })
+    }
+
+    fn visit_unit<E: serde::de::Error>(self) -> Result<(), E> {
+        self.other(Found("null"))
+    }
+
+    scalars_are_other!();
 }
 
 fn is_alert_like(object: &Map<String, Value>) -> bool {
@@ -164,10 +198,15 @@ fn commit_location(details: &Map<String, Value>) -> LeakLocation {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::ingest::Rejected;
     use crate::secret::Secret;
 
     const WEBHOOK: &str = include_str!("../../../../tests/fixtures/ingest/github-webhook.json");
     const ALERTS: &str = include_str!("../../../../tests/fixtures/ingest/github-alerts.json");
+
+    fn parse(text: &str) -> Result<crate::ingest::testing::Parsed, String> {
+        crate::ingest::testing::collect(|input, sink| super::parse(input, sink), text)
+    }
 
     fn fingerprint(value: &str) -> Fingerprint {
         Fingerprint::of(&Secret::from(value))

@@ -3,11 +3,14 @@
 //! `StartLine`, `Commit`, `Link` and `RuleID` are read; every other field (including `Match`,
 //! which also holds the value) is ignored, so reports from any v8 release parse.
 
-use super::json::{self, SecretField};
-use super::{Parsed, Rejected};
+use super::Sink;
+use super::json::{self, Found, SecretField, scalars_are_other};
 use crate::fingerprint::Fingerprint;
 use crate::leak::{LeakFinding, LeakLocation};
+use serde::de::{DeserializeSeed, Deserializer, MapAccess, SeqAccess, Visitor};
 use serde_json::Value;
+use std::fmt;
+use std::io::Read;
 
 const EXPECTED: &str = "a JSON array of findings (gitleaks --report-format json)";
 
@@ -17,27 +20,57 @@ const NO_SECRET: &str =
 const REDACTED: &str = "`Secret` is redacted (gitleaks was run with --redact); rerun without \
                         --redact so the value can be fingerprinted";
 
-/// Parses a gitleaks report.
-pub(crate) fn parse(text: &str) -> Result<Parsed, String> {
-    let mut doc = json::document(text, EXPECTED)?;
-    let items = match &mut *doc {
-        Value::Array(items) => items,
-        // gitleaks releases whose JSON writer lacks the empty-report guard encode a nil slice
-        // of findings, that is a clean scan, as `null`.
-        Value::Null => return Ok(Parsed::default()),
-        other => return Err(format!("expected {EXPECTED}, found {}", json::kind(other))),
-    };
-    let mut parsed = Parsed::default();
-    for (index, item) in items.iter_mut().enumerate() {
-        match finding(item) {
-            Ok(finding) => parsed.findings.push(finding),
-            Err(reason) => parsed.rejected.push(Rejected {
-                position: format!("finding {}", index + 1),
-                reason,
-            }),
-        }
+/// Parses a gitleaks report, one finding of its array at a time.
+pub(crate) fn parse(input: impl Read, sink: &mut Sink<'_>) -> Result<(), String> {
+    json::document(input, EXPECTED, sink, |de, sink| {
+        Report { sink }.deserialize(de)
+    })
+}
+
+/// The top-level value: an array of findings, or `null`.
+struct Report<'s, 'a> {
+    sink: &'s mut Sink<'a>,
+}
+
+impl Report<'_, '_> {
+    fn other<E: serde::de::Error>(self, found: Found) -> Result<(), E> {
+        let reason = format!("expected {EXPECTED}, found {}", found.0);
+        Err(json::refuse(self.sink, reason))
     }
-    Ok(parsed)
+}
+
+impl<'de> DeserializeSeed<'de> for Report<'_, '_> {
+    type Value = ();
+    fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<(), D::Error> {
+        d.deserialize_any(self)
+    }
+}
+
+impl<'de> Visitor<'de> for Report<'_, '_> {
+    type Value = ();
+
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(EXPECTED)
+    }
+
+    fn visit_seq<A: SeqAccess<'de>>(self, seq: A) -> Result<(), A::Error> {
+        json::each_element(seq, |index, mut item| {
+            self.sink
+                .outcome(|| format!("finding {}", index + 1), finding(&mut item))
+        })
+    }
+
+    // gitleaks releases whose JSON writer lacks the empty-report guard encode a nil slice of
+    // findings, that is a clean scan, as `null`.
+    fn visit_unit<E>(self) -> Result<(), E> {
+        Ok(())
+    }
+
+    fn visit_map<A: MapAccess<'de>>(self, _: A) -> Result<(), A::Error> {
+        self.other(Found("an object"))
+    }
+
+    scalars_are_other!();
 }
 
 fn finding(item: &mut Value) -> Result<LeakFinding, String> {
@@ -88,6 +121,10 @@ mod tests {
     use crate::secret::Secret;
 
     const FIXTURE: &str = include_str!("../../../../tests/fixtures/ingest/gitleaks.json");
+
+    fn parse(text: &str) -> Result<crate::ingest::testing::Parsed, String> {
+        crate::ingest::testing::collect(|input, sink| super::parse(input, sink), text)
+    }
 
     fn fingerprint(value: &str) -> Fingerprint {
         Fingerprint::of(&Secret::from(value))
