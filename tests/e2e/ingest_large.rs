@@ -1,6 +1,6 @@
 //! Ingest of a report far beyond async-nats's 5,000 outstanding publish acks (a report of more
-//! than 5,000 findings used to hang for ever): every finding reaches the stream, and the summary
-//! stays small.
+//! than 5,000 findings used to hang for ever): every finding reaches the stream, repeats of a
+//! value in the report are folded into its first finding, and the summary stays small.
 
 use crate::harness::{Env, path_str, stream_messages};
 use keyloop_core::event::CloudEvent;
@@ -14,12 +14,17 @@ const FINDINGS: usize = 20_000;
 const LISTED: usize = 1_000;
 
 #[tokio::test]
-async fn a_report_of_20000_findings_is_published_whole() {
+async fn a_report_of_20000_findings_is_published_whole_with_repeats_folded() {
     let env = Env::start().await;
     let values: Vec<String> = (0..FINDINGS)
         .map(|i| format!("FAKE-large-report-{i:06}"))
         .collect();
-    let path = env.generic_report("large.jsonl", values.iter().map(String::as_str));
+    // The first value twice more, further down: folded into its first finding.
+    let lines = values
+        .iter()
+        .chain([&values[0], &values[0]])
+        .map(String::as_str);
+    let path = env.generic_report("large.jsonl", lines);
 
     let out = tokio::time::timeout(
         Duration::from_secs(120),
@@ -34,9 +39,10 @@ async fn a_report_of_20000_findings_is_published_whole() {
     );
     let report: serde_json::Value =
         serde_json::from_slice(&out.stdout).expect("ingest --json prints one JSON object");
-    assert_eq!(report["findings"], FINDINGS);
+    assert_eq!(report["findings"], FINDINGS + 2);
     assert_eq!(report["published"], FINDINGS);
     assert_eq!(report["deduplicated"], 0);
+    assert_eq!(report["repeated"], 2);
     assert_eq!(report["rejected"].as_array().unwrap().len(), 0);
     let ids = report["leak_ids"].as_array().unwrap();
     assert_eq!(
@@ -62,7 +68,7 @@ async fn a_report_of_20000_findings_is_published_whole() {
         .map(|e| e.data.fingerprint.sha256.clone().unwrap())
         .collect();
     assert_eq!(found, expected);
-    // The ids keep report order.
+    // The repeated value's one event is its first finding, and the ids keep report order.
     let first = leaks
         .iter()
         .find(|e| e.data.fingerprint.sha256.as_deref() == Some(sha256(&values[0]).as_str()))

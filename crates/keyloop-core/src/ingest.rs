@@ -5,7 +5,8 @@
 //! Reports are streamed: [`parse`] reads from any [`Read`] and hands each finding or rejection
 //! to a callback as soon as it is reached (a line of a line format, an element of a document's
 //! array), so memory is bounded by the largest entry, never by the report. No list of the
-//! report's findings is ever built here.
+//! report's findings is ever built here; [`Repeats`] folds a value named many times in one
+//! report into its first finding, in bounded memory too.
 //!
 //! [`Fingerprint`]: crate::Fingerprint
 
@@ -14,7 +15,10 @@ mod generic;
 mod github;
 mod gitleaks;
 mod json;
+mod repeats;
 mod trufflehog;
+
+pub use repeats::Repeats;
 
 use crate::leak::LeakFinding;
 use std::fmt;

@@ -4,7 +4,8 @@
 //!
 //! The report is streamed end to end: a blocking thread parses it (see
 //! [`keyloop_core::ingest::parse`]) and hands each entry over a bounded channel to the
-//! publisher, which keeps at most [`MAX_ACKS_IN_FLIGHT`] publish acks outstanding. Memory is
+//! publisher, which folds values already seen in this report into their first finding
+//! ([`Repeats`]) and keeps at most [`MAX_ACKS_IN_FLIGHT`] publish acks outstanding. Memory is
 //! bounded by those constants, whatever the size of the report.
 
 use crate::cli::{Global, IngestArgs};
@@ -12,7 +13,7 @@ use crate::output;
 use anyhow::{Context, Result, anyhow};
 use async_nats::jetstream::context::PublishAckFuture;
 use keyloop_core::event::{CloudEvent, LEAK_DETECTED_TYPE};
-use keyloop_core::ingest::{self, Entry, Format, IngestError, Summary};
+use keyloop_core::ingest::{self, Entry, Format, IngestError, Repeats, Summary};
 use keyloop_nats::Bus;
 use serde::Serialize;
 use std::collections::VecDeque;
@@ -53,6 +54,9 @@ pub(crate) struct IngestReport {
     pub(crate) published: u64,
     /// Leak events the stream already had (the same finding ingested before).
     pub(crate) deduplicated: u64,
+    /// Findings of a value found earlier in the same report: folded into that first finding's
+    /// leak event, not published.
+    pub(crate) repeated: u64,
     /// The first [`LISTED`] rejected findings.
     pub(crate) rejected: Vec<RejectedFinding>,
     /// Rejected findings beyond those listed.
@@ -117,8 +121,12 @@ pub(crate) async fn run(g: &Global, args: IngestArgs) -> Result<ExitCode> {
     if g.json {
         output::json_line(&report);
     } else {
+        let repeated = match report.repeated {
+            0 => String::new(),
+            n => format!(", {n} repeated in the report (folded into their first finding)"),
+        };
         println!(
-            "{name}: {} published, {} deduplicated, {} rejected",
+            "{name}: {} published, {} deduplicated{repeated}, {} rejected",
             report.published,
             report.deduplicated,
             report.rejected_total()
@@ -211,6 +219,7 @@ pub(crate) async fn publish(
     };
     let subject = bus.topology.leak_detected();
     let source = format!("keyloop/ingest/{format}");
+    let mut repeats = Repeats::new();
     let mut in_flight: VecDeque<(String, PublishAckFuture)> =
         VecDeque::with_capacity(MAX_ACKS_IN_FLIGHT);
     let mut read = 0u64;
@@ -218,9 +227,10 @@ pub(crate) async fn publish(
         read += 1;
         if options.progress && read.is_multiple_of(PROGRESS_EVERY) {
             eprintln!(
-                "{}: {read} entries read: {} published, {} rejected so far",
+                "{}: {read} entries read: {} published, {} repeated, {} rejected so far",
                 options.name,
                 report.published + report.deduplicated,
+                report.repeated,
                 report.rejected_total()
             );
         }
@@ -242,6 +252,10 @@ pub(crate) async fn publish(
             Entry::Finding(finding) => finding,
         };
         report.findings += 1;
+        if repeats.seen_before(&finding.fingerprint) {
+            report.repeated += 1;
+            continue;
+        }
         if in_flight.len() == MAX_ACKS_IN_FLIGHT
             && let Some((id, ack)) = in_flight.pop_front()
         {
