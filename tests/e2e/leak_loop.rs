@@ -401,3 +401,64 @@ async fn a_report_naming_a_value_three_times_revokes_and_rotates_it_once() {
     assert_eq!(of_kind(&stored, LifecycleKind::Rotated, id).len(), 1);
     assert_eq!(env.credential(id).await.versions.len(), 2);
 }
+
+#[tokio::test]
+async fn the_same_value_in_two_reports_of_two_formats_is_revoked_and_rotated_once() {
+    let env = Env::start().await;
+    // Only the leak-responder at first, so that both leaks are matched while the version is
+    // still live: each asks for its revocation, as concurrent findings do.
+    let responder = env.worker("responder", &["leak-responder"]);
+    let id = "saas/twice";
+    let value = env.register_and_reveal(id).await;
+    let old_version = env.credential(id).await.versions[0].id;
+    let events = Events::subscribe(&env.bus).await;
+
+    let first = ingest(&env, "gitleaks", &gitleaks_report(&value, "deploy/.env")).await;
+    let generic = format!("{{\"secret\":\"{value}\",\"repo\":\"acme/ops\"}}\n");
+    let second = ingest(&env, "generic", generic.as_bytes()).await;
+    let leak_ids = [
+        first["leak_ids"][0].as_str().unwrap().to_owned(),
+        second["leak_ids"][0].as_str().unwrap().to_owned(),
+    ];
+    assert_ne!(leak_ids[0], leak_ids[1], "two leaks, one value");
+    wait_for(
+        &events,
+        "both leaks matched",
+        LifecycleKind::LeakMatched,
+        id,
+        2,
+    )
+    .await;
+
+    let _workers = env.worker("workers", &["revoker", "rotator"]);
+    wait_for(&events, "the rotation", LifecycleKind::Rotated, id, 1).await;
+    settle(&env, &events).await;
+
+    let stored = lifecycle(&env.bus).await;
+    let matched = of_kind(&stored, LifecycleKind::LeakMatched, id);
+    assert_eq!(matched.len(), 2, "each leak is a fact for the audit log");
+    let revoked = of_kind(&stored, LifecycleKind::Revoked, id);
+    assert_eq!(revoked.len(), 1, "one revocation: {revoked:?}");
+    let rotated = of_kind(&stored, LifecycleKind::Rotated, id);
+    assert_eq!(rotated.len(), 1, "one rotation: {rotated:?}");
+
+    // Both matches point at the one operation, which is the one that revoked the version.
+    let cred = env.credential(id).await;
+    let old = cred.version(old_version).unwrap();
+    assert_eq!(old.stage, Stage::Revoked);
+    assert!(old.revoked_by.is_some());
+    for m in &matched {
+        assert_eq!(m.data.op_id, old.revoked_by, "{m:?}");
+    }
+    assert_eq!(cred.versions.len(), 2, "one value issued after the leak");
+    // The revocation belongs to the leak whose command got through, and its time to revoke
+    // counts from that leak's publish.
+    let correlation = revoked[0].correlationid.clone().unwrap();
+    assert!(leak_ids.contains(&correlation), "{correlation}");
+    assert!(revoked[0].data.time_to_revoke_ms.is_some());
+    assert_eq!(
+        rotated[0].correlationid.as_deref(),
+        Some(correlation.as_str())
+    );
+    drop(responder);
+}

@@ -2,8 +2,21 @@
 //! publishes `leak_matched` and a `cmd.revoke` (then rotate, if the leaked version is current or
 //! pending); a dead version gives `leak_inert`, an unknown digest `leak_unmatched`.
 //!
-//! Redelivery is harmless: the events and the command have ids derived from the leak id and
-//! the version, so a second pass publishes duplicates that the streams drop.
+//! One leaked version gets one revocation and at most one rotation, however many leaks name it
+//! (findings in one report, several reports, several detectors): the revocation's operation id,
+//! and with it the command's message id, derive from the credential and version alone
+//! ([`revocation_op`]), not from the leak. A second leak arriving while the first one's command
+//! is queued or running publishes the same command, which `KEYLOOP_COMMANDS` drops as a
+//! duplicate (its dedup window, 2 h, outlasts any revocation); one arriving after the version is
+//! revoked finds it dead and gives `leak_inert`. Should the same command get through anyway
+//! (past the window), the revoker recognizes the version as revoked by this very operation
+//! (`revoked_by`) and its rotation follow-up has the same operation id, which the rotator finds
+//! done. The revocation's `time_to_revoke_ms` counts from the first leak's publish, the one whose
+//! command got through. Each leak is still a fact for the audit log: every match publishes its own
+//! `leak_matched`, which names the one operation (`op_id`).
+//!
+//! Redelivery is harmless: the events have ids derived from the leak id and the version, the
+//! command from the version, so a second pass publishes duplicates that the streams drop.
 
 use crate::context::WorkerContext;
 use crate::decode;
@@ -14,12 +27,23 @@ use keyloop_core::event::{
 };
 use keyloop_core::event::{REVOKE_LEASE_COMMAND_TYPE, RevokeLeaseCommand, lease_event};
 use keyloop_core::lease::LeaseState;
-use keyloop_core::{LeakFinding, LifecycleData, LifecycleKind, RevokeReason, Stage};
+use keyloop_core::{CredentialId, LeakFinding, LifecycleData, LifecycleKind, RevokeReason, Stage};
 use keyloop_nats::{Delivery, FingerprintRef, Handler, HandlerError};
 use std::sync::Arc;
 use tracing::info;
 
 const SOURCE: &str = "keyloop/leak-responder";
+
+/// The one revocation operation of leaked version `version` of `credential`, whichever leak
+/// asks for it (see the module docs).
+pub fn revocation_op(credential: &CredentialId, version: uuid::Uuid) -> String {
+    format!("leak-revoke/{credential}/{version}")
+}
+
+/// The one revocation operation of a leaked JIT lease, whichever leak asks for it.
+pub fn lease_revocation_op(lease: uuid::Uuid) -> String {
+    format!("leak-revoke-lease/{lease}")
+}
 
 /// The handler of `<prefix>.leak.detected`.
 pub fn handler(ctx: Arc<WorkerContext>) -> Handler {
@@ -92,16 +116,18 @@ async fn respond(ctx: &WorkerContext, delivery: &Delivery) -> Result<(), Handler
         Some(cred.id.clone()),
         Some(version.id),
     );
+    let op = revocation_op(&cred.id, version.id);
     data.matched_stage = Some(version.stage);
     data.fingerprint = Some(finding.fingerprint.clone());
     data.detail = Some(finding.detector.clone());
+    data.op_id = Some(op.clone());
     cause.publish(ctx, &step, data).await?;
 
     let command = RevokeCommand {
         credential: cred.id.clone(),
         version: Some(version.id),
         reason: RevokeReason::Leak,
-        op_id: step.clone(),
+        op_id: op.clone(),
         leak_published_at: Some(delivery.published),
         // A leaked current (or in-flight pending) value leaves the credential without a working
         // one: issue a fresh current right after. A leaked previous needs no replacement.
@@ -109,7 +135,7 @@ async fn respond(ctx: &WorkerContext, delivery: &Delivery) -> Result<(), Handler
         note: None,
     };
     let event = CloudEvent::new(
-        stable_id(&format!("cmd/revoke/{step}")).to_string(),
+        stable_id(&format!("cmd/revoke/{op}")).to_string(),
         SOURCE,
         REVOKE_COMMAND_TYPE,
         command,
@@ -136,6 +162,7 @@ async fn respond_to_lease_leak(
         )));
     };
     let step = format!("{}/{lease_id}", leak.id);
+    let op = lease_revocation_op(lease_id);
     let live = lease.state == LeaseState::Active;
     let kind = if live {
         LifecycleKind::LeakMatched
@@ -145,6 +172,7 @@ async fn respond_to_lease_leak(
     let mut data = LifecycleData::new(kind, None, None);
     data.fingerprint = Some(leak.data.fingerprint.clone());
     data.detail = Some(leak.data.detector.clone());
+    data.op_id = live.then(|| op.clone());
     let event = lease_event(SOURCE, &step, data, &lease)
         .caused_by(cause.correlation.clone(), cause.causation.clone());
     ctx.bus.publish_lifecycle(&event).await?;
@@ -155,11 +183,11 @@ async fn respond_to_lease_leak(
     let command = RevokeLeaseCommand {
         lease: lease_id,
         reason: RevokeReason::Leak,
-        op_id: step.clone(),
+        op_id: op.clone(),
         leak_published_at: Some(delivery.published),
     };
     let event = CloudEvent::new(
-        stable_id(&format!("cmd/lease-revoke/{step}")).to_string(),
+        stable_id(&format!("cmd/lease-revoke/{op}")).to_string(),
         SOURCE,
         REVOKE_LEASE_COMMAND_TYPE,
         command,
