@@ -3,7 +3,7 @@
 //! only `hashed_secret`, the SHA-1 hex of it, so these findings carry a SHA-1 fingerprint only.
 
 use super::Sink;
-use super::json::{self, Found, scalars_are_other};
+use super::json::{self, Document, Found, scalars_are_other};
 use crate::fingerprint::Fingerprint;
 use crate::leak::{LeakFinding, LeakLocation};
 use serde::de::{DeserializeSeed, Deserializer, IgnoredAny, MapAccess, SeqAccess, Visitor};
@@ -18,64 +18,30 @@ const RESULTS_SHAPE: &str = "an object mapping file names to findings";
 
 /// Parses a detect-secrets baseline, one finding at a time.
 pub(crate) fn parse(input: impl Read, sink: &mut Sink<'_>) -> Result<(), String> {
-    json::document(input, EXPECTED, sink, |de, sink| {
-        Baseline { sink }.deserialize(de)
-    })
+    json::walk::<Baseline>(input, sink)
 }
 
 /// The top-level object; only `results` is read.
-struct Baseline<'s, 'a> {
-    sink: &'s mut Sink<'a>,
-}
+struct Baseline;
 
-impl Baseline<'_, '_> {
-    fn other<E: serde::de::Error>(self, found: Found) -> Result<(), E> {
-        let reason = format!("expected {EXPECTED}, found {}", found.0);
-        Err(json::refuse(self.sink, reason))
-    }
-}
+impl Document for Baseline {
+    const EXPECTED: &'static str = EXPECTED;
 
-impl<'de> DeserializeSeed<'de> for Baseline<'_, '_> {
-    type Value = ();
-    fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<(), D::Error> {
-        d.deserialize_any(self)
-    }
-}
-
-impl<'de> Visitor<'de> for Baseline<'_, '_> {
-    type Value = ();
-
-    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(EXPECTED)
-    }
-
-    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<(), A::Error> {
+    fn object<'de, A: MapAccess<'de>>(sink: &mut Sink<'_>, mut map: A) -> Result<(), A::Error> {
         let mut results = false;
         while let Some(key) = map.next_key::<String>()? {
             if key == "results" {
-                results |= map.next_value_seed(Results {
-                    sink: &mut *self.sink,
-                })?;
+                results |= map.next_value_seed(Results { sink: &mut *sink })?;
             } else {
                 map.next_value::<IgnoredAny>()?;
             }
         }
         if !results {
             let reason = format!("no `results` object; expected {EXPECTED}");
-            return Err(json::refuse(self.sink, reason));
+            return Err(json::refuse(sink, reason));
         }
         Ok(())
     }
-
-    fn visit_seq<A: SeqAccess<'de>>(self, _: A) -> Result<(), A::Error> {
-        self.other(Found("an array"))
-    }
-
-    fn visit_unit<E: serde::de::Error>(self) -> Result<(), E> {
-        self.other(Found("null"))
-    }
-
-    scalars_are_other!();
 }
 
 /// `results`: file name → findings. Its value says whether it was there at all (`null` is

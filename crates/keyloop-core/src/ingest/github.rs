@@ -6,12 +6,11 @@
 //! with the REST call that returns it.
 
 use super::Sink;
-use super::json::{self, Found, SecretField, scalars_are_other};
+use super::json::{self, Document, SecretField};
 use crate::fingerprint::Fingerprint;
 use crate::leak::{LeakFinding, LeakLocation};
-use serde::de::{DeserializeSeed, Deserializer, MapAccess, SeqAccess, Visitor};
+use serde::de::{MapAccess, SeqAccess};
 use serde_json::{Map, Value};
-use std::fmt;
 use std::io::Read;
 
 const EXPECTED: &str = "a GitHub secret_scanning_alert webhook payload, a JSON array of them, or \
@@ -19,55 +18,32 @@ const EXPECTED: &str = "a GitHub secret_scanning_alert webhook payload, a JSON a
 
 /// Parses GitHub secret scanning alerts: one payload, or an array of them one at a time.
 pub(crate) fn parse(input: impl Read, sink: &mut Sink<'_>) -> Result<(), String> {
-    json::document(input, EXPECTED, sink, |de, sink| {
-        Report { sink }.deserialize(de)
-    })
+    json::walk::<Github>(input, sink)
 }
 
 /// The top-level value: one payload or alert, or an array of them.
-struct Report<'s, 'a> {
-    sink: &'s mut Sink<'a>,
-}
+struct Github;
 
-impl Report<'_, '_> {
-    fn other<E: serde::de::Error>(self, found: Found) -> Result<(), E> {
-        let reason = format!("expected {EXPECTED}, found {}", found.0);
-        Err(json::refuse(self.sink, reason))
-    }
-}
+impl Document for Github {
+    const EXPECTED: &'static str = EXPECTED;
 
-impl<'de> DeserializeSeed<'de> for Report<'_, '_> {
-    type Value = ();
-    fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<(), D::Error> {
-        d.deserialize_any(self)
-    }
-}
-
-impl<'de> Visitor<'de> for Report<'_, '_> {
-    type Value = ();
-
-    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(EXPECTED)
-    }
-
-    fn visit_map<A: MapAccess<'de>>(self, map: A) -> Result<(), A::Error> {
+    fn object<'de, A: MapAccess<'de>>(sink: &mut Sink<'_>, map: A) -> Result<(), A::Error> {
         let mut doc = json::collect_map(map)?;
-        let Value::Object(object) = &mut *doc else {
-            return self.other(Found("an object"));
-        };
-        if !is_alert_like(object) {
-            let reason = format!(
-                "expected {EXPECTED}, found an object with neither `alert` nor `secret_type`"
-            );
-            return Err(json::refuse(self.sink, reason));
+        match &mut *doc {
+            Value::Object(object) if is_alert_like(object) => {
+                let _ = sink.outcome(|| "finding 1".to_owned(), finding(object));
+                Ok(())
+            }
+            _ => Err(json::refuse(
+                sink,
+                format!(
+                    "expected {EXPECTED}, found an object with neither `alert` nor `secret_type`"
+                ),
+            )),
         }
-        let _ = self
-            .sink
-            .outcome(|| "finding 1".to_owned(), finding(object));
-        Ok(())
     }
 
-    fn visit_seq<A: SeqAccess<'de>>(self, seq: A) -> Result<(), A::Error> {
+    fn array<'de, A: SeqAccess<'de>>(sink: &mut Sink<'_>, seq: A) -> Result<(), A::Error> {
         json::each_element(seq, |index, mut item| {
             let found = json::kind(&item);
             let outcome = match item.as_object_mut() {
@@ -79,16 +55,9 @@ impl<'de> Visitor<'de> for Report<'_, '_> {
                     "expected an alert or a webhook payload, found {found}"
                 )),
             };
-            self.sink
-                .outcome(|| format!("finding {}", index + 1), outcome)
+            sink.outcome(|| format!("finding {}", index + 1), outcome)
         })
     }
-
-    fn visit_unit<E: serde::de::Error>(self) -> Result<(), E> {
-        self.other(Found("null"))
-    }
-
-    scalars_are_other!();
 }
 
 fn is_alert_like(object: &Map<String, Value>) -> bool {

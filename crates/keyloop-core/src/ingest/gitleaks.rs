@@ -4,12 +4,11 @@
 //! which also holds the value) is ignored, so reports from any v8 release parse.
 
 use super::Sink;
-use super::json::{self, Found, SecretField, scalars_are_other};
+use super::json::{self, Document, SecretField};
 use crate::fingerprint::Fingerprint;
 use crate::leak::{LeakFinding, LeakLocation};
-use serde::de::{DeserializeSeed, Deserializer, MapAccess, SeqAccess, Visitor};
+use serde::de::SeqAccess;
 use serde_json::Value;
-use std::fmt;
 use std::io::Read;
 
 const EXPECTED: &str = "a JSON array of findings (gitleaks --report-format json)";
@@ -22,55 +21,24 @@ const REDACTED: &str = "`Secret` is redacted (gitleaks was run with --redact); r
 
 /// Parses a gitleaks report, one finding of its array at a time.
 pub(crate) fn parse(input: impl Read, sink: &mut Sink<'_>) -> Result<(), String> {
-    json::document(input, EXPECTED, sink, |de, sink| {
-        Report { sink }.deserialize(de)
-    })
+    json::walk::<Gitleaks>(input, sink)
 }
 
 /// The top-level value: an array of findings, or `null`.
-struct Report<'s, 'a> {
-    sink: &'s mut Sink<'a>,
-}
+struct Gitleaks;
 
-impl Report<'_, '_> {
-    fn other<E: serde::de::Error>(self, found: Found) -> Result<(), E> {
-        let reason = format!("expected {EXPECTED}, found {}", found.0);
-        Err(json::refuse(self.sink, reason))
-    }
-}
-
-impl<'de> DeserializeSeed<'de> for Report<'_, '_> {
-    type Value = ();
-    fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<(), D::Error> {
-        d.deserialize_any(self)
-    }
-}
-
-impl<'de> Visitor<'de> for Report<'_, '_> {
-    type Value = ();
-
-    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(EXPECTED)
-    }
-
-    fn visit_seq<A: SeqAccess<'de>>(self, seq: A) -> Result<(), A::Error> {
-        json::each_element(seq, |index, mut item| {
-            self.sink
-                .outcome(|| format!("finding {}", index + 1), finding(&mut item))
-        })
-    }
+impl Document for Gitleaks {
+    const EXPECTED: &'static str = EXPECTED;
 
     // gitleaks releases whose JSON writer lacks the empty-report guard encode a nil slice of
     // findings, that is a clean scan, as `null`.
-    fn visit_unit<E>(self) -> Result<(), E> {
-        Ok(())
-    }
+    const NULL_IS_EMPTY: bool = true;
 
-    fn visit_map<A: MapAccess<'de>>(self, _: A) -> Result<(), A::Error> {
-        self.other(Found("an object"))
+    fn array<'de, A: SeqAccess<'de>>(sink: &mut Sink<'_>, seq: A) -> Result<(), A::Error> {
+        json::each_element(seq, |index, mut item| {
+            sink.outcome(|| format!("finding {}", index + 1), finding(&mut item))
+        })
     }
-
-    scalars_are_other!();
 }
 
 fn finding(item: &mut Value) -> Result<LeakFinding, String> {

@@ -16,6 +16,7 @@ use serde::de::{self, Deserializer, IgnoredAny, MapAccess, SeqAccess, Visitor};
 use serde_json::{Map, Value};
 use std::fmt;
 use std::io::{self, BufRead, Read};
+use std::marker::PhantomData;
 use std::ops::{ControlFlow, Deref, DerefMut};
 use zeroize::Zeroize;
 
@@ -166,7 +167,7 @@ enum Utf8 {
 /// The report as it is read: a UTF-16 byte-order mark is refused, a UTF-8 one skipped; the
 /// bytes are read in chunks into a buffer that is zeroized when dropped and, in
 /// [`Utf8::Check`] mode, checked to be UTF-8 as they arrive.
-pub(crate) struct Input<R> {
+struct Input<R> {
     inner: R,
     buf: Box<[u8]>,
     pos: usize,
@@ -341,13 +342,112 @@ fn unreadable(e: &io::Error) -> String {
 }
 
 /// The serde_json deserializer over an [`Input`], as the format parsers see it.
-pub(crate) type JsonDe<'i, R> = serde_json::Deserializer<serde_json::de::IoRead<&'i mut Input<R>>>;
+type JsonDe<'i, R> = serde_json::Deserializer<serde_json::de::IoRead<&'i mut Input<R>>>;
+
+/// Implements the scalar `visit_*` methods of a [`Visitor`] but `visit_unit` (null, which some
+/// formats accept) by calling `self.other(found)`, for visitors that want an array or an
+/// object: serde's default methods would describe the unexpected value by quoting it.
+macro_rules! scalars_are_other {
+    () => {
+        fn visit_bool<E: serde::de::Error>(self, _: bool) -> Result<Self::Value, E> {
+            self.other($crate::ingest::json::Found("a boolean"))
+        }
+        fn visit_i64<E: serde::de::Error>(self, _: i64) -> Result<Self::Value, E> {
+            self.other($crate::ingest::json::Found("a number"))
+        }
+        fn visit_u64<E: serde::de::Error>(self, _: u64) -> Result<Self::Value, E> {
+            self.other($crate::ingest::json::Found("a number"))
+        }
+        fn visit_f64<E: serde::de::Error>(self, _: f64) -> Result<Self::Value, E> {
+            self.other($crate::ingest::json::Found("a number"))
+        }
+        fn visit_str<E: serde::de::Error>(self, _: &str) -> Result<Self::Value, E> {
+            self.other($crate::ingest::json::Found("a string"))
+        }
+    };
+}
+pub(crate) use scalars_are_other;
+
+/// A report format that is one JSON document: what it does with the top-level value. Whatever
+/// it does not take refuses the whole document ("expected …, found …").
+pub(crate) trait Document {
+    /// What the format looks like, for errors.
+    const EXPECTED: &'static str;
+
+    /// Whether a top-level `null` is a report without findings.
+    const NULL_IS_EMPTY: bool = false;
+
+    /// The top-level value is an array.
+    fn array<'de, A: SeqAccess<'de>>(sink: &mut Sink<'_>, seq: A) -> Result<(), A::Error> {
+        let _ = seq;
+        Err(refuse_found::<Self, _>(sink, Found("an array")))
+    }
+
+    /// The top-level value is an object.
+    fn object<'de, A: MapAccess<'de>>(sink: &mut Sink<'_>, map: A) -> Result<(), A::Error> {
+        let _ = map;
+        Err(refuse_found::<Self, _>(sink, Found("an object")))
+    }
+}
+
+/// Walks a report of document format `D`, handing entries to the sink as they are reached.
+pub(crate) fn walk<D: Document>(input: impl Read, sink: &mut Sink<'_>) -> Result<(), String> {
+    document(input, D::EXPECTED, sink, |de, sink| {
+        de.deserialize_any(TopLevel::<D> {
+            sink,
+            format: PhantomData,
+        })
+    })
+}
+
+/// Refuses a document of format `D` whose top-level value is `found`.
+fn refuse_found<D: Document + ?Sized, E: de::Error>(sink: &mut Sink<'_>, found: Found) -> E {
+    refuse(sink, format!("expected {}, found {}", D::EXPECTED, found.0))
+}
+
+/// The top-level value of a document of format `D`.
+struct TopLevel<'s, 'a, D> {
+    sink: &'s mut Sink<'a>,
+    format: PhantomData<D>,
+}
+
+impl<D: Document> TopLevel<'_, '_, D> {
+    fn other<E: de::Error>(self, found: Found) -> Result<(), E> {
+        Err(refuse_found::<D, E>(self.sink, found))
+    }
+}
+
+impl<'de, D: Document> Visitor<'de> for TopLevel<'_, '_, D> {
+    type Value = ();
+
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(D::EXPECTED)
+    }
+
+    fn visit_seq<A: SeqAccess<'de>>(self, seq: A) -> Result<(), A::Error> {
+        D::array(self.sink, seq)
+    }
+
+    fn visit_map<A: MapAccess<'de>>(self, map: A) -> Result<(), A::Error> {
+        D::object(self.sink, map)
+    }
+
+    fn visit_unit<E: de::Error>(self) -> Result<(), E> {
+        if D::NULL_IS_EMPTY {
+            Ok(())
+        } else {
+            self.other(Found("null"))
+        }
+    }
+
+    scalars_are_other!();
+}
 
 /// Walks one JSON document: `walk` drives the deserializer (handing entries to the sink as it
 /// reaches them), then nothing but whitespace may follow. Entries already handed on stay
 /// handed on when the document turns out to be malformed further down; the error says where.
 /// `expected` names what the format looks like.
-pub(crate) fn document<'s, R: Read>(
+fn document<'s, R: Read>(
     input: R,
     expected: &str,
     sink: &mut Sink<'s>,
@@ -418,30 +518,6 @@ pub(crate) fn each_element<'de, A: SeqAccess<'de>>(
 /// The JSON type a visitor was handed instead of what it wanted, with an article.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) struct Found(pub(crate) &'static str);
-
-/// Implements the scalar `visit_*` methods of a [`Visitor`] but `visit_unit` (null, which some
-/// formats accept) by calling `self.other(found)`, for visitors that want an array or an
-/// object: serde's default methods would describe the unexpected value by quoting it.
-macro_rules! scalars_are_other {
-    () => {
-        fn visit_bool<E: serde::de::Error>(self, _: bool) -> Result<Self::Value, E> {
-            self.other($crate::ingest::json::Found("a boolean"))
-        }
-        fn visit_i64<E: serde::de::Error>(self, _: i64) -> Result<Self::Value, E> {
-            self.other($crate::ingest::json::Found("a number"))
-        }
-        fn visit_u64<E: serde::de::Error>(self, _: u64) -> Result<Self::Value, E> {
-            self.other($crate::ingest::json::Found("a number"))
-        }
-        fn visit_f64<E: serde::de::Error>(self, _: f64) -> Result<Self::Value, E> {
-            self.other($crate::ingest::json::Found("a number"))
-        }
-        fn visit_str<E: serde::de::Error>(self, _: &str) -> Result<Self::Value, E> {
-            self.other($crate::ingest::json::Found("a string"))
-        }
-    };
-}
-pub(crate) use scalars_are_other;
 
 /// Consumes the rest of an object a visitor does not want and says it was one.
 pub(crate) fn drain_map<'de, A: MapAccess<'de>>(mut map: A) -> Result<Found, A::Error> {
@@ -519,13 +595,10 @@ pub(crate) fn lines(
                 Ok(text) if text.trim().is_empty() => continue,
                 Ok(text) => {
                     content = true;
-                    match object_outcome(text, &mut on_object) {
-                        Ok(None) => {
-                            objects += 1;
-                            None
-                        }
-                        Ok(Some(LineOutcome::Finding(finding))) => {
-                            objects += 1;
+                    let outcome = object_outcome(text, &mut on_object);
+                    objects += u64::from(outcome.is_ok());
+                    match outcome {
+                        Ok(LineOutcome::Finding(finding)) => {
                             if release(&mut held, sink).is_break()
                                 || sink.finding(finding).is_break()
                             {
@@ -533,12 +606,8 @@ pub(crate) fn lines(
                             }
                             None
                         }
-                        Ok(Some(LineOutcome::Rejected(reason))) => {
-                            objects += 1;
-                            Some(reason)
-                        }
-                        Ok(Some(LineOutcome::Skipped)) => unreachable!("mapped to None"),
-                        Err(reason) => Some(reason),
+                        Ok(LineOutcome::Skipped) => None,
+                        Ok(LineOutcome::Rejected(reason)) | Err(reason) => Some(reason),
                     }
                 }
             }
@@ -585,22 +654,19 @@ fn wipe(line: &mut Vec<u8>) {
     line.clear();
 }
 
-/// Parses one line and runs `on_object` on it: `Ok(None)` for a skipped object, `Err` with the
-/// reason for a line that is not a JSON object.
+/// Parses one line and runs `on_object` on it; `Err` with the reason for a line that is not a
+/// JSON object.
 fn object_outcome(
     text: &str,
     on_object: &mut impl FnMut(&mut Map<String, Value>) -> LineOutcome,
-) -> Result<Option<LineOutcome>, String> {
+) -> Result<LineOutcome, String> {
     let mut value = Scrubbed::parse(text)
         .map_err(|e| format!("not JSON ({} at column {})", syntax_problem(&e), e.column()))?;
     let found = kind(&value);
     let Some(object) = value.as_object_mut() else {
         return Err(format!("expected a JSON object, found {found}"));
     };
-    Ok(match on_object(object) {
-        LineOutcome::Skipped => None,
-        outcome => Some(outcome),
-    })
+    Ok(on_object(object))
 }
 
 /// Hands the held-back rejections to the sink, in order.
