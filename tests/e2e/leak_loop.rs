@@ -4,6 +4,7 @@
 
 use crate::harness::{Env, Events, gitleaks_report, lifecycle, path_str, stream_messages};
 use futures::StreamExt;
+use keyloop_core::event::{CloudEvent, REVOKE_COMMAND_TYPE, RevokeCommand};
 use keyloop_core::{Fingerprint, LifecycleEvent, LifecycleKind, RevokeReason, Secret, Stage};
 use keyloop_nats::Role;
 use std::time::Duration;
@@ -432,6 +433,37 @@ async fn the_same_value_in_two_reports_of_two_formats_is_revoked_and_rotated_onc
 
     let _workers = env.worker("workers", &["revoker", "rotator"]);
     wait_for(&events, "the rotation", LifecycleKind::Rotated, id, 1).await;
+    settle(&env, &events).await;
+
+    // What a leak of a still-live version a minute later sends: the same operation's command
+    // under a new message id. The version is revoked by that operation: nothing happens again.
+    let op = env
+        .credential(id)
+        .await
+        .version(old_version)
+        .unwrap()
+        .revoked_by
+        .clone();
+    let resend = RevokeCommand {
+        credential: id.parse().unwrap(),
+        version: Some(old_version),
+        reason: RevokeReason::Leak,
+        op_id: op.expect("revoked by an operation"),
+        leak_published_at: Some(time::OffsetDateTime::now_utc()),
+        then_rotate: true,
+        note: None,
+    };
+    let resend = CloudEvent::new(
+        uuid::Uuid::now_v7().to_string(),
+        "keyloop/test",
+        REVOKE_COMMAND_TYPE,
+        resend,
+    )
+    .with_subject(id.to_owned());
+    env.bus
+        .publish_event(&env.bus.topology.cmd_revoke(), &resend)
+        .await
+        .unwrap();
     settle(&env, &events).await;
 
     let stored = lifecycle(&env.bus).await;
