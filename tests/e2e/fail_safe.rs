@@ -424,3 +424,54 @@ async fn registering_again_with_the_same_settings_finishes_without_a_second_valu
         "other settings are another registration"
     );
 }
+
+#[tokio::test]
+async fn a_leak_and_an_operator_revoking_the_same_version_ask_for_one_rotation() {
+    let env = Env::start().await;
+    let ctx = env.context().await;
+    let id: CredentialId = "svc/raced".parse().unwrap();
+    let cred = ops::register(&ctx, registration(id.as_str(), None), &cause())
+        .await
+        .unwrap()
+        .credential;
+    let version = cred.versions[0].id;
+    let revoke = |op: &str, reason| RevokeCommand {
+        credential: id.clone(),
+        version: Some(version),
+        reason,
+        op_id: op.into(),
+        leak_published_at: None,
+        then_rotate: true,
+        note: None,
+    };
+    // Whichever revokes first, the other finds the version revoked: both ask for the rotation
+    // that replaces it, and that is one command.
+    revoker::execute(
+        &ctx,
+        &revoke("leak-revoke/x", RevokeReason::Leak),
+        &cause(),
+        false,
+    )
+    .await
+    .unwrap();
+    revoker::execute(
+        &ctx,
+        &revoke("manual/y", RevokeReason::Manual),
+        &cause(),
+        false,
+    )
+    .await
+    .unwrap();
+    let commands = env
+        .bus
+        .js
+        .get_stream(env.bus.topology.commands_stream())
+        .await
+        .unwrap()
+        .info()
+        .await
+        .unwrap()
+        .state
+        .messages;
+    assert_eq!(commands, 1, "one rotate command for one revoked version");
+}

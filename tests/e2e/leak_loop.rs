@@ -1,9 +1,12 @@
 //! The leak → revoke → rotate loop through the CLI and a worker process, for each detector
-//! format that carries or hashes the value; deduplication, unmatched and inert leaks; bad input.
+//! format that carries or hashes the value; deduplication, unmatched and inert leaks; one
+//! revocation and one rotation however many leaks name a version; bad input.
 
 use crate::harness::{Env, Events, gitleaks_report, lifecycle, path_str, stream_messages};
 use futures::StreamExt;
-use keyloop_core::{Fingerprint, LifecycleKind, RevokeReason, Secret, Stage};
+use keyloop_core::event::{CloudEvent, REVOKE_COMMAND_TYPE, RevokeCommand};
+use keyloop_core::{Fingerprint, LifecycleEvent, LifecycleKind, RevokeReason, Secret, Stage};
+use keyloop_nats::Role;
 use std::time::Duration;
 
 const ALL_ROLES: [&str; 3] = ["leak-responder", "rotator", "revoker"];
@@ -294,4 +297,200 @@ async fn malformed_leak_messages_go_to_the_dlq_with_a_reason_and_the_worker_keep
     assert!(r.contains("JSON syntax"), "{r}");
     let r = by_payload(b"{\"specversion\"");
     assert!(r.contains("unknown event type"), "{r}");
+}
+
+/// A gitleaks report with one finding of `secret` in each of `files`.
+fn gitleaks_findings(secret: &str, files: &[&str]) -> Vec<u8> {
+    let findings: Vec<serde_json::Value> = files
+        .iter()
+        .flat_map(|file| {
+            let one: Vec<serde_json::Value> =
+                serde_json::from_slice(&gitleaks_report(secret, file)).unwrap();
+            one
+        })
+        .collect();
+    serde_json::to_vec(&findings).unwrap()
+}
+
+/// Waits for `kind` about credential `id` to be seen `count` times.
+async fn wait_for(events: &Events, what: &str, kind: LifecycleKind, id: &str, count: usize) {
+    let id = id.to_owned();
+    events
+        .wait(what, Duration::from_secs(10), move |evs| {
+            evs.iter()
+                .filter(|e| e.data.kind == kind && e.subject.as_deref() == Some(id.as_str()))
+                .count()
+                >= count
+        })
+        .await;
+}
+
+/// Lets the loop settle so that the absence of a second revocation or rotation is observed, not
+/// slept for: a marker credential is leaked and waited for through to its `rotated`, and then
+/// the consumers of the three roles are waited for until none has a message pending or unacked
+/// (a worker acks only after its events are stored).
+async fn settle(env: &Env, events: &Events) {
+    let marker = format!("saas/marker-{}", uuid::Uuid::now_v7().simple());
+    let value = env.register_and_reveal(&marker).await;
+    let report = env.file(
+        &format!("{}.jsonl", marker.replace('/', "-")),
+        format!("{{\"secret\":\"{value}\"}}\n").as_bytes(),
+    );
+    env.ok(&["ingest", "generic", path_str(&report)]).await;
+    wait_for(
+        events,
+        "the marker's rotation",
+        LifecycleKind::Rotated,
+        &marker,
+        1,
+    )
+    .await;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    for role in [Role::LeakResponder, Role::Revoker, Role::Rotator] {
+        loop {
+            let info = env.consumer_info(role).await.expect("consumer info");
+            if info.num_pending == 0 && info.num_ack_pending == 0 {
+                break;
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "{role:?} still has work after 10 s: {} pending, {} unacked",
+                info.num_pending,
+                info.num_ack_pending
+            );
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+}
+
+/// The stored lifecycle events of kind `kind` about credential `id`.
+fn of_kind<'a>(
+    stored: &'a [LifecycleEvent],
+    kind: LifecycleKind,
+    id: &str,
+) -> Vec<&'a LifecycleEvent> {
+    stored
+        .iter()
+        .filter(|e| e.data.kind == kind && e.subject.as_deref() == Some(id))
+        .collect()
+}
+
+#[tokio::test]
+async fn a_report_naming_a_value_three_times_revokes_and_rotates_it_once() {
+    let env = Env::start().await;
+    let _worker = env.worker("worker", &ALL_ROLES);
+    let id = "saas/thrice";
+    let value = env.register_and_reveal(id).await;
+    let events = Events::subscribe(&env.bus).await;
+
+    let report = ingest(
+        &env,
+        "gitleaks",
+        &gitleaks_findings(&value, &["a.env", "b/c.env", "d.env"]),
+    )
+    .await;
+    assert_eq!(report["findings"], 3);
+    assert_eq!(report["published"], 1, "one leak event per distinct value");
+    assert_eq!(report["repeated"], 2);
+    let leak_id = report["leak_ids"][0].as_str().unwrap();
+    assert_leak_handled(&env, &events, id, &value, leak_id).await;
+    settle(&env, &events).await;
+
+    let stored = lifecycle(&env.bus).await;
+    assert_eq!(of_kind(&stored, LifecycleKind::LeakMatched, id).len(), 1);
+    assert_eq!(of_kind(&stored, LifecycleKind::Revoked, id).len(), 1);
+    assert_eq!(of_kind(&stored, LifecycleKind::Rotated, id).len(), 1);
+    assert_eq!(env.credential(id).await.versions.len(), 2);
+}
+
+#[tokio::test]
+async fn the_same_value_in_two_reports_of_two_formats_is_revoked_and_rotated_once() {
+    let env = Env::start().await;
+    // Only the leak-responder at first, so that both leaks are matched while the version is
+    // still live: each asks for its revocation, as concurrent findings do.
+    let responder = env.worker("responder", &["leak-responder"]);
+    let id = "saas/twice";
+    let value = env.register_and_reveal(id).await;
+    let old_version = env.credential(id).await.versions[0].id;
+    let events = Events::subscribe(&env.bus).await;
+
+    let first = ingest(&env, "gitleaks", &gitleaks_report(&value, "deploy/.env")).await;
+    let generic = format!("{{\"secret\":\"{value}\",\"repo\":\"acme/ops\"}}\n");
+    let second = ingest(&env, "generic", generic.as_bytes()).await;
+    let leak_ids = [
+        first["leak_ids"][0].as_str().unwrap().to_owned(),
+        second["leak_ids"][0].as_str().unwrap().to_owned(),
+    ];
+    assert_ne!(leak_ids[0], leak_ids[1], "two leaks, one value");
+    wait_for(
+        &events,
+        "both leaks matched",
+        LifecycleKind::LeakMatched,
+        id,
+        2,
+    )
+    .await;
+
+    let _workers = env.worker("workers", &["revoker", "rotator"]);
+    wait_for(&events, "the rotation", LifecycleKind::Rotated, id, 1).await;
+    settle(&env, &events).await;
+
+    // What a leak of a still-live version a minute later sends: the same operation's command
+    // under a new message id. The version is revoked by that operation: nothing happens again.
+    let op = env
+        .credential(id)
+        .await
+        .version(old_version)
+        .unwrap()
+        .revoked_by
+        .clone();
+    let resend = RevokeCommand {
+        credential: id.parse().unwrap(),
+        version: Some(old_version),
+        reason: RevokeReason::Leak,
+        op_id: op.expect("revoked by an operation"),
+        leak_published_at: Some(time::OffsetDateTime::now_utc()),
+        then_rotate: true,
+        note: None,
+    };
+    let resend = CloudEvent::new(
+        uuid::Uuid::now_v7().to_string(),
+        "keyloop/test",
+        REVOKE_COMMAND_TYPE,
+        resend,
+    )
+    .with_subject(id.to_owned());
+    env.bus
+        .publish_event(&env.bus.topology.cmd_revoke(), &resend)
+        .await
+        .unwrap();
+    settle(&env, &events).await;
+
+    let stored = lifecycle(&env.bus).await;
+    let matched = of_kind(&stored, LifecycleKind::LeakMatched, id);
+    assert_eq!(matched.len(), 2, "each leak is a fact for the audit log");
+    let revoked = of_kind(&stored, LifecycleKind::Revoked, id);
+    assert_eq!(revoked.len(), 1, "one revocation: {revoked:?}");
+    let rotated = of_kind(&stored, LifecycleKind::Rotated, id);
+    assert_eq!(rotated.len(), 1, "one rotation: {rotated:?}");
+
+    // Both matches point at the one operation, which is the one that revoked the version.
+    let cred = env.credential(id).await;
+    let old = cred.version(old_version).unwrap();
+    assert_eq!(old.stage, Stage::Revoked);
+    assert!(old.revoked_by.is_some());
+    for m in &matched {
+        assert_eq!(m.data.op_id, old.revoked_by, "{m:?}");
+    }
+    assert_eq!(cred.versions.len(), 2, "one value issued after the leak");
+    // The revocation belongs to the leak whose command got through, and its time to revoke
+    // counts from that leak's publish.
+    let correlation = revoked[0].correlationid.clone().unwrap();
+    assert!(leak_ids.contains(&correlation), "{correlation}");
+    assert!(revoked[0].data.time_to_revoke_ms.is_some());
+    assert_eq!(
+        rotated[0].correlationid.as_deref(),
+        Some(correlation.as_str())
+    );
+    drop(responder);
 }

@@ -14,6 +14,7 @@ mod faults;
 mod fleet;
 mod harness;
 mod idle;
+mod ingest_large;
 mod jit;
 mod leak_loop;
 mod least_privilege;

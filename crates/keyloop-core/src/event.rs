@@ -203,6 +203,11 @@ pub struct LifecycleData {
     /// The lease, for events about a JIT credential.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub lease: Option<LeaseInfo>,
+    /// `leak_matched`: the revocation it asked for. There is one per leaked version (or
+    /// lease), however many leaks name it, so every `leak_matched` of a version points at the
+    /// same operation: the version's `revoked_by` once it is revoked.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub op_id: Option<String>,
 }
 
 impl LifecycleData {
@@ -226,6 +231,7 @@ impl LifecycleData {
             detail: None,
             actor: None,
             lease: None,
+            op_id: None,
         }
     }
 }

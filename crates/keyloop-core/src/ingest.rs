@@ -1,16 +1,29 @@
 //! Parsers for detectors' native report formats (`keyloop ingest FORMAT`). Each parser hashes
 //! plaintext at the edge: a value goes from the input bytes into a [`Fingerprint`] and is
 //! dropped (zeroized); only [`LeakFinding`]s leave this module.
+//!
+//! Reports are streamed: [`parse`] reads from any [`Read`] and hands each finding or rejection
+//! to a callback as soon as it is reached (a line of a line format, an element of a document's
+//! array), so memory is bounded by the largest entry, never by the report. No list of the
+//! report's findings is ever built here; [`Repeats`] folds a value named many times in one
+//! report into its first finding, in bounded memory too.
+//!
+//! [`Fingerprint`]: crate::Fingerprint
 
 mod detect_secrets;
 mod generic;
 mod github;
 mod gitleaks;
 mod json;
+mod repeats;
 mod trufflehog;
+
+pub use repeats::Repeats;
 
 use crate::leak::LeakFinding;
 use std::fmt;
+use std::io::Read;
+use std::ops::ControlFlow;
 use std::str::FromStr;
 
 /// A report format that `keyloop ingest` understands.
@@ -81,13 +94,24 @@ pub struct Rejected {
     pub reason: String,
 }
 
-/// The findings of one report.
-#[derive(Debug, Default)]
-pub struct Parsed {
-    /// Usable findings, in input order.
-    pub findings: Vec<LeakFinding>,
-    /// Unusable entries, in input order.
-    pub rejected: Vec<Rejected>,
+/// One entry of a report, handed on as the parser reaches it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Entry {
+    /// A usable finding.
+    Finding(LeakFinding),
+    /// An unusable entry, and why.
+    Rejected(Rejected),
+}
+
+/// What a parse went through. The entries themselves went to the callback.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Summary {
+    /// Findings handed on.
+    pub findings: u64,
+    /// Rejections handed on.
+    pub rejected: u64,
+    /// The callback asked to stop before the end of the report.
+    pub stopped: bool,
 }
 
 /// The whole input is not a report of the named format.
@@ -100,26 +124,140 @@ pub struct IngestError {
     pub reason: String,
 }
 
-/// Parses a report. Entries that are individually unusable are returned in
-/// [`Parsed::rejected`]; an input that is not a report of `format` at all is an error.
+/// Parses a report read from `input`, handing each entry to `on_entry` as soon as it is
+/// reached, in input order; `on_entry` returns [`ControlFlow::Break`] to stop early (then
+/// [`Summary::stopped`] is set). Entries that are individually unusable are
+/// [`Entry::Rejected`]; an input that is not a report of `format` at all is an error.
+///
+/// Because entries are handed on as they come, a document that turns out to be malformed
+/// further down (truncated, trailing text) has had its earlier entries handed on before the
+/// error: they are findings all the same. The error says where the document broke.
 ///
 /// Plaintext values are hashed as they are read and held only in a [`crate::Secret`] until
 /// then; no rejection reason or error quotes the input.
-pub fn parse(format: Format, input: &[u8]) -> Result<Parsed, IngestError> {
-    let error = |reason| IngestError { format, reason };
-    let text = json::decode(input).map_err(error)?;
+pub fn parse(
+    format: Format,
+    input: impl Read,
+    mut on_entry: impl FnMut(Entry) -> ControlFlow<()>,
+) -> Result<Summary, IngestError> {
+    let mut sink = Sink::new(&mut on_entry);
     match format {
-        Format::Gitleaks => gitleaks::parse(text),
-        Format::Trufflehog => trufflehog::parse(text),
-        Format::DetectSecrets => detect_secrets::parse(text),
-        Format::Github => github::parse(text),
-        Format::Generic => generic::parse(text),
+        Format::Gitleaks => gitleaks::parse(input, &mut sink),
+        Format::Trufflehog => trufflehog::parse(input, &mut sink),
+        Format::DetectSecrets => detect_secrets::parse(input, &mut sink),
+        Format::Github => github::parse(input, &mut sink),
+        Format::Generic => generic::parse(input, &mut sink),
     }
-    .map_err(error)
+    .map_err(|reason| IngestError { format, reason })?;
+    Ok(Summary {
+        findings: sink.findings,
+        rejected: sink.rejected,
+        stopped: sink.stopped,
+    })
+}
+
+/// Where the format parsers hand their entries: the caller's callback, with counts and the
+/// two ways a walk ends early (the callback stopped it; the document is not of the format).
+pub(crate) struct Sink<'a> {
+    emit: &'a mut dyn FnMut(Entry) -> ControlFlow<()>,
+    findings: u64,
+    rejected: u64,
+    /// The callback asked to stop.
+    stopped: bool,
+    /// Why the whole document is refused, set by a visitor before it unwinds the
+    /// deserializer (whose own message could quote the input).
+    refused: Option<String>,
+}
+
+impl<'a> Sink<'a> {
+    pub(crate) fn new(emit: &'a mut dyn FnMut(Entry) -> ControlFlow<()>) -> Self {
+        Self {
+            emit,
+            findings: 0,
+            rejected: 0,
+            stopped: false,
+            refused: None,
+        }
+    }
+
+    fn send(&mut self, entry: Entry) -> ControlFlow<()> {
+        let flow = (self.emit)(entry);
+        self.stopped |= flow.is_break();
+        flow
+    }
+
+    /// Hands on a finding.
+    pub(crate) fn finding(&mut self, finding: LeakFinding) -> ControlFlow<()> {
+        self.findings += 1;
+        self.send(Entry::Finding(finding))
+    }
+
+    /// Hands on a rejection.
+    pub(crate) fn reject(&mut self, position: String, reason: String) -> ControlFlow<()> {
+        self.rejected += 1;
+        self.send(Entry::Rejected(Rejected { position, reason }))
+    }
+
+    /// Hands on a finding, or its rejection at `position` (only formatted when needed).
+    pub(crate) fn outcome(
+        &mut self,
+        position: impl FnOnce() -> String,
+        outcome: Result<LeakFinding, String>,
+    ) -> ControlFlow<()> {
+        match outcome {
+            Ok(finding) => self.finding(finding),
+            Err(reason) => self.reject(position(), reason),
+        }
+    }
+}
+
+/// Collecting parsers for tests, whose inputs are small.
+#[cfg(test)]
+pub(crate) mod testing {
+    use super::*;
+
+    /// Every entry of one report.
+    #[derive(Debug, Default)]
+    pub(crate) struct Parsed {
+        /// Usable findings, in input order.
+        pub(crate) findings: Vec<LeakFinding>,
+        /// Unusable entries, in input order.
+        pub(crate) rejected: Vec<Rejected>,
+    }
+
+    impl Parsed {
+        fn push(&mut self, entry: Entry) -> ControlFlow<()> {
+            match entry {
+                Entry::Finding(f) => self.findings.push(f),
+                Entry::Rejected(r) => self.rejected.push(r),
+            }
+            ControlFlow::Continue(())
+        }
+    }
+
+    /// Parses `input` with one format's `parse` and collects its entries.
+    pub(crate) fn collect(
+        parse: impl FnOnce(&[u8], &mut Sink<'_>) -> Result<(), String>,
+        input: &str,
+    ) -> Result<Parsed, String> {
+        let mut parsed = Parsed::default();
+        let mut push = |entry| parsed.push(entry);
+        let mut sink = Sink::new(&mut push);
+        parse(input.as_bytes(), &mut sink)?;
+        Ok(parsed)
+    }
+
+    /// [`super::parse`], collected.
+    pub(crate) fn parse_all(format: Format, input: &[u8]) -> Result<Parsed, IngestError> {
+        let mut parsed = Parsed::default();
+        super::parse(format, input, |entry| parsed.push(entry))?;
+        Ok(parsed)
+    }
 }
 
 #[cfg(test)]
 mod tests {
+    use super::testing::{Parsed, parse_all as parse};
     use super::*;
 
     /// Every fixture, with its format and the fake plaintext values it holds.

@@ -3,8 +3,12 @@
 //! extra, huge numbers, odd unicode, damaged text) never panic; an input that is not a report
 //! is an error that says why; every rejected entry has a position and a reason; and a secret
 //! planted in the report's value fields, ignored fields, keys or wrong-typed places never
-//! appears in anything `parse` returns. Valid reports give one finding per entry, with the
-//! digests of its value. Case counts are the constants below.
+//! appears in anything `parse` hands on or returns. Valid reports give one finding per entry,
+//! with the digests of its value. Case counts are the constants below.
+//!
+//! Then the streaming promise, for every format: a report far larger than the parser's buffer,
+//! made up as it is read, has each finding handed on before much more than that finding has
+//! been read, and a callback can stop the parse early.
 
 #[path = "../../../tests/support/arbitrary_json.rs"]
 mod arbitrary_json;
@@ -13,9 +17,13 @@ use arbitrary_json::{
     Json, Planted, boolean, damage, exact_object, free_text, label, lines, mostly, object, one_of,
     planted, text, unsigned, value, value_keyed,
 };
-use keyloop_core::Fingerprint;
-use keyloop_core::ingest::{Format, Parsed, parse};
+use keyloop_core::ingest::{Entry, Format, IngestError, Rejected, Summary, parse};
+use keyloop_core::{Fingerprint, LeakFinding};
 use proptest::prelude::*;
+use std::cell::Cell;
+use std::io::Read;
+use std::ops::ControlFlow;
+use std::rc::Rc;
 
 /// Cases of arbitrary bytes, per format.
 const BYTES_CASES: u32 = 1024;
@@ -24,10 +32,36 @@ const SHAPED_CASES: u32 = 2048;
 /// Cases of valid reports, per format.
 const VALID_CASES: u32 = 256;
 
+/// The entries of one report, collected (the inputs of the properties are small).
+#[derive(Debug, Default)]
+struct Parsed {
+    findings: Vec<LeakFinding>,
+    rejected: Vec<Rejected>,
+}
+
+/// Parses `input` and collects what is handed on, whatever the outcome.
+fn collect(format: Format, input: &[u8]) -> (Parsed, Result<Summary, IngestError>) {
+    let mut parsed = Parsed::default();
+    let result = parse(format, input, |entry| {
+        match entry {
+            Entry::Finding(f) => parsed.findings.push(f),
+            Entry::Rejected(r) => parsed.rejected.push(r),
+        }
+        ControlFlow::Continue(())
+    });
+    (parsed, result)
+}
+
 /// Parses `input`: whatever the outcome, it says why where it refuses, and shows no planted
-/// secret anywhere.
+/// secret anywhere, neither in the entries handed on (before an error too) nor in the error.
 fn check(format: Format, input: &[u8], planted: &Planted) -> Option<Parsed> {
-    match parse(format, input) {
+    let (parsed, result) = collect(format, input);
+    for rejected in &parsed.rejected {
+        assert!(!rejected.position.is_empty() && !rejected.reason.trim().is_empty());
+    }
+    let shown = format!("{parsed:?}");
+    assert!(!planted.is_in(&shown), "{format} shows the secret: {shown}");
+    match result {
         Err(e) => {
             assert_eq!(e.format, format);
             assert!(!e.reason.trim().is_empty(), "an error says why");
@@ -35,12 +69,9 @@ fn check(format: Format, input: &[u8], planted: &Planted) -> Option<Parsed> {
             assert!(!planted.is_in(&shown), "{format} shows the secret: {shown}");
             None
         }
-        Ok(parsed) => {
-            for rejected in &parsed.rejected {
-                assert!(!rejected.position.is_empty() && !rejected.reason.trim().is_empty());
-            }
-            let shown = format!("{parsed:?}");
-            assert!(!planted.is_in(&shown), "{format} shows the secret: {shown}");
+        Ok(summary) => {
+            assert_eq!(summary.findings, parsed.findings.len() as u64);
+            assert_eq!(summary.rejected, parsed.rejected.len() as u64);
             Some(parsed)
         }
     }
@@ -463,5 +494,161 @@ fn deeply_nested_reports_are_refused_by_every_format() {
                 );
             }
         }
+    }
+}
+
+/// The value of finding `i` of a generated report: fixed width, so every entry has one length.
+fn streamed_value(i: usize) -> String {
+    format!("FAKE-streamed-{i:09}")
+}
+
+/// One entry of a generated report of `format` for value `i`, with the separator before it.
+fn streamed_entry(format: Format, i: usize) -> String {
+    let v = streamed_value(i);
+    let sep = if i == 0 { "" } else { "," };
+    match format {
+        Format::Gitleaks => {
+            format!(r#"{sep}{{"Secret":"{v}","File":"src/f{i:09}.py","StartLine":7,"RuleID":"r"}}"#)
+        }
+        Format::Trufflehog => format!("{{\"DetectorName\":\"Generic\",\"Raw\":\"{v}\"}}\n"),
+        Format::DetectSecrets => {
+            let sha1 = Fingerprint::of_bytes(v.as_bytes()).sha1.expect("sha1");
+            format!(r#"{sep}{{"type":"Secret Keyword","hashed_secret":"{sha1}","line_number":3}}"#)
+        }
+        Format::Github => format!(
+            r#"{sep}{{"action":"created","alert":{{"number":{},"secret_type":"x","secret":"{v}"}}}}"#,
+            100_000_000 + i
+        ),
+        Format::Generic => format!("{{\"secret\":\"{v}\",\"file\":\"f{i:09}\"}}\n"),
+    }
+}
+
+/// What a generated report of `format` opens and closes with.
+fn streamed_frame(format: Format) -> (&'static str, &'static str) {
+    match format {
+        Format::Gitleaks | Format::Github => ("[", "]"),
+        Format::DetectSecrets => (r#"{"version":"1.5.0","results":{"a.py":["#, "]}}"),
+        Format::Trufflehog | Format::Generic => ("", ""),
+    }
+}
+
+/// A report of `count` entries made up as it is read, one entry at a time: it never exists
+/// whole, here or (if the parser streams) anywhere. `produced` counts the bytes handed out.
+struct Generated {
+    format: Format,
+    count: usize,
+    next: usize,
+    chunk: Vec<u8>,
+    at: usize,
+    closed: bool,
+    produced: Rc<Cell<u64>>,
+}
+
+impl Generated {
+    fn new(format: Format, count: usize) -> Self {
+        Self {
+            format,
+            count,
+            next: 0,
+            chunk: streamed_frame(format).0.as_bytes().to_vec(),
+            at: 0,
+            closed: false,
+            produced: Rc::default(),
+        }
+    }
+}
+
+impl Read for Generated {
+    fn read(&mut self, out: &mut [u8]) -> std::io::Result<usize> {
+        while self.at == self.chunk.len() {
+            self.at = 0;
+            if self.next < self.count {
+                self.chunk = streamed_entry(self.format, self.next).into_bytes();
+                self.next += 1;
+            } else if !self.closed {
+                self.chunk = streamed_frame(self.format).1.as_bytes().to_vec();
+                self.closed = true;
+            } else {
+                return Ok(0);
+            }
+        }
+        let n = out.len().min(self.chunk.len() - self.at);
+        out[..n].copy_from_slice(&self.chunk[self.at..self.at + n]);
+        self.at += n;
+        self.produced.set(self.produced.get() + n as u64);
+        Ok(n)
+    }
+}
+
+/// Findings per format in the streaming test: 1.5 to 3 MB of report each, 20 to 45 times the
+/// parser's read buffer.
+const STREAMED: usize = 25_000;
+
+/// How far a parser may read ahead of the finding it hands on: its 64 KiB buffer and slack.
+const READ_AHEAD: u64 = 64 * 1024 + 4096;
+
+#[test]
+fn every_format_hands_on_each_finding_before_reading_much_further() {
+    for format in Format::ALL {
+        let report = Generated::new(format, STREAMED);
+        let produced = report.produced.clone();
+        let entry_len = streamed_entry(format, 1).len() as u64;
+        let opening = streamed_frame(format).0.len() as u64;
+        let mut seen = 0usize;
+        let summary = parse(format, report, |entry| {
+            let Entry::Finding(finding) = entry else {
+                panic!("{format}: a generated entry was rejected: {entry:?}");
+            };
+            // The whole report is never needed to hand on a finding: only the findings so
+            // far, the next one and a buffer's worth of read-ahead have been read.
+            let allowed = opening + (seen as u64 + 2) * entry_len + READ_AHEAD;
+            assert!(
+                produced.get() <= allowed,
+                "{format}: finding {seen} handed on after {} bytes were read (at most {allowed})",
+                produced.get()
+            );
+            if seen == 0 || seen == STREAMED - 1 {
+                let mut expected = Fingerprint::of_bytes(streamed_value(seen).as_bytes());
+                if format == Format::DetectSecrets {
+                    expected.sha256 = None;
+                }
+                assert_eq!(finding.fingerprint, expected, "{format}: finding {seen}");
+            }
+            seen += 1;
+            ControlFlow::Continue(())
+        })
+        .unwrap_or_else(|e| panic!("{format}: {e}"));
+        assert_eq!(summary.findings, STREAMED as u64, "{format}");
+        assert_eq!(summary.rejected, 0);
+        assert!(!summary.stopped);
+        assert!(
+            produced.get() >= STREAMED as u64 * entry_len - 1,
+            "{format}: the whole report was read"
+        );
+    }
+}
+
+#[test]
+fn a_callback_that_stops_ends_the_parse_without_reading_the_rest() {
+    for format in Format::ALL {
+        let report = Generated::new(format, STREAMED);
+        let produced = report.produced.clone();
+        let mut seen = 0;
+        let summary = parse(format, report, |_| {
+            seen += 1;
+            if seen == 10 {
+                ControlFlow::Break(())
+            } else {
+                ControlFlow::Continue(())
+            }
+        })
+        .unwrap_or_else(|e| panic!("{format}: {e}"));
+        assert_eq!(summary.findings, 10, "{format}");
+        assert!(summary.stopped, "{format}");
+        assert!(
+            produced.get() <= 2 * READ_AHEAD,
+            "{format}: {} bytes read for 10 findings",
+            produced.get()
+        );
     }
 }

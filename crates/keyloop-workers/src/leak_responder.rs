@@ -2,8 +2,23 @@
 //! publishes `leak_matched` and a `cmd.revoke` (then rotate, if the leaked version is current or
 //! pending); a dead version gives `leak_inert`, an unknown digest `leak_unmatched`.
 //!
-//! Redelivery is harmless: the events and the command have ids derived from the leak id and
-//! the version, so a second pass publishes duplicates that the streams drop.
+//! One leaked version gets one revocation and at most one rotation, however many leaks name it
+//! (findings in one report, several reports, several detectors): the revocation's operation id
+//! derives from the credential and version alone ([`revocation_op`]), not from the leak, and so
+//! does its command's message id within a minute ([`RESEND_AFTER_SECS`]). A second leak arriving
+//! while the first one's command is queued publishes the same command, which `KEYLOOP_COMMANDS`
+//! drops as a duplicate; one arriving after the version is revoked finds it dead and gives
+//! `leak_inert`. A leak of a version still live a minute after an earlier one means that
+//! revocation failed or is stuck, so its command is sent again, for the same operation: the
+//! revoker recognizes a version it already revoked (`revoked_by`), and the rotation follow-up has
+//! the same operation id (and message id), which the rotator finds done, so nothing happens
+//! twice. The revocation's `time_to_revoke_ms` counts from the publish of the leak whose command
+//! got through, the first one handled. Each leak is still a fact for the audit log: every match
+//! publishes its own `leak_matched`, which names the one operation (`op_id`).
+//!
+//! Redelivery is harmless: the events have ids derived from the leak id and the version, the
+//! command from the version and the leak's publish time, so a second pass publishes duplicates
+//! that the streams drop.
 
 use crate::context::WorkerContext;
 use crate::decode;
@@ -14,12 +29,39 @@ use keyloop_core::event::{
 };
 use keyloop_core::event::{REVOKE_LEASE_COMMAND_TYPE, RevokeLeaseCommand, lease_event};
 use keyloop_core::lease::LeaseState;
-use keyloop_core::{LeakFinding, LifecycleData, LifecycleKind, RevokeReason, Stage};
+use keyloop_core::{CredentialId, LeakFinding, LifecycleData, LifecycleKind, RevokeReason, Stage};
 use keyloop_nats::{Delivery, FingerprintRef, Handler, HandlerError};
 use std::sync::Arc;
+use time::OffsetDateTime;
 use tracing::info;
 
 const SOURCE: &str = "keyloop/leak-responder";
+
+/// The one revocation operation of leaked version `version` of `credential`, whichever leak
+/// asks for it (see the module docs).
+pub fn revocation_op(credential: &CredentialId, version: uuid::Uuid) -> String {
+    format!("leak-revoke/{credential}/{version}")
+}
+
+/// The one revocation operation of a leaked JIT lease, whichever leak asks for it.
+pub fn lease_revocation_op(lease: uuid::Uuid) -> String {
+    format!("leak-revoke-lease/{lease}")
+}
+
+/// Leaks of one live version published further apart than this send its revocation's command
+/// again (for the same operation); closer together they send the same message, which the
+/// commands stream drops. A minute outlasts a burst of findings and a healthy revocation by far,
+/// and is short enough that a leak reported again after a failed revocation is acted on.
+pub const RESEND_AFTER_SECS: i64 = 60;
+
+/// The message id of the command of operation `op` asked for by a leak published at
+/// `leak_published` (see [`RESEND_AFTER_SECS`]).
+fn command_id(kind: &str, op: &str, leak_published: OffsetDateTime) -> String {
+    let window = leak_published
+        .unix_timestamp()
+        .div_euclid(RESEND_AFTER_SECS);
+    stable_id(&format!("cmd/{kind}/{op}/{window}")).to_string()
+}
 
 /// The handler of `<prefix>.leak.detected`.
 pub fn handler(ctx: Arc<WorkerContext>) -> Handler {
@@ -92,16 +134,18 @@ async fn respond(ctx: &WorkerContext, delivery: &Delivery) -> Result<(), Handler
         Some(cred.id.clone()),
         Some(version.id),
     );
+    let op = revocation_op(&cred.id, version.id);
     data.matched_stage = Some(version.stage);
     data.fingerprint = Some(finding.fingerprint.clone());
     data.detail = Some(finding.detector.clone());
+    data.op_id = Some(op.clone());
     cause.publish(ctx, &step, data).await?;
 
     let command = RevokeCommand {
         credential: cred.id.clone(),
         version: Some(version.id),
         reason: RevokeReason::Leak,
-        op_id: step.clone(),
+        op_id: op.clone(),
         leak_published_at: Some(delivery.published),
         // A leaked current (or in-flight pending) value leaves the credential without a working
         // one: issue a fresh current right after. A leaked previous needs no replacement.
@@ -109,7 +153,7 @@ async fn respond(ctx: &WorkerContext, delivery: &Delivery) -> Result<(), Handler
         note: None,
     };
     let event = CloudEvent::new(
-        stable_id(&format!("cmd/revoke/{step}")).to_string(),
+        command_id("revoke", &op, delivery.published),
         SOURCE,
         REVOKE_COMMAND_TYPE,
         command,
@@ -136,6 +180,7 @@ async fn respond_to_lease_leak(
         )));
     };
     let step = format!("{}/{lease_id}", leak.id);
+    let op = lease_revocation_op(lease_id);
     let live = lease.state == LeaseState::Active;
     let kind = if live {
         LifecycleKind::LeakMatched
@@ -145,6 +190,7 @@ async fn respond_to_lease_leak(
     let mut data = LifecycleData::new(kind, None, None);
     data.fingerprint = Some(leak.data.fingerprint.clone());
     data.detail = Some(leak.data.detector.clone());
+    data.op_id = live.then(|| op.clone());
     let event = lease_event(SOURCE, &step, data, &lease)
         .caused_by(cause.correlation.clone(), cause.causation.clone());
     ctx.bus.publish_lifecycle(&event).await?;
@@ -155,11 +201,11 @@ async fn respond_to_lease_leak(
     let command = RevokeLeaseCommand {
         lease: lease_id,
         reason: RevokeReason::Leak,
-        op_id: step.clone(),
+        op_id: op.clone(),
         leak_published_at: Some(delivery.published),
     };
     let event = CloudEvent::new(
-        stable_id(&format!("cmd/lease-revoke/{step}")).to_string(),
+        command_id("lease-revoke", &op, delivery.published),
         SOURCE,
         REVOKE_LEASE_COMMAND_TYPE,
         command,
@@ -170,4 +216,21 @@ async fn respond_to_lease_leak(
         .publish_event(&ctx.bus.topology.cmd_revoke_lease(), &event)
         .await?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn leaks_of_one_version_within_a_minute_send_one_command_and_later_ones_send_it_again() {
+        let op = revocation_op(&"saas/x".parse().unwrap(), uuid::Uuid::nil());
+        let at = |secs| OffsetDateTime::from_unix_timestamp(secs).unwrap();
+        let first = command_id("revoke", &op, at(1_800_000_000));
+        assert_eq!(first, command_id("revoke", &op, at(1_800_000_059)));
+        assert_ne!(first, command_id("revoke", &op, at(1_800_000_060)));
+        let other = revocation_op(&"saas/y".parse().unwrap(), uuid::Uuid::nil());
+        assert_ne!(first, command_id("revoke", &other, at(1_800_000_000)));
+        assert_ne!(first, command_id("lease-revoke", &op, at(1_800_000_000)));
+    }
 }

@@ -71,7 +71,13 @@ pub async fn execute(
         other => other?,
     }
     if cmd.then_rotate {
-        let op_id = format!("{}/rotate", cmd.op_id);
+        // The rotation that replaces a revoked version is one operation whoever asks for it:
+        // a leak and an operator's `revoke --rotate` of the same version (or two leaks of it)
+        // ask for the same command, which JetStream and the rotator deduplicate.
+        let op_id = match cmd.version {
+            Some(version) => format!("replace/{}/{version}", cmd.credential),
+            None => format!("{}/rotate", cmd.op_id),
+        };
         let rotate = RotateCommand {
             credential: cmd.credential.clone(),
             reason: RotationReason::Leak,

@@ -122,9 +122,7 @@ pub(crate) async fn run(g: &Global) -> Result<ExitCode> {
     ));
 
     let mut watch = LifecycleWatch::credential(&bus, LEAKED).await?;
-    let bytes = std::fs::read(&report_path)?;
-    let parsed = keyloop_core::ingest::parse(Format::Gitleaks, &bytes)?;
-    let result = ingest::publish(&bus, Format::Gitleaks, parsed).await?;
+    let result = ingest::ingest_file(&bus, Format::Gitleaks, &report_path).await?;
     let leak_id = result
         .leak_ids
         .first()
@@ -172,12 +170,7 @@ pub(crate) async fn run(g: &Global) -> Result<ExitCode> {
         bail!("demo failed: the leaked value is still stored or still current");
     }
     drop((old_value, new_value));
-    let again = ingest::publish(
-        &bus,
-        Format::Gitleaks,
-        keyloop_core::ingest::parse(Format::Gitleaks, &bytes)?,
-    )
-    .await?;
+    let again = ingest::ingest_file(&bus, Format::Gitleaks, &report_path).await?;
     say(&format!(
         "      ingested the same report again: {} published, {} deduplicated (no second response)",
         again.published, again.deduplicated

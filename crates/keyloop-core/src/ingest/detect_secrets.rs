@@ -2,57 +2,153 @@
 //! `results` maps each file name to its findings. detect-secrets never writes the plaintext,
 //! only `hashed_secret`, the SHA-1 hex of it, so these findings carry a SHA-1 fingerprint only.
 
-use super::json;
-use super::{Parsed, Rejected};
+use super::Sink;
+use super::json::{self, Document, Found, scalars_are_other};
 use crate::fingerprint::Fingerprint;
 use crate::leak::{LeakFinding, LeakLocation};
+use serde::de::{DeserializeSeed, Deserializer, IgnoredAny, MapAccess, SeqAccess, Visitor};
 use serde_json::{Map, Value};
+use std::fmt;
+use std::io::Read;
+use std::ops::ControlFlow;
 
 const EXPECTED: &str = "a detect-secrets baseline (a JSON object with `results`)";
 
-/// Parses a detect-secrets baseline.
-pub(crate) fn parse(text: &str) -> Result<Parsed, String> {
-    let doc = json::document(text, EXPECTED)?;
-    let Some(baseline) = doc.as_object() else {
-        return Err(format!("expected {EXPECTED}, found {}", json::kind(&doc)));
-    };
-    let results = match baseline.get("results") {
-        Some(Value::Object(results)) => results,
-        None | Some(Value::Null) => {
-            return Err(format!("no `results` object; expected {EXPECTED}"));
-        }
-        Some(other) => {
-            return Err(format!(
-                "`results` is {}, expected an object mapping file names to findings",
-                json::kind(other)
-            ));
-        }
-    };
-    let mut parsed = Parsed::default();
-    for (file, entries) in results {
-        // JSON string syntax, so an odd file name cannot break the position apart.
-        let quoted = serde_json::to_string(file).unwrap_or_else(|_| "\"?\"".to_owned());
-        let Some(entries) = entries.as_array() else {
-            parsed.rejected.push(Rejected {
-                position: format!("results[{quoted}]"),
-                reason: format!(
-                    "expected an array of findings, found {}",
-                    json::kind(entries)
-                ),
-            });
-            continue;
-        };
-        for (index, entry) in entries.iter().enumerate() {
-            match finding(file, entry) {
-                Ok(finding) => parsed.findings.push(finding),
-                Err(reason) => parsed.rejected.push(Rejected {
-                    position: format!("results[{quoted}][{index}]"),
-                    reason,
-                }),
+const RESULTS_SHAPE: &str = "an object mapping file names to findings";
+
+/// Parses a detect-secrets baseline, one finding at a time.
+pub(crate) fn parse(input: impl Read, sink: &mut Sink<'_>) -> Result<(), String> {
+    json::walk::<Baseline>(input, sink)
+}
+
+/// The top-level object; only `results` is read.
+struct Baseline;
+
+impl Document for Baseline {
+    const EXPECTED: &'static str = EXPECTED;
+
+    fn object<'de, A: MapAccess<'de>>(sink: &mut Sink<'_>, mut map: A) -> Result<(), A::Error> {
+        let mut results = false;
+        while let Some(key) = map.next_key::<String>()? {
+            if key == "results" {
+                results |= map.next_value_seed(Results { sink: &mut *sink })?;
+            } else {
+                map.next_value::<IgnoredAny>()?;
             }
         }
+        if !results {
+            let reason = format!("no `results` object; expected {EXPECTED}");
+            return Err(json::refuse(sink, reason));
+        }
+        Ok(())
     }
-    Ok(parsed)
+}
+
+/// `results`: file name → findings. Its value says whether it was there at all (`null` is
+/// the same as absent).
+struct Results<'s, 'a> {
+    sink: &'s mut Sink<'a>,
+}
+
+impl Results<'_, '_> {
+    fn other<E: serde::de::Error>(self, found: Found) -> Result<bool, E> {
+        let reason = format!("`results` is {}, expected {RESULTS_SHAPE}", found.0);
+        Err(json::refuse(self.sink, reason))
+    }
+}
+
+impl<'de> DeserializeSeed<'de> for Results<'_, '_> {
+    type Value = bool;
+    fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<bool, D::Error> {
+        d.deserialize_any(self)
+    }
+}
+
+impl<'de> Visitor<'de> for Results<'_, '_> {
+    type Value = bool;
+
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(RESULTS_SHAPE)
+    }
+
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<bool, A::Error> {
+        while let Some(file) = map.next_key::<String>()? {
+            map.next_value_seed(Entries {
+                file: &file,
+                sink: &mut *self.sink,
+            })?;
+        }
+        Ok(true)
+    }
+
+    fn visit_seq<A: SeqAccess<'de>>(self, _: A) -> Result<bool, A::Error> {
+        self.other(Found("an array"))
+    }
+
+    fn visit_unit<E>(self) -> Result<bool, E> {
+        Ok(false)
+    }
+
+    scalars_are_other!();
+}
+
+/// The findings of one file, one at a time.
+struct Entries<'f, 's, 'a> {
+    file: &'f str,
+    sink: &'s mut Sink<'a>,
+}
+
+impl Entries<'_, '_, '_> {
+    fn other<E: serde::de::Error>(self, found: Found) -> Result<(), E> {
+        let reason = format!("expected an array of findings, found {}", found.0);
+        match self.sink.reject(position(self.file), reason) {
+            ControlFlow::Continue(()) => Ok(()),
+            ControlFlow::Break(()) => Err(json::stop()),
+        }
+    }
+}
+
+impl<'de> DeserializeSeed<'de> for Entries<'_, '_, '_> {
+    type Value = ();
+    fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<(), D::Error> {
+        d.deserialize_any(self)
+    }
+}
+
+impl<'de> Visitor<'de> for Entries<'_, '_, '_> {
+    type Value = ();
+
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("an array of findings")
+    }
+
+    fn visit_seq<A: SeqAccess<'de>>(self, seq: A) -> Result<(), A::Error> {
+        let (file, sink) = (self.file, self.sink);
+        json::each_element(seq, |index, entry| {
+            sink.outcome(
+                || format!("{}[{index}]", position(file)),
+                finding(file, &entry),
+            )
+        })
+    }
+
+    fn visit_map<A: MapAccess<'de>>(self, map: A) -> Result<(), A::Error> {
+        let found = json::drain_map(map)?;
+        self.other(found)
+    }
+
+    fn visit_unit<E: serde::de::Error>(self) -> Result<(), E> {
+        self.other(Found("null"))
+    }
+
+    scalars_are_other!();
+}
+
+/// `results["<file>"]`, the file name in JSON string syntax so an odd name cannot break the
+/// position apart.
+fn position(file: &str) -> String {
+    let quoted = serde_json::to_string(file).unwrap_or_else(|_| "\"?\"".to_owned());
+    format!("results[{quoted}]")
 }
 
 fn finding(file: &str, entry: &Value) -> Result<LeakFinding, String> {
@@ -99,6 +195,10 @@ mod tests {
     use crate::secret::Secret;
 
     const FIXTURE: &str = include_str!("../../../../tests/fixtures/ingest/detect-secrets.json");
+
+    fn parse(text: &str) -> Result<crate::ingest::testing::Parsed, String> {
+        crate::ingest::testing::collect(|input, sink| super::parse(input, sink), text)
+    }
 
     /// What detect-secrets reports for a value: its SHA-1 and nothing else.
     fn sha1_only(value: &str) -> Fingerprint {

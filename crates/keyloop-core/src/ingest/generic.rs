@@ -4,11 +4,12 @@
 //! `commit`, `url` and `detector`. The format is ours, so it is strict: unknown fields and
 //! wrongly typed fields are rejected rather than ignored.
 
-use super::Parsed;
+use super::Sink;
 use super::json::{self, LineOutcome, SecretField};
 use crate::fingerprint::Fingerprint;
 use crate::leak::{LeakFinding, LeakLocation};
 use serde_json::{Map, Value};
+use std::io::Read;
 
 const EXPECTED: &str = "one JSON object per line, each with `secret`, `sha256` or `sha1`";
 
@@ -16,9 +17,9 @@ const FIELDS: [&str; 9] = [
     "secret", "sha256", "sha1", "repo", "file", "line", "commit", "url", "detector",
 ];
 
-/// Parses generic JSON lines.
-pub(crate) fn parse(text: &str) -> Result<Parsed, String> {
-    json::lines(text, EXPECTED, |object| match finding(object) {
+/// Parses generic JSON lines, one line at a time.
+pub(crate) fn parse(input: impl Read, sink: &mut Sink<'_>) -> Result<(), String> {
+    json::lines(input, EXPECTED, sink, |object| match finding(object) {
         Ok(finding) => LineOutcome::Finding(finding),
         Err(reason) => LineOutcome::Rejected(reason),
     })
@@ -128,6 +129,10 @@ mod tests {
     use crate::secret::Secret;
 
     const FIXTURE: &str = include_str!("../../../../tests/fixtures/ingest/generic.jsonl");
+
+    fn parse(text: &str) -> Result<crate::ingest::testing::Parsed, String> {
+        crate::ingest::testing::collect(|input, sink| super::parse(input, sink), text)
+    }
 
     fn fingerprint(value: &str) -> Fingerprint {
         Fingerprint::of(&Secret::from(value))

@@ -5,55 +5,58 @@
 //! organization-level lists). Webhook alerts usually omit the value; such an alert is rejected
 //! with the REST call that returns it.
 
-use super::json::{self, SecretField};
-use super::{Parsed, Rejected};
+use super::Sink;
+use super::json::{self, Document, SecretField};
 use crate::fingerprint::Fingerprint;
 use crate::leak::{LeakFinding, LeakLocation};
+use serde::de::{MapAccess, SeqAccess};
 use serde_json::{Map, Value};
+use std::io::Read;
 
 const EXPECTED: &str = "a GitHub secret_scanning_alert webhook payload, a JSON array of them, or \
                         secret scanning alerts from the REST API";
 
-/// Parses GitHub secret scanning alerts.
-pub(crate) fn parse(text: &str) -> Result<Parsed, String> {
-    let mut doc = json::document(text, EXPECTED)?;
-    let mut parsed = Parsed::default();
-    match &mut *doc {
-        Value::Object(object) => {
-            if !is_alert_like(object) {
-                return Err(format!(
-                    "expected {EXPECTED}, found an object with neither `alert` nor `secret_type`"
-                ));
-            }
-            push(&mut parsed, 1, finding(object));
-        }
-        Value::Array(items) => {
-            for (index, item) in items.iter_mut().enumerate() {
-                let found = json::kind(item);
-                let outcome = match item.as_object_mut() {
-                    Some(object) if is_alert_like(object) => finding(object),
-                    Some(_) => Err("expected an alert or a webhook payload, found an object \
-                                    with neither `alert` nor `secret_type`"
-                        .to_owned()),
-                    None => Err(format!(
-                        "expected an alert or a webhook payload, found {found}"
-                    )),
-                };
-                push(&mut parsed, index + 1, outcome);
-            }
-        }
-        other => return Err(format!("expected {EXPECTED}, found {}", json::kind(other))),
-    }
-    Ok(parsed)
+/// Parses GitHub secret scanning alerts: one payload, or an array of them one at a time.
+pub(crate) fn parse(input: impl Read, sink: &mut Sink<'_>) -> Result<(), String> {
+    json::walk::<Github>(input, sink)
 }
 
-fn push(parsed: &mut Parsed, number: usize, outcome: Result<LeakFinding, String>) {
-    match outcome {
-        Ok(finding) => parsed.findings.push(finding),
-        Err(reason) => parsed.rejected.push(Rejected {
-            position: format!("finding {number}"),
-            reason,
-        }),
+/// The top-level value: one payload or alert, or an array of them.
+struct Github;
+
+impl Document for Github {
+    const EXPECTED: &'static str = EXPECTED;
+
+    fn object<'de, A: MapAccess<'de>>(sink: &mut Sink<'_>, map: A) -> Result<(), A::Error> {
+        let mut doc = json::collect_map(map)?;
+        match &mut *doc {
+            Value::Object(object) if is_alert_like(object) => {
+                let _ = sink.outcome(|| "finding 1".to_owned(), finding(object));
+                Ok(())
+            }
+            _ => Err(json::refuse(
+                sink,
+                format!(
+                    "expected {EXPECTED}, found an object with neither `alert` nor `secret_type`"
+                ),
+            )),
+        }
+    }
+
+    fn array<'de, A: SeqAccess<'de>>(sink: &mut Sink<'_>, seq: A) -> Result<(), A::Error> {
+        json::each_element(seq, |index, mut item| {
+            let found = json::kind(&item);
+            let outcome = match item.as_object_mut() {
+                Some(object) if is_alert_like(object) => finding(object),
+                Some(_) => Err("expected an alert or a webhook payload, found an object \
+                                with neither `alert` nor `secret_type`"
+                    .to_owned()),
+                None => Err(format!(
+                    "expected an alert or a webhook payload, found {found}"
+                )),
+            };
+            sink.outcome(|| format!("finding {}", index + 1), outcome)
+        })
     }
 }
 
@@ -164,10 +167,15 @@ fn commit_location(details: &Map<String, Value>) -> LeakLocation {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::ingest::Rejected;
     use crate::secret::Secret;
 
     const WEBHOOK: &str = include_str!("../../../../tests/fixtures/ingest/github-webhook.json");
     const ALERTS: &str = include_str!("../../../../tests/fixtures/ingest/github-alerts.json");
+
+    fn parse(text: &str) -> Result<crate::ingest::testing::Parsed, String> {
+        crate::ingest::testing::collect(|input, sink| super::parse(input, sink), text)
+    }
 
     fn fingerprint(value: &str) -> Fingerprint {
         Fingerprint::of(&Secret::from(value))

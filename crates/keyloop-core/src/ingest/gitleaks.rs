@@ -3,11 +3,13 @@
 //! `StartLine`, `Commit`, `Link` and `RuleID` are read; every other field (including `Match`,
 //! which also holds the value) is ignored, so reports from any v8 release parse.
 
-use super::json::{self, SecretField};
-use super::{Parsed, Rejected};
+use super::Sink;
+use super::json::{self, Document, SecretField};
 use crate::fingerprint::Fingerprint;
 use crate::leak::{LeakFinding, LeakLocation};
+use serde::de::SeqAccess;
 use serde_json::Value;
+use std::io::Read;
 
 const EXPECTED: &str = "a JSON array of findings (gitleaks --report-format json)";
 
@@ -17,27 +19,26 @@ const NO_SECRET: &str =
 const REDACTED: &str = "`Secret` is redacted (gitleaks was run with --redact); rerun without \
                         --redact so the value can be fingerprinted";
 
-/// Parses a gitleaks report.
-pub(crate) fn parse(text: &str) -> Result<Parsed, String> {
-    let mut doc = json::document(text, EXPECTED)?;
-    let items = match &mut *doc {
-        Value::Array(items) => items,
-        // gitleaks releases whose JSON writer lacks the empty-report guard encode a nil slice
-        // of findings, that is a clean scan, as `null`.
-        Value::Null => return Ok(Parsed::default()),
-        other => return Err(format!("expected {EXPECTED}, found {}", json::kind(other))),
-    };
-    let mut parsed = Parsed::default();
-    for (index, item) in items.iter_mut().enumerate() {
-        match finding(item) {
-            Ok(finding) => parsed.findings.push(finding),
-            Err(reason) => parsed.rejected.push(Rejected {
-                position: format!("finding {}", index + 1),
-                reason,
-            }),
-        }
+/// Parses a gitleaks report, one finding of its array at a time.
+pub(crate) fn parse(input: impl Read, sink: &mut Sink<'_>) -> Result<(), String> {
+    json::walk::<Gitleaks>(input, sink)
+}
+
+/// The top-level value: an array of findings, or `null`.
+struct Gitleaks;
+
+impl Document for Gitleaks {
+    const EXPECTED: &'static str = EXPECTED;
+
+    // gitleaks releases whose JSON writer lacks the empty-report guard encode a nil slice of
+    // findings, that is a clean scan, as `null`.
+    const NULL_IS_EMPTY: bool = true;
+
+    fn array<'de, A: SeqAccess<'de>>(sink: &mut Sink<'_>, seq: A) -> Result<(), A::Error> {
+        json::each_element(seq, |index, mut item| {
+            sink.outcome(|| format!("finding {}", index + 1), finding(&mut item))
+        })
     }
-    Ok(parsed)
 }
 
 fn finding(item: &mut Value) -> Result<LeakFinding, String> {
@@ -88,6 +89,10 @@ mod tests {
     use crate::secret::Secret;
 
     const FIXTURE: &str = include_str!("../../../../tests/fixtures/ingest/gitleaks.json");
+
+    fn parse(text: &str) -> Result<crate::ingest::testing::Parsed, String> {
+        crate::ingest::testing::collect(|input, sink| super::parse(input, sink), text)
+    }
 
     fn fingerprint(value: &str) -> Fingerprint {
         Fingerprint::of(&Secret::from(value))

@@ -1,27 +1,48 @@
-//! JSON plumbing shared by the format parsers: decoding the input bytes, parsing documents and
-//! JSON lines into values whose strings are zeroized on drop, taking a plaintext field straight
-//! into a [`Secret`], and describing what is wrong without ever quoting the input (a report's
-//! text is full of secret values, so no reason built here contains any of it).
+//! JSON plumbing shared by the format parsers: reading the input in fixed-size chunks (checking
+//! its encoding on the way), walking JSON lines one line at a time and JSON documents one
+//! element at a time, parsing into values whose strings are zeroized on drop, taking a plaintext
+//! field straight into a [`Secret`], and describing what is wrong without ever quoting the input
+//! (a report's text is full of secret values, so no reason built here contains any of it).
+//!
+//! Memory is bounded by the largest line or element, never by the report: the reader keeps one
+//! 64 KiB chunk (zeroized when it is dropped), a line format one line (at most
+//! [`MAX_LINE_BYTES`]), a document format one element of its array. One copy is out of our
+//! hands: serde_json's scratch buffer for strings with escapes, which it drops unzeroized.
 
-use super::{Parsed, Rejected};
+use super::{Rejected, Sink};
 use crate::leak::LeakFinding;
 use crate::secret::Secret;
-use serde::de::IgnoredAny;
+use serde::de::{self, Deserializer, IgnoredAny, MapAccess, SeqAccess, Visitor};
 use serde_json::{Map, Value};
-use std::ops::{Deref, DerefMut};
+use std::fmt;
+use std::io::{self, BufRead, Read};
+use std::marker::PhantomData;
+use std::ops::{ControlFlow, Deref, DerefMut};
 use zeroize::Zeroize;
+
+/// The longest line a line format accepts; a longer one is rejected (and skipped) without being
+/// held. TruffleHog's longest lines (a finding with its `ExtraData`) are a few KiB.
+pub(crate) const MAX_LINE_BYTES: usize = 1 << 20;
+
+/// How much of the input is read at a time.
+const CHUNK_BYTES: usize = 64 * 1024;
 
 /// A parsed JSON value whose strings are all zeroized when it is dropped: a report holds
 /// plaintext in fields we read (`Secret`, `Raw`) and in fields we ignore (`Match`, `RawV2`).
+/// Its `Deserialize` zeroizes what it built so far when the input turns out to be malformed
+/// halfway, so a failed parse leaves no copied value behind either.
+#[derive(Default)]
 pub(crate) struct Scrubbed(Value);
 
 impl Scrubbed {
-    /// Parses one JSON text. The syntax is checked first with [`IgnoredAny`], which copies no
-    /// string, so a malformed report fails before any of its values is copied into a `String`
-    /// that a failed parse would drop without zeroizing.
+    /// Parses one JSON text.
     pub(crate) fn parse(text: &str) -> Result<Self, serde_json::Error> {
-        serde_json::from_str::<IgnoredAny>(text)?;
-        serde_json::from_str(text).map(Self)
+        serde_json::from_str(text)
+    }
+
+    /// The value, leaving `Null` behind (so this wrapper has nothing left to scrub).
+    fn take(mut self) -> Value {
+        std::mem::take(&mut self.0)
     }
 }
 
@@ -55,40 +76,458 @@ fn scrub(value: &mut Value) {
     }
 }
 
-/// The input as text: UTF-8 (a leading byte-order mark is allowed) and not blank.
-pub(crate) fn decode(input: &[u8]) -> Result<&str, String> {
-    if input.starts_with(&[0xFF, 0xFE]) || input.starts_with(&[0xFE, 0xFF]) {
-        return Err("input is UTF-16 text; convert it to UTF-8 \
-                    (PowerShell: `Out-File -Encoding utf8`)"
-            .into());
+impl<'de> serde::Deserialize<'de> for Scrubbed {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        deserializer.deserialize_any(ScrubbedVisitor)
     }
-    const BOM: &[u8] = b"\xEF\xBB\xBF";
-    let (skipped, body) = match input.strip_prefix(BOM) {
-        Some(body) => (BOM.len(), body),
-        None => (0, input),
-    };
-    let text = std::str::from_utf8(body).map_err(|e| {
-        format!(
-            "input is not UTF-8 text (invalid byte at offset {})",
-            skipped + e.valid_up_to()
-        )
-    })?;
-    if text.trim().is_empty() {
-        return Err("empty input".into());
-    }
-    Ok(text)
 }
 
-/// Parses the whole input as one JSON document; `expected` names what the format looks like.
-pub(crate) fn document(text: &str, expected: &str) -> Result<Scrubbed, String> {
-    Scrubbed::parse(text).map_err(|e| {
-        format!(
-            "not JSON ({} at line {} column {}); expected {expected}",
-            syntax_problem(&e),
-            e.line(),
-            e.column()
-        )
+/// Builds a [`Scrubbed`] the way serde_json builds a `Value`, but inside a `Scrubbed` from the
+/// first element on, so an error halfway through drops (and zeroizes) what was built.
+struct ScrubbedVisitor;
+
+impl<'de> Visitor<'de> for ScrubbedVisitor {
+    type Value = Scrubbed;
+
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("any JSON value")
+    }
+
+    fn visit_bool<E>(self, v: bool) -> Result<Scrubbed, E> {
+        Ok(Scrubbed(Value::Bool(v)))
+    }
+
+    fn visit_i64<E>(self, v: i64) -> Result<Scrubbed, E> {
+        Ok(Scrubbed(Value::from(v)))
+    }
+
+    fn visit_u64<E>(self, v: u64) -> Result<Scrubbed, E> {
+        Ok(Scrubbed(Value::from(v)))
+    }
+
+    fn visit_f64<E>(self, v: f64) -> Result<Scrubbed, E> {
+        Ok(Scrubbed(
+            serde_json::Number::from_f64(v).map_or(Value::Null, Value::Number),
+        ))
+    }
+
+    fn visit_str<E>(self, v: &str) -> Result<Scrubbed, E> {
+        Ok(Scrubbed(Value::String(v.to_owned())))
+    }
+
+    fn visit_string<E>(self, v: String) -> Result<Scrubbed, E> {
+        Ok(Scrubbed(Value::String(v)))
+    }
+
+    fn visit_unit<E>(self) -> Result<Scrubbed, E> {
+        Ok(Scrubbed(Value::Null))
+    }
+
+    fn visit_none<E>(self) -> Result<Scrubbed, E> {
+        Ok(Scrubbed(Value::Null))
+    }
+
+    fn visit_some<D: Deserializer<'de>>(self, d: D) -> Result<Scrubbed, D::Error> {
+        serde::Deserialize::deserialize(d)
+    }
+
+    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Scrubbed, A::Error> {
+        let mut out = Scrubbed(Value::Array(Vec::new()));
+        while let Some(item) = seq.next_element::<Scrubbed>()? {
+            if let Value::Array(items) = &mut out.0 {
+                items.push(item.take());
+            }
+        }
+        Ok(out)
+    }
+
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Scrubbed, A::Error> {
+        let mut out = Scrubbed(Value::Object(Map::new()));
+        while let Some(key) = map.next_key::<String>()? {
+            let value = map.next_value::<Scrubbed>()?.take();
+            if let Value::Object(fields) = &mut out.0
+                && let Some(mut replaced) = fields.insert(key, value)
+            {
+                // A repeated key: the first value is dropped here, so scrub it.
+                scrub(&mut replaced);
+            }
+        }
+        Ok(out)
+    }
+}
+
+/// Whether [`Input`] checks that the input is UTF-8 as it reads it. Documents are checked as
+/// a whole (one bad byte ends the document); line formats check each line and reject only it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Utf8 {
+    Check,
+    PerLine,
+}
+
+/// The report as it is read: a UTF-16 byte-order mark is refused, a UTF-8 one skipped; the
+/// bytes are read in chunks into a buffer that is zeroized when dropped and, in
+/// [`Utf8::Check`] mode, checked to be UTF-8 as they arrive.
+struct Input<R> {
+    inner: R,
+    buf: Box<[u8]>,
+    pos: usize,
+    filled: usize,
+    /// Offset in the input of `buf[0]`.
+    offset: u64,
+    utf8: Utf8,
+    /// The start of a multi-byte character cut off at the end of the last chunk.
+    partial: [u8; 4],
+    partial_len: usize,
+    /// Where the first byte that is not UTF-8 is, once found ([`Utf8::Check`] only).
+    not_utf8_at: Option<u64>,
+    /// Whether anything but JSON whitespace was read ([`Utf8::Check`] only).
+    content: bool,
+}
+
+impl<R: Read> Input<R> {
+    /// Reads the first bytes to look for a byte-order mark.
+    fn open(inner: R, utf8: Utf8) -> Result<Self, String> {
+        let mut input = Self {
+            inner,
+            buf: vec![0; CHUNK_BYTES].into_boxed_slice(),
+            pos: 0,
+            filled: 0,
+            offset: 0,
+            utf8,
+            partial: [0; 4],
+            partial_len: 0,
+            not_utf8_at: None,
+            content: false,
+        };
+        // A short read (a pipe) may return fewer bytes than a mark; read until there are three.
+        while input.filled < 3 {
+            match input.inner.read(&mut input.buf[input.filled..]) {
+                Ok(0) => break,
+                Ok(n) => input.filled += n,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(unreadable(&e)),
+            }
+        }
+        let head = &input.buf[..input.filled];
+        if head.starts_with(&[0xFF, 0xFE]) || head.starts_with(&[0xFE, 0xFF]) {
+            return Err("input is UTF-16 text; convert it to UTF-8 \
+                        (PowerShell: `Out-File -Encoding utf8`)"
+                .into());
+        }
+        if head.starts_with(b"\xEF\xBB\xBF") {
+            input.pos = 3;
+        }
+        input.check(input.pos);
+        Ok(input)
+    }
+
+    /// Checks `buf[from..filled]`, the bytes just read, in [`Utf8::Check`] mode.
+    fn check(&mut self, from: usize) {
+        if self.utf8 != Utf8::Check || self.not_utf8_at.is_some() {
+            return;
+        }
+        let mut rest = &self.buf[from..self.filled];
+        let mut at = self.offset + from as u64;
+        if !self.content {
+            self.content = rest
+                .iter()
+                .any(|b| !matches!(b, b' ' | b'\t' | b'\n' | b'\r'));
+        }
+        if self.partial_len > 0 {
+            // Complete the character cut off at the end of the previous chunk.
+            let width = utf8_width(self.partial[0]);
+            let take = (width - self.partial_len).min(rest.len());
+            self.partial[self.partial_len..self.partial_len + take].copy_from_slice(&rest[..take]);
+            self.partial_len += take;
+            rest = &rest[take..];
+            at += take as u64;
+            if self.partial_len < width {
+                return;
+            }
+            if std::str::from_utf8(&self.partial[..width]).is_err() {
+                self.not_utf8_at = Some(at - width as u64);
+                return;
+            }
+            self.partial_len = 0;
+        }
+        if let Err(e) = std::str::from_utf8(rest) {
+            let valid = e.valid_up_to();
+            match e.error_len() {
+                Some(_) => self.not_utf8_at = Some(at + valid as u64),
+                // A character cut off by the end of the chunk: finished by the next one.
+                None => {
+                    let tail = &rest[valid..];
+                    self.partial[..tail.len()].copy_from_slice(tail);
+                    self.partial_len = tail.len();
+                }
+            }
+        }
+    }
+
+    /// The input offset of the next byte to be read.
+    fn position(&self) -> u64 {
+        self.offset + self.pos as u64
+    }
+}
+
+/// How many bytes the UTF-8 character starting with `lead` has (the lead of a cut-off character
+/// is always a valid lead byte: `from_utf8` reported it as incomplete, not invalid).
+const fn utf8_width(lead: u8) -> usize {
+    match lead {
+        0xF0..=0xFF => 4,
+        0xE0..=0xEF => 3,
+        _ => 2,
+    }
+}
+
+impl<R: Read> BufRead for Input<R> {
+    fn fill_buf(&mut self) -> io::Result<&[u8]> {
+        if self.not_utf8_at.is_some() {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidData,
+                "input is not UTF-8",
+            ));
+        }
+        if self.pos == self.filled {
+            self.offset += self.filled as u64;
+            self.pos = 0;
+            self.filled = 0;
+            let n = loop {
+                match self.inner.read(&mut self.buf) {
+                    Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                    other => break other?,
+                }
+            };
+            self.filled = n;
+            if n == 0 && self.partial_len > 0 && self.utf8 == Utf8::Check {
+                // The input ends inside a character.
+                self.not_utf8_at = Some(self.offset - self.partial_len as u64);
+            }
+            self.check(0);
+            if self.not_utf8_at.is_some() {
+                return Err(io::Error::new(
+                    io::ErrorKind::InvalidData,
+                    "input is not UTF-8",
+                ));
+            }
+        }
+        Ok(&self.buf[self.pos..self.filled])
+    }
+
+    fn consume(&mut self, amount: usize) {
+        self.pos = (self.pos + amount).min(self.filled);
+    }
+}
+
+impl<R: Read> Read for Input<R> {
+    fn read(&mut self, out: &mut [u8]) -> io::Result<usize> {
+        let available = self.fill_buf()?;
+        let n = available.len().min(out.len());
+        out[..n].copy_from_slice(&available[..n]);
+        self.consume(n);
+        Ok(n)
+    }
+}
+
+impl<R> Drop for Input<R> {
+    fn drop(&mut self) {
+        self.buf.zeroize();
+        self.partial.zeroize();
+    }
+}
+
+/// A read error, in words: the OS's description of it, which never holds input.
+fn unreadable(e: &io::Error) -> String {
+    format!("cannot read the input ({})", e.kind())
+}
+
+/// The serde_json deserializer over an [`Input`], as the format parsers see it.
+type JsonDe<'i, R> = serde_json::Deserializer<serde_json::de::IoRead<&'i mut Input<R>>>;
+
+/// Implements the scalar `visit_*` methods of a [`Visitor`] but `visit_unit` (null, which some
+/// formats accept) by calling `self.other(found)`, for visitors that want an array or an
+/// object: serde's default methods would describe the unexpected value by quoting it.
+macro_rules! scalars_are_other {
+    () => {
+        fn visit_bool<E: serde::de::Error>(self, _: bool) -> Result<Self::Value, E> {
+            self.other($crate::ingest::json::Found("a boolean"))
+        }
+        fn visit_i64<E: serde::de::Error>(self, _: i64) -> Result<Self::Value, E> {
+            self.other($crate::ingest::json::Found("a number"))
+        }
+        fn visit_u64<E: serde::de::Error>(self, _: u64) -> Result<Self::Value, E> {
+            self.other($crate::ingest::json::Found("a number"))
+        }
+        fn visit_f64<E: serde::de::Error>(self, _: f64) -> Result<Self::Value, E> {
+            self.other($crate::ingest::json::Found("a number"))
+        }
+        fn visit_str<E: serde::de::Error>(self, _: &str) -> Result<Self::Value, E> {
+            self.other($crate::ingest::json::Found("a string"))
+        }
+    };
+}
+pub(crate) use scalars_are_other;
+
+/// A report format that is one JSON document: what it does with the top-level value. Whatever
+/// it does not take refuses the whole document ("expected …, found …").
+pub(crate) trait Document {
+    /// What the format looks like, for errors.
+    const EXPECTED: &'static str;
+
+    /// Whether a top-level `null` is a report without findings.
+    const NULL_IS_EMPTY: bool = false;
+
+    /// The top-level value is an array.
+    fn array<'de, A: SeqAccess<'de>>(sink: &mut Sink<'_>, seq: A) -> Result<(), A::Error> {
+        let _ = seq;
+        Err(refuse_found::<Self, _>(sink, Found("an array")))
+    }
+
+    /// The top-level value is an object.
+    fn object<'de, A: MapAccess<'de>>(sink: &mut Sink<'_>, map: A) -> Result<(), A::Error> {
+        let _ = map;
+        Err(refuse_found::<Self, _>(sink, Found("an object")))
+    }
+}
+
+/// Walks a report of document format `D`, handing entries to the sink as they are reached.
+pub(crate) fn walk<D: Document>(input: impl Read, sink: &mut Sink<'_>) -> Result<(), String> {
+    document(input, D::EXPECTED, sink, |de, sink| {
+        de.deserialize_any(TopLevel::<D> {
+            sink,
+            format: PhantomData,
+        })
     })
+}
+
+/// Refuses a document of format `D` whose top-level value is `found`.
+fn refuse_found<D: Document + ?Sized, E: de::Error>(sink: &mut Sink<'_>, found: Found) -> E {
+    refuse(sink, format!("expected {}, found {}", D::EXPECTED, found.0))
+}
+
+/// The top-level value of a document of format `D`.
+struct TopLevel<'s, 'a, D> {
+    sink: &'s mut Sink<'a>,
+    format: PhantomData<D>,
+}
+
+impl<D: Document> TopLevel<'_, '_, D> {
+    fn other<E: de::Error>(self, found: Found) -> Result<(), E> {
+        Err(refuse_found::<D, E>(self.sink, found))
+    }
+}
+
+impl<'de, D: Document> Visitor<'de> for TopLevel<'_, '_, D> {
+    type Value = ();
+
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(D::EXPECTED)
+    }
+
+    fn visit_seq<A: SeqAccess<'de>>(self, seq: A) -> Result<(), A::Error> {
+        D::array(self.sink, seq)
+    }
+
+    fn visit_map<A: MapAccess<'de>>(self, map: A) -> Result<(), A::Error> {
+        D::object(self.sink, map)
+    }
+
+    fn visit_unit<E: de::Error>(self) -> Result<(), E> {
+        if D::NULL_IS_EMPTY {
+            Ok(())
+        } else {
+            self.other(Found("null"))
+        }
+    }
+
+    scalars_are_other!();
+}
+
+/// Walks one JSON document: `walk` drives the deserializer (handing entries to the sink as it
+/// reaches them), then nothing but whitespace may follow. Entries already handed on stay
+/// handed on when the document turns out to be malformed further down; the error says where.
+/// `expected` names what the format looks like.
+fn document<'s, R: Read>(
+    input: R,
+    expected: &str,
+    sink: &mut Sink<'s>,
+    walk: impl FnOnce(&mut JsonDe<'_, R>, &mut Sink<'s>) -> serde_json::Result<()>,
+) -> Result<(), String> {
+    let mut input = Input::open(input, Utf8::Check)?;
+    let result = {
+        let mut de = serde_json::Deserializer::from_reader(&mut input);
+        walk(&mut de, sink).and_then(|()| de.end())
+    };
+    let Err(e) = result else {
+        return Ok(());
+    };
+    if sink.stopped {
+        return Ok(());
+    }
+    if let Some(reason) = sink.refused.take() {
+        return Err(reason);
+    }
+    if let Some(at) = input.not_utf8_at {
+        return Err(format!(
+            "input is not UTF-8 text (invalid byte at offset {at})"
+        ));
+    }
+    if !input.content {
+        return Err("empty input".into());
+    }
+    if e.classify() == serde_json::error::Category::Io {
+        let e: io::Error = e.into();
+        return Err(unreadable(&e));
+    }
+    Err(format!(
+        "not JSON ({} at line {} column {}); expected {expected}",
+        syntax_problem(&e),
+        e.line(),
+        e.column()
+    ))
+}
+
+/// Ends a walk early because the whole document is not of the format: the reason goes to the
+/// sink (serde's own messages can quote the input), the error only unwinds the deserializer.
+pub(crate) fn refuse<E: de::Error>(sink: &mut Sink<'_>, reason: String) -> E {
+    sink.refused = Some(reason);
+    E::custom("refused")
+}
+
+/// Ends a walk early because the sink asked to stop.
+pub(crate) fn stop<E: de::Error>() -> E {
+    E::custom("stopped")
+}
+
+/// Hands each element of a JSON array to `on_element` (with its 0-based index) as soon as it is
+/// parsed; only one element is in memory at a time.
+pub(crate) fn each_element<'de, A: SeqAccess<'de>>(
+    mut seq: A,
+    mut on_element: impl FnMut(usize, Scrubbed) -> ControlFlow<()>,
+) -> Result<(), A::Error> {
+    let mut index = 0;
+    while let Some(item) = seq.next_element::<Scrubbed>()? {
+        if on_element(index, item).is_break() {
+            return Err(stop());
+        }
+        index += 1;
+    }
+    Ok(())
+}
+
+/// The JSON type a visitor was handed instead of what it wanted, with an article.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Found(pub(crate) &'static str);
+
+/// Consumes the rest of an object a visitor does not want and says it was one.
+pub(crate) fn drain_map<'de, A: MapAccess<'de>>(mut map: A) -> Result<Found, A::Error> {
+    while map.next_entry::<IgnoredAny, IgnoredAny>()?.is_some() {}
+    Ok(Found("an object"))
+}
+
+/// Collects the rest of an object into a [`Scrubbed`] value (one alert, one finding).
+pub(crate) fn collect_map<'de, A: MapAccess<'de>>(map: A) -> Result<Scrubbed, A::Error> {
+    ScrubbedVisitor.visit_map(map)
 }
 
 /// What happened to one object of a JSON-lines input.
@@ -101,46 +540,173 @@ pub(crate) enum LineOutcome {
     Skipped,
 }
 
-/// Parses JSON lines: each non-blank line is one object, handed to `on_object`. A line that is
-/// not a JSON object is rejected; an input in which no line is a JSON object is not of this
-/// format at all, and is an error naming `expected`.
+/// Rejected lines held back until the first JSON object shows the input is of a line format,
+/// so an input of another kind (CSV, a JSON document) is one error rather than a rejection per
+/// line. Past this many the held ones are handed on and the rest follow as they come.
+const HELD_BACK: usize = 1_000;
+
+/// Walks JSON lines: each non-blank line is one object, handed to `on_object` and then to the
+/// sink, one line in memory at a time. A line that is not a JSON object (or not UTF-8, or
+/// longer than [`MAX_LINE_BYTES`]) is rejected; an input in which no line is a JSON object is
+/// not of this format at all, and is an error naming `expected`.
 pub(crate) fn lines(
-    text: &str,
+    input: impl Read,
     expected: &str,
+    sink: &mut Sink<'_>,
     mut on_object: impl FnMut(&mut Map<String, Value>) -> LineOutcome,
-) -> Result<Parsed, String> {
-    let mut parsed = Parsed::default();
-    let mut objects = 0usize;
-    for (index, line) in text.lines().enumerate() {
-        if line.trim().is_empty() {
-            continue;
-        }
-        let position = format!("line {}", index + 1);
-        let mut value = match Scrubbed::parse(line) {
-            Ok(value) => value,
-            Err(e) => {
-                let reason = format!("not JSON ({} at column {})", syntax_problem(&e), e.column());
-                parsed.rejected.push(Rejected { position, reason });
-                continue;
+) -> Result<(), String> {
+    let mut input = Input::open(input, Utf8::PerLine)?;
+    // Never reallocated (a line longer than this is not kept), so no copy of a line is freed
+    // without being zeroized.
+    let mut line = Vec::with_capacity(MAX_LINE_BYTES + 2);
+    let mut held: Vec<Rejected> = Vec::new();
+    let mut objects = 0u64;
+    let mut content = false;
+    let mut first_not_utf8: Option<u64> = None;
+    let mut number = 0u64;
+    let result = loop {
+        wipe(&mut line);
+        let start = input.position();
+        let too_long = match read_line(&mut input, &mut line) {
+            Ok(None) => break Ok(()),
+            Ok(Some(too_long)) => too_long,
+            Err(e) => break Err(unreadable(&e)),
+        };
+        number += 1;
+        let position = || format!("line {number}");
+        let rejected = if too_long {
+            content = true;
+            Some(format!(
+                "line is longer than {} MiB; a finding is one short line",
+                MAX_LINE_BYTES >> 20
+            ))
+        } else {
+            let bytes = line.strip_suffix(b"\n").unwrap_or(&line);
+            let bytes = bytes.strip_suffix(b"\r").unwrap_or(bytes);
+            match std::str::from_utf8(bytes) {
+                Err(e) => {
+                    content = true;
+                    first_not_utf8.get_or_insert(start + e.valid_up_to() as u64);
+                    Some(format!(
+                        "not UTF-8 text (invalid byte at column {})",
+                        e.valid_up_to() + 1
+                    ))
+                }
+                Ok(text) if text.trim().is_empty() => continue,
+                Ok(text) => {
+                    content = true;
+                    let outcome = object_outcome(text, &mut on_object);
+                    objects += u64::from(outcome.is_ok());
+                    match outcome {
+                        Ok(LineOutcome::Finding(finding)) => {
+                            if release(&mut held, sink).is_break()
+                                || sink.finding(finding).is_break()
+                            {
+                                break Ok(());
+                            }
+                            None
+                        }
+                        Ok(LineOutcome::Skipped) => None,
+                        Ok(LineOutcome::Rejected(reason)) | Err(reason) => Some(reason),
+                    }
+                }
             }
         };
-        let found = kind(&value);
-        let Some(object) = value.as_object_mut() else {
-            let reason = format!("expected a JSON object, found {found}");
-            parsed.rejected.push(Rejected { position, reason });
-            continue;
-        };
-        objects += 1;
-        match on_object(object) {
-            LineOutcome::Finding(finding) => parsed.findings.push(finding),
-            LineOutcome::Rejected(reason) => parsed.rejected.push(Rejected { position, reason }),
-            LineOutcome::Skipped => {}
+        if let Some(reason) = rejected {
+            let rejected = Rejected {
+                position: position(),
+                reason,
+            };
+            if objects == 0 && held.len() < HELD_BACK {
+                held.push(rejected);
+            } else if release(&mut held, sink).is_break()
+                || sink.reject(rejected.position, rejected.reason).is_break()
+            {
+                break Ok(());
+            }
+        } else if objects > 0 && release(&mut held, sink).is_break() {
+            break Ok(());
         }
+    };
+    wipe(&mut line);
+    result?;
+    if sink.stopped {
+        return Ok(());
+    }
+    if !content {
+        return Err("empty input".into());
     }
     if objects == 0 {
-        return Err(format!("no line is a JSON object; expected {expected}"));
+        // What was held back is dropped: the whole input is refused instead.
+        return Err(match first_not_utf8 {
+            Some(at) => format!("input is not UTF-8 text (invalid byte at offset {at})"),
+            None => format!("no line is a JSON object; expected {expected}"),
+        });
     }
-    Ok(parsed)
+    let _ = release(&mut held, sink);
+    Ok(())
+}
+
+/// Zeroizes the bytes of `line` and empties it (its capacity is left as it is: zeroizing all of
+/// it for every line would cost a megabyte a line).
+fn wipe(line: &mut Vec<u8>) {
+    line.as_mut_slice().zeroize();
+    line.clear();
+}
+
+/// Parses one line and runs `on_object` on it; `Err` with the reason for a line that is not a
+/// JSON object.
+fn object_outcome(
+    text: &str,
+    on_object: &mut impl FnMut(&mut Map<String, Value>) -> LineOutcome,
+) -> Result<LineOutcome, String> {
+    let mut value = Scrubbed::parse(text)
+        .map_err(|e| format!("not JSON ({} at column {})", syntax_problem(&e), e.column()))?;
+    let found = kind(&value);
+    let Some(object) = value.as_object_mut() else {
+        return Err(format!("expected a JSON object, found {found}"));
+    };
+    Ok(on_object(object))
+}
+
+/// Hands the held-back rejections to the sink, in order.
+fn release(held: &mut Vec<Rejected>, sink: &mut Sink<'_>) -> ControlFlow<()> {
+    for r in held.drain(..) {
+        sink.reject(r.position, r.reason)?;
+    }
+    ControlFlow::Continue(())
+}
+
+/// Reads one line (with its `\n`) into `line`. `None` at the end of the input; `Some(true)`
+/// when the line was longer than [`MAX_LINE_BYTES`]: it is skipped to its end, and `line` is
+/// left empty rather than holding a piece of it.
+fn read_line(input: &mut impl BufRead, line: &mut Vec<u8>) -> io::Result<Option<bool>> {
+    let mut read = 0usize;
+    let mut too_long = false;
+    loop {
+        let available = input.fill_buf()?;
+        if available.is_empty() {
+            return Ok((read > 0).then_some(too_long));
+        }
+        let (chunk, ends) = match available.iter().position(|&b| b == b'\n') {
+            Some(i) => (&available[..=i], true),
+            None => (available, false),
+        };
+        if !too_long {
+            if line.len() + chunk.len() > MAX_LINE_BYTES + 2 {
+                too_long = true;
+                wipe(line);
+            } else {
+                line.extend_from_slice(chunk);
+            }
+        }
+        let n = chunk.len();
+        input.consume(n);
+        read += n;
+        if ends {
+            return Ok(Some(too_long));
+        }
+    }
 }
 
 /// serde_json's description of a parse failure, without its position. Syntax and end-of-input
@@ -220,6 +786,7 @@ pub(crate) fn line(object: &Map<String, Value>, key: &str) -> Option<u64> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::ingest::Entry;
 
     #[test]
     fn strings_are_zeroized_when_the_document_is_dropped() {
@@ -227,6 +794,14 @@ mod tests {
             .expect("valid JSON");
         scrub(&mut doc);
         assert_eq!(*doc, serde_json::json!({"a": ["", {"b": ""}]}));
+    }
+
+    #[test]
+    fn scrubbed_values_equal_what_serde_json_builds() {
+        let text = r#"{"a":[1,-2,3.5,true,null,"x\u00e9"],"b":{"c":{}},"a2":18446744073709551615}"#;
+        let ours = Scrubbed::parse(text).expect("valid JSON");
+        let theirs: Value = serde_json::from_str(text).expect("valid JSON");
+        assert_eq!(*ours, theirs);
     }
 
     #[test]
@@ -240,11 +815,18 @@ mod tests {
         assert_eq!(object["Raw"], "");
     }
 
+    /// Runs `document` over `input` with a walk that reads one value and ignores it.
+    fn read_document(input: &[u8]) -> Result<(), String> {
+        let mut emit = |_: Entry| ControlFlow::Continue(());
+        let mut sink = Sink::new(&mut emit);
+        document(input, "something", &mut sink, |de, _| {
+            serde::Deserialize::deserialize(de).map(|_: IgnoredAny| ())
+        })
+    }
+
     #[test]
     fn syntax_errors_are_described_without_quoting_the_input() {
-        let err = document(r#"{"Secret": "FAKE-value-0004" oops}"#, "something")
-            .err()
-            .expect("malformed");
+        let err = read_document(br#"{"Secret": "FAKE-value-0004" oops}"#).expect_err("malformed");
         assert!(
             err.starts_with("not JSON (expected `,` or `}` at line 1 column"),
             "{err}"
@@ -254,21 +836,60 @@ mod tests {
     }
 
     #[test]
-    fn decoding_rejects_non_utf8_utf16_and_blank_input() {
-        let bom_offset = decode(b"\xEF\xBB\xBF[\xff]").expect_err("not UTF-8");
+    fn documents_that_are_not_utf8_utf16_or_blank_are_refused() {
         assert_eq!(
-            bom_offset,
+            read_document(b"\xEF\xBB\xBF[\xff]").expect_err("not UTF-8"),
             "input is not UTF-8 text (invalid byte at offset 4)"
         );
-        assert_eq!(decode(b"  \n\t ").err().as_deref(), Some("empty input"));
-        let bad = decode(b"[{\"Secret\":\"\xff\"}]").expect_err("not UTF-8");
+        assert_eq!(read_document(b"  \n\t ").expect_err("blank"), "empty input");
+        assert_eq!(read_document(b"").expect_err("empty"), "empty input");
+        let bad = read_document(b"[{\"Secret\":\"\xff\"}]").expect_err("not UTF-8");
         assert!(bad.contains("not UTF-8"), "{bad}");
         assert!(
-            decode(b"\xFF\xFE[\0]\0")
+            read_document(b"\xFF\xFE[\0]\0")
                 .expect_err("UTF-16")
                 .contains("UTF-16")
         );
-        assert_eq!(decode(b"\xEF\xBB\xBF[]").ok(), Some("[]"));
+        assert_eq!(read_document(b"\xEF\xBB\xBF[]"), Ok(()));
+    }
+
+    /// A reader that hands out its bytes `step` at a time, as a pipe may.
+    struct Trickle<'a> {
+        bytes: &'a [u8],
+        step: usize,
+    }
+
+    impl Read for Trickle<'_> {
+        fn read(&mut self, out: &mut [u8]) -> io::Result<usize> {
+            let n = self.step.min(out.len()).min(self.bytes.len());
+            out[..n].copy_from_slice(&self.bytes[..n]);
+            self.bytes = &self.bytes[n..];
+            Ok(n)
+        }
+    }
+
+    #[test]
+    fn utf8_is_checked_across_chunk_boundaries() {
+        // Multi-byte characters cut at every possible point by 1- and 2-byte reads.
+        let good = "[\"é€𝄞\", \"ok\"]".as_bytes();
+        for step in [1, 2, 3] {
+            let mut input = Input::open(Trickle { bytes: good, step }, Utf8::Check).unwrap();
+            let mut all = Vec::new();
+            input.read_to_end(&mut all).expect("valid UTF-8");
+            assert_eq!(all, good);
+        }
+        for (bad, at) in [
+            (&b"[\"\xe2\x82\"]"[..], 2),
+            (b"[1] \xe2\x82", 4),
+            (b"\"\xc3\x28\"", 1),
+        ] {
+            for step in [1, 2, 64] {
+                let mut input = Input::open(Trickle { bytes: bad, step }, Utf8::Check).unwrap();
+                let mut all = Vec::new();
+                assert!(input.read_to_end(&mut all).is_err(), "{bad:?} step {step}");
+                assert_eq!(input.not_utf8_at, Some(at), "{bad:?} step {step}");
+            }
+        }
     }
 
     #[test]
@@ -281,5 +902,19 @@ mod tests {
         for key in ["c", "d", "e", "f", "missing"] {
             assert_eq!(line(object, key), None, "{key}");
         }
+    }
+
+    #[test]
+    fn a_line_longer_than_the_limit_is_skipped_whole() {
+        let mut input = format!("{{\"x\":\"{}\"}}\r\n", "a".repeat(MAX_LINE_BYTES)).into_bytes();
+        input.extend_from_slice(b"{\"y\":1}\n");
+        let mut reader = Input::open(&input[..], Utf8::PerLine).unwrap();
+        let mut line = Vec::new();
+        assert_eq!(read_line(&mut reader, &mut line).unwrap(), Some(true));
+        assert!(line.is_empty());
+        assert_eq!(read_line(&mut reader, &mut line).unwrap(), Some(false));
+        assert_eq!(line, b"{\"y\":1}\n");
+        line.clear();
+        assert_eq!(read_line(&mut reader, &mut line).unwrap(), None);
     }
 }

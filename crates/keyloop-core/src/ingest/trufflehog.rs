@@ -5,17 +5,18 @@
 //! are used. TruffleHog's own log lines (`level`, `msg`, no `Raw`) may be interleaved when
 //! stderr is captured too; they are skipped.
 
-use super::Parsed;
+use super::Sink;
 use super::json::{self, LineOutcome, SecretField};
 use crate::fingerprint::Fingerprint;
 use crate::leak::{LeakFinding, LeakLocation};
 use serde_json::{Map, Value};
+use std::io::Read;
 
 const EXPECTED: &str = "one JSON object per line (trufflehog --json)";
 
-/// Parses TruffleHog JSON lines.
-pub(crate) fn parse(text: &str) -> Result<Parsed, String> {
-    json::lines(text, EXPECTED, finding)
+/// Parses TruffleHog JSON lines, one line at a time.
+pub(crate) fn parse(input: impl Read, sink: &mut Sink<'_>) -> Result<(), String> {
+    json::lines(input, EXPECTED, sink, finding)
 }
 
 fn finding(object: &mut Map<String, Value>) -> LineOutcome {
@@ -76,6 +77,10 @@ mod tests {
     use crate::secret::Secret;
 
     const FIXTURE: &str = include_str!("../../../../tests/fixtures/ingest/trufflehog.jsonl");
+
+    fn parse(text: &str) -> Result<crate::ingest::testing::Parsed, String> {
+        crate::ingest::testing::collect(|input, sink| super::parse(input, sink), text)
+    }
 
     fn fingerprint(value: &str) -> Fingerprint {
         Fingerprint::of(&Secret::from(value))
