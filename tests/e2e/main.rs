@@ -7,6 +7,7 @@ mod bad_input;
 mod broker;
 mod chaos;
 mod cli;
+mod closed_stdout;
 mod durable_dlq;
 mod faults;
 mod fleet;

@@ -26,6 +26,10 @@ fn main() -> ExitCode {
     };
     match runtime.block_on(cmd::run(cli)) {
         Ok(code) => code,
+        // The reader of stdout has gone (`keyloop replay | head -1`): nothing to say to anyone.
+        Err(e) if e.chain().any(|c| c.is::<output::StdoutClosed>()) => {
+            ExitCode::from(output::STDOUT_CLOSED_EXIT)
+        }
         Err(e) => {
             eprintln!("error: {e:#}");
             ExitCode::FAILURE

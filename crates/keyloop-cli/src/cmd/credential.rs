@@ -95,9 +95,9 @@ async fn register(g: &Global, args: RegisterArgs) -> Result<ExitCode> {
     .await
     .with_context(|| format!("register credential {id}"))?;
     if g.json {
-        output::json_line(&cred);
+        output::json_line(&cred)?;
     } else {
-        println!("registered {}", output::credential_row(&cred));
+        output::line(format_args!("registered {}", output::credential_row(&cred)))?;
     }
     Ok(ExitCode::SUCCESS)
 }
@@ -107,13 +107,13 @@ async fn list(g: &Global) -> Result<ExitCode> {
     let creds = bus.inventory().await?.list().await?;
     if g.json {
         for c in &creds {
-            output::json_line(c);
+            output::json_line(c)?;
         }
     } else if creds.is_empty() {
-        println!("no credentials registered (add one with `keyloop credential register ID`)");
+        output::line("no credentials registered (add one with `keyloop credential register ID`)")?;
     } else {
         for c in &creds {
-            println!("{}", output::credential_row(c));
+            output::line(output::credential_row(c))?;
         }
     }
     Ok(ExitCode::SUCCESS)
@@ -124,9 +124,9 @@ async fn show(g: &Global, id: &str) -> Result<ExitCode> {
     let bus = config::connect(g).await?;
     let (cred, _) = bus.inventory().await?.require(&id).await?;
     if g.json {
-        output::json_line(&cred);
+        output::json_line(&cred)?;
     } else {
-        print!("{}", output::credential_detail(&cred));
+        output::text(&output::credential_detail(&cred))?;
     }
     Ok(ExitCode::SUCCESS)
 }
@@ -168,8 +168,9 @@ async fn reveal(g: &Global, id: &str) -> Result<ExitCode> {
     );
     ctx.bus.publish_lifecycle(&event).await?;
     let mut out = std::io::stdout().lock();
-    out.write_all(value.expose().as_bytes())?;
-    out.write_all(b"\n")?;
-    out.flush()?;
+    out.write_all(value.expose().as_bytes())
+        .and_then(|()| out.write_all(b"\n"))
+        .and_then(|()| out.flush())
+        .map_err(output::stdout_error)?;
     Ok(ExitCode::SUCCESS)
 }

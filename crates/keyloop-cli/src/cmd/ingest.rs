@@ -51,14 +51,14 @@ pub(crate) async fn run(g: &Global, args: IngestArgs) -> Result<ExitCode> {
     let bus = crate::config::connect(g).await?;
     let report = publish(&bus, format, parsed).await?;
     if g.json {
-        output::json_line(&report);
+        output::json_line(&report)?;
     } else {
-        println!(
+        output::line(format_args!(
             "{name}: {} published, {} deduplicated, {} rejected",
             report.published,
             report.deduplicated,
             report.rejected.len()
-        );
+        ))?;
         for r in &report.rejected {
             eprintln!("  rejected {}: {}", r.position, r.reason);
         }

@@ -84,11 +84,12 @@ impl LifecycleWatch {
         Ok(Self { sub })
     }
 
-    /// Waits for the first event that `done` accepts; events are passed to `seen` as they come.
+    /// Waits for the first event that `done` accepts; events are passed to `seen` as they come
+    /// (an error from it, such as a closed stdout, ends the wait).
     pub(crate) async fn until(
         &mut self,
         timeout: Duration,
-        mut seen: impl FnMut(&LifecycleEvent),
+        mut seen: impl FnMut(&LifecycleEvent) -> Result<()>,
         mut done: impl FnMut(&LifecycleEvent) -> bool,
     ) -> Result<LifecycleEvent> {
         let deadline = tokio::time::Instant::now() + timeout;
@@ -103,7 +104,7 @@ impl LifecycleWatch {
             let Ok(event) = serde_json::from_slice::<LifecycleEvent>(&msg.payload) else {
                 continue;
             };
-            seen(&event);
+            seen(&event)?;
             if done(&event) {
                 return Ok(event);
             }
