@@ -19,3 +19,4 @@ mod no_plaintext;
 mod postgres;
 mod replicas;
 mod schedule;
+mod stopping;

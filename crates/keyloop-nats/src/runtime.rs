@@ -18,9 +18,10 @@
 //! runtime once listened to, is core NATS and best effort: nothing relies on it any more.)
 //!
 //! Shutdown stops pulling, hands back what was delivered but not started, and gives the
-//! messages in hand [`ConsumeConfig::shutdown_grace`] to finish. What is still running then is
-//! abandoned with a log line: it was not acked, so JetStream redelivers it after the ack wait,
-//! and handlers are idempotent. Every wait on NATS at start and at stop is bounded or raced
+//! messages in hand [`ConsumeConfig::shutdown_grace`] to finish (a second, when the client has
+//! lost its server: nothing can finish without it). What is still running then is abandoned
+//! with a log line: it was not acked, so JetStream redelivers it after the ack wait, and
+//! handlers are idempotent. Every wait on NATS at start and at stop is bounded or raced
 //! against shutdown, so a worker stops within seconds even when its server is gone.
 
 use crate::bus::{
@@ -29,6 +30,7 @@ use crate::bus::{
 use crate::error::{Error, ErrorKind};
 use crate::topology::{ACK_WAIT, GIVE_UP_AFTER, Role};
 use async_nats::HeaderMap;
+use async_nats::connection::State;
 use async_nats::jetstream::ErrorCode;
 use async_nats::jetstream::consumer::PullConsumer;
 use async_nats::jetstream::consumer::pull::MessagesErrorKind;
@@ -310,21 +312,31 @@ pub async fn consume(
             "shutdown: finishing messages in hand"
         );
     }
-    let finished = tokio::time::timeout(config.shutdown_grace, async {
-        while in_flight.join_next().await.is_some() {}
-    })
-    .await;
-    if finished.is_err() {
+    let all_finished = async { while in_flight.join_next().await.is_some() {} };
+    let cut_short = tokio::select! {
+        () = all_finished => None,
+        () = tokio::time::sleep(config.shutdown_grace) => Some("after the grace period"),
+        () = server_gone(&bus.client) => Some("the server is gone"),
+    };
+    if let Some(why) = cut_short {
         warn!(
             role = role.name(),
             abandoned = in_flight.len(),
             grace_ms = config.shutdown_grace.as_millis() as u64,
-            "shutdown: abandoned messages still in hand after the grace period; they were not acked, so JetStream redelivers them after the ack wait"
+            "shutdown: abandoned messages still in hand ({why}); they were not acked, so JetStream redelivers them after the ack wait"
         );
         in_flight.shutdown().await;
     }
     // Acks are buffered by the client: send them before the process exits, or the messages
     // just finished would be redelivered. Bounded: a flush waits for a server that may be gone.
+    if bus.client.connection_state() != State::Connected {
+        warn!(
+            role = role.name(),
+            "abandoned flushing the last acks: not connected to the server; those messages will be redelivered (harmless)"
+        );
+        info!(role = role.name(), "worker stopped");
+        return Ok(());
+    }
     match tokio::time::timeout(STOP_IO_TIMEOUT, bus.client.flush()).await {
         Ok(Ok(())) => {}
         Ok(Err(e)) => {
@@ -338,6 +350,25 @@ pub async fn consume(
     }
     info!(role = role.name(), "worker stopped");
     Ok(())
+}
+
+/// Resolves once the client has been without its server for [`STOP_IO_TIMEOUT`] on end:
+/// nothing in hand can finish then (every handler needs NATS, if only to ack). The client
+/// offers its state only by asking, so it is asked every tenth of a second, during shutdown
+/// only.
+async fn server_gone(client: &async_nats::Client) {
+    let mut lost_at = None;
+    loop {
+        if client.connection_state() == State::Connected {
+            lost_at = None;
+        } else {
+            let at = *lost_at.get_or_insert_with(tokio::time::Instant::now);
+            if at.elapsed() >= STOP_IO_TIMEOUT {
+                return;
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
 }
 
 /// Looks up the durable consumer of `role`, retrying while the server does not answer; `None`

@@ -1,0 +1,225 @@
+//! Stopping: `keyloop worker` and `keyloop up` stop within seconds of SIGTERM or SIGINT even
+//! when NATS does not answer (nothing listening, a server that never speaks, a server killed
+//! with SIGKILL under them).
+
+use crate::harness::{Env, KEYLOOP};
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::time::{Duration, Instant};
+use tokio::process::{Child, Command};
+
+/// The bound the tests hold a stop to; the measured time is printed.
+const STOP_BOUND: Duration = Duration::from_secs(10);
+
+fn signal(child: &Child, sig: &str) {
+    let pid = child.id().expect("the process runs");
+    let status = std::process::Command::new("kill")
+        .arg(sig)
+        .arg(pid.to_string())
+        .status()
+        .unwrap();
+    assert!(status.success(), "kill {sig} {pid}");
+}
+
+/// Sends `sig` and returns how the process ended and how long that took.
+async fn stop(child: &mut Child, sig: &str, what: &str) -> (std::process::ExitStatus, Duration) {
+    let sent = Instant::now();
+    signal(child, sig);
+    let status = tokio::time::timeout(Duration::from_secs(60), child.wait())
+        .await
+        .unwrap_or_else(|_| panic!("{what} still runs 60 s after {sig}"))
+        .unwrap();
+    let took = sent.elapsed();
+    eprintln!("{what}: exited {status} {took:?} after {sig}");
+    (status, took)
+}
+
+fn read(path: &Path) -> String {
+    std::fs::read_to_string(path).unwrap_or_default()
+}
+
+/// Waits until the log at `path` contains `needle` (a child process's progress has no event
+/// to await but its log, so it is polled).
+async fn log_says(path: &Path, needle: &str) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !read(path).contains(needle) {
+        assert!(
+            Instant::now() < deadline,
+            "{} never said {needle:?}:\n{}",
+            path.display(),
+            read(path)
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// Starts `keyloop ARGS` from `cmd` with stderr in `log`.
+fn spawn_logged(mut cmd: Command, args: &[&str], log: &Path) -> Child {
+    cmd.args(args)
+        .env("RUST_LOG", "info")
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(log).unwrap())
+        .spawn()
+        .unwrap()
+}
+
+#[tokio::test]
+async fn a_worker_stops_within_seconds_of_sigterm_after_its_server_was_killed() {
+    let mut env = Env::start().await;
+    let log = env.dir.path().join("worker.log");
+    let mut worker = spawn_logged(
+        env.keyloop(),
+        &[
+            "worker",
+            "leak-responder",
+            "sweeper",
+            "scheduler",
+            "jit-issuer",
+        ],
+        &log,
+    );
+    log_says(&log, "jit-issuer serving").await;
+    for role in ["leak-responder", "sweeper", "jit-issuer"] {
+        log_says(&log, &format!("worker consuming role=\"{role}\"")).await;
+    }
+    drop(env.server.take()); // SIGKILL
+    log_says(&log, "disconnected from NATS").await;
+    let (status, took) = stop(&mut worker, "-TERM", "worker, server killed").await;
+    assert!(status.success(), "{status}\n{}", read(&log));
+    assert!(took < STOP_BOUND, "{took:?}\n{}", read(&log));
+}
+
+#[tokio::test]
+async fn a_worker_connecting_to_a_server_that_never_answers_stops_at_once_on_sigterm() {
+    let env = Env::start().await;
+    // Accepts connections and says nothing, like a server that hangs or a proxy to nowhere.
+    let silent = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("nats://{}", silent.local_addr().unwrap());
+    let log = env.dir.path().join("worker.log");
+    let mut cmd = env.keyloop();
+    cmd.env("KEYLOOP_NATS_URL", &url);
+    let mut worker = spawn_logged(cmd, &["worker", "leak-responder"], &log);
+    let (_held, _) = tokio::time::timeout(Duration::from_secs(30), silent.accept())
+        .await
+        .expect("the worker connects")
+        .unwrap();
+    let (status, took) = stop(&mut worker, "-TERM", "worker, silent server").await;
+    assert!(
+        status.success(),
+        "a stop on request, not a connect timeout: {status}\n{}",
+        read(&log)
+    );
+    assert!(took < STOP_BOUND, "{took:?}");
+    assert!(
+        read(&log).contains(&format!(
+            "shutdown requested while connecting to {url}: abandoned it"
+        )),
+        "{}",
+        read(&log)
+    );
+}
+
+#[tokio::test]
+async fn a_worker_pointed_where_nothing_listens_says_so_and_exits_at_once() {
+    let env = Env::start().await;
+    let port = free_port();
+    let started = Instant::now();
+    let out = env
+        .keyloop()
+        .env("KEYLOOP_NATS_URL", format!("nats://127.0.0.1:{port}"))
+        .args(["worker", "leak-responder"])
+        .output()
+        .await
+        .unwrap();
+    let took = started.elapsed();
+    eprintln!(
+        "worker, nothing listening: exited {} in {took:?}",
+        out.status
+    );
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(
+        stderr.contains(&format!(
+            "no NATS server answers at nats://127.0.0.1:{port}"
+        )),
+        "{stderr}"
+    );
+    assert!(took < STOP_BOUND, "{took:?}");
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// `keyloop` as a person runs `up`: a data directory, a port, no master key given.
+struct UpEnv {
+    dir: tempfile::TempDir,
+    port: u16,
+    nats_server: PathBuf,
+}
+
+impl UpEnv {
+    async fn new() -> Self {
+        Self {
+            dir: tempfile::tempdir().unwrap(),
+            port: free_port(),
+            nats_server: keyloop_testkit::nats_server_binary().await,
+        }
+    }
+
+    fn data_dir(&self) -> PathBuf {
+        self.dir.path().join("data")
+    }
+
+    fn keyloop(&self, port: u16) -> Command {
+        let mut cmd = Command::new(KEYLOOP);
+        cmd.env("KEYLOOP_NATS_URL", format!("nats://127.0.0.1:{port}"))
+            .env("KEYLOOP_DATA_DIR", self.data_dir())
+            .env("KEYLOOP_NATS_SERVER", &self.nats_server)
+            .env_remove("KEYLOOP_MASTER_KEY")
+            .env_remove("KEYLOOP_MASTER_KEY_FILE")
+            .env_remove("KEYLOOP_NATS_USER")
+            .env_remove("KEYLOOP_NATS_PASSWORD")
+            .env_remove("RUST_LOG")
+            .stdin(Stdio::null())
+            .kill_on_drop(true);
+        cmd
+    }
+
+    /// Starts `keyloop up`; its log is `<name>.log`.
+    fn up(&self, name: &str) -> (Child, PathBuf) {
+        let log = self.dir.path().join(format!("{name}.log"));
+        let child = spawn_logged(
+            self.keyloop(self.port),
+            &["up", "--tick-interval", "1s"],
+            &log,
+        );
+        (child, log)
+    }
+}
+
+#[tokio::test]
+async fn up_stops_within_seconds_of_sigint_after_its_own_server_was_killed() {
+    let env = UpEnv::new().await;
+    let (mut up, log) = env.up("up");
+    log_says(&log, "keyloop up: workers").await;
+    let said = read(&log);
+    let pid = said
+        .split("started nats-server (pid ")
+        .nth(1)
+        .and_then(|rest| rest.split(')').next())
+        .unwrap_or_else(|| panic!("up names its server's pid:\n{said}"));
+    let killed = std::process::Command::new("kill")
+        .args(["-KILL", pid])
+        .status()
+        .unwrap();
+    assert!(killed.success());
+    log_says(&log, "disconnected from NATS").await;
+    let (status, took) = stop(&mut up, "-INT", "up, own server killed").await;
+    assert!(status.success(), "{status}\n{}", read(&log));
+    assert!(took < STOP_BOUND, "{took:?}\n{}", read(&log));
+}
