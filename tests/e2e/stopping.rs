@@ -1,6 +1,7 @@
 //! Stopping: `keyloop worker` and `keyloop up` stop within seconds of SIGTERM or SIGINT even
 //! when NATS does not answer (nothing listening, a server that never speaks, a server killed
-//! with SIGKILL under them).
+//! with SIGKILL under them), and two `keyloop up` on one data directory share one nats-server
+//! that the last of them stops.
 
 use crate::harness::{Env, KEYLOOP};
 use std::path::{Path, PathBuf};
@@ -175,6 +176,10 @@ impl UpEnv {
         self.dir.path().join("data")
     }
 
+    fn url(&self) -> String {
+        format!("nats://127.0.0.1:{}", self.port)
+    }
+
     fn keyloop(&self, port: u16) -> Command {
         let mut cmd = Command::new(KEYLOOP);
         cmd.env("KEYLOOP_NATS_URL", format!("nats://127.0.0.1:{port}"))
@@ -200,6 +205,27 @@ impl UpEnv {
         );
         (child, log)
     }
+
+    async fn ok(&self, args: &[&str]) -> String {
+        let out = self.keyloop(self.port).args(args).output().await.unwrap();
+        assert!(
+            out.status.success(),
+            "keyloop {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8(out.stdout).unwrap()
+    }
+
+    async fn server_answers(&self) -> bool {
+        tokio::net::TcpStream::connect(("127.0.0.1", self.port))
+            .await
+            .is_ok()
+    }
+
+    fn record(&self) -> Option<serde_json::Value> {
+        let text = std::fs::read(self.data_dir().join("nats/server.json")).ok()?;
+        serde_json::from_slice(&text).ok()
+    }
 }
 
 #[tokio::test]
@@ -222,4 +248,83 @@ async fn up_stops_within_seconds_of_sigint_after_its_own_server_was_killed() {
     let (status, took) = stop(&mut up, "-INT", "up, own server killed").await;
     assert!(status.success(), "{status}\n{}", read(&log));
     assert!(took < STOP_BOUND, "{took:?}\n{}", read(&log));
+}
+
+#[tokio::test]
+async fn two_ups_on_one_data_dir_share_one_server_that_the_last_one_out_stops() {
+    let env = UpEnv::new().await;
+    // Started together: one starts the server, the other waits for it and joins.
+    let (first, first_log) = env.up("first");
+    let (second, second_log) = env.up("second");
+    log_says(&first_log, "keyloop up: workers").await;
+    log_says(&second_log, "keyloop up: workers").await;
+    let logs = [read(&first_log), read(&second_log)];
+    let started: Vec<_> = logs
+        .iter()
+        .map(|l| l.contains("started nats-server"))
+        .collect();
+    assert_eq!(
+        started.iter().filter(|s| **s).count(),
+        1,
+        "one server for the data directory:\n{}\n---\n{}",
+        logs[0],
+        logs[1]
+    );
+    assert!(
+        logs.iter().any(|l| l.contains("joined the nats-server")),
+        "{logs:?}"
+    );
+    // Name them by role: the owner started the server, the guest joined it.
+    let (mut owner, owner_log, mut guest, guest_log) = if started[0] {
+        (first, first_log, second, second_log)
+    } else {
+        (second, second_log, first, first_log)
+    };
+
+    // A third `up` on the same data directory but another port would start a second server
+    // on the same store: refused, with the address to use.
+    let other = free_port();
+    let refused = env.keyloop(other).args(["up"]).output().await.unwrap();
+    let stderr = String::from_utf8_lossy(&refused.stderr);
+    assert!(!refused.status.success(), "{stderr}");
+    assert!(
+        stderr.contains("already has a nats-server")
+            && stderr.contains(&format!("Pass --nats {}", env.url())),
+        "{stderr}"
+    );
+
+    // The owner leaves first: its server stays for the guest, whose workers still rotate.
+    let (status, _) = stop(&mut owner, "-TERM", "owner up").await;
+    assert!(status.success(), "{status}\n{}", read(&owner_log));
+    assert!(
+        read(&owner_log).contains("running: another keyloop up uses it"),
+        "{}",
+        read(&owner_log)
+    );
+    assert!(
+        env.server_answers().await,
+        "the owner left the server to the guest"
+    );
+    env.ok(&["credential", "register", "svc/shared"]).await;
+    env.ok(&["rotate", "svc/shared"]).await;
+
+    // A newcomer joins the orphaned server; the guest leaving keeps it for the newcomer.
+    let (mut newcomer, newcomer_log) = env.up("newcomer");
+    log_says(&newcomer_log, "joined the nats-server").await;
+    log_says(&newcomer_log, "keyloop up: workers").await;
+    let (status, _) = stop(&mut guest, "-TERM", "guest up").await;
+    assert!(status.success(), "{status}\n{}", read(&guest_log));
+    assert!(env.server_answers().await, "the newcomer still uses it");
+    env.ok(&["rotate", "svc/shared"]).await;
+
+    // The last one out stops the server, though it did not start it.
+    let (status, _) = stop(&mut newcomer, "-TERM", "newcomer up").await;
+    assert!(status.success(), "{status}\n{}", read(&newcomer_log));
+    assert!(
+        read(&newcomer_log).contains("stopped the nats-server"),
+        "{}",
+        read(&newcomer_log)
+    );
+    assert!(!env.server_answers().await, "the last one out stopped it");
+    assert!(env.record().is_none(), "and removed its record");
 }
