@@ -89,8 +89,20 @@ async fn publish_poison(bus: &Bus) -> Vec<u8> {
     payload
 }
 
-/// Waits until `n` DLQ writes were tried: each is a publish on the DLQ subject, which a core
-/// subscription sees whether or not a stream stores it.
+/// Every DLQ write tried from now on: each is a publish on the DLQ subject, which a core
+/// subscription sees whether or not a stream stores it. (Being a subscriber, it also keeps the
+/// server from answering "no responders" when no stream listens: such a write times out.)
+async fn watch_dlq_writes(bus: &Bus) -> async_nats::Subscriber {
+    let attempts = bus
+        .client
+        .subscribe(bus.topology.dlq(ROLE.name()))
+        .await
+        .unwrap();
+    bus.client.flush().await.unwrap();
+    attempts
+}
+
+/// Waits until `n` DLQ writes were tried (see [`watch_dlq_writes`]).
 async fn dlq_attempts(attempts: &mut async_nats::Subscriber, n: usize) {
     for i in 0..n {
         tokio::time::timeout(Duration::from_secs(30), attempts.next())
@@ -173,12 +185,7 @@ async fn a_message_whose_dlq_write_fails_on_its_last_delivery_stays_in_hand_unti
     let env = Env::start().await;
     let bus = env.bus.clone();
     fill_dlq(&bus).await;
-    let mut attempts = bus
-        .client
-        .subscribe(bus.topology.dlq(ROLE.name()))
-        .await
-        .unwrap();
-    bus.client.flush().await.unwrap();
+    let mut attempts = watch_dlq_writes(&bus).await;
     let calls = Arc::new(AtomicU64::new(0));
     let (stop, worker) = run_worker(&bus, fast_retries(), always_failing(calls.clone()));
     let payload = publish_poison(&bus).await;
@@ -223,12 +230,7 @@ async fn a_worker_stopped_while_the_dlq_is_down_hands_the_message_back_and_its_n
     let env = Env::start().await;
     let bus = env.bus.clone();
     delete_dlq(&bus).await;
-    let mut attempts = bus
-        .client
-        .subscribe(bus.topology.dlq(ROLE.name()))
-        .await
-        .unwrap();
-    bus.client.flush().await.unwrap();
+    let mut attempts = watch_dlq_writes(&bus).await;
     let (stop, worker) = run_worker(&bus, fast_retries(), always_failing(Arc::default()));
     let payload = publish_poison(&bus).await;
     // A DLQ write is under way (it will time out: no stream answers) when the worker stops.

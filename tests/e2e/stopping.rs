@@ -3,7 +3,7 @@
 //! with SIGKILL under them), and two `keyloop up` on one data directory share one nats-server
 //! that the last of them stops.
 
-use crate::harness::{Env, KEYLOOP};
+use crate::harness::{Env, KEYLOOP, free_port};
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::time::{Duration, Instant};
@@ -33,6 +33,15 @@ async fn stop(child: &mut Child, sig: &str, what: &str) -> (std::process::ExitSt
     let took = sent.elapsed();
     eprintln!("{what}: exited {status} {took:?} after {sig}");
     (status, took)
+}
+
+/// Once the process (logging to `log`) has seen its server go, `sig` stops it cleanly within
+/// [`STOP_BOUND`].
+async fn stops_after_losing_its_server(child: &mut Child, sig: &str, what: &str, log: &Path) {
+    log_says(log, "disconnected from NATS").await;
+    let (status, took) = stop(child, sig, what).await;
+    assert!(status.success(), "{status}\n{}", read(log));
+    assert!(took < STOP_BOUND, "{took:?}\n{}", read(log));
 }
 
 fn read(path: &Path) -> String {
@@ -84,10 +93,7 @@ async fn a_worker_stops_within_seconds_of_sigterm_after_its_server_was_killed() 
         log_says(&log, &format!("worker consuming role=\"{role}\"")).await;
     }
     drop(env.server.take()); // SIGKILL
-    log_says(&log, "disconnected from NATS").await;
-    let (status, took) = stop(&mut worker, "-TERM", "worker, server killed").await;
-    assert!(status.success(), "{status}\n{}", read(&log));
-    assert!(took < STOP_BOUND, "{took:?}\n{}", read(&log));
+    stops_after_losing_its_server(&mut worker, "-TERM", "worker, server killed", &log).await;
 }
 
 #[tokio::test]
@@ -146,14 +152,6 @@ async fn a_worker_pointed_where_nothing_listens_says_so_and_exits_at_once() {
         "{stderr}"
     );
     assert!(took < STOP_BOUND, "{took:?}");
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
 }
 
 /// `keyloop` as a person runs `up`: a data directory, a port, no master key given.
@@ -244,10 +242,7 @@ async fn up_stops_within_seconds_of_sigint_after_its_own_server_was_killed() {
         .status()
         .unwrap();
     assert!(killed.success());
-    log_says(&log, "disconnected from NATS").await;
-    let (status, took) = stop(&mut up, "-INT", "up, own server killed").await;
-    assert!(status.success(), "{status}\n{}", read(&log));
-    assert!(took < STOP_BOUND, "{took:?}\n{}", read(&log));
+    stops_after_losing_its_server(&mut up, "-INT", "up, own server killed", &log).await;
 }
 
 #[tokio::test]
