@@ -265,6 +265,62 @@ async fn a_worker_stopped_while_the_dlq_is_down_hands_the_message_back_and_its_n
 }
 
 #[tokio::test]
+async fn a_long_dlq_outage_does_not_hold_up_the_messages_behind_a_poison_one() {
+    let env = Env::start().await;
+    let bus = env.bus.clone();
+    fill_dlq(&bus).await;
+    let mut attempts = watch_dlq_writes(&bus).await;
+    // One message at a time: a poison message kept in hand for as long as the DLQ is down
+    // would stop everything behind it (a revocation, say).
+    let (served_tx, mut served) = tokio::sync::mpsc::unbounded_channel();
+    let handler: Handler = Arc::new(move |delivery| {
+        let served_tx = served_tx.clone();
+        Box::pin(async move {
+            if delivery.message.payload.starts_with(b"{\"poison\"") {
+                return Err(HandlerError::transient("the backend is down (test)"));
+            }
+            let _ = served_tx.send(());
+            Ok(())
+        })
+    });
+    let config = ConsumeConfig {
+        concurrency: 1,
+        dlq_hold: Duration::from_millis(300),
+        ..fast_retries()
+    };
+    let (stop, worker) = run_worker(&bus, config, handler);
+    let payload = publish_poison(&bus).await;
+    // The poison message has reached its give-up point and the DLQ refuses it; then a live
+    // message arrives.
+    dlq_attempts(&mut attempts, 1).await;
+    bus.publish_raw(
+        &bus.topology.leak_detected(),
+        "live-1",
+        async_nats::HeaderMap::new(),
+        b"{\"live\": true}".to_vec(),
+    )
+    .await
+    .unwrap();
+    tokio::time::timeout(Duration::from_secs(30), served.recv())
+        .await
+        .expect("the live message is served while the DLQ is still down");
+
+    bus.topology
+        .init(&bus.js)
+        .await
+        .expect("init restores the DLQ");
+    let copy = first_dlq_copy(&bus).await;
+    assert!(
+        header(&copy, keyloop_nats::bus::DLQ_REASON_HEADER).starts_with("gave up after "),
+        "{:?}",
+        copy.headers
+    );
+    stop.cancel();
+    worker.await.unwrap().unwrap();
+    assert_settled_with_one_copy(&env, &payload).await;
+}
+
+#[tokio::test]
 async fn a_message_that_kills_every_worker_holding_it_ends_in_the_dlq_once() {
     let env = Env::start().await;
     let bus = env.bus.clone();

@@ -8,9 +8,11 @@
 //! - a permanent error, or a transient one on that delivery → the message is copied to
 //!   `<prefix>.dlq.<role>` with the reason, and terminated only once the copy is stored.
 //!
-//! The give-up is durable. While the DLQ cannot be written to, the message stays in hand: the
-//! write is retried with backoff and JetStream is told the message is in progress, so nobody
-//! else gets it meanwhile. Consumers never run out of deliveries (`max_deliver` is unlimited,
+//! The give-up is durable. While the DLQ cannot be written to, the message stays in hand for a
+//! while ([`ConsumeConfig::dlq_hold`]): the write is retried with backoff and JetStream is told
+//! the message is in progress, so nobody else gets it meanwhile. After that it is handed back
+//! with a delay, so a long DLQ outage never ties up the permits that live messages (a
+//! revocation) need. Consumers never run out of deliveries (`max_deliver` is unlimited,
 //! see [`crate::topology::MAX_DELIVER`]), so a message handed back at shutdown, or held by a
 //! worker that crashed or was killed, is delivered again; a delivery past the give-up point
 //! goes straight to the DLQ without running the handler again. That also covers a message
@@ -139,6 +141,10 @@ pub struct ConsumeConfig {
     /// How long shutdown waits for the messages in hand before abandoning them (unacked, so
     /// JetStream redelivers them after the ack wait).
     pub shutdown_grace: Duration,
+    /// How long a message given up on is kept in hand while its DLQ copy cannot be written;
+    /// then it is handed back (its next delivery, after the same delay, tries again), so a DLQ
+    /// outage never holds more than a moment of this replica's concurrency.
+    pub dlq_hold: Duration,
 }
 
 impl Default for ConsumeConfig {
@@ -149,6 +155,7 @@ impl Default for ConsumeConfig {
             max_retry_delay: Duration::from_secs(20),
             give_up_after: GIVE_UP_AFTER,
             shutdown_grace: Duration::from_secs(5),
+            dlq_hold: ACK_WAIT,
         }
     }
 }
@@ -164,8 +171,8 @@ pub struct ConsumeStats {
     pub dead_lettered: AtomicU64,
     /// DLQ writes that failed; the message stayed in hand and the write was retried.
     pub dlq_write_failed: AtomicU64,
-    /// Messages handed back at shutdown before their DLQ copy could be stored; their next
-    /// delivery goes to the DLQ.
+    /// Messages handed back (at shutdown, or after [`ConsumeConfig::dlq_hold`]) before their DLQ
+    /// copy could be stored; their next delivery goes to the DLQ.
     pub dlq_handed_back: AtomicU64,
 }
 
@@ -506,20 +513,31 @@ async fn process(
                 } else {
                     e.reason
                 };
-                if dead_letter_durably(bus, role, &delivery, &reason, stats, shutdown).await {
-                    error!(%reason, "message sent to the DLQ");
-                    // Terminated only now that its copy is stored. A lost termination costs one
-                    // more delivery, whose second DLQ copy the DLQ's dedup window drops.
-                    let _ = message.ack_with(AckKind::Term).await;
-                    stats.dead_lettered.fetch_add(1, Ordering::Relaxed);
-                    crate::metrics::global().role(role).dead_lettered.fetch_add(1, Ordering::Relaxed);
-                } else {
-                    // Shutdown while the DLQ cannot be written to. The consumer has deliveries
-                    // to spare (see `MAX_DELIVER`), and the next one ends here again: past the
-                    // give-up point without running the handler, and a permanent failure fails
-                    // again. Handing the message back loses nothing.
-                    warn!(%reason, "shutdown before the DLQ copy could be stored; handed the message back: its next delivery goes to the DLQ");
-                    let _ = tokio::time::timeout(STOP_IO_TIMEOUT, message.ack_with(AckKind::Nak(None))).await;
+                // Not stored: the message is handed back. The consumer has deliveries to spare
+                // (see `MAX_DELIVER`), and the next one ends here again: past the give-up point
+                // without running the handler, and a permanent failure fails again. So a hand-back
+                // loses nothing; it only loses the reason's detail.
+                let hand_back = match dead_letter_durably(bus, role, config, &delivery, &reason, stats, shutdown).await {
+                    DeadLetter::Stored => {
+                        error!(%reason, "message sent to the DLQ");
+                        // Terminated only now that its copy is stored. A lost termination costs
+                        // one more delivery, whose second DLQ copy the DLQ's dedup window drops.
+                        let _ = message.ack_with(AckKind::Term).await;
+                        stats.dead_lettered.fetch_add(1, Ordering::Relaxed);
+                        crate::metrics::global().role(role).dead_lettered.fetch_add(1, Ordering::Relaxed);
+                        None
+                    }
+                    DeadLetter::Shutdown => {
+                        warn!(%reason, "shutdown before the DLQ copy could be stored; handed the message back: its next delivery goes to the DLQ");
+                        Some(AckKind::Nak(None))
+                    }
+                    DeadLetter::HeldTooLong => {
+                        warn!(%reason, held_ms = config.dlq_hold.as_millis() as u64, "the DLQ is still unavailable; handed the message back: its next delivery tries the DLQ again");
+                        Some(AckKind::Nak(Some(config.dlq_hold)))
+                    }
+                };
+                if let Some(nak) = hand_back {
+                    let _ = tokio::time::timeout(STOP_IO_TIMEOUT, message.ack_with(nak)).await;
                     stats.dlq_handed_back.fetch_add(1, Ordering::Relaxed);
                 }
             }
@@ -529,33 +547,44 @@ async fn process(
     .await;
 }
 
-/// Writes the DLQ copy of a message, keeping the message in hand until the copy is stored:
-/// before each attempt (they back off up to a third of the ack wait) JetStream is told the
-/// message is in progress, so it is not redelivered meanwhile. True once stored; false when
-/// `shutdown` comes first.
+/// How a DLQ write that kept the message in hand ended.
+enum DeadLetter {
+    /// The copy is stored.
+    Stored,
+    /// Shutdown came first.
+    Shutdown,
+    /// The DLQ refused it for [`ConsumeConfig::dlq_hold`].
+    HeldTooLong,
+}
+
+/// Writes the DLQ copy of a message, keeping the message in hand until the copy is stored, for
+/// at most [`ConsumeConfig::dlq_hold`]: before each attempt (they back off up to a third of the
+/// ack wait) JetStream is told the message is in progress, so it is not redelivered meanwhile.
 async fn dead_letter_durably(
     bus: &Bus,
     role: Role,
+    config: &ConsumeConfig,
     delivery: &Delivery,
     reason: &str,
     stats: &ConsumeStats,
     shutdown: &CancellationToken,
-) -> bool {
+) -> DeadLetter {
     let mut delay = DLQ_RETRY_FIRST;
     let mut failures = 0u64;
+    let hold_until = tokio::time::Instant::now() + config.dlq_hold;
     loop {
         // Renewed before every attempt: a write that times out takes a good part of the ack
         // wait.
         let _ = delivery.message.ack_with(AckKind::Progress).await;
         let written = tokio::select! {
-            () = shutdown.cancelled() => return false,
+            () = shutdown.cancelled() => return DeadLetter::Shutdown,
             r = dead_letter(bus, role, delivery, reason) => r,
         };
         let Err(dlq_err) = written else {
             if failures > 0 {
                 info!(failures, "the DLQ took the message after failed attempts");
             }
-            return true;
+            return DeadLetter::Stored;
         };
         failures += 1;
         stats.dlq_write_failed.fetch_add(1, Ordering::Relaxed);
@@ -568,9 +597,13 @@ async fn dead_letter_durably(
         if failures == 1 || failures.is_multiple_of(10) {
             error!(%reason, error = %dlq_err, failures, "could not write to the DLQ; keeping the message in hand and retrying");
         }
+        let now = tokio::time::Instant::now();
+        if now >= hold_until {
+            return DeadLetter::HeldTooLong;
+        }
         tokio::select! {
-            () = shutdown.cancelled() => return false,
-            () = tokio::time::sleep(delay) => {}
+            () = shutdown.cancelled() => return DeadLetter::Shutdown,
+            () = tokio::time::sleep(delay.min(hold_until - now)) => {}
         }
         delay = (delay * 2).min(ACK_WAIT / 3);
     }
