@@ -54,26 +54,42 @@ fn run_worker(
     (stop, task)
 }
 
-/// Deletes the DLQ stream: nothing stores a DLQ copy.
-async fn delete_dlq(bus: &Bus) {
-    bus.js
-        .delete_stream(bus.topology.dlq_stream())
-        .await
-        .expect("delete the DLQ stream");
+/// How a test makes the DLQ unavailable (`init` undoes either).
+enum DlqFault {
+    /// A byte limit no message fits under, new messages discarded: the server refuses every
+    /// DLQ copy at once.
+    Full,
+    /// No DLQ stream: nothing stores a copy.
+    Missing,
 }
 
-/// Gives the DLQ stream a byte limit no message fits under, with new messages discarded: the
-/// server refuses every DLQ copy at once.
-async fn fill_dlq(bus: &Bus) {
+/// A server with keyloop's layout whose DLQ `fault` makes unavailable, its bus, and a watch on
+/// DLQ writes (see [`watch_dlq_writes`]).
+async fn without_dlq(fault: DlqFault) -> (Env, Bus, async_nats::Subscriber) {
     use async_nats::jetstream::stream::DiscardPolicy;
-    let stream = bus.js.get_stream(bus.topology.dlq_stream()).await.unwrap();
-    let mut config = stream.cached_info().config.clone();
-    config.max_bytes = 1;
-    config.discard = DiscardPolicy::New;
-    bus.js
-        .update_stream(config)
-        .await
-        .expect("limit the DLQ stream");
+    let env = Env::start().await;
+    let bus = env.bus.clone();
+    let dlq = bus.topology.dlq_stream();
+    match fault {
+        DlqFault::Full => {
+            let stream = bus.js.get_stream(&dlq).await.unwrap();
+            let mut config = stream.cached_info().config.clone();
+            config.max_bytes = 1;
+            config.discard = DiscardPolicy::New;
+            bus.js
+                .update_stream(config)
+                .await
+                .expect("limit the DLQ stream");
+        }
+        DlqFault::Missing => {
+            bus.js
+                .delete_stream(&dlq)
+                .await
+                .expect("delete the DLQ stream");
+        }
+    }
+    let attempts = watch_dlq_writes(&bus).await;
+    (env, bus, attempts)
 }
 
 async fn publish_poison(bus: &Bus) -> Vec<u8> {
@@ -146,8 +162,12 @@ impl DlqReader {
     }
 }
 
-/// The first copy the DLQ stream stores (after it was made available again).
-async fn first_dlq_copy(bus: &Bus) -> Stored {
+/// Brings the DLQ back (`init`) and returns the first copy it stores.
+async fn restore_dlq_and_take_its_copy(bus: &Bus) -> Stored {
+    bus.topology
+        .init(&bus.js)
+        .await
+        .expect("init restores the DLQ");
     DlqReader::open(bus).await.next().await
 }
 
@@ -182,10 +202,7 @@ async fn assert_settled_with_one_copy(env: &Env, payload: &[u8]) -> Stored {
 #[tokio::test]
 async fn a_message_whose_dlq_write_fails_on_its_last_delivery_stays_in_hand_until_the_dlq_takes_it()
 {
-    let env = Env::start().await;
-    let bus = env.bus.clone();
-    fill_dlq(&bus).await;
-    let mut attempts = watch_dlq_writes(&bus).await;
+    let (env, bus, mut attempts) = without_dlq(DlqFault::Full).await;
     let calls = Arc::new(AtomicU64::new(0));
     let (stop, worker) = run_worker(&bus, fast_retries(), always_failing(calls.clone()));
     let payload = publish_poison(&bus).await;
@@ -205,11 +222,7 @@ async fn a_message_whose_dlq_write_fails_on_its_last_delivery_stays_in_hand_unti
         "the handler ran on every delivery up to the give-up point, and not again"
     );
 
-    bus.topology
-        .init(&bus.js)
-        .await
-        .expect("init restores the DLQ");
-    let copy = first_dlq_copy(&bus).await;
+    let copy = restore_dlq_and_take_its_copy(&bus).await;
     assert_eq!(
         header(&copy, keyloop_nats::bus::DLQ_REASON_HEADER),
         "gave up after 20 deliveries: the backend is down (test)"
@@ -227,10 +240,7 @@ async fn a_message_whose_dlq_write_fails_on_its_last_delivery_stays_in_hand_unti
 #[tokio::test]
 async fn a_worker_stopped_while_the_dlq_is_down_hands_the_message_back_and_its_next_delivery_dead_letters_it()
  {
-    let env = Env::start().await;
-    let bus = env.bus.clone();
-    delete_dlq(&bus).await;
-    let mut attempts = watch_dlq_writes(&bus).await;
+    let (env, bus, mut attempts) = without_dlq(DlqFault::Missing).await;
     let (stop, worker) = run_worker(&bus, fast_retries(), always_failing(Arc::default()));
     let payload = publish_poison(&bus).await;
     // A DLQ write is under way (it will time out: no stream answers) when the worker stops.
@@ -243,11 +253,7 @@ async fn a_worker_stopped_while_the_dlq_is_down_hands_the_message_back_and_its_n
     let calls = Arc::new(AtomicU64::new(0));
     let (stop, worker) = run_worker(&bus, fast_retries(), always_failing(calls.clone()));
     dlq_attempts(&mut attempts, 1).await;
-    bus.topology
-        .init(&bus.js)
-        .await
-        .expect("init restores the DLQ");
-    let copy = first_dlq_copy(&bus).await;
+    let copy = restore_dlq_and_take_its_copy(&bus).await;
     assert!(
         header(&copy, keyloop_nats::bus::DLQ_REASON_HEADER)
             .starts_with("gave up after 20 deliveries: the last one ended without an outcome"),
@@ -266,10 +272,7 @@ async fn a_worker_stopped_while_the_dlq_is_down_hands_the_message_back_and_its_n
 
 #[tokio::test]
 async fn a_long_dlq_outage_does_not_hold_up_the_messages_behind_a_poison_one() {
-    let env = Env::start().await;
-    let bus = env.bus.clone();
-    fill_dlq(&bus).await;
-    let mut attempts = watch_dlq_writes(&bus).await;
+    let (env, bus, mut attempts) = without_dlq(DlqFault::Full).await;
     // One message at a time: a poison message kept in hand for as long as the DLQ is down
     // would stop everything behind it (a revocation, say).
     let (served_tx, mut served) = tokio::sync::mpsc::unbounded_channel();
@@ -305,11 +308,7 @@ async fn a_long_dlq_outage_does_not_hold_up_the_messages_behind_a_poison_one() {
         .await
         .expect("the live message is served while the DLQ is still down");
 
-    bus.topology
-        .init(&bus.js)
-        .await
-        .expect("init restores the DLQ");
-    let copy = first_dlq_copy(&bus).await;
+    let copy = restore_dlq_and_take_its_copy(&bus).await;
     assert!(
         header(&copy, keyloop_nats::bus::DLQ_REASON_HEADER).starts_with("gave up after "),
         "{:?}",
