@@ -26,7 +26,7 @@ use keyloop_core::{
     BackendSettings, CredentialId, Policy, RotationReason, RotationStrategy, Secret, Stage,
     StoreKind, TargetKind,
 };
-use keyloop_nats::topology::MAX_DELIVER;
+use keyloop_nats::topology::GIVE_UP_AFTER;
 use keyloop_testkit::moto::TestMoto;
 use keyloop_testkit::postgres::{TestPostgres, unique_name};
 use keyloop_workers::WorkerContext;
@@ -226,8 +226,8 @@ async fn rotate_under(
             .map_err(|e| e.to_string()),
         Fault::Transient => {
             let mut last = Ok(());
-            for delivery in 1..=MAX_DELIVER {
-                match rotator::execute(&ctx, cmd, &cause(), delivery == MAX_DELIVER).await {
+            for delivery in 1..=GIVE_UP_AFTER {
+                match rotator::execute(&ctx, cmd, &cause(), delivery == GIVE_UP_AFTER).await {
                     Ok(()) => return Ok(()),
                     Err(e) if e.is_transient() => last = Err(e.to_string()),
                     Err(e) => return Err(e.to_string()),

@@ -4,20 +4,12 @@
 //! its working current version.
 
 use crate::harness::{
-    Env, Events, Follower, gitleaks_report, lifecycle, path_str, stream_messages,
+    Env, Events, Follower, free_port, gitleaks_report, lifecycle, path_str, stream_messages,
 };
 use keyloop_core::{LifecycleKind, Stage};
 use std::collections::HashSet;
 use std::time::Duration;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
 
 /// The worker's Prometheus text, once its endpoint answers (polled while the process starts).
 async fn scrape(port: u16) -> String {

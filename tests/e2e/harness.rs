@@ -444,6 +444,15 @@ pub(crate) fn gitleaks_report(secret: &str, file: &str) -> Vec<u8> {
     .unwrap()
 }
 
+/// A loopback port nothing listens on (at the time of the call).
+pub(crate) fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
 pub(crate) fn path_str(p: &Path) -> &str {
     p.to_str().unwrap()
 }

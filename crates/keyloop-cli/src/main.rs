@@ -10,6 +10,12 @@ mod output;
 
 use clap::Parser;
 use std::process::ExitCode;
+use std::time::Duration;
+
+/// How long the process waits, on its way out, for tasks that are still blocked (a DNS lookup
+/// of an unreachable server runs on a blocking thread): shutdown is bounded everywhere else,
+/// so it must not hang here.
+const RUNTIME_SHUTDOWN_TIMEOUT: Duration = Duration::from_secs(1);
 
 fn main() -> ExitCode {
     let cli = cli::Cli::parse();
@@ -24,8 +30,14 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    match runtime.block_on(cmd::run(cli)) {
+    let result = runtime.block_on(cmd::run(cli));
+    runtime.shutdown_timeout(RUNTIME_SHUTDOWN_TIMEOUT);
+    match result {
         Ok(code) => code,
+        // The reader of stdout has gone (`keyloop replay | head -1`): nothing to say to anyone.
+        Err(e) if e.chain().any(|c| c.is::<output::StdoutClosed>()) => {
+            ExitCode::from(output::STDOUT_CLOSED_EXIT)
+        }
         Err(e) => {
             eprintln!("error: {e:#}");
             ExitCode::FAILURE

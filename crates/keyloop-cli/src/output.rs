@@ -1,19 +1,66 @@
 //! Printing: tables for people, JSON for machines (`--json`). Never a secret value, except
-//! `credential reveal`, whose whole purpose is to print one on stdout.
+//! `credential reveal` and `task start`, whose whole purpose is to print one on stdout.
+//!
+//! Everything goes to stdout through [`line`], [`text`] and [`json_line`], never `println!`
+//! (which panics when stdout is closed). A reader that goes away (`keyloop replay | head -1`)
+//! makes them return [`StdoutClosed`]: the command stops there, its clean-up runs, and the
+//! process exits with [`STDOUT_CLOSED_EXIT`] and no message.
 
 use keyloop_core::duration::format_duration;
 use keyloop_core::{Credential, LifecycleEvent};
 use serde::Serialize;
+use std::fmt;
+use std::io::Write;
 use std::time::Duration;
 use time::OffsetDateTime;
 use time::format_description::well_known::Rfc3339;
 
+/// The exit code of a command whose stdout was closed by its reader: 141 (128 + SIGPIPE), what
+/// a shell reports for a program stopped by a closed pipe, so `set -o pipefail` still sees
+/// that the output was cut short.
+pub(crate) const STDOUT_CLOSED_EXIT: u8 = 141;
+
+/// Standard output was closed by its reader: nobody reads what the command would print.
+#[derive(Debug)]
+pub(crate) struct StdoutClosed;
+
+impl fmt::Display for StdoutClosed {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("standard output was closed by its reader")
+    }
+}
+
+impl std::error::Error for StdoutClosed {}
+
+/// Prints `text` and a newline on stdout.
+pub(crate) fn line(text: impl fmt::Display) -> anyhow::Result<()> {
+    write(format_args!("{text}\n"))
+}
+
+/// Prints `text` on stdout as it is.
+pub(crate) fn text(text: &str) -> anyhow::Result<()> {
+    write(format_args!("{text}"))
+}
+
 /// Prints `value` as one JSON line.
-pub(crate) fn json_line<T: Serialize>(value: &T) {
-    println!(
-        "{}",
-        serde_json::to_string(value).expect("output serializes")
-    );
+pub(crate) fn json_line<T: Serialize>(value: &T) -> anyhow::Result<()> {
+    line(serde_json::to_string(value).expect("output serializes"))
+}
+
+fn write(args: fmt::Arguments<'_>) -> anyhow::Result<()> {
+    let mut out = std::io::stdout().lock();
+    out.write_fmt(args)
+        .and_then(|()| out.flush())
+        .map_err(stdout_error)
+}
+
+/// A failed write to stdout: [`StdoutClosed`] when the reader has gone, else what failed.
+pub(crate) fn stdout_error(e: std::io::Error) -> anyhow::Error {
+    if e.kind() == std::io::ErrorKind::BrokenPipe {
+        StdoutClosed.into()
+    } else {
+        anyhow::Error::new(e).context("cannot write to standard output")
+    }
 }
 
 pub(crate) fn ts(t: OffsetDateTime) -> String {

@@ -14,6 +14,9 @@ pub struct RoleCounters {
     pub retried: AtomicU64,
     /// Sent to the DLQ.
     pub dead_lettered: AtomicU64,
+    /// DLQ writes that failed (the message stayed in hand and was retried): a DLQ that cannot
+    /// be written to.
+    pub dlq_write_failed: AtomicU64,
 }
 
 /// Every counter of the process.
@@ -53,6 +56,7 @@ impl Metrics {
                 ("acked", &c.acked),
                 ("retried", &c.retried),
                 ("dead_lettered", &c.dead_lettered),
+                ("dlq_write_failed", &c.dlq_write_failed),
             ] {
                 let _ = writeln!(
                     out,

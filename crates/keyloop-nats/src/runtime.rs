@@ -4,20 +4,39 @@
 //!
 //! - `Ok` → ack. Handlers return only after their effects and lifecycle events are durable.
 //! - a transient error → nak with a delay that grows with the delivery count (with jitter),
-//!   until the last allowed delivery;
-//! - a permanent error, or a transient one on the last delivery → the message is copied to
-//!   `<prefix>.dlq.<role>` with the reason and then terminated. If the DLQ publish fails the
-//!   message is nak'ed instead: nothing is dropped.
+//!   until delivery [`ConsumeConfig::give_up_after`];
+//! - a permanent error, or a transient one on that delivery → the message is copied to
+//!   `<prefix>.dlq.<role>` with the reason, and terminated only once the copy is stored.
 //!
-//! Shutdown stops pulling, finishes the messages in hand, then returns.
+//! The give-up is durable. While the DLQ cannot be written to, the message stays in hand for a
+//! while ([`ConsumeConfig::dlq_hold`]): the write is retried with backoff and JetStream is told
+//! the message is in progress, so nobody else gets it meanwhile. After that it is handed back
+//! with a delay, so a long DLQ outage never ties up the permits that live messages (a
+//! revocation) need. Consumers never run out of deliveries (`max_deliver` is unlimited,
+//! see [`crate::topology::MAX_DELIVER`]), so a message handed back at shutdown, or held by a
+//! worker that crashed or was killed, is delivered again; a delivery past the give-up point
+//! goes straight to the DLQ without running the handler again. That also covers a message
+//! that kills every worker holding it. (JetStream's own max-deliveries advisory, which this
+//! runtime once listened to, is core NATS and best effort: nothing relies on it any more.)
+//!
+//! Shutdown stops pulling, hands back what was delivered but not started, and gives the
+//! messages in hand [`ConsumeConfig::shutdown_grace`] to finish (a second, when the client has
+//! lost its server: nothing can finish without it). What is still running then is abandoned
+//! with a log line: it was not acked, so JetStream redelivers it after the ack wait, and
+//! handlers are idempotent. Every wait on NATS at start and at stop is bounded or raced
+//! against shutdown, so a worker stops within seconds even when its server is gone.
 
 use crate::bus::{
     Bus, DLQ_DELIVERIES_HEADER, DLQ_REASON_HEADER, DLQ_SEQUENCE_HEADER, DLQ_SUBJECT_HEADER,
 };
 use crate::error::{Error, ErrorKind};
-use crate::topology::{ACK_WAIT, MAX_DELIVER, Role};
+use crate::topology::{ACK_WAIT, GIVE_UP_AFTER, Role};
 use async_nats::HeaderMap;
+use async_nats::connection::State;
+use async_nats::jetstream::ErrorCode;
+use async_nats::jetstream::consumer::PullConsumer;
 use async_nats::jetstream::consumer::pull::MessagesErrorKind;
+use async_nats::jetstream::stream::ConsumerErrorKind;
 use async_nats::jetstream::{self, AckKind};
 use futures::future::BoxFuture;
 use futures::{FutureExt, StreamExt};
@@ -33,6 +52,12 @@ use tracing::{Instrument, debug, error, info, info_span, warn};
 const PULL_HEARTBEAT: Duration = Duration::from_secs(2);
 /// Lifetime of one pull request.
 const PULL_EXPIRES: Duration = Duration::from_secs(10);
+/// First delay between DLQ write attempts of a message kept in hand; it doubles up to a third
+/// of the ack wait, so each retry also renews the message's progress in time.
+const DLQ_RETRY_FIRST: Duration = Duration::from_millis(100);
+/// How long shutdown waits for the client to take or send one more ack, nak or flush: a
+/// client cut off from its server takes nothing until it reconnects.
+const STOP_IO_TIMEOUT: Duration = Duration::from_secs(1);
 
 /// Largest inbound message a worker accepts; larger ones go to the DLQ unread.
 pub const MAX_MESSAGE_BYTES: usize = 64 * 1024;
@@ -44,7 +69,8 @@ pub struct Delivery {
     pub message: jetstream::Message,
     /// 1 on first delivery.
     pub attempt: u64,
-    /// True when a transient failure now will send the message to the DLQ.
+    /// True when a transient failure now will send the message to the DLQ (this delivery is
+    /// the give-up point, [`ConsumeConfig::give_up_after`]).
     pub last_attempt: bool,
     /// When the message was stored in its stream (server time).
     pub published: time::OffsetDateTime,
@@ -107,6 +133,18 @@ pub struct ConsumeConfig {
     pub base_retry_delay: Duration,
     /// Longest nak delay.
     pub max_retry_delay: Duration,
+    /// Deliveries the handler gets: a transient failure on the last one sends the message to
+    /// the DLQ, and a later delivery (the last one ended without an outcome) goes there
+    /// unhandled. Lowered to one less than the consumer's `max_deliver` when that is finite (a
+    /// consumer made by an older `keyloop init`), so a delivery is always left for the DLQ.
+    pub give_up_after: u64,
+    /// How long shutdown waits for the messages in hand before abandoning them (unacked, so
+    /// JetStream redelivers them after the ack wait).
+    pub shutdown_grace: Duration,
+    /// How long a message given up on is kept in hand while its DLQ copy cannot be written;
+    /// then it is handed back (its next delivery, after the same delay, tries again), so a DLQ
+    /// outage never holds more than a moment of this replica's concurrency.
+    pub dlq_hold: Duration,
 }
 
 impl Default for ConsumeConfig {
@@ -115,6 +153,9 @@ impl Default for ConsumeConfig {
             concurrency: 64,
             base_retry_delay: Duration::from_millis(200),
             max_retry_delay: Duration::from_secs(20),
+            give_up_after: GIVE_UP_AFTER,
+            shutdown_grace: Duration::from_secs(5),
+            dlq_hold: ACK_WAIT,
         }
     }
 }
@@ -128,38 +169,44 @@ pub struct ConsumeStats {
     pub retried: AtomicU64,
     /// Messages sent to the DLQ.
     pub dead_lettered: AtomicU64,
+    /// DLQ writes that failed; the message stayed in hand and the write was retried.
+    pub dlq_write_failed: AtomicU64,
+    /// Messages handed back (at shutdown, or after [`ConsumeConfig::dlq_hold`]) before their DLQ
+    /// copy could be stored; their next delivery goes to the DLQ.
+    pub dlq_handed_back: AtomicU64,
 }
 
 /// Runs `handler` over the durable consumer of `role` until `shutdown` is cancelled, then
-/// finishes the messages in hand. The consumer must exist (`keyloop init`).
+/// finishes the messages in hand within [`ConsumeConfig::shutdown_grace`]. The consumer must
+/// exist (`keyloop init`); while the server does not answer, the lookup is retried until it
+/// does or `shutdown` comes.
 pub async fn consume(
     bus: Bus,
     role: Role,
-    config: ConsumeConfig,
+    mut config: ConsumeConfig,
     handler: Handler,
     stats: Arc<ConsumeStats>,
     shutdown: CancellationToken,
 ) -> Result<(), Error> {
     let (stream_name, _) = bus.topology.consumer_of(role);
-    let consumer: jetstream::consumer::PullConsumer = bus
-        .js
-        .get_consumer_from_stream(role.name(), &stream_name)
-        .await
-        .map_err(|e| {
-            Error::new(
-                ErrorKind::NotFound,
-                format!(
-                    "consumer {} on stream {stream_name} (run `keyloop init`)",
-                    role.name()
-                ),
-                e,
-            )
-        })?;
-    info!(role = role.name(), stream = %stream_name, concurrency = config.concurrency, "worker consuming");
-
-    // A message whose deliveries all ended without an outcome (every worker holding it died)
-    // is dropped by JetStream with only an advisory: catch it and put it in the DLQ.
-    let exhausted = tokio::spawn(watch_exhausted(bus.clone(), role, shutdown.clone()));
+    let Some(consumer) = find_consumer(&bus, role, &stream_name, &shutdown).await? else {
+        info!(
+            role = role.name(),
+            "shutdown requested while looking up the consumer: abandoned the lookup, nothing consumed"
+        );
+        return Ok(());
+    };
+    let max_deliver = consumer.cached_info().config.max_deliver;
+    config.give_up_after = effective_give_up(config.give_up_after, max_deliver);
+    if max_deliver > 0 {
+        warn!(
+            role = role.name(),
+            max_deliver,
+            give_up_after = config.give_up_after,
+            "the consumer has a delivery limit set by an older `keyloop init`; run `keyloop init` to lift it (JetStream never delivers a message again once it reaches the limit)"
+        );
+    }
+    info!(role = role.name(), stream = %stream_name, concurrency = config.concurrency, give_up_after = config.give_up_after, "worker consuming");
 
     let permits = Arc::new(Semaphore::new(config.concurrency));
     let mut in_flight = JoinSet::new();
@@ -170,13 +217,15 @@ pub async fn consume(
     // never takes the worker down.
     let mut reopen_delay = Duration::from_millis(100);
     'open: while !shutdown.is_cancelled() {
-        let opened = consumer
-            .stream()
-            .max_messages_per_batch(config.concurrency)
-            .heartbeat(PULL_HEARTBEAT)
-            .expires(PULL_EXPIRES)
-            .messages()
-            .await;
+        let opened = tokio::select! {
+            () = shutdown.cancelled() => break 'open,
+            opened = consumer
+                .stream()
+                .max_messages_per_batch(config.concurrency)
+                .heartbeat(PULL_HEARTBEAT)
+                .expires(PULL_EXPIRES)
+                .messages() => opened,
+        };
         let mut messages = match opened {
             Ok(m) => m,
             Err(e) => {
@@ -222,10 +271,15 @@ pub async fn consume(
             };
             consecutive_errors = 0;
             reopen_delay = Duration::from_millis(100);
-            let (bus, handler, stats, config) =
-                (bus.clone(), handler.clone(), stats.clone(), config.clone());
+            let (bus, handler, stats, config, stop) = (
+                bus.clone(),
+                handler.clone(),
+                stats.clone(),
+                config.clone(),
+                shutdown.clone(),
+            );
             in_flight.spawn(async move {
-                process(&bus, role, &config, &handler, &stats, message).await;
+                process(&bus, role, &config, &handler, &stats, message, &stop).await;
                 drop(permit);
             });
         }
@@ -233,7 +287,16 @@ pub async fn consume(
         // at once (nak without delay), so another replica takes them now instead of after the
         // ack wait.
         while let Some(Some(Ok(m))) = messages.next().now_or_never() {
-            let _ = m.ack_with(AckKind::Nak(None)).await;
+            if tokio::time::timeout(STOP_IO_TIMEOUT, m.ack_with(AckKind::Nak(None)))
+                .await
+                .is_err()
+            {
+                warn!(
+                    role = role.name(),
+                    "shutdown: abandoned handing back messages not yet started (the server does not answer); they are redelivered after the ack wait"
+                );
+                break;
+            }
             handed_back += 1;
         }
         break;
@@ -244,23 +307,130 @@ pub async fn consume(
             handed_back, "shutdown: handed back messages not yet started"
         );
     }
-    // Then every message in hand finishes: none is half-done.
+    // Then the messages in hand finish, within the grace period. One still running after it
+    // waits on something that does not answer (most often the server itself): it is abandoned
+    // unacked, and its next delivery resumes it from its recorded step.
     let pending = in_flight.len();
     if pending > 0 {
         info!(
             role = role.name(),
-            pending, "shutdown: finishing messages in hand"
+            pending,
+            grace_ms = config.shutdown_grace.as_millis() as u64,
+            "shutdown: finishing messages in hand"
         );
     }
-    while in_flight.join_next().await.is_some() {}
-    // Acks are buffered by the client: send them before the process exits, or the messages
-    // just finished would be redelivered.
-    if let Err(e) = bus.client.flush().await {
-        warn!(role = role.name(), error = %e, "could not flush the last acks; those messages will be redelivered (harmless)");
+    let all_finished = async { while in_flight.join_next().await.is_some() {} };
+    let cut_short = tokio::select! {
+        () = all_finished => None,
+        () = tokio::time::sleep(config.shutdown_grace) => Some("after the grace period"),
+        () = server_gone(&bus.client) => Some("the server is gone"),
+    };
+    if let Some(why) = cut_short {
+        warn!(
+            role = role.name(),
+            abandoned = in_flight.len(),
+            grace_ms = config.shutdown_grace.as_millis() as u64,
+            "shutdown: abandoned messages still in hand ({why}); they were not acked, so JetStream redelivers them after the ack wait"
+        );
+        in_flight.shutdown().await;
     }
-    exhausted.abort();
+    // Acks are buffered by the client: send them before the process exits, or the messages
+    // just finished would be redelivered. Bounded: a flush waits for a server that may be gone.
+    if bus.client.connection_state() != State::Connected {
+        warn!(
+            role = role.name(),
+            "abandoned flushing the last acks: not connected to the server; those messages will be redelivered (harmless)"
+        );
+        info!(role = role.name(), "worker stopped");
+        return Ok(());
+    }
+    match tokio::time::timeout(STOP_IO_TIMEOUT, bus.client.flush()).await {
+        Ok(Ok(())) => {}
+        Ok(Err(e)) => {
+            warn!(role = role.name(), error = %e, "could not flush the last acks; those messages will be redelivered (harmless)")
+        }
+        Err(_) => warn!(
+            role = role.name(),
+            timeout_ms = STOP_IO_TIMEOUT.as_millis() as u64,
+            "abandoned flushing the last acks: the server does not answer; those messages will be redelivered (harmless)"
+        ),
+    }
     info!(role = role.name(), "worker stopped");
     Ok(())
+}
+
+/// Resolves once the client has been without its server for [`STOP_IO_TIMEOUT`] on end:
+/// nothing in hand can finish then (every handler needs NATS, if only to ack). The client
+/// offers its state only by asking, so it is asked every tenth of a second, during shutdown
+/// only.
+async fn server_gone(client: &async_nats::Client) {
+    let mut lost_at = None;
+    loop {
+        if client.connection_state() == State::Connected {
+            lost_at = None;
+        } else {
+            let at = *lost_at.get_or_insert_with(tokio::time::Instant::now);
+            if at.elapsed() >= STOP_IO_TIMEOUT {
+                return;
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// Looks up the durable consumer of `role`, retrying while the server does not answer; `None`
+/// when `shutdown` comes first. A consumer or stream that does not exist is an error at once.
+async fn find_consumer(
+    bus: &Bus,
+    role: Role,
+    stream_name: &str,
+    shutdown: &CancellationToken,
+) -> Result<Option<PullConsumer>, Error> {
+    let mut delay = Duration::from_millis(100);
+    loop {
+        let result = tokio::select! {
+            () = shutdown.cancelled() => return Ok(None),
+            r = bus.js.get_consumer_from_stream(role.name(), stream_name) => r,
+        };
+        let e = match result {
+            Ok(consumer) => return Ok(Some(consumer)),
+            Err(e) => e,
+        };
+        let missing = match e.kind() {
+            ConsumerErrorKind::JetStream(js) => matches!(
+                js.error_code(),
+                ErrorCode::CONSUMER_NOT_FOUND | ErrorCode::STREAM_NOT_FOUND
+            ),
+            ConsumerErrorKind::InvalidConsumerType | ConsumerErrorKind::InvalidName => true,
+            _ => false,
+        };
+        if missing {
+            return Err(Error::new(
+                ErrorKind::NotFound,
+                format!(
+                    "consumer {} on stream {stream_name} (run `keyloop init`)",
+                    role.name()
+                ),
+                e,
+            ));
+        }
+        warn!(role = role.name(), stream = stream_name, error = %e, retry_in_ms = delay.as_millis() as u64, "cannot look up the consumer; retrying");
+        tokio::select! {
+            () = shutdown.cancelled() => return Ok(None),
+            () = tokio::time::sleep(delay) => {}
+        }
+        delay = (delay * 2).min(Duration::from_secs(5));
+    }
+}
+
+/// The delivery a runtime gives up on: `wanted`, or one less than a finite `max_deliver`, so
+/// JetStream always keeps one more delivery for the DLQ.
+fn effective_give_up(wanted: u64, max_deliver: i64) -> u64 {
+    let wanted = wanted.max(1);
+    match u64::try_from(max_deliver) {
+        Ok(limit) if limit > 0 => wanted.min(limit.saturating_sub(1)).max(1),
+        _ => wanted,
+    }
 }
 
 async fn process(
@@ -270,6 +440,7 @@ async fn process(
     handler: &Handler,
     stats: &ConsumeStats,
     message: jetstream::Message,
+    shutdown: &CancellationToken,
 ) {
     let (attempt, stream_sequence, published) = match message.info() {
         Ok(info) => (
@@ -286,11 +457,19 @@ async fn process(
         let delivery = Arc::new(Delivery {
             message,
             attempt,
-            last_attempt: attempt >= MAX_DELIVER as u64,
+            last_attempt: attempt >= config.give_up_after,
             published,
             stream_sequence,
         });
-        let outcome = if size > MAX_MESSAGE_BYTES {
+        let outcome = if attempt > config.give_up_after {
+            // The handler had all its deliveries and the last one ended without an outcome:
+            // the worker holding it crashed, was killed (a message that kills every worker
+            // comes back here) or stopped before its DLQ copy could be stored.
+            Err(HandlerError::permanent(format!(
+                "gave up after {} deliveries: the last one ended without an outcome (the worker holding it crashed, was killed, or stopped while the DLQ could not be written to)",
+                attempt - 1
+            )))
+        } else if size > MAX_MESSAGE_BYTES {
             Err(HandlerError::permanent(format!(
                 "message of {size} bytes is over the {MAX_MESSAGE_BYTES}-byte limit"
             )))
@@ -334,18 +513,32 @@ async fn process(
                 } else {
                     e.reason
                 };
-                match dead_letter(bus, role, &delivery, &reason).await {
-                    Ok(()) => {
+                // Not stored: the message is handed back. The consumer has deliveries to spare
+                // (see `MAX_DELIVER`), and the next one ends here again: past the give-up point
+                // without running the handler, and a permanent failure fails again. So a hand-back
+                // loses nothing; it only loses the reason's detail.
+                let hand_back = match dead_letter_durably(bus, role, config, &delivery, &reason, stats, shutdown).await {
+                    DeadLetter::Stored => {
                         error!(%reason, "message sent to the DLQ");
+                        // Terminated only now that its copy is stored. A lost termination costs
+                        // one more delivery, whose second DLQ copy the DLQ's dedup window drops.
                         let _ = message.ack_with(AckKind::Term).await;
                         stats.dead_lettered.fetch_add(1, Ordering::Relaxed);
                         crate::metrics::global().role(role).dead_lettered.fetch_add(1, Ordering::Relaxed);
+                        None
                     }
-                    Err(dlq_err) => {
-                        error!(%reason, error = %dlq_err, "could not write to the DLQ; will retry the message");
-                        let delay = retry_delay(config, attempt, stream_sequence);
-                        let _ = message.ack_with(AckKind::Nak(Some(delay))).await;
+                    DeadLetter::Shutdown => {
+                        warn!(%reason, "shutdown before the DLQ copy could be stored; handed the message back: its next delivery goes to the DLQ");
+                        Some(AckKind::Nak(None))
                     }
+                    DeadLetter::HeldTooLong => {
+                        warn!(%reason, held_ms = config.dlq_hold.as_millis() as u64, "the DLQ is still unavailable; handed the message back: its next delivery tries the DLQ again");
+                        Some(AckKind::Nak(Some(config.dlq_hold)))
+                    }
+                };
+                if let Some(nak) = hand_back {
+                    let _ = tokio::time::timeout(STOP_IO_TIMEOUT, message.ack_with(nak)).await;
+                    stats.dlq_handed_back.fetch_add(1, Ordering::Relaxed);
                 }
             }
         }
@@ -354,72 +547,65 @@ async fn process(
     .await;
 }
 
-/// Listens (one replica per role, through a queue group) for JetStream's max-deliveries
-/// advisories of the role's consumer, and moves each such message to the DLQ with the reason;
-/// on the work-queue stream the original is then deleted, so nothing lingers or vanishes.
-async fn watch_exhausted(bus: Bus, role: Role, shutdown: CancellationToken) {
-    #[derive(serde::Deserialize)]
-    struct Advisory {
-        stream_seq: u64,
-        deliveries: u64,
-    }
-    let (stream_name, _) = bus.topology.consumer_of(role);
-    let subject = format!(
-        "$JS.EVENT.ADVISORY.CONSUMER.MAX_DELIVERIES.{stream_name}.{}",
-        role.name()
-    );
-    let group = format!("keyloop-{}-exhausted", role.name());
-    let Ok(mut advisories) = bus.client.queue_subscribe(subject.clone(), group).await else {
-        warn!(%subject, "cannot watch for exhausted messages");
-        return;
-    };
+/// How a DLQ write that kept the message in hand ended.
+enum DeadLetter {
+    /// The copy is stored.
+    Stored,
+    /// Shutdown came first.
+    Shutdown,
+    /// The DLQ refused it for [`ConsumeConfig::dlq_hold`].
+    HeldTooLong,
+}
+
+/// Writes the DLQ copy of a message, keeping the message in hand until the copy is stored, for
+/// at most [`ConsumeConfig::dlq_hold`]: before each attempt (they back off up to a third of the
+/// ack wait) JetStream is told the message is in progress, so it is not redelivered meanwhile.
+async fn dead_letter_durably(
+    bus: &Bus,
+    role: Role,
+    config: &ConsumeConfig,
+    delivery: &Delivery,
+    reason: &str,
+    stats: &ConsumeStats,
+    shutdown: &CancellationToken,
+) -> DeadLetter {
+    let mut delay = DLQ_RETRY_FIRST;
+    let mut failures = 0u64;
+    let hold_until = tokio::time::Instant::now() + config.dlq_hold;
     loop {
-        let msg = tokio::select! {
-            () = shutdown.cancelled() => return,
-            m = advisories.next() => match m { Some(m) => m, None => return },
+        // Renewed before every attempt: a write that times out takes a good part of the ack
+        // wait.
+        let _ = delivery.message.ack_with(AckKind::Progress).await;
+        let written = tokio::select! {
+            () = shutdown.cancelled() => return DeadLetter::Shutdown,
+            r = dead_letter(bus, role, delivery, reason) => r,
         };
-        let Ok(advisory) = serde_json::from_slice::<Advisory>(&msg.payload) else {
-            continue;
-        };
-        let seq = advisory.stream_seq;
-        let Ok(stream) = bus.js.get_stream_no_info(&stream_name).await else {
-            continue;
-        };
-        let Ok(original) = stream.get_raw_message(seq).await else {
-            continue; // acked late or already removed: nothing lost
-        };
-        let reason = format!(
-            "delivered {} times without an outcome: every worker holding it stopped (crashed or killed) before finishing",
-            advisory.deliveries
-        );
-        let mut headers = HeaderMap::new();
-        headers.insert(DLQ_REASON_HEADER, reason.as_str());
-        headers.insert(DLQ_SUBJECT_HEADER, original.subject.as_str());
-        headers.insert(DLQ_SEQUENCE_HEADER, seq.to_string().as_str());
-        headers.insert(
-            DLQ_DELIVERIES_HEADER,
-            advisory.deliveries.to_string().as_str(),
-        );
-        let msg_id = format!("dlq/{stream_name}/{seq}");
-        match bus
-            .publish_raw(
-                &bus.topology.dlq(role.name()),
-                &msg_id,
-                headers,
-                original.payload.to_vec(),
-            )
-            .await
-        {
-            Ok(_) => {
-                error!(role = role.name(), seq, %reason, "message sent to the DLQ");
-                if stream_name == bus.topology.commands_stream() {
-                    let _ = stream.delete_message(seq).await;
-                }
+        let Err(dlq_err) = written else {
+            if failures > 0 {
+                info!(failures, "the DLQ took the message after failed attempts");
             }
-            Err(e) => {
-                error!(role = role.name(), seq, error = %e, "could not move an exhausted message to the DLQ; it stays in its stream")
-            }
+            return DeadLetter::Stored;
+        };
+        failures += 1;
+        stats.dlq_write_failed.fetch_add(1, Ordering::Relaxed);
+        crate::metrics::global()
+            .role(role)
+            .dlq_write_failed
+            .fetch_add(1, Ordering::Relaxed);
+        // Loud at first, then every tenth failure: an unwritable DLQ is an incident, a line per
+        // retry would be noise.
+        if failures == 1 || failures.is_multiple_of(10) {
+            error!(%reason, error = %dlq_err, failures, "could not write to the DLQ; keeping the message in hand and retrying");
         }
+        let now = tokio::time::Instant::now();
+        if now >= hold_until {
+            return DeadLetter::HeldTooLong;
+        }
+        tokio::select! {
+            () = shutdown.cancelled() => return DeadLetter::Shutdown,
+            () = tokio::time::sleep(delay.min(hold_until - now)) => {}
+        }
+        delay = (delay * 2).min(ACK_WAIT / 3);
     }
 }
 
@@ -477,5 +663,18 @@ mod tests {
         assert!(d1 >= c.base_retry_delay && d1 < c.base_retry_delay * 2);
         assert!(d3 >= c.base_retry_delay * 4);
         assert!(d20 <= c.max_retry_delay + c.max_retry_delay / 4);
+    }
+
+    #[test]
+    fn a_finite_delivery_limit_always_leaves_one_delivery_for_the_dlq() {
+        // Unlimited (what `init` sets): the runtime's own threshold.
+        assert_eq!(effective_give_up(20, -1), 20);
+        assert_eq!(effective_give_up(20, 0), 20);
+        // A consumer from an older `init` (max_deliver 20): give up on the 19th.
+        assert_eq!(effective_give_up(20, 20), 19);
+        assert_eq!(effective_give_up(5, 20), 5);
+        // Degenerate limits still give the handler one delivery.
+        assert_eq!(effective_give_up(20, 1), 1);
+        assert_eq!(effective_give_up(0, -1), 1);
     }
 }

@@ -174,6 +174,23 @@ impl ServerProcess {
         opts: &ServerOptions,
         env: &[(String, String)],
     ) -> Result<Self, ServerError> {
+        Self::spawn(opts, env, false).await
+    }
+
+    /// Like [`ServerProcess::start`], with the server in a process group of its own, so the
+    /// signals a terminal sends to its foreground group (Ctrl-C) reach only the caller, which
+    /// decides when the server stops: after its workers sent their last acks, and not while
+    /// someone else still uses it (see [`ServerProcess::detach`]). Test servers stay in the
+    /// caller's group, so they die with an interrupted test run.
+    pub async fn start_in_own_group(opts: &ServerOptions) -> Result<Self, ServerError> {
+        Self::spawn(opts, &[], true).await
+    }
+
+    async fn spawn(
+        opts: &ServerOptions,
+        env: &[(String, String)],
+        own_group: bool,
+    ) -> Result<Self, ServerError> {
         std::fs::create_dir_all(&opts.store_dir).map_err(|source| ServerError::Spawn {
             path: opts.store_dir.display().to_string(),
             source,
@@ -202,6 +219,12 @@ impl ServerProcess {
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .kill_on_drop(true);
+        #[cfg(unix)]
+        if own_group {
+            cmd.process_group(0);
+        }
+        #[cfg(not(unix))]
+        let _ = own_group;
         let child = cmd.spawn().map_err(|source| ServerError::Spawn {
             path: opts.binary.display().to_string(),
             source,
@@ -251,6 +274,16 @@ impl ServerProcess {
     /// The child's pid.
     pub fn pid(&self) -> Option<u32> {
         self.child.id()
+    }
+
+    /// Lets the server run on when this handle goes, instead of killing it, and returns its
+    /// pid: for a server that someone else still uses, and that they will stop.
+    pub fn detach(self) -> Option<u32> {
+        let pid = self.child.id();
+        // Dropping the child would kill it (`kill_on_drop`); forgetting the handle is the way
+        // to keep it. What leaks is the handle's memory, once, in a process about to exit.
+        std::mem::forget(self);
+        pid
     }
 
     /// Kills the server (SIGKILL) and waits for it to exit.

@@ -10,16 +10,27 @@ pub const AUDIT_RETENTION: Duration = Duration::from_secs(400 * 24 * 3600);
 /// Dedup window of the inbound stream: the same finding ingested again within it is dropped.
 pub const EVENTS_DEDUP_WINDOW: Duration = Duration::from_secs(24 * 3600);
 /// Dedup window of the lifecycle stream: longer than any message's redelivery span
-/// ([`MAX_DELIVER`] deliveries, each at most [`ACK_WAIT`] or the longest nak delay apart).
+/// ([`GIVE_UP_AFTER`] deliveries, each at most [`ACK_WAIT`] or the longest nak delay apart).
+/// The DLQ stream has the same window, so a DLQ copy written again (its stream acknowledgement
+/// or the original's termination was lost) is stored once.
 pub const LIFECYCLE_DEDUP_WINDOW: Duration = Duration::from_secs(2 * 3600);
 /// How long a message may go without an ack or a progress signal before JetStream redelivers
 /// it. Workers send progress every third of it while they work, so it bounds how long a crashed
 /// worker's or a lost leader's messages wait, not how long an operation may take.
 pub const ACK_WAIT: Duration = Duration::from_secs(10);
-/// Deliveries before a message is given up on (then it goes to the DLQ). High enough that
-/// workers crashing while holding a message (each crash costs it a delivery) never exhaust it
-/// in practice; a handler's own transient failures back off exponentially between them.
-pub const MAX_DELIVER: i64 = 20;
+/// Deliveries a handler gets before the runtime gives a message up (then it goes to the DLQ).
+/// High enough that workers crashing while holding a message (each crash costs it a delivery)
+/// never exhaust it in practice; a handler's own transient failures back off exponentially
+/// between them.
+pub const GIVE_UP_AFTER: u64 = 20;
+/// `max_deliver` of every consumer: unlimited (`-1`). The runtime gives up itself, at
+/// [`GIVE_UP_AFTER`], and only terminates a message once its DLQ copy is stored. JetStream must
+/// never give up first: a message it stops delivering is left in its stream with nobody to
+/// dead-letter it (its max-deliveries advisory is core NATS, best effort), so a DLQ write that
+/// failed on the last delivery, or a worker that stopped while the DLQ was down, would lose it.
+/// With deliveries to spare, such a message comes back and the runtime dead-letters it without
+/// running the handler again.
+pub const MAX_DELIVER: i64 = -1;
 
 /// A worker role. Every role but the scheduler has one durable consumer shared by all its
 /// replicas; the JIT issuer also serves request/reply subjects in a queue group.
@@ -281,6 +292,7 @@ impl Topology {
                 subjects: vec![format!("{p}.dlq.>")],
                 retention: stream::RetentionPolicy::Limits,
                 max_age: AUDIT_RETENTION,
+                duplicate_window: LIFECYCLE_DEDUP_WINDOW,
                 storage: stream::StorageType::File,
                 num_replicas: self.replicas,
                 ..Default::default()

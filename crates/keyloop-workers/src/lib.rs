@@ -63,9 +63,16 @@ pub fn handler_for(role: Role, ctx: Arc<WorkerContext>) -> Option<Handler> {
     }
 }
 
+/// Extra time, beyond the consume runtime's own grace for messages in hand, that [`run`] gives
+/// every task to stop before it abandons them: the JIT issuer's requests in hand and a tick
+/// being published wait on NATS too.
+const STOP_MARGIN: Duration = Duration::from_secs(2);
+
 /// Runs `roles` until `shutdown` is cancelled; each finishes the messages and requests in hand
-/// before this returns. One role failing stops the others and its error is returned: a
-/// half-running fleet member hides problems.
+/// before this returns, within the consume runtime's `shutdown_grace` (plus a small margin):
+/// what still runs then waits on a server that does not answer, and is abandoned with a log
+/// line naming its role (nothing unacked is lost: JetStream redelivers it). One role failing
+/// stops the others and its error is returned: a half-running fleet member hides problems.
 pub async fn run(
     ctx: Arc<WorkerContext>,
     roles: &[Role],
@@ -73,37 +80,64 @@ pub async fn run(
     shutdown: CancellationToken,
 ) -> Result<(), Error> {
     let mut set = tokio::task::JoinSet::new();
+    let mut names = std::collections::HashMap::new();
     for &role in roles {
         if let Some(handler) = handler_for(role, ctx.clone()) {
             let (bus, cfg, stop) = (ctx.bus.clone(), config.consume.clone(), shutdown.clone());
             let stats = Arc::new(ConsumeStats::default());
-            set.spawn(async move {
+            let task = set.spawn(async move {
                 keyloop_nats::runtime::consume(bus, role, cfg, handler, stats, stop).await
             });
+            names.insert(task.id(), role.name());
         }
-        match role {
+        let task = match role {
             Role::Scheduler => {
                 let bus = ctx.bus.clone();
-                set.spawn(scheduler::run(bus, config.tick_interval, shutdown.clone()));
+                set.spawn(scheduler::run(bus, config.tick_interval, shutdown.clone()))
             }
-            Role::JitIssuer => {
-                set.spawn(jit_issuer::serve(
-                    ctx.clone(),
-                    config.jit_policy.clone(),
-                    shutdown.clone(),
-                ));
-            }
-            _ => {}
-        }
+            Role::JitIssuer => set.spawn(jit_issuer::serve(
+                ctx.clone(),
+                config.jit_policy.clone(),
+                shutdown.clone(),
+            )),
+            _ => continue,
+        };
+        names.insert(task.id(), role.name());
     }
+    let stop_within = config.consume.shutdown_grace + STOP_MARGIN;
+    let mut deadline = None;
     let mut first_error = None;
-    while let Some(res) = set.join_next().await {
-        let res = res.unwrap_or_else(|join| {
-            Err(Error::msg(
-                ErrorKind::Permanent,
-                format!("worker task panicked: {join}"),
-            ))
-        });
+    loop {
+        let res = tokio::select! {
+            res = set.join_next_with_id() => match res {
+                Some(res) => res,
+                None => break,
+            },
+            () = shutdown.cancelled(), if deadline.is_none() => {
+                deadline = Some(tokio::time::Instant::now() + stop_within);
+                continue;
+            }
+            () = sleep_until(deadline) => {
+                let mut left: Vec<_> = names.values().copied().collect();
+                left.sort_unstable();
+                tracing::warn!(roles = %left.join(", "), waited_ms = stop_within.as_millis() as u64, "shutdown: abandoned worker tasks that did not stop in time (waiting on a server that does not answer); unacked messages are redelivered");
+                set.shutdown().await;
+                break;
+            }
+        };
+        let res = match res {
+            Ok((id, res)) => {
+                names.remove(&id);
+                res
+            }
+            Err(join) => {
+                names.remove(&join.id());
+                Err(Error::msg(
+                    ErrorKind::Permanent,
+                    format!("worker task panicked: {join}"),
+                ))
+            }
+        };
         if let Err(e) = res
             && first_error.is_none()
         {
@@ -112,4 +146,12 @@ pub async fn run(
         }
     }
     first_error.map_or(Ok(()), Err)
+}
+
+/// Sleeps until `deadline`, forever when there is none.
+async fn sleep_until(deadline: Option<tokio::time::Instant>) {
+    match deadline {
+        Some(at) => tokio::time::sleep_until(at).await,
+        None => std::future::pending().await,
+    }
 }

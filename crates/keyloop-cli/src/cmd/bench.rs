@@ -116,7 +116,7 @@ pub(crate) async fn run(g: &Global, args: BenchArgs) -> Result<ExitCode> {
         .tempdir()?;
     match bench(g, plan, dir.path()).await {
         Ok(report) => {
-            report.print(g.json);
+            report.print(g.json)?;
             Ok(ExitCode::SUCCESS)
         }
         Err(e) => {

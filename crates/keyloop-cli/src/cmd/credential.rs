@@ -87,14 +87,14 @@ async fn register(g: &Global, args: RegisterArgs) -> Result<ExitCode> {
             "credential": cred,
             "resumed": registered.resumed,
             "warnings": registered.warnings,
-        }));
+        }))?;
     } else {
         let verb = if registered.resumed {
             "finished the registration of"
         } else {
             "registered"
         };
-        println!("{verb} {}", output::credential_row(cred));
+        output::line(format_args!("{verb} {}", output::credential_row(cred)))?;
     }
     if registered.warnings.is_empty() {
         return Ok(ExitCode::SUCCESS);
@@ -135,13 +135,13 @@ async fn list(g: &Global) -> Result<ExitCode> {
     let creds = bus.inventory().await?.list().await?;
     if g.json {
         for c in &creds {
-            output::json_line(c);
+            output::json_line(c)?;
         }
     } else if creds.is_empty() {
-        println!("no credentials registered (add one with `keyloop credential register ID`)");
+        output::line("no credentials registered (add one with `keyloop credential register ID`)")?;
     } else {
         for c in &creds {
-            println!("{}", output::credential_row(c));
+            output::line(output::credential_row(c))?;
         }
     }
     Ok(ExitCode::SUCCESS)
@@ -152,9 +152,9 @@ async fn show(g: &Global, id: &str) -> Result<ExitCode> {
     let bus = config::connect(g).await?;
     let (cred, _) = bus.inventory().await?.require(&id).await?;
     if g.json {
-        output::json_line(&cred);
+        output::json_line(&cred)?;
     } else {
-        print!("{}", output::credential_detail(&cred));
+        output::text(&output::credential_detail(&cred))?;
     }
     Ok(ExitCode::SUCCESS)
 }
@@ -196,8 +196,9 @@ async fn reveal(g: &Global, id: &str) -> Result<ExitCode> {
     );
     ctx.bus.publish_lifecycle(&event).await?;
     let mut out = std::io::stdout().lock();
-    out.write_all(value.expose().as_bytes())?;
-    out.write_all(b"\n")?;
-    out.flush()?;
+    out.write_all(value.expose().as_bytes())
+        .and_then(|()| out.write_all(b"\n"))
+        .and_then(|()| out.flush())
+        .map_err(output::stdout_error)?;
     Ok(ExitCode::SUCCESS)
 }

@@ -24,11 +24,7 @@ use tokio_util::sync::CancellationToken;
 const LEAKED: &str = "saas/stripe-payouts";
 
 pub(crate) async fn run(g: &Global) -> Result<ExitCode> {
-    let say = |text: &str| {
-        if !g.json {
-            println!("{text}");
-        }
-    };
+    let say = |text: &str| if g.json { Ok(()) } else { output::line(text) };
     let started = Instant::now();
     let dir = tempfile::Builder::new().prefix("keyloop-demo-").tempdir()?;
     let binary = config::nats_server_binary().await?;
@@ -43,7 +39,7 @@ pub(crate) async fn run(g: &Global) -> Result<ExitCode> {
         "[1/6] started nats-server on {} (JetStream in {})",
         server.url(),
         dir.path().display()
-    ));
+    ))?;
 
     let bus = Bus::connect(server.url(), Topology::default()).await?;
     bus.topology.init(&bus.js).await?;
@@ -57,7 +53,7 @@ pub(crate) async fn run(g: &Global) -> Result<ExitCode> {
     ));
     say(
         "[2/6] created streams, KV buckets and consumers; every worker role is running in this process",
-    );
+    )?;
 
     let cause = Cause {
         source: "keyloop/demo".into(),
@@ -88,9 +84,9 @@ pub(crate) async fn run(g: &Global) -> Result<ExitCode> {
         say(&format!(
             "      registered {}",
             output::credential_row(&cred)
-        ));
+        ))?;
     }
-    say("[3/6] registered 3 credentials on the local store (values encrypted in KV)");
+    say("[3/6] registered 3 credentials on the local store (values encrypted in KV)")?;
 
     let leaked_id = LEAKED.parse()?;
     let (cred, _) = ctx.inventory.require(&leaked_id).await?;
@@ -119,7 +115,7 @@ pub(crate) async fn run(g: &Global) -> Result<ExitCode> {
     say(&format!(
         "[4/6] wrote a gitleaks report with the current value of {LEAKED} to {} (the value is never printed)",
         report_path.display()
-    ));
+    ))?;
 
     let mut watch = LifecycleWatch::credential(&bus, LEAKED).await?;
     let result = ingest::ingest_file(&bus, Format::Gitleaks, &report_path).await?;
@@ -131,7 +127,7 @@ pub(crate) async fn run(g: &Global) -> Result<ExitCode> {
     say(&format!(
         "[5/6] ingested it: {} published; following leak {leak_id}",
         result.published
-    ));
+    ))?;
     let ours =
         |e: &keyloop_core::LifecycleEvent| e.correlationid.as_deref() == Some(leak_id.as_str());
     let mut time_to_revoke = None;
@@ -143,8 +139,9 @@ pub(crate) async fn run(g: &Global) -> Result<ExitCode> {
                     if e.data.kind == LifecycleKind::Revoked {
                         time_to_revoke = e.data.time_to_revoke_ms;
                     }
-                    say(&format!("      {}", output::lifecycle_row(e)));
+                    say(&format!("      {}", output::lifecycle_row(e)))?;
                 }
+                Ok(())
             },
             |e| ours(e) && e.data.kind == LifecycleKind::Rotated,
         )
@@ -174,7 +171,7 @@ pub(crate) async fn run(g: &Global) -> Result<ExitCode> {
     say(&format!(
         "      ingested the same report again: {} published, {} deduplicated (no second response)",
         again.published, again.deduplicated
-    ));
+    ))?;
 
     let timeline = replay::collect(
         &bus,
@@ -184,11 +181,11 @@ pub(crate) async fn run(g: &Global) -> Result<ExitCode> {
         },
     )
     .await?;
-    say("[6/6] timeline of the leak (keyloop replay --correlation ...):");
+    say("[6/6] timeline of the leak (keyloop replay --correlation ...):")?;
     for e in &timeline {
-        say(&format!("      {}", e.render()));
+        say(&format!("      {}", e.render()))?;
     }
-    say(&format!("\n{}", output::credential_detail(&cred)));
+    say(&format!("\n{}", output::credential_detail(&cred)))?;
     let ttr = time_to_revoke.context("revoked event carries time_to_revoke_ms")?;
     if g.json {
         output::json_line(&json!({
@@ -200,12 +197,12 @@ pub(crate) async fn run(g: &Global) -> Result<ExitCode> {
             "timeline_events": timeline.len(),
             "duplicate_ingest_deduplicated": again.deduplicated,
             "elapsed_ms": started.elapsed().as_millis() as u64,
-        }));
+        }))?;
     } else {
-        println!(
+        output::line(format_args!(
             "leaked value of {LEAKED} was dead {ttr} ms after the leak was published, and replaced by version {new_version}. Demo done in {:.1} s.",
             started.elapsed().as_secs_f64()
-        );
+        ))?;
     }
     shutdown.cancel();
     workers.await??;

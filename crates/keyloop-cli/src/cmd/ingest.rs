@@ -119,18 +119,18 @@ pub(crate) async fn run(g: &Global, args: IngestArgs) -> Result<ExitCode> {
     let report = publish(&bus, format, parsing, &options).await?;
     let name = &options.name;
     if g.json {
-        output::json_line(&report);
+        output::json_line(&report)?;
     } else {
         let repeated = match report.repeated {
             0 => String::new(),
             n => format!(", {n} repeated in the report (folded into their first finding)"),
         };
-        println!(
+        output::line(format_args!(
             "{name}: {} published, {} deduplicated{repeated}, {} rejected",
             report.published,
             report.deduplicated,
             report.rejected_total()
-        );
+        ))?;
     }
     if report.rejected_total() == 0 {
         Ok(ExitCode::SUCCESS)

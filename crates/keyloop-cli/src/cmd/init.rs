@@ -14,12 +14,15 @@ pub(crate) async fn run(g: &Global, replicas: usize) -> Result<ExitCode> {
         .await
         .with_context(|| format!("keyloop init on {}", config::shown_url(g)))?;
     if g.json {
-        output::json_line(&report);
+        output::json_line(&report)?;
     } else {
-        println!("streams:   {}", report.streams.join(", "));
-        println!("buckets:   {}", report.buckets.join(", "));
-        println!("consumers: {}", report.consumers.join(", "));
-        println!("keyloop layout is ready on {}", config::shown_url(g));
+        output::line(format_args!("streams:   {}", report.streams.join(", ")))?;
+        output::line(format_args!("buckets:   {}", report.buckets.join(", ")))?;
+        output::line(format_args!("consumers: {}", report.consumers.join(", ")))?;
+        output::line(format_args!(
+            "keyloop layout is ready on {}",
+            config::shown_url(g)
+        ))?;
     }
     Ok(ExitCode::SUCCESS)
 }

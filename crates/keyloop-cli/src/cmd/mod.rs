@@ -65,6 +65,46 @@ pub(crate) fn shutdown_on_signal() -> CancellationToken {
     token
 }
 
+/// Shutdown was requested while a start-up step was still waiting (on NATS, or on another
+/// `keyloop up` sharing the data directory); the step was abandoned. `up` and `worker` catch
+/// it and exit cleanly.
+#[derive(Debug)]
+pub(crate) struct Abandoned(String);
+
+impl std::fmt::Display for Abandoned {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "shutdown requested while {}: abandoned it", self.0)
+    }
+}
+
+impl std::error::Error for Abandoned {}
+
+/// Runs the start-up step `step` (described by `what`, for the log) unless `shutdown` comes
+/// first: then the step is dropped and [`Abandoned`] returned.
+pub(crate) async fn unless_stopped<T, E: Into<anyhow::Error>>(
+    shutdown: &CancellationToken,
+    what: impl FnOnce() -> String,
+    step: impl std::future::Future<Output = Result<T, E>>,
+) -> Result<T> {
+    tokio::select! {
+        biased;
+        () = shutdown.cancelled() => Err(Abandoned(what()).into()),
+        r = step => r.map_err(Into::into),
+    }
+}
+
+/// Ends `up` or `worker`: a start abandoned on a signal is a clean stop, logged.
+pub(crate) fn stopped_cleanly(result: Result<()>) -> Result<ExitCode> {
+    match result {
+        Ok(()) => Ok(ExitCode::SUCCESS),
+        Err(e) if e.chain().any(|c| c.is::<Abandoned>()) => {
+            tracing::warn!("{e}");
+            Ok(ExitCode::SUCCESS)
+        }
+        Err(e) => Err(e),
+    }
+}
+
 /// Parses a `--timeout` style duration.
 pub(crate) fn duration_arg(flag: &str, text: &str) -> Result<Duration> {
     keyloop_core::duration::parse_duration(text).map_err(|e| anyhow::anyhow!("--{flag}: {e}"))
@@ -84,11 +124,12 @@ impl LifecycleWatch {
         Ok(Self { sub })
     }
 
-    /// Waits for the first event that `done` accepts; events are passed to `seen` as they come.
+    /// Waits for the first event that `done` accepts; events are passed to `seen` as they come
+    /// (an error from it, such as a closed stdout, ends the wait).
     pub(crate) async fn until(
         &mut self,
         timeout: Duration,
-        mut seen: impl FnMut(&LifecycleEvent),
+        mut seen: impl FnMut(&LifecycleEvent) -> Result<()>,
         mut done: impl FnMut(&LifecycleEvent) -> bool,
     ) -> Result<LifecycleEvent> {
         let deadline = tokio::time::Instant::now() + timeout;
@@ -103,7 +144,7 @@ impl LifecycleWatch {
             let Ok(event) = serde_json::from_slice::<LifecycleEvent>(&msg.payload) else {
                 continue;
             };
-            seen(&event);
+            seen(&event)?;
             if done(&event) {
                 return Ok(event);
             }

@@ -84,9 +84,9 @@ pub(crate) async fn run(g: &Global, args: ReplayArgs) -> Result<ExitCode> {
     }
     for e in &events {
         if g.json {
-            output::json_line(&e.event);
+            output::json_line(&e.event)?;
         } else {
-            println!("{}", e.render());
+            output::line(e.render())?;
         }
     }
     Ok(ExitCode::SUCCESS)

@@ -22,7 +22,7 @@ pub(crate) async fn run(g: &Global, args: RevokeArgs) -> Result<ExitCode> {
         Some(v) => match cred.version(v) {
             None => bail!("credential {id} has no version {v}; see `keyloop credential show {id}`"),
             Some(version) if version.stage == Stage::Revoked => {
-                println!("version {v} of {id} is already revoked");
+                output::line(format_args!("version {v} of {id} is already revoked"))?;
                 return Ok(ExitCode::SUCCESS);
             }
             Some(_) => 1,
@@ -30,7 +30,9 @@ pub(crate) async fn run(g: &Global, args: RevokeArgs) -> Result<ExitCode> {
         None => cred.live_versions().len(),
     };
     if expected == 0 && !args.rotate {
-        println!("credential {id} has no live version; nothing to revoke");
+        output::line(format_args!(
+            "credential {id} has no live version; nothing to revoke"
+        ))?;
         return Ok(ExitCode::SUCCESS);
     }
     let op_id = format!("manual-revoke/{}", uuid::Uuid::now_v7());
@@ -50,7 +52,9 @@ pub(crate) async fn run(g: &Global, args: RevokeArgs) -> Result<ExitCode> {
     bus.publish_event(&bus.topology.cmd_revoke(), &event)
         .await?;
     if args.no_wait {
-        println!("revocation of {id} queued (correlation {op_id})");
+        output::line(format_args!(
+            "revocation of {id} queued (correlation {op_id})"
+        ))?;
         return Ok(ExitCode::SUCCESS);
     }
     let mut revoked = 0usize;
@@ -60,12 +64,12 @@ pub(crate) async fn run(g: &Global, args: RevokeArgs) -> Result<ExitCode> {
         .until(
             timeout,
             |e| {
-                if ours(e) {
-                    if g.json {
-                        output::json_line(e);
-                    } else {
-                        println!("{}", output::lifecycle_row(e));
-                    }
+                if !ours(e) {
+                    Ok(())
+                } else if g.json {
+                    output::json_line(e)
+                } else {
+                    output::line(output::lifecycle_row(e))
                 }
             },
             |e| {

@@ -27,7 +27,9 @@ pub(crate) async fn run(g: &Global, args: RotateArgs) -> Result<ExitCode> {
     bus.publish_event(&bus.topology.cmd_rotate(), &event)
         .await?;
     if args.no_wait {
-        println!("rotation of {id} queued (correlation {op_id})");
+        output::line(format_args!(
+            "rotation of {id} queued (correlation {op_id})"
+        ))?;
         return Ok(ExitCode::SUCCESS);
     }
     let ours =
@@ -37,7 +39,9 @@ pub(crate) async fn run(g: &Global, args: RotateArgs) -> Result<ExitCode> {
             timeout,
             |e| {
                 if ours(e) && !g.json {
-                    println!("{}", output::lifecycle_row(e));
+                    output::line(output::lifecycle_row(e))
+                } else {
+                    Ok(())
                 }
             },
             |e| {
@@ -50,7 +54,7 @@ pub(crate) async fn run(g: &Global, args: RotateArgs) -> Result<ExitCode> {
         )
         .await?;
     if g.json {
-        output::json_line(&outcome);
+        output::json_line(&outcome)?;
     }
     if outcome.data.kind == LifecycleKind::RotationFailed {
         bail!(

@@ -1,5 +1,6 @@
 //! `keyloop schemas DIR`: write the JSON Schema of every event (generated from the Rust types).
 
+use crate::output;
 use anyhow::{Context, Result};
 use std::path::Path;
 use std::process::ExitCode;
@@ -10,7 +11,7 @@ pub(crate) fn run(dir: &Path) -> Result<ExitCode> {
         let path = dir.join(name);
         std::fs::write(&path, schema)
             .with_context(|| format!("cannot write {}", path.display()))?;
-        println!("wrote {}", path.display());
+        output::line(format_args!("wrote {}", path.display()))?;
     }
     Ok(ExitCode::SUCCESS)
 }

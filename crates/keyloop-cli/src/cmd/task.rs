@@ -91,7 +91,7 @@ async fn start(
             "login": reply.login,
             "expires_at": output::ts(reply.expires_at),
             "secret": reply.secret,
-        }));
+        }))?;
     } else {
         let login = reply
             .login
@@ -106,8 +106,9 @@ async fn start(
             output::ts(reply.expires_at)
         );
         let mut out = std::io::stdout().lock();
-        writeln!(out, "{}", reply.secret)?;
-        out.flush()?;
+        writeln!(out, "{}", reply.secret)
+            .and_then(|()| out.flush())
+            .map_err(output::stdout_error)?;
     }
     Ok(ExitCode::SUCCESS)
 }
@@ -131,13 +132,13 @@ async fn complete(g: &Global, task_id: String) -> Result<ExitCode> {
         .publish_event(&bus.topology.task_completed(), &event)
         .await?;
     if g.json {
-        output::json_line(&serde_json::json!({"task_id": task_id, "duplicate": ack.duplicate}));
+        output::json_line(&serde_json::json!({"task_id": task_id, "duplicate": ack.duplicate}))?;
     } else if ack.duplicate {
-        println!("task {task_id} was already marked completed");
+        output::line(format_args!("task {task_id} was already marked completed"))?;
     } else {
-        println!(
+        output::line(format_args!(
             "task {task_id} completed; its leases are being revoked (follow with `keyloop replay --correlation {task_id}`)"
-        );
+        ))?;
     }
     Ok(ExitCode::SUCCESS)
 }
@@ -158,23 +159,23 @@ pub(crate) async fn token(g: &Global, cmd: TokenCommand) -> Result<ExitCode> {
     drop(line);
     let reply: VerifyReply = request(&bus, bus.topology.token_verify(), payload).await?;
     if g.json {
-        output::json_line(&reply);
+        output::json_line(&reply)?;
     } else if reply.valid {
         match (&reply.lease_id, &reply.credential) {
-            (Some(lease), _) => println!(
+            (Some(lease), _) => output::line(format_args!(
                 "valid: lease {lease}, scope {}, expires {}",
                 reply.scope.as_deref().unwrap_or("?"),
                 reply.expires_at.map(output::ts).unwrap_or_default()
-            ),
-            (None, Some(cred)) => println!(
+            ))?,
+            (None, Some(cred)) => output::line(format_args!(
                 "valid: credential {cred}, version {}, {}",
                 reply.version.map(|v| v.to_string()).unwrap_or_default(),
                 reply.stage.map(|s| s.name()).unwrap_or("?")
-            ),
-            (None, None) => println!("valid"),
+            ))?,
+            (None, None) => output::line("valid")?,
         }
     } else {
-        println!("invalid: unknown, revoked or expired");
+        output::line("invalid: unknown, revoked or expired")?;
     }
     Ok(if reply.valid {
         ExitCode::SUCCESS
@@ -200,9 +201,11 @@ pub(crate) async fn tick(g: &Global) -> Result<ExitCode> {
     bus.publish_event(&bus.topology.schedule_tick(), &event)
         .await?;
     if g.json {
-        output::json_line(&serde_json::json!({"tick": id}));
+        output::json_line(&serde_json::json!({"tick": id}))?;
     } else {
-        println!("published tick {id}; the sweeper acts on everything due now");
+        output::line(format_args!(
+            "published tick {id}; the sweeper acts on everything due now"
+        ))?;
     }
     Ok(ExitCode::SUCCESS)
 }

@@ -10,15 +10,35 @@ use std::sync::Arc;
 
 pub(crate) async fn run(g: &Global, args: WorkerArgs) -> Result<ExitCode> {
     let roles = parse_roles(&args.roles)?;
-    let _ = config::worker_config(&args.run)?;
-    let bus = config::connect(g).await?;
-    let mut ctx = config::context(g, bus).await?;
-    config::apply_run_args(&args.run, &mut ctx).await?;
-    require_store(&ctx, &roles)?;
     let config = config::worker_config(&args.run)?;
+    // Signals count from the start: connecting and opening the buckets wait on NATS, and a
+    // worker asked to stop while the server does not answer must not wait for it.
     let shutdown = super::shutdown_on_signal();
-    keyloop_workers::run(Arc::new(ctx), &roles, config, shutdown).await?;
-    Ok(ExitCode::SUCCESS)
+    let start = async {
+        let url = || config::shown_url(g);
+        let bus = super::unless_stopped(
+            &shutdown,
+            || format!("connecting to {}", url()),
+            config::connect(g),
+        )
+        .await?;
+        let mut ctx = super::unless_stopped(
+            &shutdown,
+            || format!("opening keyloop's buckets on {}", url()),
+            config::context(g, bus),
+        )
+        .await?;
+        config::apply_run_args(&args.run, &mut ctx).await?;
+        require_store(&ctx, &roles)?;
+        anyhow::Ok(ctx)
+    };
+    let result = match start.await {
+        Ok(ctx) => keyloop_workers::run(Arc::new(ctx), &roles, config, shutdown)
+            .await
+            .map_err(anyhow::Error::new),
+        Err(e) => Err(e),
+    };
+    super::stopped_cleanly(result)
 }
 
 pub(crate) fn parse_roles(names: &[String]) -> Result<Vec<Role>> {

@@ -3,6 +3,7 @@
 
 use super::drive::Percentiles;
 use super::{CpuUse, Plan, ServerMessages};
+use crate::output;
 use serde_json::{Map, Value, json};
 use std::time::Duration;
 
@@ -120,14 +121,11 @@ impl Report {
     }
 
     /// The table, then the JSON line; `json_only` prints only the JSON line.
-    pub(super) fn print(&self, json_only: bool) {
+    pub(super) fn print(&self, json_only: bool) -> anyhow::Result<()> {
         if !json_only {
-            println!("{}", self.table());
+            output::line(self.table())?;
         }
-        println!(
-            "{}",
-            serde_json::to_string(&self.json()).expect("report serializes")
-        );
+        output::json_line(&self.json())
     }
 
     fn table(&self) -> String {
