@@ -18,8 +18,16 @@ use tracing::{info, warn};
 /// Connection events go to the log. A server error is most often a permissions violation: the
 /// user may not publish or subscribe to a subject (the server names the subject, never a
 /// payload).
+/// Set once this process closes its connections on purpose (see [`Bus::close`]): losing the
+/// server after that is expected, not worth a warning.
+static CLOSING: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
 fn log_event(event: async_nats::Event) {
     use async_nats::Event;
+    if CLOSING.load(std::sync::atomic::Ordering::Relaxed) {
+        tracing::debug!(?event, "NATS event while closing");
+        return;
+    }
     match event {
         Event::ServerError(e) => {
             warn!(error = %e, "the NATS server reported an error (a permissions violation means this user may not use that subject: see deploy/nats/permissions.conf)")
@@ -216,6 +224,15 @@ impl Bus {
             ));
         }
         Ok(Self::from_client(client, topology))
+    }
+
+    /// Flushes what is buffered and closes the connection, on purpose: what the client reports
+    /// from then on (the server going away too) is not logged as a warning.
+    pub async fn close(&self) {
+        CLOSING.store(true, std::sync::atomic::Ordering::Relaxed);
+        if let Err(e) = self.client.drain().await {
+            tracing::debug!(error = %e, "closing the NATS connection");
+        }
     }
 
     /// `url` may list several servers of a cluster, comma-separated.

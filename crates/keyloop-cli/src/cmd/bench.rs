@@ -201,6 +201,7 @@ async fn bench(g: &Global, plan: Plan, dir: &Path) -> Result<Report> {
             Suite::Jit => jit = Some(jit_suite(&env).await?),
         }
     }
+    env.bus.close().await;
     server.kill().await;
     Ok(Report {
         server_version,

@@ -206,6 +206,8 @@ pub(crate) async fn run(g: &Global) -> Result<ExitCode> {
     }
     shutdown.cancel();
     workers.await??;
+    // Close the connection before the server goes, so the client does not warn about losing it.
+    bus.close().await;
     server.kill().await;
     Ok(ExitCode::SUCCESS)
 }
