@@ -169,6 +169,31 @@ async fn task_ttl_tick_interval_and_replay_windows_out_of_range_are_refused_befo
         .await;
 }
 
+#[tokio::test]
+async fn waits_longer_than_a_day_are_refused_with_the_range_instead_of_overflowing() {
+    let env = Env::start().await;
+    // A wait longer than a day would overflow the deadline arithmetic: refused, not a panic.
+    env.ok(&["credential", "register", "svc/waits"]).await;
+    for cmd in [
+        &["rotate", "svc/waits", "--timeout", "18446744073709551615"][..],
+        &[
+            "revoke",
+            "svc/waits",
+            "--reason",
+            "x",
+            "--timeout",
+            "100000000d",
+        ],
+    ] {
+        refused(
+            &env,
+            cmd,
+            &["--timeout", "is out of range: it must be from 1s to 1d"],
+        )
+        .await;
+    }
+}
+
 /// Registers `id` in-process (local store, target none) with `policy`.
 pub(crate) async fn register_with(
     ctx: &keyloop_workers::WorkerContext,

@@ -110,6 +110,22 @@ pub const REPLAY_AGO: Bounds = Bounds {
     capped_by: None,
 };
 
+/// `--timeout` of the commands that wait for an outcome (`rotate`, `revoke`): from 1 s to a day.
+pub const WAIT_TIMEOUT: Bounds = Bounds {
+    setting: "timeout",
+    min_secs: 1,
+    max_secs: 86_400,
+    capped_by: None,
+};
+
+/// `bench --duration`: from 1 s to 1 h.
+pub const BENCH_DURATION: Bounds = Bounds {
+    setting: "duration",
+    min_secs: 1,
+    max_secs: 3_600,
+    capped_by: None,
+};
+
 impl Bounds {
     /// These bounds with the maximum lowered to `max_secs` (never raised), for a setting
     /// limited by another one, `by`: `grace` by `max-age`.

@@ -74,7 +74,7 @@ impl Plan {
         } else {
             (
                 args.rate,
-                super::duration_arg("duration", &args.duration)?,
+                super::duration_arg(keyloop_core::duration::BENCH_DURATION, &args.duration)?,
                 args.leaks,
             )
         };

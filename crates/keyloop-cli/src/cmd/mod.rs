@@ -105,9 +105,9 @@ pub(crate) fn stopped_cleanly(result: Result<()>) -> Result<ExitCode> {
     }
 }
 
-/// Parses a `--timeout` style duration.
-pub(crate) fn duration_arg(flag: &str, text: &str) -> Result<Duration> {
-    keyloop_core::duration::parse_duration(text).map_err(|e| anyhow::anyhow!("--{flag}: {e}"))
+/// Parses a `--timeout` style duration within `bounds` (the error names the range).
+pub(crate) fn duration_arg(bounds: keyloop_core::duration::Bounds, text: &str) -> Result<Duration> {
+    crate::config::duration_flag(bounds, text)
 }
 
 /// Lifecycle events of one credential, subscribed before a command is sent so none is missed.

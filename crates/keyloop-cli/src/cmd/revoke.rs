@@ -12,7 +12,7 @@ use std::process::ExitCode;
 
 pub(crate) async fn run(g: &Global, args: RevokeArgs) -> Result<ExitCode> {
     let id = parse_id(&args.id)?;
-    let timeout = super::duration_arg("timeout", &args.timeout)?;
+    let timeout = super::duration_arg(keyloop_core::duration::WAIT_TIMEOUT, &args.timeout)?;
     if args.reason.trim().is_empty() {
         bail!("--reason must say why (it goes into the audit log)");
     }

@@ -11,7 +11,7 @@ use std::process::ExitCode;
 
 pub(crate) async fn run(g: &Global, args: RotateArgs) -> Result<ExitCode> {
     let id = parse_id(&args.id)?;
-    let timeout = super::duration_arg("timeout", &args.timeout)?;
+    let timeout = super::duration_arg(keyloop_core::duration::WAIT_TIMEOUT, &args.timeout)?;
     let bus = config::connect(g).await?;
     bus.inventory().await?.require(&id).await?;
     let op_id = format!("manual-rotate/{}", uuid::Uuid::now_v7());
