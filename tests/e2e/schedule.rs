@@ -176,3 +176,45 @@ async fn scheduled_rotation_keeps_previous_valid_through_grace_then_retires_it()
         "previous version retired {grace} after demotion (grace 2 s)"
     );
 }
+
+#[tokio::test]
+async fn a_due_entry_filed_again_in_its_own_minute_survives_the_removal_of_the_one_handled() {
+    // A sub-minute max-age: the rotation the sweep issued finishes and files the next one under
+    // the same key before the sweep removes the entry it handled. That must not lose it.
+    let env = Env::start().await;
+    let due = env.bus.due().await.unwrap();
+    let item = keyloop_nats::DueItem::Rotate {
+        credential: "svc/fast".parse().unwrap(),
+    };
+    let minute = time::OffsetDateTime::from_unix_timestamp(
+        time::OffsetDateTime::now_utc().unix_timestamp() / 60 * 60,
+    )
+    .unwrap();
+    let first = minute + Duration::from_secs(10);
+    let key = due.schedule(item.clone(), first, first).await.unwrap();
+    let handled = due
+        .scan_minute(keyloop_nats::due::minute_of(first))
+        .await
+        .unwrap()
+        .into_iter()
+        .find(|(k, _)| *k == key)
+        .unwrap()
+        .1;
+    let again = minute + Duration::from_secs(40);
+    assert_eq!(due.schedule(item.clone(), again, first).await.unwrap(), key);
+    due.remove(&key, &handled).await.unwrap();
+    let left = due
+        .scan_minute(keyloop_nats::due::minute_of(first))
+        .await
+        .unwrap();
+    assert_eq!(left.len(), 1, "{left:?}");
+    assert_eq!(left[0].1.due_at, again, "the newer entry stays");
+    // The entry as handled, when nothing replaced it, goes.
+    due.remove(&key, &left[0].1).await.unwrap();
+    assert!(
+        due.scan_minute(keyloop_nats::due::minute_of(first))
+            .await
+            .unwrap()
+            .is_empty()
+    );
+}

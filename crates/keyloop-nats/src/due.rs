@@ -117,12 +117,37 @@ impl DueIndex {
         Ok(out)
     }
 
-    /// Removes an entry once its command is published.
-    pub async fn remove(&self, key: &str) -> Result<(), Error> {
-        self.kv
-            .purge(key)
+    /// Removes an entry once it is handled — only if it is still `handled`: an item filed
+    /// again under the same key meanwhile (a rotation or an idle check due later in the same
+    /// minute) is a new entry, and stays. A lost race leaves the entry; a stale one costs the
+    /// next sweep one read.
+    pub async fn remove(&self, key: &str, handled: &DueEntry) -> Result<(), Error> {
+        let what = || format!("remove due entry {key}");
+        let Some(current) = self
+            .kv
+            .entry(key.to_owned())
             .await
-            .map_err(|e| Error::new(ErrorKind::Transient, format!("remove due entry {key}"), e))
+            .map_err(|e| Error::new(ErrorKind::Transient, what(), e))?
+            .filter(|e| e.operation == kv::Operation::Put)
+        else {
+            return Ok(());
+        };
+        if serde_json::from_slice::<DueEntry>(&current.value)
+            .ok()
+            .as_ref()
+            != Some(handled)
+        {
+            return Ok(());
+        }
+        match self
+            .kv
+            .purge_expect_revision(key, Some(current.revision))
+            .await
+        {
+            Ok(()) => Ok(()),
+            Err(e) if e.kind() == kv::PurgeErrorKind::WrongLastRevision => Ok(()),
+            Err(e) => Err(Error::new(ErrorKind::Transient, what(), e)),
+        }
     }
 
     /// The last minute every sweep has fully handled, and the entry's revision.

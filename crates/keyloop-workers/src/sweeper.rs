@@ -109,25 +109,14 @@ pub async fn sweep(ctx: &WorkerContext, now: OffsetDateTime) -> Result<SweepStat
             if entry.due_at > now {
                 continue;
             }
-            let refiled = match act(ctx, &entry, now).await? {
-                Acted::Published => {
-                    stats.commands += 1;
-                    None
-                }
-                Acted::Dropped => {
-                    stats.dropped += 1;
-                    None
-                }
-                Acted::Refiled(new_key) => {
-                    stats.dropped += 1;
-                    Some(new_key)
-                }
-            };
-            // An item re-filed for later in the same minute lands under the same key: removing
-            // "the old entry" would remove the new one, and the item would never fall due again.
-            if refiled.as_deref() != Some(key.as_str()) {
-                ctx.due.remove(&key).await?;
+            match act(ctx, &entry, now).await? {
+                Acted::Published => stats.commands += 1,
+                Acted::Dropped | Acted::Refiled => stats.dropped += 1,
             }
+            // Only the entry as read goes: an item filed again meanwhile for later in the same
+            // minute (an idle check used since, a sub-minute rotation finished already) lands
+            // under the same key, and must stay to fall due again.
+            ctx.due.remove(&key, &entry).await?;
         }
     }
     // Everything before this minute is handled; the current minute is read again next time, for
@@ -143,8 +132,8 @@ enum Acted {
     Published,
     /// Stale or refused; the entry can go.
     Dropped,
-    /// Not due yet after all: filed again under this key, which may be the entry's own.
-    Refiled(String),
+    /// Not due yet after all: filed again for later (possibly under the entry's own key).
+    Refiled,
 }
 
 /// Whether a credential is idle at `now`, judged from the inventory record alone.
@@ -316,8 +305,8 @@ async fn act(ctx: &WorkerContext, entry: &DueEntry, now: OffsetDateTime) -> Resu
                 Idleness::Never => return Ok(Acted::Dropped),
                 Idleness::UsedSince { due } => {
                     // Used since this entry was filed: look again when it could next be idle.
-                    let key = ctx.due.schedule(entry.item.clone(), due, now).await?;
-                    return Ok(Acted::Refiled(key));
+                    ctx.due.schedule(entry.item.clone(), due, now).await?;
+                    return Ok(Acted::Refiled);
                 }
                 Idleness::Idle { last } => last,
             };
