@@ -9,6 +9,7 @@ use crate::fingerprint::Fingerprint;
 use crate::leak::LeakFinding;
 use crate::lease::{Lease, LeaseInfo};
 use schemars::JsonSchema;
+use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 use time::OffsetDateTime;
 use uuid::Uuid;
@@ -275,6 +276,93 @@ pub fn lifecycle_event(source: &str, step: &str, data: LifecycleData) -> Lifecyc
     ev
 }
 
+/// A command: an internal work item on `<prefix>.cmd.<SUBJECT>`, consumed by one worker role.
+/// It knows its CloudEvent type, its subject and the operation it starts, so the one way to send
+/// one (`Bus::send_command`) derives its event id and `Nats-Msg-Id` the same way for every
+/// command: from [`Command::dedup_key`], so a command sent again for the same operation is
+/// dropped by the stream's dedup window.
+pub trait Command: Serialize + DeserializeOwned {
+    /// The CloudEvent type (`dev.keyloop.cmd.…`).
+    const TYPE: &'static str;
+    /// The subject after `<prefix>.cmd.` (`revoke`, `rotate`, `lease.revoke`).
+    const SUBJECT: &'static str;
+
+    /// The operation this command starts or resumes; every step and event derives its id from
+    /// it.
+    fn op_id(&self) -> &str;
+
+    /// The CloudEvent `subject`: the credential id or lease token the command is about.
+    fn about(&self) -> String;
+
+    /// What makes two sends the same command: the operation id, and for a leak the minute it
+    /// was published in — leaks of one version within a minute are one command, and a later
+    /// leak of a version still live (its revocation failed) sends it again.
+    fn dedup_key(&self) -> String {
+        self.op_id().to_owned()
+    }
+
+    /// The command's event id (and `Nats-Msg-Id`): one scheme for every command.
+    fn event_id(&self) -> String {
+        stable_id(&format!("cmd/{}/{}", Self::SUBJECT, self.dedup_key())).to_string()
+    }
+}
+
+/// Leaks of one live version published further apart than this send its revocation's command
+/// again (for the same operation); closer together they send the same message, which the
+/// commands stream drops. A minute outlasts a burst of findings and a healthy revocation by far,
+/// and is short enough that a leak reported again after a failed revocation is acted on.
+pub const LEAK_RESEND_AFTER_SECS: i64 = 60;
+
+/// `op` and, for a leak, its window of [`LEAK_RESEND_AFTER_SECS`] (see [`Command::dedup_key`]).
+fn leak_window_key(op: &str, leak_published_at: Option<OffsetDateTime>) -> String {
+    match leak_published_at {
+        Some(t) => format!(
+            "{op}/{}",
+            t.unix_timestamp().div_euclid(LEAK_RESEND_AFTER_SECS)
+        ),
+        None => op.to_owned(),
+    }
+}
+
+impl Command for RevokeCommand {
+    const TYPE: &'static str = REVOKE_COMMAND_TYPE;
+    const SUBJECT: &'static str = "revoke";
+    fn op_id(&self) -> &str {
+        &self.op_id
+    }
+    fn about(&self) -> String {
+        self.credential.to_string()
+    }
+    fn dedup_key(&self) -> String {
+        leak_window_key(&self.op_id, self.leak_published_at)
+    }
+}
+
+impl Command for RotateCommand {
+    const TYPE: &'static str = ROTATE_COMMAND_TYPE;
+    const SUBJECT: &'static str = "rotate";
+    fn op_id(&self) -> &str {
+        &self.op_id
+    }
+    fn about(&self) -> String {
+        self.credential.to_string()
+    }
+}
+
+impl Command for RevokeLeaseCommand {
+    const TYPE: &'static str = REVOKE_LEASE_COMMAND_TYPE;
+    const SUBJECT: &'static str = "lease.revoke";
+    fn op_id(&self) -> &str {
+        &self.op_id
+    }
+    fn about(&self) -> String {
+        Lease::subject_token(self.lease)
+    }
+    fn dedup_key(&self) -> String {
+        leak_window_key(&self.op_id, self.leak_published_at)
+    }
+}
+
 /// `keyloop.cmd.revoke`: make versions of a credential invalid.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
@@ -380,6 +468,49 @@ pub struct RotateCommand {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_command_id_derives_from_its_kind_its_operation_and_a_leaks_minute() {
+        let at = |secs| OffsetDateTime::from_unix_timestamp(secs).unwrap();
+        let revoke = |op: &str, leak: Option<OffsetDateTime>| RevokeCommand {
+            credential: "saas/x".parse().unwrap(),
+            version: None,
+            reason: RevokeReason::Leak,
+            op_id: op.into(),
+            leak_published_at: leak,
+            then_rotate: false,
+            note: None,
+        };
+        let first = revoke("leak-revoke/saas/x/v", Some(at(1_800_000_000))).event_id();
+        assert_eq!(
+            first,
+            revoke("leak-revoke/saas/x/v", Some(at(1_800_000_059))).event_id(),
+            "leaks of one version within a minute: one command"
+        );
+        assert_ne!(
+            first,
+            revoke("leak-revoke/saas/x/v", Some(at(1_800_000_060))).event_id(),
+            "a later leak sends it again"
+        );
+        assert_ne!(
+            first,
+            revoke("leak-revoke/saas/y/v", Some(at(1_800_000_000))).event_id()
+        );
+        assert_eq!(
+            revoke("retire/x/v", None).event_id(),
+            revoke("retire/x/v", None).event_id()
+        );
+        let rotate = RotateCommand {
+            credential: "saas/x".parse().unwrap(),
+            reason: RotationReason::Manual,
+            op_id: "retire/x/v".into(),
+        };
+        assert_ne!(
+            rotate.event_id(),
+            revoke("retire/x/v", None).event_id(),
+            "the kind is part of the id"
+        );
+    }
 
     #[test]
     fn lifecycle_ids_are_deterministic_per_step_and_kind() {

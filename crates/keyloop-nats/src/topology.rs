@@ -3,6 +3,7 @@
 //! system changes only what differs from the layout here.
 
 use async_nats::jetstream::{self, consumer, kv, stream};
+use keyloop_core::event::{Command, RevokeCommand, RevokeLeaseCommand, RotateCommand};
 use std::time::Duration;
 
 /// How long inbound events and lifecycle events are kept (the audit horizon).
@@ -180,15 +181,19 @@ impl Topology {
     }
     /// `<prefix>.cmd.revoke`.
     pub fn cmd_revoke(&self) -> String {
-        format!("{}.cmd.revoke", self.prefix)
+        self.command::<RevokeCommand>()
     }
     /// `<prefix>.cmd.rotate`.
     pub fn cmd_rotate(&self) -> String {
-        format!("{}.cmd.rotate", self.prefix)
+        self.command::<RotateCommand>()
     }
     /// `<prefix>.cmd.lease.revoke`.
     pub fn cmd_revoke_lease(&self) -> String {
-        format!("{}.cmd.lease.revoke", self.prefix)
+        self.command::<RevokeLeaseCommand>()
+    }
+    /// `<prefix>.cmd.<C::SUBJECT>`: where commands of kind `C` go.
+    pub fn command<C: Command>(&self) -> String {
+        format!("{}.cmd.{}", self.prefix, C::SUBJECT)
     }
     /// `<prefix>.schedule.tick`.
     pub fn schedule_tick(&self) -> String {

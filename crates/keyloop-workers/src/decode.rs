@@ -71,6 +71,13 @@ pub fn cloud_event<T: DeserializeOwned>(
     serde_json::from_slice(payload).map_err(malformed)
 }
 
+/// Decodes `payload` as a command of kind `C` (see [`cloud_event`]).
+pub fn command<C: keyloop_core::event::Command>(
+    payload: &[u8],
+) -> Result<CloudEvent<C>, HandlerError> {
+    cloud_event(payload, C::TYPE)
+}
+
 fn category(e: &serde_json::Error) -> &'static str {
     match e.classify() {
         serde_json::error::Category::Io => "I/O",

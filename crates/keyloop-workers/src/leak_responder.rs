@@ -24,15 +24,12 @@ use crate::context::WorkerContext;
 use crate::decode;
 use crate::ops::Cause;
 use futures::FutureExt;
-use keyloop_core::event::{
-    CloudEvent, LEAK_DETECTED_TYPE, REVOKE_COMMAND_TYPE, RevokeCommand, stable_id,
-};
-use keyloop_core::event::{REVOKE_LEASE_COMMAND_TYPE, RevokeLeaseCommand, lease_event};
+use keyloop_core::event::{CloudEvent, LEAK_DETECTED_TYPE, RevokeCommand};
+use keyloop_core::event::{RevokeLeaseCommand, lease_event};
 use keyloop_core::lease::LeaseState;
 use keyloop_core::{CredentialId, LeakFinding, LifecycleData, LifecycleKind, RevokeReason, Stage};
 use keyloop_nats::{Delivery, FingerprintRef, Handler, HandlerError};
 use std::sync::Arc;
-use time::OffsetDateTime;
 use tracing::info;
 
 const SOURCE: &str = "keyloop/leak-responder";
@@ -46,21 +43,6 @@ pub fn revocation_op(credential: &CredentialId, version: uuid::Uuid) -> String {
 /// The one revocation operation of a leaked JIT lease, whichever leak asks for it.
 pub fn lease_revocation_op(lease: uuid::Uuid) -> String {
     format!("leak-revoke-lease/{lease}")
-}
-
-/// Leaks of one live version published further apart than this send its revocation's command
-/// again (for the same operation); closer together they send the same message, which the
-/// commands stream drops. A minute outlasts a burst of findings and a healthy revocation by far,
-/// and is short enough that a leak reported again after a failed revocation is acted on.
-pub const RESEND_AFTER_SECS: i64 = 60;
-
-/// The message id of the command of operation `op` asked for by a leak published at
-/// `leak_published` (see [`RESEND_AFTER_SECS`]).
-fn command_id(kind: &str, op: &str, leak_published: OffsetDateTime) -> String {
-    let window = leak_published
-        .unix_timestamp()
-        .div_euclid(RESEND_AFTER_SECS);
-    stable_id(&format!("cmd/{kind}/{op}/{window}")).to_string()
 }
 
 /// The handler of `<prefix>.leak.detected`.
@@ -152,17 +134,7 @@ async fn respond(ctx: &WorkerContext, delivery: &Delivery) -> Result<(), Handler
         then_rotate: matches!(version.stage, Stage::Current | Stage::Pending),
         note: None,
     };
-    let event = CloudEvent::new(
-        command_id("revoke", &op, delivery.published),
-        SOURCE,
-        REVOKE_COMMAND_TYPE,
-        command,
-    )
-    .with_subject(cred.id.to_string())
-    .caused_by(cause.correlation.clone(), cause.causation.clone());
-    ctx.bus
-        .publish_event(&ctx.bus.topology.cmd_revoke(), &event)
-        .await?;
+    cause.send(ctx, command).await?;
     Ok(())
 }
 
@@ -204,33 +176,6 @@ async fn respond_to_lease_leak(
         op_id: op.clone(),
         leak_published_at: Some(delivery.published),
     };
-    let event = CloudEvent::new(
-        command_id("lease-revoke", &op, delivery.published),
-        SOURCE,
-        REVOKE_LEASE_COMMAND_TYPE,
-        command,
-    )
-    .with_subject(keyloop_core::Lease::subject_token(lease_id))
-    .caused_by(cause.correlation.clone(), cause.causation.clone());
-    ctx.bus
-        .publish_event(&ctx.bus.topology.cmd_revoke_lease(), &event)
-        .await?;
+    cause.send(ctx, command).await?;
     Ok(())
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn leaks_of_one_version_within_a_minute_send_one_command_and_later_ones_send_it_again() {
-        let op = revocation_op(&"saas/x".parse().unwrap(), uuid::Uuid::nil());
-        let at = |secs| OffsetDateTime::from_unix_timestamp(secs).unwrap();
-        let first = command_id("revoke", &op, at(1_800_000_000));
-        assert_eq!(first, command_id("revoke", &op, at(1_800_000_059)));
-        assert_ne!(first, command_id("revoke", &op, at(1_800_000_060)));
-        let other = revocation_op(&"saas/y".parse().unwrap(), uuid::Uuid::nil());
-        assert_ne!(first, command_id("revoke", &other, at(1_800_000_000)));
-        assert_ne!(first, command_id("lease-revoke", &op, at(1_800_000_000)));
-    }
 }

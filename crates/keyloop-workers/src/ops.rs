@@ -26,6 +26,33 @@ pub struct Cause {
 }
 
 impl Cause {
+    /// The cause of what `source` does about `event`: the chain it belongs to, and the event
+    /// itself as the direct cause.
+    pub fn of<T>(source: &str, event: &keyloop_core::CloudEvent<T>) -> Self {
+        Self {
+            source: source.to_owned(),
+            correlation: event.correlationid.clone(),
+            causation: Some(event.id.clone()),
+        }
+    }
+
+    /// Sends `command` with this cause (see `Bus::send_command`).
+    pub async fn send<C: keyloop_core::event::Command>(
+        &self,
+        ctx: &WorkerContext,
+        command: C,
+    ) -> Result<(), Error> {
+        ctx.bus
+            .send_command(
+                &self.source,
+                command,
+                self.correlation.clone(),
+                self.causation.clone(),
+            )
+            .await
+            .map(|_| ())
+    }
+
     /// Publishes a lifecycle event for `step` with this cause. Its id is derived from `step`
     /// and the kind, so publishing again after a crash is deduplicated by the stream.
     pub async fn publish(

@@ -9,10 +9,7 @@ use crate::context::WorkerContext;
 use crate::decode;
 use crate::ops::{self, Cause, RevokeVersion};
 use futures::FutureExt;
-use keyloop_core::event::{
-    CloudEvent, REVOKE_COMMAND_TYPE, REVOKE_LEASE_COMMAND_TYPE, ROTATE_COMMAND_TYPE, RevokeCommand,
-    RevokeLeaseCommand, RotateCommand, stable_id,
-};
+use keyloop_core::event::{RevokeCommand, RevokeLeaseCommand, RotateCommand};
 use keyloop_core::{RotationReason, Stage};
 use keyloop_nats::{Delivery, Handler, HandlerError};
 use std::sync::Arc;
@@ -29,16 +26,12 @@ pub fn handler(ctx: Arc<WorkerContext>) -> Handler {
 }
 
 async fn revoke(ctx: &WorkerContext, delivery: &Delivery) -> Result<(), HandlerError> {
-    if delivery.message.subject.as_str() == ctx.bus.topology.cmd_revoke_lease() {
+    // The role consumes two kinds of command; each subject carries one (see `Command`).
+    if delivery.message.subject.as_str() == ctx.bus.topology.command::<RevokeLeaseCommand>() {
         return revoke_lease(ctx, delivery).await;
     }
-    let command: CloudEvent<RevokeCommand> =
-        decode::cloud_event(&delivery.message.payload, REVOKE_COMMAND_TYPE)?;
-    let cause = Cause {
-        source: SOURCE.into(),
-        correlation: command.correlationid.clone(),
-        causation: Some(command.id.clone()),
-    };
+    let command = decode::command::<RevokeCommand>(&delivery.message.payload)?;
+    let cause = Cause::of(SOURCE, &command);
     execute(ctx, &command.data, &cause, delivery.last_attempt)
         .await
         .map_err(HandlerError::from)
@@ -81,33 +74,18 @@ pub async fn execute(
         let rotate = RotateCommand {
             credential: cmd.credential.clone(),
             reason: RotationReason::Leak,
-            op_id: op_id.clone(),
+            op_id,
         };
-        let event = CloudEvent::new(
-            stable_id(&format!("cmd/rotate/{op_id}")).to_string(),
-            SOURCE,
-            ROTATE_COMMAND_TYPE,
-            rotate,
-        )
-        .with_subject(cmd.credential.to_string())
-        .caused_by(cause.correlation.clone(), cause.causation.clone());
-        ctx.bus
-            .publish_event(&ctx.bus.topology.cmd_rotate(), &event)
-            .await?;
+        cause.send(ctx, rotate).await?;
     }
     Ok(())
 }
 
 /// `cmd.lease.revoke`: end one JIT lease (see `ops::end_lease`).
 async fn revoke_lease(ctx: &WorkerContext, delivery: &Delivery) -> Result<(), HandlerError> {
-    let command: CloudEvent<RevokeLeaseCommand> =
-        decode::cloud_event(&delivery.message.payload, REVOKE_LEASE_COMMAND_TYPE)?;
+    let command = decode::command::<RevokeLeaseCommand>(&delivery.message.payload)?;
     let cmd = &command.data;
-    let cause = Cause {
-        source: SOURCE.into(),
-        correlation: command.correlationid.clone(),
-        causation: Some(command.id.clone()),
-    };
+    let cause = Cause::of(SOURCE, &command);
     let ended = ops::end_lease(
         ctx,
         cmd.lease,

@@ -33,7 +33,7 @@ use crate::context::WorkerContext;
 use crate::decode;
 use crate::ops::{self, Cause, RevokeVersion, backend, version_for_op};
 use futures::FutureExt;
-use keyloop_core::event::{CloudEvent, ROTATE_COMMAND_TYPE, RotateCommand};
+use keyloop_core::event::RotateCommand;
 use keyloop_core::{
     AtTarget, Credential, Fingerprint, LifecycleData, LifecycleKind, PendingUndo, RevokeReason,
     RotationReason, RotationRetry, Secret, Stage, Version,
@@ -57,13 +57,8 @@ pub fn handler(ctx: Arc<WorkerContext>) -> Handler {
 }
 
 async fn rotate(ctx: &WorkerContext, delivery: &Delivery) -> Result<(), HandlerError> {
-    let command: CloudEvent<RotateCommand> =
-        decode::cloud_event(&delivery.message.payload, ROTATE_COMMAND_TYPE)?;
-    let cause = Cause {
-        source: SOURCE.into(),
-        correlation: command.correlationid.clone(),
-        causation: Some(command.id.clone()),
-    };
+    let command = decode::command::<RotateCommand>(&delivery.message.payload)?;
+    let cause = Cause::of(SOURCE, &command);
     execute(ctx, &command.data, &cause, delivery.last_attempt)
         .await
         .map_err(HandlerError::from)

@@ -22,9 +22,8 @@ use crate::ops::{self, Cause};
 use futures::FutureExt;
 use keyloop_core::duration::checked_after;
 use keyloop_core::event::{
-    CREDENTIAL_USED_TYPE, CloudEvent, CredentialUsed, REVOKE_COMMAND_TYPE,
-    REVOKE_LEASE_COMMAND_TYPE, ROTATE_COMMAND_TYPE, RevokeCommand, RevokeLeaseCommand,
-    RotateCommand, SCHEDULE_TICK_TYPE, ScheduleTick, stable_id,
+    CREDENTIAL_USED_TYPE, CloudEvent, Command, CredentialUsed, RevokeCommand, RevokeLeaseCommand,
+    RotateCommand, SCHEDULE_TICK_TYPE, ScheduleTick,
 };
 use keyloop_core::lease::LeaseState;
 use keyloop_core::{Credential, RevokeReason, RotationReason, Stage};
@@ -73,11 +72,7 @@ pub fn handler(ctx: Arc<WorkerContext>) -> Handler {
 async fn record_use(ctx: &WorkerContext, delivery: &Delivery) -> Result<(), HandlerError> {
     let used: CloudEvent<CredentialUsed> =
         decode::cloud_event(&delivery.message.payload, CREDENTIAL_USED_TYPE)?;
-    let cause = Cause {
-        source: SOURCE.into(),
-        correlation: used.correlationid.clone(),
-        causation: Some(used.id.clone()),
-    };
+    let cause = Cause::of(SOURCE, &used);
     match ops::record_use(
         ctx,
         &used.data.credential,
@@ -189,7 +184,6 @@ async fn credential_for(
 /// Publishes the command for a due entry if the inventory confirms it is due; reschedules or
 /// drops it otherwise.
 async fn act(ctx: &WorkerContext, entry: &DueEntry, now: OffsetDateTime) -> Result<Acted, Error> {
-    let topo = &ctx.bus.topology;
     match &entry.item {
         DueItem::Rotate { credential } => {
             let Some(cred) = credential_for(ctx, credential).await? else {
@@ -227,15 +221,7 @@ async fn act(ctx: &WorkerContext, entry: &DueEntry, now: OffsetDateTime) -> Resu
                 reason,
                 op_id: op_id.clone(),
             };
-            publish(
-                ctx,
-                &topo.cmd_rotate(),
-                ROTATE_COMMAND_TYPE,
-                &op_id,
-                credential.as_str(),
-                cmd,
-            )
-            .await?;
+            send(ctx, &op_id, cmd).await?;
             Ok(Acted::Published)
         }
         DueItem::Retire {
@@ -260,15 +246,7 @@ async fn act(ctx: &WorkerContext, entry: &DueEntry, now: OffsetDateTime) -> Resu
                 then_rotate: false,
                 note: None,
             };
-            publish(
-                ctx,
-                &topo.cmd_revoke(),
-                REVOKE_COMMAND_TYPE,
-                &op_id,
-                credential.as_str(),
-                cmd,
-            )
-            .await?;
+            send(ctx, &op_id, cmd).await?;
             Ok(Acted::Published)
         }
         DueItem::Expire { lease } => {
@@ -285,16 +263,7 @@ async fn act(ctx: &WorkerContext, entry: &DueEntry, now: OffsetDateTime) -> Resu
                 op_id: op_id.clone(),
                 leak_published_at: None,
             };
-            let subject = keyloop_core::Lease::subject_token(*lease);
-            publish(
-                ctx,
-                &topo.cmd_revoke_lease(),
-                REVOKE_LEASE_COMMAND_TYPE,
-                &op_id,
-                &subject,
-                cmd,
-            )
-            .await?;
+            send(ctx, &op_id, cmd).await?;
             Ok(Acted::Published)
         }
         DueItem::Idle { credential } => {
@@ -320,37 +289,19 @@ async fn act(ctx: &WorkerContext, entry: &DueEntry, now: OffsetDateTime) -> Resu
                 then_rotate: false,
                 note: Some(format!("unused since {last}")),
             };
-            publish(
-                ctx,
-                &topo.cmd_revoke(),
-                REVOKE_COMMAND_TYPE,
-                &op_id,
-                credential.as_str(),
-                cmd,
-            )
-            .await?;
+            send(ctx, &op_id, cmd).await?;
             Ok(Acted::Published)
         }
     }
 }
 
-async fn publish<T: Serialize>(
-    ctx: &WorkerContext,
-    subject: &str,
-    ty: &str,
-    op_id: &str,
-    about: &str,
-    command: T,
-) -> Result<(), Error> {
-    let event = CloudEvent::new(
-        stable_id(&format!("cmd/{op_id}")).to_string(),
-        SOURCE,
-        ty,
-        command,
-    )
-    .with_subject(about)
-    .caused_by(Some(op_id.to_owned()), None);
-    ctx.bus.publish_event(subject, &event).await.map(|_| ())
+/// Sends a command the sweep found due; its correlation id is the operation, which the
+/// audit log then groups under (a scheduled rotation starts its own chain).
+async fn send<C: Command>(ctx: &WorkerContext, op_id: &str, command: C) -> Result<(), Error> {
+    ctx.bus
+        .send_command(SOURCE, command, Some(op_id.to_owned()), None)
+        .await
+        .map(|_| ())
 }
 
 #[cfg(test)]

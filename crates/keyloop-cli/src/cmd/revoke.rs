@@ -6,7 +6,7 @@ use crate::cli::{Global, RevokeArgs};
 use crate::cmd::credential::parse_id;
 use crate::{config, output};
 use anyhow::{Result, bail};
-use keyloop_core::event::{CloudEvent, REVOKE_COMMAND_TYPE, RevokeCommand};
+use keyloop_core::event::RevokeCommand;
 use keyloop_core::{LifecycleKind, RevokeReason, Stage};
 use std::process::ExitCode;
 
@@ -46,10 +46,7 @@ pub(crate) async fn run(g: &Global, args: RevokeArgs) -> Result<ExitCode> {
         then_rotate: args.rotate,
         note: Some(args.reason.clone()),
     };
-    let event = CloudEvent::new(op_id.clone(), "keyloop/cli", REVOKE_COMMAND_TYPE, cmd)
-        .with_subject(id.to_string())
-        .caused_by(Some(op_id.clone()), None);
-    bus.publish_event(&bus.topology.cmd_revoke(), &event)
+    bus.send_command("keyloop/cli", cmd, Some(op_id.clone()), None)
         .await?;
     if args.no_wait {
         output::line(format_args!(

@@ -5,7 +5,7 @@ use crate::cli::{Global, RotateArgs};
 use crate::cmd::credential::parse_id;
 use crate::{config, output};
 use anyhow::{Result, bail};
-use keyloop_core::event::{CloudEvent, ROTATE_COMMAND_TYPE, RotateCommand};
+use keyloop_core::event::RotateCommand;
 use keyloop_core::{LifecycleKind, RotationReason};
 use std::process::ExitCode;
 
@@ -21,10 +21,7 @@ pub(crate) async fn run(g: &Global, args: RotateArgs) -> Result<ExitCode> {
         reason: RotationReason::Manual,
         op_id: op_id.clone(),
     };
-    let event = CloudEvent::new(op_id.clone(), "keyloop/cli", ROTATE_COMMAND_TYPE, cmd)
-        .with_subject(id.to_string())
-        .caused_by(Some(op_id.clone()), None);
-    bus.publish_event(&bus.topology.cmd_rotate(), &event)
+    bus.send_command("keyloop/cli", cmd, Some(op_id.clone()), None)
         .await?;
     if args.no_wait {
         output::line(format_args!(
