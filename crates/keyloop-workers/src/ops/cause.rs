@@ -1,0 +1,59 @@
+//! Where an operation came from, carried into every event and command it sends.
+
+use crate::context::WorkerContext;
+use keyloop_core::LifecycleData;
+use keyloop_core::event::lifecycle_event;
+use keyloop_nats::Error;
+
+/// Where an operation came from, carried into every event it publishes.
+#[derive(Debug, Clone, Default)]
+pub struct Cause {
+    /// `keyloop/<role>` or `keyloop/cli`.
+    pub source: String,
+    /// The leak or request that started the chain.
+    pub correlation: Option<String>,
+    /// The message that caused this step.
+    pub causation: Option<String>,
+}
+
+impl Cause {
+    /// The cause of what `source` does about `event`: the chain it belongs to, and the event
+    /// itself as the direct cause.
+    pub fn of<T>(source: &str, event: &keyloop_core::CloudEvent<T>) -> Self {
+        Self {
+            source: source.to_owned(),
+            correlation: event.correlationid.clone(),
+            causation: Some(event.id.clone()),
+        }
+    }
+
+    /// Sends `command` with this cause (see `Bus::send_command`).
+    pub async fn send<C: keyloop_core::event::Command>(
+        &self,
+        ctx: &WorkerContext,
+        command: C,
+    ) -> Result<(), Error> {
+        ctx.bus
+            .send_command(
+                &self.source,
+                command,
+                self.correlation.clone(),
+                self.causation.clone(),
+            )
+            .await
+            .map(|_| ())
+    }
+
+    /// Publishes a lifecycle event for `step` with this cause. Its id is derived from `step`
+    /// and the kind, so publishing again after a crash is deduplicated by the stream.
+    pub async fn publish(
+        &self,
+        ctx: &WorkerContext,
+        step: &str,
+        data: LifecycleData,
+    ) -> Result<(), Error> {
+        let event = lifecycle_event(&self.source, step, data)
+            .caused_by(self.correlation.clone(), self.causation.clone());
+        ctx.bus.publish_lifecycle(&event).await.map(|_| ())
+    }
+}
