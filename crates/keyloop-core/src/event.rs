@@ -305,6 +305,23 @@ pub trait Command: Serialize + DeserializeOwned {
     fn event_id(&self) -> String {
         stable_id(&format!("cmd/{}/{}", Self::SUBJECT, self.dedup_key())).to_string()
     }
+
+    /// The command as the CloudEvent that carries it, sent by `source` as part of the chain
+    /// `correlation`, caused by the message `causation`.
+    fn into_event(
+        self,
+        source: &str,
+        correlation: Option<String>,
+        causation: Option<String>,
+    ) -> CloudEvent<Self>
+    where
+        Self: Sized,
+    {
+        let (id, about) = (self.event_id(), self.about());
+        CloudEvent::new(id, source, Self::TYPE, self)
+            .with_subject(about)
+            .caused_by(correlation, causation)
+    }
 }
 
 /// Leaks of one live version published further apart than this send its revocation's command

@@ -291,10 +291,7 @@ impl Bus {
         correlation: Option<String>,
         causation: Option<String>,
     ) -> Result<PublishAck, Error> {
-        let about = command.about();
-        let event = CloudEvent::new(command.event_id(), source, C::TYPE, command)
-            .with_subject(about)
-            .caused_by(correlation, causation);
+        let event = command.into_event(source, correlation, causation);
         self.publish_event(&self.topology.command::<C>(), &event)
             .await
     }

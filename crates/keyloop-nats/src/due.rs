@@ -47,7 +47,8 @@ pub enum DueItem {
 }
 
 impl DueItem {
-    fn key_suffix(&self) -> String {
+    /// The part of its key after the minute: `<kind>.<item>`.
+    pub fn key_suffix(&self) -> String {
         match self {
             Self::Rotate { credential } => format!("rotate.{credential}"),
             Self::Retire {

@@ -138,10 +138,10 @@ impl Fence {
 /// Applies `decide` to the credential's record with compare-and-set, like
 /// `Inventory::update`; when the calling task holds the credential's claim, the write is fenced:
 /// it fails (and nothing is written) once the record's claim is no longer this holder's.
-pub async fn update_credential<T>(
+pub async fn update_credential<T: Send>(
     ctx: &WorkerContext,
     id: &CredentialId,
-    mut decide: impl FnMut(&mut Credential) -> Result<Change<T>, Error>,
+    mut decide: impl FnMut(&mut Credential) -> Result<Change<T>, Error> + Send,
 ) -> Result<T, Error> {
     let fence = Fence::current(id);
     ctx.inventory

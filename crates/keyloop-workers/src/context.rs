@@ -2,11 +2,14 @@
 //! credential may name. Built once per process and shared by all roles in it.
 
 use crate::claim::{ClaimWatch, claim_fence};
+use crate::records::memory::{MemoryDue, MemoryFingerprints, MemoryOutbox, MemoryRecords};
+use crate::records::{Due, Fingerprints, Outbox, Records};
 use keyloop_backends::{
     LocalStore, MasterKey, NoneTarget, ResilientStore, ResilientTarget, Store, Target,
 };
+use keyloop_core::event::Command;
 use keyloop_core::{StoreKind, TargetKind};
-use keyloop_nats::{Bus, DueIndex, Error, ErrorKind, FingerprintIndex, Inventory};
+use keyloop_nats::{Bus, Error, ErrorKind, Topology};
 use std::sync::Arc;
 
 /// How long a claim lasts once its holder stops renewing it (see `claim`). Only other
@@ -18,7 +21,7 @@ pub const DEFAULT_CLAIM_TTL: std::time::Duration = std::time::Duration::from_sec
 #[derive(Debug, Clone, Default)]
 pub struct Backends {
     /// The `local` store; `None` when no master key was given.
-    pub local: Option<Arc<LocalStore>>,
+    pub local: Option<Arc<dyn Store>>,
     /// The `aws-sm` store; `None` when this process was not given one.
     pub aws_sm: Option<Arc<dyn Store>>,
     /// The `postgres` target; `None` when no admin DSN was given.
@@ -35,7 +38,7 @@ impl Backends {
     /// of the calling task), or an error that says how to configure it.
     pub fn store(&self, kind: StoreKind) -> Result<Arc<dyn Store>, Error> {
         let inner: Arc<dyn Store> = match kind {
-            StoreKind::Local => self.local.clone().map(|s| s as Arc<dyn Store>).ok_or_else(|| {
+            StoreKind::Local => self.local.clone().ok_or_else(|| {
                 Error::msg(
                     ErrorKind::Permanent,
                     "the local store needs a master key: set KEYLOOP_MASTER_KEY or pass --master-key-file",
@@ -74,14 +77,19 @@ impl Backends {
 /// Shared state of the workers in one process.
 #[derive(Debug, Clone)]
 pub struct WorkerContext {
-    /// NATS.
-    pub bus: Bus,
-    /// Credentials and versions.
-    pub inventory: Inventory,
+    /// The NATS connection, for what needs one itself (the consume runtime, request/reply
+    /// services); `None` in a context made in memory ([`WorkerContext::in_memory`]).
+    pub bus: Option<Bus>,
+    /// Names of streams, subjects and buckets.
+    pub topology: Topology,
+    /// Credentials, leases and bindings.
+    pub inventory: Arc<dyn Records>,
     /// Digest → version or lease.
-    pub fingerprints: FingerprintIndex,
+    pub fingerprints: Arc<dyn Fingerprints>,
     /// Due-time index of the sweeper.
-    pub due: DueIndex,
+    pub due: Arc<dyn Due>,
+    /// The audit log and the command queue.
+    pub outbox: Arc<dyn Outbox>,
     /// Stores and targets.
     pub backends: Backends,
     /// This process's identity in credential claims.
@@ -110,22 +118,78 @@ impl WorkerContext {
                     };
                     Error::new(kind, "open the local store", e)
                 })?;
-                Some(Arc::new(local))
+                Some(Arc::new(local) as Arc<dyn Store>)
             }
             None => None,
         };
         Ok(Self {
-            bus,
-            inventory,
-            fingerprints,
-            due,
+            topology: bus.topology.clone(),
+            outbox: Arc::new(bus.clone()),
+            bus: Some(bus),
+            inventory: Arc::new(inventory),
+            fingerprints: Arc::new(fingerprints),
+            due: Arc::new(due),
             backends: Backends {
                 local,
                 ..Backends::default()
             },
-            holder: format!("{}-{}", std::process::id(), uuid::Uuid::now_v7()),
+            holder: new_holder(),
             claim_ttl: DEFAULT_CLAIM_TTL,
             claim_watch: Arc::default(),
         })
     }
+
+    /// A context whose records and outbox live in memory, with `backends`: the protocols run
+    /// as in production, with no server (for unit tests).
+    pub fn in_memory(backends: Backends) -> Self {
+        Self {
+            bus: None,
+            topology: Topology::default(),
+            inventory: Arc::new(MemoryRecords::default()),
+            fingerprints: Arc::new(MemoryFingerprints::default()),
+            due: Arc::new(MemoryDue::default()),
+            outbox: Arc::new(MemoryOutbox::default()),
+            backends,
+            holder: new_holder(),
+            claim_ttl: DEFAULT_CLAIM_TTL,
+            claim_watch: Arc::default(),
+        }
+    }
+
+    /// The same records and backends as another process would have them: its own claim holder
+    /// and claim watch (a replica, or a worker restarted after a crash).
+    pub fn replica(&self) -> Self {
+        Self {
+            holder: new_holder(),
+            claim_watch: Arc::default(),
+            ..self.clone()
+        }
+    }
+
+    /// The NATS connection, for what cannot run without one.
+    pub fn bus(&self) -> Result<&Bus, Error> {
+        self.bus.as_ref().ok_or_else(|| {
+            Error::msg(
+                ErrorKind::Permanent,
+                "this worker context has no NATS connection (made in memory)",
+            )
+        })
+    }
+
+    /// Sends `command` (see `Bus::send_command`) from `source`.
+    pub async fn send_command<C: Command>(
+        &self,
+        source: &str,
+        command: C,
+        correlation: Option<String>,
+        causation: Option<String>,
+    ) -> Result<(), Error> {
+        self.outbox
+            .send_command(&self.topology, source, command, correlation, causation)
+            .await
+    }
+}
+
+fn new_holder() -> String {
+    format!("{}-{}", std::process::id(), uuid::Uuid::now_v7())
 }

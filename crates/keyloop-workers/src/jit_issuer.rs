@@ -12,8 +12,8 @@ use crate::decode;
 use crate::ops::{self, Cause};
 use futures::{FutureExt, StreamExt};
 use keyloop_core::event::{
-    CloudEvent, LifecycleData, LifecycleKind, REVOKE_LEASE_COMMAND_TYPE, RevokeLeaseCommand,
-    TASK_COMPLETED_TYPE, TaskCompleted, lease_event, stable_id,
+    CloudEvent, LifecycleData, LifecycleKind, RevokeLeaseCommand, TASK_COMPLETED_TYPE,
+    TaskCompleted, lease_event,
 };
 use keyloop_core::lease::ScopePolicy;
 use keyloop_core::lease::{
@@ -71,16 +71,7 @@ async fn task_completed(ctx: &WorkerContext, delivery: &Delivery) -> Result<(), 
             op_id: op_id.clone(),
             leak_published_at: None,
         };
-        let ev = CloudEvent::new(
-            stable_id(&format!("cmd/{op_id}")).to_string(),
-            SOURCE,
-            REVOKE_LEASE_COMMAND_TYPE,
-            cmd,
-        )
-        .with_subject(Lease::subject_token(lease_id))
-        .caused_by(Some(task.clone()), Some(event.id.clone()));
-        ctx.bus
-            .publish_event(&ctx.bus.topology.cmd_revoke_lease(), &ev)
+        ctx.send_command(SOURCE, cmd, Some(task.clone()), Some(event.id.clone()))
             .await?;
         revoked += 1;
     }
@@ -271,7 +262,7 @@ pub async fn issue(
         ctx.inventory.index_lease_under_task(&lease),
         ctx.due
             .schedule(DueItem::Expire { lease: lease.id }, lease.expires_at, now),
-        ctx.bus.publish_lifecycle(&event),
+        ctx.outbox.publish_lifecycle(&event),
     );
     indexed.map_err(unavailable)?;
     by_task.map_err(unavailable)?;
@@ -330,7 +321,7 @@ pub async fn verify(
                 let event =
                     lease_event(SOURCE, &format!("used/{}/{window}", lease.id), data, &lease)
                         .caused_by(Some(lease.task_id.clone()), None);
-                ctx.bus.publish_lifecycle(&event).await?;
+                ctx.outbox.publish_lifecycle(&event).await?;
             }
             Ok(VerifyReply {
                 valid: true,
@@ -400,8 +391,8 @@ pub async fn serve(
     policy: JitPolicy,
     shutdown: CancellationToken,
 ) -> Result<(), Error> {
-    let topo = &ctx.bus.topology;
-    let client = ctx.bus.client.clone();
+    let topo = &ctx.topology;
+    let client = ctx.bus()?.client.clone();
     let subscribe = |subject: String| {
         let client = client.clone();
         async move {

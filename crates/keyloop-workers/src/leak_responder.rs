@@ -165,7 +165,7 @@ async fn respond_to_lease_leak(
     data.op_id = live.then(|| op.clone());
     let event = lease_event(SOURCE, &step, data, &lease)
         .caused_by(cause.correlation.clone(), cause.causation.clone());
-    ctx.bus.publish_lifecycle(&event).await?;
+    ctx.outbox.publish_lifecycle(&event).await?;
     if !live {
         return Ok(());
     }

@@ -17,6 +17,7 @@ pub mod decode;
 pub mod jit_issuer;
 pub mod leak_responder;
 pub mod ops;
+pub mod records;
 pub mod revoker;
 pub mod rotator;
 pub mod scheduler;
@@ -79,11 +80,12 @@ pub async fn run(
     config: WorkerConfig,
     shutdown: CancellationToken,
 ) -> Result<(), Error> {
+    let bus = ctx.bus()?.clone();
     let mut set = tokio::task::JoinSet::new();
     let mut names = std::collections::HashMap::new();
     for &role in roles {
         if let Some(handler) = handler_for(role, ctx.clone()) {
-            let (bus, cfg, stop) = (ctx.bus.clone(), config.consume.clone(), shutdown.clone());
+            let (bus, cfg, stop) = (bus.clone(), config.consume.clone(), shutdown.clone());
             let stats = Arc::new(ConsumeStats::default());
             let task = set.spawn(async move {
                 keyloop_nats::runtime::consume(bus, role, cfg, handler, stats, stop).await
@@ -91,10 +93,11 @@ pub async fn run(
             names.insert(task.id(), role.name());
         }
         let task = match role {
-            Role::Scheduler => {
-                let bus = ctx.bus.clone();
-                set.spawn(scheduler::run(bus, config.tick_interval, shutdown.clone()))
-            }
+            Role::Scheduler => set.spawn(scheduler::run(
+                bus.clone(),
+                config.tick_interval,
+                shutdown.clone(),
+            )),
             Role::JitIssuer => set.spawn(jit_issuer::serve(
                 ctx.clone(),
                 config.jit_policy.clone(),

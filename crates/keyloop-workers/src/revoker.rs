@@ -27,7 +27,7 @@ pub fn handler(ctx: Arc<WorkerContext>) -> Handler {
 
 async fn revoke(ctx: &WorkerContext, delivery: &Delivery) -> Result<(), HandlerError> {
     // The role consumes two kinds of command; each subject carries one (see `Command`).
-    if delivery.message.subject.as_str() == ctx.bus.topology.command::<RevokeLeaseCommand>() {
+    if delivery.message.subject.as_str() == ctx.topology.command::<RevokeLeaseCommand>() {
         return revoke_lease(ctx, delivery).await;
     }
     let command = decode::command::<RevokeCommand>(&delivery.message.payload)?;

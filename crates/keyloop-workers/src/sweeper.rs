@@ -57,7 +57,7 @@ pub fn handler(ctx: Arc<WorkerContext>) -> Handler {
     Arc::new(move |delivery| {
         let ctx = ctx.clone();
         async move {
-            if delivery.message.subject.as_str() == ctx.bus.topology.credential_used() {
+            if delivery.message.subject.as_str() == ctx.topology.credential_used() {
                 return record_use(&ctx, &delivery).await;
             }
             let tick: CloudEvent<ScheduleTick> = decode::cloud_event(&delivery.message.payload, SCHEDULE_TICK_TYPE)?;
@@ -298,10 +298,8 @@ async fn act(ctx: &WorkerContext, entry: &DueEntry, now: OffsetDateTime) -> Resu
 /// Sends a command the sweep found due; its correlation id is the operation, which the
 /// audit log then groups under (a scheduled rotation starts its own chain).
 async fn send<C: Command>(ctx: &WorkerContext, op_id: &str, command: C) -> Result<(), Error> {
-    ctx.bus
-        .send_command(SOURCE, command, Some(op_id.to_owned()), None)
+    ctx.send_command(SOURCE, command, Some(op_id.to_owned()), None)
         .await
-        .map(|_| ())
 }
 
 #[cfg(test)]

@@ -194,7 +194,7 @@ async fn reveal(g: &Global, id: &str) -> Result<ExitCode> {
         &format!("reveal/{}", uuid::Uuid::now_v7()),
         data,
     );
-    ctx.bus.publish_lifecycle(&event).await?;
+    ctx.outbox.publish_lifecycle(&event).await?;
     let mut out = std::io::stdout().lock();
     out.write_all(value.expose().as_bytes())
         .and_then(|()| out.write_all(b"\n"))

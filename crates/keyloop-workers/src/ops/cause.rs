@@ -33,15 +33,13 @@ impl Cause {
         ctx: &WorkerContext,
         command: C,
     ) -> Result<(), Error> {
-        ctx.bus
-            .send_command(
-                &self.source,
-                command,
-                self.correlation.clone(),
-                self.causation.clone(),
-            )
-            .await
-            .map(|_| ())
+        ctx.send_command(
+            &self.source,
+            command,
+            self.correlation.clone(),
+            self.causation.clone(),
+        )
+        .await
     }
 
     /// Publishes a lifecycle event for `step` with this cause. Its id is derived from `step`
@@ -54,6 +52,6 @@ impl Cause {
     ) -> Result<(), Error> {
         let event = lifecycle_event(&self.source, step, data)
             .caused_by(self.correlation.clone(), self.causation.clone());
-        ctx.bus.publish_lifecycle(&event).await.map(|_| ())
+        ctx.outbox.publish_lifecycle(&event).await.map(|_| ())
     }
 }

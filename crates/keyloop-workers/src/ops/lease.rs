@@ -73,6 +73,6 @@ pub async fn end_lease(
         leak_published_at.map(|t| (ended_at - t).whole_milliseconds().max(0) as u64);
     let event = lease_event(&cause.source, &format!("{op}/{lease_id}"), data, &lease)
         .caused_by(cause.correlation.clone(), cause.causation.clone());
-    ctx.bus.publish_lifecycle(&event).await?;
+    ctx.outbox.publish_lifecycle(&event).await?;
     Ok(true)
 }
