@@ -262,12 +262,15 @@ impl<T: ?Sized> Resilient<T> {
         Fut: std::future::Future<Output = Result<R, BackendError>> + Send + 'a,
     {
         let retried = (move || {
-            let call = attempt();
+            // The fault is decided before the backend call is even made: a backend that does
+            // its work when the call is made, not when it is awaited, must not get there.
+            let call = match &self.faults {
+                Some(f) => f.check(op, credential),
+                None => Ok(()),
+            }
+            .map(|()| attempt());
             async move {
-                if let Some(f) = &self.faults {
-                    f.check(op, credential)?;
-                }
-                let result = call.await;
+                let result = call?.await;
                 if let (Some(f), Ok(_)) = (&self.faults, &result) {
                     f.after(op, credential).await;
                 }
@@ -417,6 +420,61 @@ mod tests {
         );
         assert!(f.check("test", &c).is_ok());
         assert_eq!(f.injected(), 2);
+    }
+
+    /// A target that does its work when the call is made, before the future is awaited.
+    #[derive(Debug, Default)]
+    struct Eager {
+        applied: AtomicU64,
+    }
+
+    impl Target for Eager {
+        fn apply<'a>(
+            &'a self,
+            _: &'a Credential,
+            _: Uuid,
+            _: &'a Secret,
+        ) -> BoxFuture<'a, Result<(), BackendError>> {
+            self.applied.fetch_add(1, Ordering::SeqCst);
+            Box::pin(async { Ok(()) })
+        }
+        fn test<'a>(
+            &'a self,
+            _: &'a Credential,
+            _: Uuid,
+            _: &'a Secret,
+        ) -> BoxFuture<'a, Result<(), BackendError>> {
+            Box::pin(async { Ok(()) })
+        }
+        fn invalidate<'a>(
+            &'a self,
+            _: &'a Credential,
+            _: Uuid,
+            _: Option<&'a Secret>,
+            _: RevokeReason,
+        ) -> BoxFuture<'a, Result<(), BackendError>> {
+            Box::pin(async { Ok(()) })
+        }
+    }
+
+    #[tokio::test]
+    async fn an_injected_fault_stops_the_call_before_the_backend_is_reached() {
+        let eager = Arc::new(Eager::default());
+        let faults = Arc::new(Faults::parse("permanent=apply").unwrap());
+        let target = ResilientTarget::new(eager.clone(), Some(faults));
+        let c = credential();
+        let e = target
+            .apply(&c, Uuid::nil(), &Secret::from("kl_x"))
+            .await
+            .unwrap_err();
+        assert!(e.untouched, "{e}");
+        assert_eq!(eager.applied.load(Ordering::SeqCst), 0);
+        let healthy = ResilientTarget::new(eager.clone(), None);
+        healthy
+            .apply(&c, Uuid::nil(), &Secret::from("kl_x"))
+            .await
+            .unwrap();
+        assert_eq!(eager.applied.load(Ordering::SeqCst), 1);
     }
 
     fn credential() -> Credential {
