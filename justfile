@@ -12,9 +12,11 @@ demo:
 test:
     scripts/test
 
-# time-to-revoke and throughput beside the raw JetStream loop, e.g. `just bench --rate 500`
+# time-to-revoke and throughput beside the raw JetStream loop, e.g. `just bench --rate 500`;
+# builds the `keyloop` binary it drives first (cargo cannot make one crate depend on another's binary)
 bench *ARGS:
-    cargo run --release -q -p keyloop-cli -- bench {{ARGS}}
+    cargo build --release -q -p keyloop-cli
+    cargo run --release -q -p keyloop-bench -- {{ARGS}}
 
 # formatting and lints, as CI runs them
 lint:

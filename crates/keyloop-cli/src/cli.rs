@@ -100,9 +100,6 @@ pub(crate) enum Command {
         /// Output directory.
         dir: PathBuf,
     },
-    /// Measure time-to-revoke and throughput beside the raw JetStream loop, on a nats-server
-    /// and worker processes of its own (--nats and the master key are not used).
-    Bench(BenchArgs),
 }
 
 #[derive(Debug, Args)]
@@ -298,47 +295,4 @@ fn replay_time(text: &str) -> Result<String, String> {
 /// Holds a flag's value as a [`Secret`], so printing the parsed flags never shows it.
 fn parse_secret(text: &str) -> Result<Secret, std::convert::Infallible> {
     Ok(Secret::from(text))
-}
-
-#[derive(Debug, Args)]
-#[command(args_conflicts_with_subcommands = true)]
-pub(crate) struct BenchArgs {
-    /// Leak findings published per second in the latency phase.
-    #[arg(long, default_value_t = 1000)]
-    pub(crate) rate: u32,
-    /// Length of the latency phase (e.g. 10s).
-    #[arg(long, default_value = "10s")]
-    pub(crate) duration: String,
-    /// Leaks published as fast as possible in the throughput phase.
-    #[arg(long, default_value_t = 10_000)]
-    pub(crate) leaks: usize,
-    /// Worker processes (each runs leak-responder, revoker and rotator); the raw loop runs as
-    /// many processes.
-    #[arg(long, default_value_t = 1)]
-    pub(crate) replicas: usize,
-    /// Messages in flight per role in each worker process, and per raw-loop process.
-    #[arg(long, default_value_t = 64)]
-    pub(crate) concurrency: usize,
-    /// Credentials to register (target none, local store); at least rate × duration + leaks,
-    /// which is the default. More makes a larger inventory that is never leaked.
-    #[arg(long)]
-    pub(crate) credentials: Option<usize>,
-    /// A run of a few seconds for CI (rate 100/s for 1 s, 100 leaks): proves the bench works,
-    /// its figures mean nothing.
-    #[arg(long)]
-    pub(crate) smoke: bool,
-    #[command(subcommand)]
-    pub(crate) worker: Option<BenchWorker>,
-}
-
-/// Processes the bench starts; not for people.
-#[derive(Debug, Subcommand)]
-pub(crate) enum BenchWorker {
-    /// The raw JetStream loop the bench compares keyloop with.
-    #[command(hide = true)]
-    RawWorker {
-        /// Messages in flight in this process.
-        #[arg(long, default_value_t = 64)]
-        concurrency: usize,
-    },
 }

@@ -118,14 +118,6 @@ pub const WAIT_TIMEOUT: Bounds = Bounds {
     capped_by: None,
 };
 
-/// `bench --duration`: from 1 s to 1 h.
-pub const BENCH_DURATION: Bounds = Bounds {
-    setting: "duration",
-    min_secs: 1,
-    max_secs: 3_600,
-    capped_by: None,
-};
-
 impl Bounds {
     /// These bounds with the maximum lowered to `max_secs` (never raised), for a setting
     /// limited by another one, `by`: `grace` by `max-age`.

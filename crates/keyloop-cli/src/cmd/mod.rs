@@ -1,7 +1,6 @@
 //! One file per subcommand, dispatched by a `match`, plus the helpers they share: shutdown on
 //! a signal, and waiting for lifecycle events after sending a command.
 
-mod bench;
 mod credential;
 pub(crate) mod demo;
 mod ingest;
@@ -38,7 +37,6 @@ pub(crate) async fn run(cli: Cli) -> Result<ExitCode> {
         Command::Token(c) => task::token(g, c).await,
         Command::Tick => task::tick(g).await,
         Command::Schemas { dir } => schemas::run(&dir),
-        Command::Bench(args) => bench::run(g, args).await,
     }
 }
 

@@ -1,10 +1,12 @@
 //! The bench's output: a table for people, then — always the very last line — one JSON object
 //! with every figure and the keyloop/raw ratios, for CI and for tracking figures over changes.
 
-use super::drive::Percentiles;
-use super::{CpuUse, Plan, ServerMessages};
-use crate::output;
+use crate::drive::Percentiles;
+use crate::measure::{CpuUse, ServerMessages};
+use crate::plan::Plan;
 use serde_json::{Map, Value, json};
+use std::fmt;
+use std::io::Write;
 use std::time::Duration;
 
 /// The targets of issue 3, on a 2-core machine that also runs the server.
@@ -14,54 +16,54 @@ const TARGET_RSS_BYTES: u64 = 64 * 1024 * 1024;
 
 /// What one loop (keyloop's, or the raw one) did in the latency and throughput phases.
 #[derive(Debug, Clone)]
-pub(super) struct LoopFigures {
+pub(crate) struct LoopFigures {
     /// Publish → completion, per stage (keyloop: revoked, rotated; raw: done).
-    pub(super) latency: Vec<Percentiles>,
+    pub(crate) latency: Vec<Percentiles>,
     /// The rate the latency phase's items actually went out at.
-    pub(super) latency_sent_rate: f64,
+    pub(crate) latency_sent_rate: f64,
     /// CPU spent during the latency phase.
-    pub(super) latency_cpu: CpuUse,
+    pub(crate) latency_cpu: CpuUse,
     /// Sustained completions per second in the throughput phase, per stage.
-    pub(super) throughput: Vec<f64>,
+    pub(crate) throughput: Vec<f64>,
     /// CPU spent during the throughput phase.
-    pub(super) throughput_cpu: CpuUse,
+    pub(crate) throughput_cpu: CpuUse,
     /// Messages through the server during the throughput phase.
-    pub(super) throughput_msgs: Option<ServerMessages>,
+    pub(crate) throughput_msgs: Option<ServerMessages>,
     /// Largest peak RSS of the system's worker processes.
-    pub(super) peak_rss: Option<u64>,
+    pub(crate) peak_rss: Option<u64>,
 }
 
 /// Everything a run measured.
 #[derive(Debug)]
-pub(super) struct Report {
-    pub(super) plan: Plan,
-    pub(super) server_version: String,
-    pub(super) cpus: usize,
-    pub(super) load_start: Option<[f64; 3]>,
-    pub(super) load_end: Option<[f64; 3]>,
-    pub(super) raw: Option<LoopFigures>,
-    pub(super) keyloop: Option<LoopFigures>,
-    pub(super) jit: Option<JitFigures>,
-    /// Suites that could not run, with why (e.g. "jit: not yet available").
-    pub(super) unavailable: Vec<String>,
-    pub(super) elapsed: Duration,
+pub(crate) struct Report {
+    pub(crate) plan: Plan,
+    pub(crate) server_version: String,
+    pub(crate) cpus: usize,
+    pub(crate) load_start: Option<[f64; 3]>,
+    pub(crate) load_end: Option<[f64; 3]>,
+    pub(crate) raw: Option<LoopFigures>,
+    pub(crate) keyloop: Option<LoopFigures>,
+    pub(crate) jit: Option<JitFigures>,
+    pub(crate) sweep: Option<SweepFigures>,
+    pub(crate) elapsed: Duration,
 }
 
 /// JIT issue round trips, keyloop and the raw request/reply baseline.
 #[derive(Debug)]
-pub(super) struct JitFigures {
-    pub(super) keyloop: Percentiles,
-    pub(super) raw: Percentiles,
-    pub(super) sweep: SweepFigures,
+pub(crate) struct JitFigures {
+    pub(crate) keyloop: Percentiles,
+    pub(crate) raw: Percentiles,
+    /// Leases the JIT phase issued and left live (the sweep line's inventory).
+    pub(crate) live_leases: usize,
 }
 
 /// One sweep over the bench's leases, a few of them due.
 #[derive(Debug)]
-pub(super) struct SweepFigures {
-    pub(super) live: usize,
-    pub(super) due: usize,
-    pub(super) stats: keyloop_workers::sweeper::SweepStats,
-    pub(super) took: Duration,
+pub(crate) struct SweepFigures {
+    pub(crate) live: usize,
+    pub(crate) due: usize,
+    pub(crate) stats: keyloop_workers::sweeper::SweepStats,
+    pub(crate) took: Duration,
 }
 
 fn ms(d: Duration) -> f64 {
@@ -120,12 +122,23 @@ impl Report {
         ratio(k.throughput[0], r.throughput[0])
     }
 
-    /// The table, then the JSON line; `json_only` prints only the JSON line.
-    pub(super) fn print(&self, json_only: bool) -> anyhow::Result<()> {
+    /// The table, then the JSON line; `json_only` prints only the JSON line. A reader that
+    /// has gone gives [`StdoutClosed`].
+    pub(crate) fn print(&self, json_only: bool) -> anyhow::Result<()> {
+        let mut text = String::new();
         if !json_only {
-            output::line(self.table())?;
+            text.push_str(&self.table());
+            text.push('\n');
         }
-        output::json_line(&self.json())
+        text.push_str(&self.json().to_string());
+        text.push('\n');
+        let mut out = std::io::stdout().lock();
+        out.write_all(text.as_bytes())
+            .and_then(|()| out.flush())
+            .map_err(|e| match e.kind() {
+                std::io::ErrorKind::BrokenPipe => StdoutClosed.into(),
+                _ => anyhow::Error::new(e).context("cannot write to standard output"),
+            })
     }
 
     fn table(&self) -> String {
@@ -293,7 +306,8 @@ impl Report {
                     ms(q.max)
                 ));
             }
-            let s = &j.sweep;
+        }
+        if let Some(s) = &self.sweep {
             out.push(format!(
                 "sweep over {} live leases, {} due: {} entries read in {} minute buckets, {} commands, {:.1} ms",
                 s.live,
@@ -303,9 +317,6 @@ impl Report {
                 s.stats.commands,
                 s.took.as_secs_f64() * 1e3
             ));
-        }
-        for note in &self.unavailable {
-            out.push(note.clone());
         }
         out.push(String::new());
         let rss = |f: &Option<LoopFigures>| {
@@ -411,9 +422,11 @@ impl Report {
         if let Some(j) = &self.jit {
             latency("jit_issue", &j.keyloop);
             latency("baseline_request_reply", &j.raw);
-            put("sweep_live_leases", json!(j.sweep.live));
-            put("sweep_due", json!(j.sweep.due));
-            put("sweep_entries_read", json!(j.sweep.stats.entries_read));
+        }
+        if let Some(s) = &self.sweep {
+            put("sweep_live_leases", json!(s.live));
+            put("sweep_due", json!(s.due));
+            put("sweep_entries_read", json!(s.stats.entries_read));
         }
         if let Some(k) = &self.keyloop {
             m.insert(
@@ -501,4 +514,68 @@ struct Target {
     name: &'static str,
     met: Option<bool>,
     figure: String,
+}
+
+/// Standard output was closed by its reader: nobody reads the report.
+#[derive(Debug)]
+pub(crate) struct StdoutClosed;
+
+impl fmt::Display for StdoutClosed {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("standard output was closed by its reader")
+    }
+}
+
+impl std::error::Error for StdoutClosed {}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn figures(ms: u64, stages: usize) -> LoopFigures {
+        let q = Percentiles::of(vec![Duration::from_millis(ms); 10]);
+        LoopFigures {
+            latency: vec![q; stages],
+            latency_sent_rate: 100.0,
+            latency_cpu: CpuUse::default(),
+            throughput: vec![1000.0 / ms as f64; stages],
+            throughput_cpu: CpuUse::default(),
+            throughput_msgs: Some(ServerMessages::default()),
+            peak_rss: Some(20 << 20),
+        }
+    }
+
+    #[test]
+    fn the_json_line_holds_the_figures_and_ratios_scripts_test_checks() {
+        let args = crate::cli::BenchArgs {
+            rate: 100,
+            duration: "1s".into(),
+            leaks: 100,
+            replicas: 1,
+            concurrency: 64,
+            credentials: None,
+            smoke: false,
+        };
+        let report = Report {
+            plan: Plan::new(&args).unwrap(),
+            server_version: "2.14.0".into(),
+            cpus: 2,
+            load_start: None,
+            load_end: None,
+            raw: Some(figures(1, 1)),
+            keyloop: Some(figures(4, 2)),
+            jit: None,
+            sweep: None,
+            elapsed: Duration::from_secs(3),
+        };
+        let json = report.json();
+        assert_eq!(json["time_to_revoke_p99_ms"], json!(4.0));
+        assert_eq!(json["baseline_latency_p99_ms"], json!(1.0));
+        assert_eq!(json["throughput_ratio"], json!(0.25));
+        assert_eq!(json["worker_peak_rss_mib"], json!(20.0));
+        assert_eq!(json["targets_met"]["time_to_revoke_p99"], json!(true));
+        // A suite that did not run leaves its figures out rather than printing zeros.
+        assert!(json.get("jit_issue_p99_ms").is_none());
+        assert!(json.get("sweep_entries_read").is_none());
+    }
 }

@@ -15,17 +15,17 @@ use tokio::task::JoinHandle;
 
 /// One message of load: a leak finding, or the raw loop's equivalent.
 #[derive(Debug, Clone)]
-pub(super) struct Item {
-    pub(super) subject: String,
+pub(crate) struct Item {
+    pub(crate) subject: String,
     /// `Nats-Msg-Id`: every item is published with one, as `keyloop ingest` does.
-    pub(super) msg_id: String,
-    pub(super) payload: Bytes,
+    pub(crate) msg_id: String,
+    pub(crate) payload: Bytes,
 }
 
 /// Send and completion times of every item of one phase, per completion stage (`revoked`,
 /// `rotated`, …). Lock-free: the publisher and the collector write while the other runs.
 #[derive(Debug)]
-pub(super) struct Tracker {
+pub(crate) struct Tracker {
     base: Instant,
     /// Nanoseconds since `base`, plus one; zero means "not yet".
     sent: Vec<AtomicU64>,
@@ -34,7 +34,7 @@ pub(super) struct Tracker {
 }
 
 impl Tracker {
-    pub(super) fn new(items: usize, stages: usize) -> Self {
+    pub(crate) fn new(items: usize, stages: usize) -> Self {
         let column = || (0..items).map(|_| AtomicU64::new(0)).collect::<Vec<_>>();
         Self {
             base: Instant::now(),
@@ -48,7 +48,7 @@ impl Tracker {
         self.base.elapsed().as_nanos() as u64 + 1
     }
 
-    pub(super) fn items(&self) -> usize {
+    pub(crate) fn items(&self) -> usize {
         self.sent.len()
     }
 
@@ -71,12 +71,12 @@ impl Tracker {
     }
 
     /// Items that completed `stage`.
-    pub(super) fn count(&self, stage: usize) -> usize {
+    pub(crate) fn count(&self, stage: usize) -> usize {
         self.counts[stage].load(Ordering::Relaxed)
     }
 
     /// Publish → completion of every item that completed `stage`.
-    pub(super) fn latencies(&self, stage: usize) -> Vec<Duration> {
+    pub(crate) fn latencies(&self, stage: usize) -> Vec<Duration> {
         self.sent
             .iter()
             .zip(&self.done[stage])
@@ -89,7 +89,7 @@ impl Tracker {
 
     /// Completions per second at `stage` over the middle 80 % of completions: the sustained
     /// rate, without the pipeline filling at the start or the stragglers at the end.
-    pub(super) fn sustained_rate(&self, stage: usize) -> f64 {
+    pub(crate) fn sustained_rate(&self, stage: usize) -> f64 {
         let mut done: Vec<u64> = self.done[stage]
             .iter()
             .map(|d| d.load(Ordering::Relaxed))
@@ -110,7 +110,7 @@ impl Tracker {
 
     /// Waits until every item completed `stage`, printing progress on stderr every few
     /// seconds. Fails after `timeout` without progress.
-    pub(super) async fn wait_all(
+    pub(crate) async fn wait_all(
         &self,
         stage: usize,
         label: &str,
@@ -143,12 +143,12 @@ impl Tracker {
 }
 
 /// Which item and stage a completion event is about, if it is one of ours.
-pub(super) type Classify =
+pub(crate) type Classify =
     Arc<dyn Fn(&async_nats::Message) -> Option<(usize, usize)> + Send + Sync>;
 
 /// Subscribes to `subjects` (before anything is published, so nothing is missed) and records
 /// completions until the returned task is aborted.
-pub(super) async fn collect(
+pub(crate) async fn collect(
     client: &async_nats::Client,
     subjects: &[String],
     tracker: Arc<Tracker>,
@@ -176,15 +176,15 @@ pub(super) async fn collect(
 
 /// How a publishing run went.
 #[derive(Debug, Clone, Copy)]
-pub(super) struct Published {
+pub(crate) struct Published {
     /// Items per second actually sent.
-    pub(super) rate: f64,
+    pub(crate) rate: f64,
 }
 
 /// Publishes `items` in order, at `rate` per second (`None`: as fast as the server takes them),
 /// marking each one sent just before it goes out. The publisher never waits for an ack (a
 /// separate task checks them all), so a slow ack does not delay the next item.
-pub(super) async fn publish(
+pub(crate) async fn publish(
     js: &jetstream::Context,
     items: &[Item],
     tracker: &Tracker,
@@ -237,18 +237,18 @@ async fn check_acks(mut rx: mpsc::Receiver<(usize, PublishAckFuture)>) -> Result
 
 /// Latency percentiles of one stage.
 #[derive(Debug, Clone, Copy, Default)]
-pub(super) struct Percentiles {
-    pub(super) count: usize,
-    pub(super) p50: Duration,
-    pub(super) p99: Duration,
-    pub(super) p999: Duration,
-    pub(super) max: Duration,
+pub(crate) struct Percentiles {
+    pub(crate) count: usize,
+    pub(crate) p50: Duration,
+    pub(crate) p99: Duration,
+    pub(crate) p999: Duration,
+    pub(crate) max: Duration,
 }
 
 impl Percentiles {
     /// Nearest-rank percentiles of `samples` (a sorted vector: exact, and at 10⁵ samples
     /// smaller than a histogram crate).
-    pub(super) fn of(mut samples: Vec<Duration>) -> Self {
+    pub(crate) fn of(mut samples: Vec<Duration>) -> Self {
         samples.sort_unstable();
         let n = samples.len();
         let rank = |q: f64| -> Duration {

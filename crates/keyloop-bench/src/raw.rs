@@ -1,32 +1,30 @@
 //! The raw JetStream loop keyloop is measured against: the least a durable, idempotent worker
 //! on JetStream does per message — pull it from a durable consumer, compare-and-set one KV entry,
 //! publish one event and wait for the stream's ack, then ack the message. It runs as the same
-//! kind of process as a keyloop worker (`keyloop bench raw-worker`, started by the bench), with
+//! kind of process as a keyloop worker (`keyloop-bench raw-worker`, started by the bench), with
 //! the same pull settings and the same bounded concurrency, so the two differ only in what
 //! keyloop does per message.
 
-use crate::cli::Global;
 use anyhow::{Context, Result, bail};
 use async_nats::jetstream::{self, AckKind, consumer, kv, message::PublishMessage, stream};
 use futures::StreamExt;
 use keyloop_nats::topology::{ACK_WAIT, EVENTS_DEDUP_WINDOW, LIFECYCLE_DEDUP_WINDOW, MAX_DELIVER};
-use std::process::ExitCode;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::Semaphore;
 use tracing::warn;
 
 /// The raw loop's durable consumer, shared by its processes like a keyloop role's.
-pub(super) const CONSUMER: &str = "bench-raw";
+pub(crate) const CONSUMER: &str = "bench-raw";
 
 /// Names of the raw loop's streams, bucket and subjects, beside keyloop's under one prefix.
 #[derive(Debug, Clone)]
-pub(super) struct RawLayout {
+pub(crate) struct RawLayout {
     prefix: String,
 }
 
 impl RawLayout {
-    pub(super) fn new(prefix: &str) -> Self {
+    pub(crate) fn new(prefix: &str) -> Self {
         Self {
             prefix: prefix.to_owned(),
         }
@@ -40,7 +38,7 @@ impl RawLayout {
     }
 
     /// Inbound work, as `<PREFIX>_EVENTS` is for leaks.
-    pub(super) fn in_stream(&self) -> String {
+    pub(crate) fn in_stream(&self) -> String {
         self.stream_name("BENCH_IN")
     }
 
@@ -58,7 +56,7 @@ impl RawLayout {
     }
 
     /// `<prefix>.bench.in.<key>`: the item's KV key travels in its subject.
-    pub(super) fn in_subject(&self, key: &str) -> String {
+    pub(crate) fn in_subject(&self, key: &str) -> String {
         format!("{}{key}", self.in_prefix())
     }
 
@@ -67,13 +65,13 @@ impl RawLayout {
     }
 
     /// Every completion event.
-    pub(super) fn done_all(&self) -> String {
+    pub(crate) fn done_all(&self) -> String {
         format!("{}.bench.done.>", self.prefix)
     }
 
     /// Creates the streams, bucket and consumer with the settings keyloop's own use (file
     /// storage, dedup windows, explicit ack, ack wait, deliveries, ack-pending limit).
-    pub(super) async fn init(&self, js: &jetstream::Context) -> Result<()> {
+    pub(crate) async fn init(&self, js: &jetstream::Context) -> Result<()> {
         for (name, subject, dedup) in [
             (self.in_stream(), self.in_subject(">"), EVENTS_DEDUP_WINDOW),
             (self.done_stream(), self.done_all(), LIFECYCLE_DEDUP_WINDOW),
@@ -114,24 +112,25 @@ impl RawLayout {
     }
 }
 
-/// `keyloop bench raw-worker`: runs the raw loop until SIGTERM or Ctrl-C.
-pub(super) async fn run_worker(g: &Global, concurrency: usize) -> Result<ExitCode> {
+/// `keyloop-bench raw-worker`: runs the raw loop against the server at `nats` until SIGTERM or
+/// Ctrl-C.
+pub(crate) async fn run_worker(nats: &str, prefix: &str, concurrency: usize) -> Result<()> {
     let concurrency = concurrency.max(1);
     let client = async_nats::ConnectOptions::new()
         .name("keyloop-bench-raw")
-        .connect(&g.nats)
+        .connect(nats)
         .await
-        .with_context(|| format!("connect to {}", g.nats))?;
+        .with_context(|| format!("connect to {nats}"))?;
     let js = jetstream::new(client);
-    let layout = Arc::new(RawLayout::new(&g.prefix));
+    let layout = Arc::new(RawLayout::new(prefix));
     let kv = js
         .get_key_value(layout.bucket())
         .await
-        .context("the raw loop's bucket (created by `keyloop bench`)")?;
+        .context("the raw loop's bucket (created by `keyloop-bench`)")?;
     let consumer: consumer::PullConsumer = js
         .get_consumer_from_stream(CONSUMER, layout.in_stream())
         .await
-        .context("the raw loop's consumer (created by `keyloop bench`)")?;
+        .context("the raw loop's consumer (created by `keyloop-bench`)")?;
     // The same pull settings as keyloop's consume runtime.
     let mut messages = consumer
         .stream()
@@ -142,14 +141,15 @@ pub(super) async fn run_worker(g: &Global, concurrency: usize) -> Result<ExitCod
         .await
         .context("pull from the raw loop's consumer")?;
     let permits = Arc::new(Semaphore::new(concurrency));
-    let shutdown = super::super::shutdown_on_signal();
+    let shutdown = shutdown_signal();
+    tokio::pin!(shutdown);
     loop {
         let permit = tokio::select! {
-            () = shutdown.cancelled() => break,
+            () = &mut shutdown => break,
             p = permits.clone().acquire_owned() => p.expect("semaphore is never closed"),
         };
         let next = tokio::select! {
-            () = shutdown.cancelled() => break,
+            () = &mut shutdown => break,
             next = messages.next() => next,
         };
         let message = match next {
@@ -169,7 +169,29 @@ pub(super) async fn run_worker(g: &Global, concurrency: usize) -> Result<ExitCod
             drop(permit);
         });
     }
-    Ok(ExitCode::SUCCESS)
+    Ok(())
+}
+
+/// Resolves on Ctrl-C or SIGTERM (how the bench stops its fleet, and how a person does).
+async fn shutdown_signal() {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{SignalKind, signal};
+        match signal(SignalKind::terminate()) {
+            Ok(mut term) => {
+                tokio::select! {
+                    _ = tokio::signal::ctrl_c() => {}
+                    _ = term.recv() => {}
+                }
+            }
+            Err(e) => {
+                warn!(error = %e, "cannot watch for SIGTERM; stopping on Ctrl-C only");
+                let _ = tokio::signal::ctrl_c().await;
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = tokio::signal::ctrl_c().await;
 }
 
 /// One message: compare-and-set, publish with ack, ack. Idempotent like a keyloop handler: a
