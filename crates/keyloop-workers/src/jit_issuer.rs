@@ -15,16 +15,14 @@ use keyloop_core::event::{
     CloudEvent, LifecycleData, LifecycleKind, REVOKE_LEASE_COMMAND_TYPE, RevokeLeaseCommand,
     TASK_COMPLETED_TYPE, TaskCompleted, lease_event, stable_id,
 };
-use keyloop_core::lease::ScopePolicy;
 use keyloop_core::lease::{
     IssueReply, IssueRequest, LeaseState, ServiceError, VerifyReply, VerifyRequest,
 };
-use keyloop_core::{Fingerprint, JitPolicy, Lease, RevokeReason, Secret, Stage, Tier};
+use keyloop_core::{Fingerprint, JitPolicy, Lease, RevokeReason, Secret, Stage};
 use keyloop_nats::{Delivery, DueItem, Error, ErrorKind, FingerprintRef, Handler, HandlerError};
 use serde::Serialize;
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
 use time::OffsetDateTime;
 use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
@@ -36,8 +34,6 @@ const SOURCE: &str = "keyloop/jit-issuer";
 pub const QUEUE_GROUP: &str = "jit-issuer";
 /// Largest request accepted.
 const MAX_REQUEST_BYTES: usize = 4 * 1024;
-/// Longest task or agent id.
-const MAX_ID_LEN: usize = 128;
 /// Requests handled at once per replica.
 const MAX_IN_FLIGHT: usize = 256;
 
@@ -95,16 +91,6 @@ fn service_error(code: &str, message: impl Into<String>) -> ServiceError {
     }
 }
 
-fn check_id(what: &str, id: &str) -> Result<(), ServiceError> {
-    if id.is_empty() || id.len() > MAX_ID_LEN || id.chars().any(char::is_control) {
-        return Err(service_error(
-            "bad_request",
-            format!("{what} must be 1 to {MAX_ID_LEN} printable characters"),
-        ));
-    }
-    Ok(())
-}
-
 /// Decodes a `jit.issue` request. The error names the position of what is wrong, never the
 /// text: a request may carry anything.
 pub fn decode_issue_request(payload: &[u8]) -> Result<IssueRequest, ServiceError> {
@@ -149,52 +135,17 @@ fn check_size(payload: &[u8]) -> Result<(), ServiceError> {
     Ok(())
 }
 
-/// The policy of the scope `req` asks for, when `policy` allows the request as it stands.
-/// A refusal says why and what to ask for instead; it quotes the request only where it
-/// matched the policy (a known scope), never an unknown value.
-pub fn check_request<'p>(
-    policy: &'p JitPolicy,
-    req: &IssueRequest,
-) -> Result<&'p ScopePolicy, ServiceError> {
-    check_id("task_id", &req.task_id)?;
-    check_id("agent_id", &req.agent_id)?;
-    let Some(scope) = policy.scopes.get(&req.scope) else {
-        let known: Vec<_> = policy.scopes.keys().cloned().collect();
-        return Err(service_error(
-            "unknown_scope",
-            format!("unknown scope; scopes: {}", known.join(", ")),
-        ));
-    };
-    if scope.tier == Tier::Approve {
-        return Err(service_error(
-            "approval_required",
-            format!(
-                "scope `{}` is of tier approve and needs an approval before issue; approvals are not available yet, so it is refused — request a lower scope or ask an operator",
-                req.scope
-            ),
-        ));
-    }
-    if req.ttl_secs == 0 || req.ttl_secs > scope.max_ttl_secs {
-        return Err(service_error(
-            "ttl_too_long",
-            format!(
-                "ttl {} s is outside 1..={} s, the limit of scope `{}`; request at most {} s (longer requests are refused, never shortened)",
-                req.ttl_secs, scope.max_ttl_secs, req.scope, scope.max_ttl_secs
-            ),
-        ));
-    }
-    Ok(scope)
-}
-
-/// Issues a lease for `req` under `policy`: validated, recorded (lease, task index, fingerprint
-/// index, expiry), `issued` published, and only then the token handed out.
+/// Issues a lease for `req` under `policy`: decided by [`JitPolicy::decide`], recorded (lease,
+/// task index, fingerprint index, expiry), `issued` published, and only then the token handed
+/// out.
 pub async fn issue(
     ctx: &WorkerContext,
     policy: &JitPolicy,
     req: &IssueRequest,
     now: OffsetDateTime,
 ) -> Result<IssueReply, ServiceError> {
-    let scope = check_request(policy, req)?;
+    let decision = policy.decide(req, now)?;
+    let scope = decision.scope;
     let unavailable = |e: Error| {
         service_error(
             "unavailable",
@@ -231,7 +182,7 @@ pub async fn issue(
         fingerprint: fingerprint.clone(),
         state: LeaseState::Active,
         issued_at: now,
-        expires_at: now + Duration::from_secs(req.ttl_secs),
+        expires_at: decision.expires_at,
         ended_at: None,
         end_reason: None,
         ended_by: None,
