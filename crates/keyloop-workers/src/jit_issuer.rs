@@ -1,6 +1,7 @@
 //! jit-issuer: serves `<prefix>.jit.issue` and `<prefix>.token.verify` as request/reply in the
 //! queue group `jit-issuer` (replies are never stored in a stream: the token travels once, in
-//! the reply), and consumes `<prefix>.task.completed` to revoke every lease of a finished task.
+//! the reply). The role's other half, revoking the leases of a finished task, is
+//! [`crate::task_completed`].
 //!
 //! A lease's token is never stored anywhere: only its fingerprints, which is all verification
 //! needs. Its expiry is enforced twice — verification compares `expires_at` with the clock, and
@@ -8,18 +9,14 @@
 //! arrives.
 
 use crate::context::WorkerContext;
-use crate::decode;
 use crate::ops::{self, Cause};
-use futures::{FutureExt, StreamExt};
-use keyloop_core::event::{
-    CloudEvent, LifecycleData, LifecycleKind, REVOKE_LEASE_COMMAND_TYPE, RevokeLeaseCommand,
-    TASK_COMPLETED_TYPE, TaskCompleted, lease_event, stable_id,
-};
+use futures::StreamExt;
+use keyloop_core::event::{LifecycleData, LifecycleKind, lease_event};
 use keyloop_core::lease::{
     IssueReply, IssueRequest, LeaseState, ServiceError, VerifyReply, VerifyRequest,
 };
-use keyloop_core::{Fingerprint, JitPolicy, Lease, RevokeReason, Secret, Stage};
-use keyloop_nats::{Delivery, DueItem, Error, ErrorKind, FingerprintRef, Handler, HandlerError};
+use keyloop_core::{Fingerprint, JitPolicy, Lease, Secret, Stage};
+use keyloop_nats::{DueItem, Error, ErrorKind, FingerprintRef};
 use serde::Serialize;
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -29,60 +26,14 @@ use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 use uuid::Uuid;
 
-const SOURCE: &str = "keyloop/jit-issuer";
+/// The CloudEvent `source` of everything the jit-issuer role publishes.
+pub(crate) const SOURCE: &str = "keyloop/jit-issuer";
 /// The queue group every replica serves requests in.
 pub const QUEUE_GROUP: &str = "jit-issuer";
 /// Largest request accepted.
 const MAX_REQUEST_BYTES: usize = 4 * 1024;
 /// Requests handled at once per replica.
 const MAX_IN_FLIGHT: usize = 256;
-
-/// The handler of `<prefix>.task.completed`.
-pub fn handler(ctx: Arc<WorkerContext>) -> Handler {
-    Arc::new(move |delivery| {
-        let ctx = ctx.clone();
-        async move { task_completed(&ctx, &delivery).await }.boxed()
-    })
-}
-
-/// `task.completed` → a revoke command per live lease of the task. Redelivery republishes the
-/// same command ids, which the commands stream drops.
-async fn task_completed(ctx: &WorkerContext, delivery: &Delivery) -> Result<(), HandlerError> {
-    let event: CloudEvent<TaskCompleted> =
-        decode::cloud_event(&delivery.message.payload, TASK_COMPLETED_TYPE)?;
-    let task = &event.data.task_id;
-    let leases = ctx.inventory.leases_of_task(task).await?;
-    let mut revoked = 0;
-    for lease_id in leases {
-        let Some(lease) = ctx.inventory.lease(lease_id).await? else {
-            continue;
-        };
-        if lease.state != LeaseState::Active {
-            continue;
-        }
-        let op_id = format!("task-completed/{lease_id}");
-        let cmd = RevokeLeaseCommand {
-            lease: lease_id,
-            reason: RevokeReason::TaskCompleted,
-            op_id: op_id.clone(),
-            leak_published_at: None,
-        };
-        let ev = CloudEvent::new(
-            stable_id(&format!("cmd/{op_id}")).to_string(),
-            SOURCE,
-            REVOKE_LEASE_COMMAND_TYPE,
-            cmd,
-        )
-        .with_subject(Lease::subject_token(lease_id))
-        .caused_by(Some(task.clone()), Some(event.id.clone()));
-        ctx.bus
-            .publish_event(&ctx.bus.topology.cmd_revoke_lease(), &ev)
-            .await?;
-        revoked += 1;
-    }
-    info!(task = %task, revoked, "task completed: its leases are being revoked");
-    Ok(())
-}
 
 fn service_error(code: &str, message: impl Into<String>) -> ServiceError {
     ServiceError {
