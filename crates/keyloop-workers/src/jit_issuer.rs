@@ -1,7 +1,10 @@
 //! jit-issuer: serves `<prefix>.jit.issue` and `<prefix>.token.verify` as request/reply in the
 //! queue group `jit-issuer` (replies are never stored in a stream: the token travels once, in
-//! the reply). The role's other half, revoking the leases of a finished task, is
-//! [`crate::task_completed`].
+//! the reply). The endpoints belong to the NATS service `<prefix>-jit` (async-nats's service
+//! API), so `$SRV.PING`, `$SRV.INFO` and `$SRV.STATS` find every replica and count what it
+//! served. The role's other half, revoking the leases of a finished task, is
+//! [`crate::task_completed`]; what a request may get is decided by
+//! [`JitPolicy::decide`](keyloop_core::JitPolicy::decide).
 //!
 //! A lease's token is never stored anywhere: only its fingerprints, which is all verification
 //! needs. Its expiry is enforced twice — verification compares `expires_at` with the clock, and
@@ -10,15 +13,16 @@
 
 use crate::context::WorkerContext;
 use crate::ops::{self, Cause};
+use async_nats::service::{Request, ServiceExt};
 use futures::StreamExt;
 use keyloop_core::event::{LifecycleData, LifecycleKind, lease_event};
 use keyloop_core::lease::{
     IssueReply, IssueRequest, LeaseState, ServiceError, VerifyReply, VerifyRequest,
 };
 use keyloop_core::{Fingerprint, JitPolicy, Lease, Secret, Stage};
-use keyloop_nats::{DueItem, Error, ErrorKind, FingerprintRef};
+use keyloop_nats::{DueItem, Error, ErrorKind, FingerprintRef, Topology};
 use serde::Serialize;
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex};
 use time::OffsetDateTime;
 use tokio::sync::Semaphore;
@@ -287,16 +291,162 @@ struct ErrorReply<'a> {
     error: &'a ServiceError,
 }
 
-fn encode<T: Serialize>(result: Result<T, ServiceError>) -> Vec<u8> {
-    match result {
-        Ok(v) => serde_json::to_vec(&v),
-        Err(e) => serde_json::to_vec(&ErrorReply { error: &e }),
-    }
-    .expect("replies serialize")
+fn to_json<T: Serialize>(reply: &T) -> Vec<u8> {
+    serde_json::to_vec(reply).expect("replies serialize")
 }
 
-/// Serves issue and verify requests in the queue group until `shutdown`, then finishes the
-/// requests in hand.
+/// The NATS service the jit-issuer replicas are instances of: `<prefix>-jit` (`keyloop-jit`
+/// under the default prefix), so two keyloop deployments on one account are two services.
+/// A character a service name may not hold (anything but `A-Z a-z 0-9 - _`) becomes `-`.
+pub fn service_name(topology: &Topology) -> String {
+    let prefix: String = topology
+        .prefix()
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || c == '-' || c == '_' {
+                c
+            } else {
+                '-'
+            }
+        })
+        .collect();
+    format!("{prefix}-jit")
+}
+
+/// The service's endpoints, named as INFO and STATS report them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Endpoint {
+    /// `<prefix>.jit.issue`.
+    Issue,
+    /// `<prefix>.token.verify`.
+    Verify,
+}
+
+impl Endpoint {
+    const fn name(self) -> &'static str {
+        match self {
+            Self::Issue => "jit-issue",
+            Self::Verify => "token-verify",
+        }
+    }
+}
+
+/// Error replies (refusals, and `unavailable`) by endpoint and code, reported in STATS as each
+/// endpoint's `data` (`{"error_replies": {"ttl_too_long": 2}}`). An error is answered with a
+/// JSON body that says why (what requesters have always read), so the service API, which
+/// counts only empty-bodied error replies, leaves `num_errors` at 0: this is where operators
+/// see them.
+#[derive(Debug, Default)]
+struct ErrorReplies(Mutex<BTreeMap<(&'static str, String), u64>>);
+
+impl ErrorReplies {
+    fn count(&self, endpoint: Endpoint, code: &str) {
+        let mut counts = self.0.lock().expect("error replies lock");
+        *counts
+            .entry((endpoint.name(), code.to_owned()))
+            .or_default() += 1;
+    }
+
+    fn stats(&self, endpoint: &str) -> serde_json::Value {
+        let counts = self.0.lock().expect("error replies lock");
+        let by_code: BTreeMap<&str, u64> = counts
+            .iter()
+            .filter(|((name, _), _)| *name == endpoint)
+            .map(|((_, code), n)| (code.as_str(), *n))
+            .collect();
+        serde_json::json!({ "error_replies": by_code })
+    }
+}
+
+/// Answers one request on `endpoint`: the reply's JSON, or the error to reply instead.
+async fn answer(
+    ctx: &WorkerContext,
+    policy: &JitPolicy,
+    limiter: &UseLimiter,
+    endpoint: Endpoint,
+    payload: &[u8],
+) -> Result<Vec<u8>, ServiceError> {
+    let now = OffsetDateTime::now_utc();
+    match endpoint {
+        Endpoint::Issue => {
+            let req = decode_issue_request(payload)?;
+            let result = issue(ctx, policy, &req, now).await;
+            match &result {
+                Ok(r) => {
+                    info!(lease = %r.lease_id, task = %req.task_id, agent = %req.agent_id, scope = %req.scope, "lease issued")
+                }
+                // A bad_request's ids failed validation: they are not logged.
+                Err(e) if e.code == "bad_request" => {
+                    warn!(code = %e.code, reason = %e.message, "lease refused")
+                }
+                Err(e) => {
+                    warn!(task = %req.task_id, code = %e.code, reason = %e.message, "lease refused")
+                }
+            }
+            result.map(|reply| to_json(&reply))
+        }
+        Endpoint::Verify => {
+            let token = decode_verify_request(payload)?;
+            verify(ctx, &token, now, limiter)
+                .await
+                .map(|reply| to_json(&reply))
+                .map_err(|e| service_error("unavailable", format!("could not verify: {e}; retry")))
+        }
+    }
+}
+
+/// The requests a replica is answering, and what answering one needs.
+struct InHand {
+    ctx: Arc<WorkerContext>,
+    policy: Arc<JitPolicy>,
+    limiter: Arc<UseLimiter>,
+    errors: Arc<ErrorReplies>,
+    /// At most [`MAX_IN_FLIGHT`] requests at once: the next waits for a permit, and the
+    /// requests behind it wait in the subscription.
+    permits: Arc<Semaphore>,
+    tasks: tokio::task::JoinSet<()>,
+}
+
+impl InHand {
+    /// Starts answering `request` (one without a reply subject is dropped: nobody waits).
+    async fn take(&mut self, request: Request, endpoint: Endpoint) {
+        while self.tasks.try_join_next().is_some() {}
+        if request.message.reply.is_none() {
+            return;
+        }
+        let permit = self
+            .permits
+            .clone()
+            .acquire_owned()
+            .await
+            .expect("semaphore is never closed");
+        let (ctx, policy, limiter, errors) = (
+            self.ctx.clone(),
+            self.policy.clone(),
+            self.limiter.clone(),
+            self.errors.clone(),
+        );
+        self.tasks.spawn(async move {
+            let reply = answer(&ctx, &policy, &limiter, endpoint, &request.message.payload)
+                .await
+                .unwrap_or_else(|e| {
+                    errors.count(endpoint, &e.code);
+                    to_json(&ErrorReply { error: &e })
+                });
+            // Through the service API, so STATS counts it and its processing time.
+            if let Err(e) = request.respond(Ok(reply.into())).await {
+                warn!(error = %e, "could not send the reply; the requester will time out and retry");
+            }
+            drop(permit);
+        });
+    }
+}
+
+/// Serves issue and verify requests as the NATS service [`service_name`], its endpoints in the
+/// queue group [`QUEUE_GROUP`] on their usual subjects (a requester sees no difference), with
+/// PING, INFO and STATS discovery on `$SRV.<verb>.<name>` from the service API. On `shutdown`
+/// it stops taking requests and answering discovery, then answers the requests in hand and
+/// those the server had already delivered to it.
 pub async fn serve(
     ctx: Arc<WorkerContext>,
     policy: JitPolicy,
@@ -304,73 +454,112 @@ pub async fn serve(
 ) -> Result<(), Error> {
     let topo = &ctx.bus.topology;
     let client = ctx.bus.client.clone();
-    let subscribe = |subject: String| {
-        let client = client.clone();
+    let name = service_name(topo);
+    let errors = Arc::new(ErrorReplies::default());
+    let service = client
+        .service_builder()
+        .description(
+            "keyloop JIT credentials: jit.issue issues a lease, token.verify checks a token",
+        )
+        .queue_group(QUEUE_GROUP)
+        .stats_handler({
+            let errors = errors.clone();
+            move |endpoint, _| errors.stats(&endpoint)
+        })
+        .start(&name, env!("CARGO_PKG_VERSION"))
+        .await
+        .map_err(|e| {
+            Error::new(
+                ErrorKind::Transient,
+                format!("start the NATS service {name}"),
+                e,
+            )
+        })?;
+    let add = |endpoint: Endpoint, subject: String| {
+        let builder = service.endpoint_builder().name(endpoint.name());
         async move {
-            client
-                .queue_subscribe(subject.clone(), QUEUE_GROUP.into())
+            builder
+                .add(subject.clone())
                 .await
                 .map_err(|e| Error::new(ErrorKind::Transient, format!("subscribe to {subject}"), e))
         }
     };
-    let mut issues = subscribe(topo.jit_issue()).await?;
-    let mut verifies = subscribe(topo.token_verify()).await?;
-    info!(issue = %topo.jit_issue(), verify = %topo.token_verify(), group = QUEUE_GROUP, "jit-issuer serving");
-    let policy = Arc::new(policy);
-    let limiter = Arc::new(UseLimiter::default());
-    let permits = Arc::new(Semaphore::new(MAX_IN_FLIGHT));
-    let mut in_flight = tokio::task::JoinSet::new();
+    let mut issues = add(Endpoint::Issue, topo.jit_issue()).await?;
+    let mut verifies = add(Endpoint::Verify, topo.token_verify()).await?;
+    // "Serving" means the server has the subscriptions: a requester (or a test) reading the
+    // log line may send at once.
+    if let Err(e) = client.flush().await {
+        warn!(error = %e, "could not confirm the subscriptions with the server; they are sent again on reconnect");
+    }
+    info!(issue = %topo.jit_issue(), verify = %topo.token_verify(), group = QUEUE_GROUP, service = %name, "jit-issuer serving");
+    let mut hand = InHand {
+        ctx,
+        policy: Arc::new(policy),
+        limiter: Arc::default(),
+        errors,
+        permits: Arc::new(Semaphore::new(MAX_IN_FLIGHT)),
+        tasks: tokio::task::JoinSet::new(),
+    };
     loop {
-        let (msg, is_issue) = tokio::select! {
+        let (request, endpoint) = tokio::select! {
             () = shutdown.cancelled() => break,
-            Some(m) = issues.next() => (m, true),
-            Some(m) = verifies.next() => (m, false),
+            Some(r) = issues.next() => (r, Endpoint::Issue),
+            Some(r) = verifies.next() => (r, Endpoint::Verify),
             else => break,
         };
-        while in_flight.try_join_next().is_some() {}
-        let Some(reply_to) = msg.reply.clone() else {
-            continue;
-        };
-        let permit = permits
-            .clone()
-            .acquire_owned()
-            .await
-            .expect("semaphore is never closed");
-        let (ctx, policy, limiter, client) =
-            (ctx.clone(), policy.clone(), limiter.clone(), client.clone());
-        in_flight.spawn(async move {
-            let now = OffsetDateTime::now_utc();
-            let reply = if is_issue {
-                match decode_issue_request(&msg.payload) {
-                    Ok(req) => {
-                        let result = issue(&ctx, &policy, &req, now).await;
-                        match &result {
-                            Ok(r) => info!(lease = %r.lease_id, task = %req.task_id, agent = %req.agent_id, scope = %req.scope, "lease issued"),
-                            // A bad_request's ids failed validation: they are not logged.
-                            Err(e) if e.code == "bad_request" => warn!(code = %e.code, reason = %e.message, "lease refused"),
-                            Err(e) => warn!(task = %req.task_id, code = %e.code, reason = %e.message, "lease refused"),
-                        }
-                        encode(result)
-                    }
-                    Err(e) => encode::<()>(Err(e)),
-                }
-            } else {
-                match decode_verify_request(&msg.payload) {
-                    Ok(token) => encode(verify(&ctx, &token, now, &limiter).await.map_err(|e| {
-                        service_error("unavailable", format!("could not verify: {e}; retry"))
-                    })),
-                    Err(e) => encode::<()>(Err(e)),
-                }
-            };
-            if let Err(e) = client.publish(reply_to, reply.into()).await {
-                warn!(error = %e, "could not send the reply; the requester will time out and retry");
-            }
-            drop(permit);
-        });
+        hand.take(request, endpoint).await;
     }
-    let _ = issues.unsubscribe().await;
-    let _ = verifies.unsubscribe().await;
-    while in_flight.join_next().await.is_some() {}
+    // Nothing new reaches this replica (other replicas take it) and discovery no longer lists
+    // it. What the server delivered before the unsubscribe is in this process already and is
+    // answered too: the endpoints' streams end after it.
+    let _ = issues.stop().await;
+    let _ = verifies.stop().await;
+    let _ = service.stop().await;
+    let mut delivered = futures::stream::select(
+        issues.map(|r| (r, Endpoint::Issue)),
+        verifies.map(|r| (r, Endpoint::Verify)),
+    );
+    while let Some((request, endpoint)) = delivered.next().await {
+        hand.take(request, endpoint).await;
+    }
+    while hand.tasks.join_next().await.is_some() {}
     info!("jit-issuer stopped serving");
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_service_is_named_after_the_prefix_in_the_characters_a_service_name_allows() {
+        assert_eq!(service_name(&Topology::default()), "keyloop-jit");
+        assert_eq!(service_name(&Topology::new("acme_kl")), "acme_kl-jit");
+        assert_eq!(
+            service_name(&Topology::new("acme.keyloop")),
+            "acme-keyloop-jit"
+        );
+        assert_eq!(service_name(&Topology::new("é*>")), "----jit");
+    }
+
+    #[test]
+    fn stats_report_each_endpoints_error_replies_by_code_and_none_of_the_others() {
+        let errors = ErrorReplies::default();
+        errors.count(Endpoint::Issue, "ttl_too_long");
+        errors.count(Endpoint::Issue, "ttl_too_long");
+        errors.count(Endpoint::Issue, "unknown_scope");
+        errors.count(Endpoint::Verify, "bad_request");
+        assert_eq!(
+            errors.stats("jit-issue"),
+            serde_json::json!({"error_replies": {"ttl_too_long": 2, "unknown_scope": 1}})
+        );
+        assert_eq!(
+            errors.stats("token-verify"),
+            serde_json::json!({"error_replies": {"bad_request": 1}})
+        );
+        assert_eq!(
+            ErrorReplies::default().stats("jit-issue"),
+            serde_json::json!({"error_replies": {}})
+        );
+    }
 }
