@@ -457,6 +457,20 @@ mod tests {
         JitPolicy::default().decide(req, NOW).expect_err("refused")
     }
 
+    /// `req` is refused by `policy` as `expected`, with `code` and exactly `message`.
+    fn assert_refused(
+        policy: &JitPolicy,
+        req: &IssueRequest,
+        expected: Refusal,
+        code: &str,
+        message: &str,
+    ) {
+        let e = policy.decide(req, NOW).expect_err("refused");
+        assert_eq!(e, expected);
+        assert_eq!(e.code(), code);
+        assert_eq!(e.to_string(), message);
+    }
+
     #[test]
     fn an_auto_scope_within_its_ttl_is_granted_for_exactly_the_ttl_asked() {
         let policy = JitPolicy::default();
@@ -472,19 +486,16 @@ mod tests {
     fn a_ttl_of_exactly_the_scope_maximum_is_granted_and_one_second_more_is_refused() {
         let policy = JitPolicy::default();
         assert!(policy.decide(&request("read", 3_600), NOW).is_ok());
-        let e = refusal(&request("read", 3_601));
-        assert_eq!(
-            e,
+        assert_refused(
+            &policy,
+            &request("read", 3_601),
             Refusal::TtlOutOfRange {
                 ttl_secs: 3_601,
                 max_ttl_secs: 3_600,
-                scope: "read".into()
-            }
-        );
-        assert_eq!(e.code(), "ttl_too_long");
-        assert_eq!(
-            e.to_string(),
-            "ttl 3601 s is outside 1..=3600 s, the limit of scope `read`; request at most 3600 s (longer requests are refused, never shortened)"
+                scope: "read".into(),
+            },
+            "ttl_too_long",
+            "ttl 3601 s is outside 1..=3600 s, the limit of scope `read`; request at most 3600 s (longer requests are refused, never shortened)",
         );
     }
 
@@ -501,17 +512,14 @@ mod tests {
     #[test]
     fn an_approve_tier_scope_is_refused_until_approvals_exist_whatever_its_ttl() {
         for ttl in [1, 900, 10_000] {
-            let e = refusal(&request("admin", ttl));
-            assert_eq!(
-                e,
+            assert_refused(
+                &JitPolicy::default(),
+                &request("admin", ttl),
                 Refusal::ApprovalRequired {
-                    scope: "admin".into()
-                }
-            );
-            assert_eq!(e.code(), "approval_required");
-            assert_eq!(
-                e.to_string(),
-                "scope `admin` is of tier approve and needs an approval before issue; approvals are not available yet, so it is refused — request a lower scope or ask an operator"
+                    scope: "admin".into(),
+                },
+                "approval_required",
+                "scope `admin` is of tier approve and needs an approval before issue; approvals are not available yet, so it is refused — request a lower scope or ask an operator",
             );
         }
     }
@@ -541,12 +549,12 @@ mod tests {
         ] {
             req.task_id = task.into();
             req.agent_id = agent.into();
-            let e = policy.decide(&req, NOW).expect_err(field);
-            assert_eq!(e, Refusal::BadId { field });
-            assert_eq!(e.code(), "bad_request");
-            assert_eq!(
-                e.to_string(),
-                format!("{field} must be 1 to 128 printable characters")
+            assert_refused(
+                &policy,
+                &req,
+                Refusal::BadId { field },
+                "bad_request",
+                &format!("{field} must be 1 to 128 printable characters"),
             );
         }
     }
