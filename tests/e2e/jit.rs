@@ -1,10 +1,12 @@
 //! JIT credentials: issued per task through request/reply, verified, revoked when the task
 //! completes or expired by the sweeper when it never does; refused scopes; a sweep's work grows
-//! with what is due, not with the number of leases.
+//! with what is due, not with the number of leases; the issuer is a NATS service that PING,
+//! INFO and STATS discover.
 
 use crate::harness::{Env, Events, lifecycle};
+use async_nats::service::{Info, PingResponse, Stats};
 use keyloop_backends::MasterKey;
-use keyloop_core::lease::IssueRequest;
+use keyloop_core::lease::{IssueReply, IssueRequest};
 use keyloop_core::{JitPolicy, LifecycleKind, RevokeReason};
 use keyloop_workers::WorkerContext;
 use keyloop_workers::{jit_issuer, sweeper};
@@ -162,6 +164,107 @@ async fn refused_requests_say_why_and_issue_nothing() {
     assert!(lifecycle(&env.bus).await.is_empty(), "nothing was issued");
 }
 
+/// Sends a service API request (`$SRV.<verb>.keyloop-jit`, or to one instance with
+/// `.<id>` after it) and decodes the answer.
+async fn discover<T: serde::de::DeserializeOwned>(env: &Env, verb: &str, instance: &str) -> T {
+    let subject = format!("$SRV.{verb}.keyloop-jit{instance}");
+    let reply = env
+        .bus
+        .client
+        .request(subject.clone(), "".into())
+        .await
+        .unwrap_or_else(|e| panic!("{subject}: {e}"));
+    serde_json::from_slice(&reply.payload).unwrap_or_else(|e| {
+        panic!(
+            "{subject}: {e}: {}",
+            String::from_utf8_lossy(&reply.payload)
+        )
+    })
+}
+
+#[tokio::test]
+async fn the_jit_service_answers_ping_and_info_and_its_stats_count_the_requests_served() {
+    let env = Env::start().await;
+    let worker = env.worker("worker", &["jit-issuer"]);
+    // The CLI waits for an issuer to answer, and the service's discovery is up before its
+    // endpoints: once a lease is issued, PING must answer at once.
+    let lease = start_task(&env, "t-served-1", "read", "10m").await;
+
+    let pong: PingResponse = discover(&env, "PING", "").await;
+    assert_eq!(pong.kind, "io.nats.micro.v1.ping_response");
+    assert_eq!(pong.name, "keyloop-jit");
+    assert_eq!(pong.version, env!("CARGO_PKG_VERSION"));
+    let info: Info = discover(&env, "INFO", &format!(".{}", pong.id)).await;
+    let mut endpoints: Vec<_> = info
+        .endpoints
+        .iter()
+        .map(|e| (e.name.as_str(), e.subject.as_str(), e.queue_group.as_str()))
+        .collect();
+    endpoints.sort_unstable();
+    assert_eq!(
+        endpoints,
+        [
+            ("jit-issue", "keyloop.jit.issue", "jit-issuer"),
+            ("token-verify", "keyloop.token.verify", "jit-issuer"),
+        ],
+        "the endpoints keep their subjects and queue group"
+    );
+
+    // Two more issue requests (one refused) and one verification.
+    start_task(&env, "t-served-2", "write", "10m").await;
+    let refused = env
+        .run(&[
+            "task",
+            "start",
+            "t-refused",
+            "--agent",
+            "a",
+            "--scope",
+            "read",
+            "--ttl",
+            "2h",
+        ])
+        .await;
+    assert!(!refused.status.success());
+    assert!(env.verify(lease["secret"].as_str().unwrap()).await);
+
+    let stats: Stats = discover(&env, "STATS", "").await;
+    assert_eq!(stats.name, "keyloop-jit");
+    assert_eq!(
+        stats.id, pong.id,
+        "one instance: the one that answered the PING"
+    );
+    let endpoint = |name: &str| {
+        stats
+            .endpoints
+            .iter()
+            .find(|e| e.name == name)
+            .unwrap_or_else(|| panic!("STATS has no {name}: {:?}", stats.endpoints))
+    };
+    let (issue, verify) = (endpoint("jit-issue"), endpoint("token-verify"));
+    assert_eq!(issue.requests, 3, "{issue:?}");
+    assert_eq!(
+        issue.data,
+        Some(serde_json::json!({"error_replies": {"ttl_too_long": 1}})),
+        "error replies are counted by code"
+    );
+    assert_eq!(verify.requests, 1, "{verify:?}");
+    assert_eq!(verify.data, Some(serde_json::json!({"error_replies": {}})));
+    assert_eq!(issue.errors + verify.errors, 0);
+
+    // The service stops with the worker.
+    assert!(worker.stop().await.success(), "the worker exits cleanly");
+    let after = env
+        .bus
+        .client
+        .request("$SRV.PING.keyloop-jit", "".into())
+        .await;
+    assert!(
+        matches!(&after, Err(e) if e.kind() == async_nats::RequestErrorKind::NoResponders),
+        "no instance answers once the worker stopped: {after:?}"
+    );
+}
+
 #[tokio::test]
 async fn a_sweep_over_10000_live_leases_with_10_due_touches_about_10_items() {
     let env = Env::start().await;
@@ -302,4 +405,139 @@ async fn an_unused_credential_is_revoked_when_idle_and_reveal_counts_as_use() {
         1,
         "idle revocation hits only the idle credential"
     );
+}
+
+/// Sends `request` on `subject`; `None` when nothing serves the subject.
+async fn request_or_no_responders(env: &Env, subject: String, request: Vec<u8>) -> Option<Vec<u8>> {
+    match env
+        .bus
+        .client
+        .request(subject.clone(), request.into())
+        .await
+    {
+        Ok(reply) => Some(reply.payload.to_vec()),
+        Err(e) if e.kind() == async_nats::RequestErrorKind::NoResponders => None,
+        Err(e) => panic!("{subject}: {e}"),
+    }
+}
+
+#[tokio::test]
+async fn on_sigterm_the_issuer_stops_taking_requests_and_still_answers_the_one_in_hand() {
+    let (env, pg) = tokio::join!(
+        Env::start(),
+        keyloop_testkit::postgres::TestPostgres::start()
+    );
+    env.set_env("KEYLOOP_POSTGRES_DSN", pg.create_admin().await);
+    let su = pg.superuser().await;
+    su.batch_execute("CREATE ROLE scope_drain NOLOGIN")
+        .await
+        .unwrap();
+    let policy = serde_json::json!({"scopes": {
+        "db-read": {"tier": "auto", "max_ttl_secs": 3600, "postgres_group": "scope_drain"},
+        "read": {"tier": "auto", "max_ttl_secs": 3600}
+    }});
+    let policy_file = env.file("jit-policy.json", policy.to_string().as_bytes());
+    let worker = env.worker(
+        "worker",
+        &["jit-issuer", "--jit-policy", policy_file.to_str().unwrap()],
+    );
+    start_task(&env, "t-warm", "read", "10m").await; // the issuer serves
+
+    // Hold the catalog's lock so the lease's CREATE ROLE waits: that request is in hand.
+    let mut blocker = pg.superuser().await;
+    let lock = blocker.transaction().await.unwrap();
+    lock.batch_execute("LOCK TABLE pg_catalog.pg_authid IN EXCLUSIVE MODE")
+        .await
+        .unwrap();
+    let in_hand = {
+        let (client, subject) = (env.bus.client.clone(), env.bus.topology.jit_issue());
+        let request = IssueRequest {
+            task_id: "t-in-hand".into(),
+            agent_id: "a".into(),
+            scope: "db-read".into(),
+            ttl_secs: 600,
+        };
+        tokio::spawn(async move {
+            client
+                .request(subject, serde_json::to_vec(&request).unwrap().into())
+                .await
+        })
+    };
+    // No event says a statement waits on a lock; the server's activity view does.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let waiting: i64 = su
+            .query_one(
+                "SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock' AND query LIKE '%ROLE%'",
+                &[],
+            )
+            .await
+            .unwrap()
+            .get(0);
+        if waiting > 0 {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the lease's CREATE ROLE never waited on the lock"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+
+    let pid = worker.child.id().expect("the worker runs");
+    let term = std::process::Command::new("kill")
+        .args(["-TERM", &pid.to_string()])
+        .status()
+        .unwrap();
+    assert!(term.success());
+    // The service goes (its PING no longer answers), and after it, the endpoints that were
+    // unsubscribed first: a new request finds nobody, rather than a replica that drops it. A
+    // PING that reached the service as it stopped is not answered: it is sent again.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let ping = env.bus.client.request("$SRV.PING.keyloop-jit", "".into());
+        match tokio::time::timeout(Duration::from_secs(1), ping).await {
+            Ok(Err(e)) if e.kind() == async_nats::RequestErrorKind::NoResponders => break,
+            Ok(Err(e)) => panic!("PING: {e}"),
+            Ok(Ok(_)) | Err(_) => {}
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the service still answers PING after SIGTERM"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let late = IssueRequest {
+        task_id: "t-late".into(),
+        agent_id: "a".into(),
+        scope: "read".into(),
+        ttl_secs: 60,
+    };
+    assert_eq!(
+        request_or_no_responders(
+            &env,
+            env.bus.topology.jit_issue(),
+            serde_json::to_vec(&late).unwrap()
+        )
+        .await,
+        None,
+        "a stopping issuer takes no new request"
+    );
+
+    lock.commit().await.unwrap();
+    let reply = in_hand
+        .await
+        .unwrap()
+        .expect("the request in hand is answered");
+    let reply: IssueReply = serde_json::from_slice(&reply.payload)
+        .unwrap_or_else(|e| panic!("{e}: {}", String::from_utf8_lossy(&reply.payload)));
+    let login = reply.login.clone().expect("a PostgreSQL lease");
+    pg.connect_as(&login, &reply.secret, "postgres")
+        .await
+        .expect("the lease answered during shutdown logs in");
+    let log = worker.log_text();
+    assert!(worker.stop().await.success(), "{log}");
+    let log = std::fs::read_to_string(env.dir.path().join("worker.log")).unwrap();
+    assert!(log.contains("jit-issuer stopped serving"), "{log}");
+    assert!(!log.contains("abandoned"), "{log}");
 }

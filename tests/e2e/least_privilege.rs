@@ -2,8 +2,9 @@
 //! users and permissions included as they are) runs the whole loop with each keyloop process
 //! connected as its role's user and no permissions violation; then each user is shown what it
 //! may not do: a detector publishes leaks but no commands and reads no lifecycle event, an
-//! orchestrator requests JIT credentials but reads no leak, a worker does nothing only ops may
-//! (delete, purge or create streams, replay the audit log), and no user reads another's replies.
+//! orchestrator requests JIT credentials (and may PING the JIT service) but reads no leak, a
+//! worker does nothing only ops may (delete, purge or create streams, replay the audit log),
+//! and no user reads another's replies.
 
 use crate::harness::{Env, Events, connect_as, gitleaks_report, nats_password, path_str};
 use async_nats::jetstream;
@@ -296,6 +297,24 @@ async fn every_role_runs_the_loop_with_its_own_user_and_no_more() {
     jit_request("t-3").await;
     orchestrator.nothing_refused().await;
 
+    // An orchestrator may PING the JIT service to see an issuer is there, and that is all it
+    // may ask the service API.
+    let pong = orchestrator
+        .client
+        .request("$SRV.PING.keyloop-jit", "".into())
+        .await
+        .expect("the running jit-issuer answers an orchestrator's PING");
+    let pong: async_nats::service::PingResponse = serde_json::from_slice(&pong.payload).unwrap();
+    assert_eq!(pong.name, "keyloop-jit");
+    orchestrator.nothing_refused().await;
+    for subject in [
+        "$SRV.PING",
+        "$SRV.STATS.keyloop-jit",
+        "$SRV.INFO.keyloop-jit",
+    ] {
+        orchestrator.cannot_publish(subject).await;
+    }
+
     // Nobody else reads an orchestrator's replies (its JIT tokens), nor the requests.
     detector
         .cannot_subscribe("_INBOX_orchestrator.>", jit_request("t-4"))
@@ -370,6 +389,7 @@ async fn every_role_runs_the_loop_with_its_own_user_and_no_more() {
     detector
         .cannot_publish("$JS.API.STREAM.MSG.GET.KEYLOOP_LIFECYCLE")
         .await;
+    detector.cannot_publish("$SRV.PING.keyloop-jit").await;
 
     // An orchestrator reads no leak: not live, not from the stream.
     let leak_published = {
@@ -422,6 +442,7 @@ async fn every_role_runs_the_loop_with_its_own_user_and_no_more() {
         "$JS.API.STREAM.MSG.GET.KEYLOOP_DLQ",
         "keyloop.leak.detected",
         "keyloop.jit.issue",
+        "$SRV.PING.keyloop-jit",
     ] {
         rogue.cannot_publish(subject).await;
     }

@@ -1,6 +1,10 @@
 //! jit-issuer: serves `<prefix>.jit.issue` and `<prefix>.token.verify` as request/reply in the
 //! queue group `jit-issuer` (replies are never stored in a stream: the token travels once, in
-//! the reply), and consumes `<prefix>.task.completed` to revoke every lease of a finished task.
+//! the reply). The endpoints belong to the NATS service `<prefix>-jit` (async-nats's service
+//! API), so `$SRV.PING`, `$SRV.INFO` and `$SRV.STATS` find every replica and count what it
+//! served. The role's other half, revoking the leases of a finished task, is
+//! [`crate::task_completed`]; what a request may get is decided by
+//! [`JitPolicy::decide`](keyloop_core::JitPolicy::decide).
 //!
 //! A lease's token is never stored anywhere: only its fingerprints, which is all verification
 //! needs. Its expiry is enforced twice — verification compares `expires_at` with the clock, and
@@ -8,92 +12,38 @@
 //! arrives.
 
 use crate::context::WorkerContext;
-use crate::decode;
 use crate::ops::{self, Cause};
-use futures::{FutureExt, StreamExt};
-use keyloop_core::event::{
-    CloudEvent, LifecycleData, LifecycleKind, RevokeLeaseCommand, TASK_COMPLETED_TYPE,
-    TaskCompleted, lease_event,
-};
-use keyloop_core::lease::ScopePolicy;
+use async_nats::service::{Request, ServiceExt};
+use futures::StreamExt;
+use keyloop_core::event::{LifecycleData, LifecycleKind, lease_event};
 use keyloop_core::lease::{
     IssueReply, IssueRequest, LeaseState, ServiceError, VerifyReply, VerifyRequest,
 };
-use keyloop_core::{Fingerprint, JitPolicy, Lease, RevokeReason, Secret, Stage, Tier};
-use keyloop_nats::{Delivery, DueItem, Error, ErrorKind, FingerprintRef, Handler, HandlerError};
+use keyloop_core::{Fingerprint, JitPolicy, Lease, Secret, Stage};
+use keyloop_nats::{DueItem, Error, ErrorKind, FingerprintRef, Topology};
 use serde::Serialize;
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
 use time::OffsetDateTime;
 use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 use uuid::Uuid;
 
-const SOURCE: &str = "keyloop/jit-issuer";
+/// The CloudEvent `source` of everything the jit-issuer role publishes.
+pub(crate) const SOURCE: &str = "keyloop/jit-issuer";
 /// The queue group every replica serves requests in.
 pub const QUEUE_GROUP: &str = "jit-issuer";
 /// Largest request accepted.
 const MAX_REQUEST_BYTES: usize = 4 * 1024;
-/// Longest task or agent id.
-const MAX_ID_LEN: usize = 128;
 /// Requests handled at once per replica.
 const MAX_IN_FLIGHT: usize = 256;
-
-/// The handler of `<prefix>.task.completed`.
-pub fn handler(ctx: Arc<WorkerContext>) -> Handler {
-    Arc::new(move |delivery| {
-        let ctx = ctx.clone();
-        async move { task_completed(&ctx, &delivery).await }.boxed()
-    })
-}
-
-/// `task.completed` → a revoke command per live lease of the task. Redelivery republishes the
-/// same command ids, which the commands stream drops.
-async fn task_completed(ctx: &WorkerContext, delivery: &Delivery) -> Result<(), HandlerError> {
-    let event: CloudEvent<TaskCompleted> =
-        decode::cloud_event(&delivery.message.payload, TASK_COMPLETED_TYPE)?;
-    let task = &event.data.task_id;
-    let leases = ctx.inventory.leases_of_task(task).await?;
-    let mut revoked = 0;
-    for lease_id in leases {
-        let Some(lease) = ctx.inventory.lease(lease_id).await? else {
-            continue;
-        };
-        if lease.state != LeaseState::Active {
-            continue;
-        }
-        let op_id = format!("task-completed/{lease_id}");
-        let cmd = RevokeLeaseCommand {
-            lease: lease_id,
-            reason: RevokeReason::TaskCompleted,
-            op_id: op_id.clone(),
-            leak_published_at: None,
-        };
-        ctx.send_command(SOURCE, cmd, Some(task.clone()), Some(event.id.clone()))
-            .await?;
-        revoked += 1;
-    }
-    info!(task = %task, revoked, "task completed: its leases are being revoked");
-    Ok(())
-}
 
 fn service_error(code: &str, message: impl Into<String>) -> ServiceError {
     ServiceError {
         code: code.into(),
         message: message.into(),
     }
-}
-
-fn check_id(what: &str, id: &str) -> Result<(), ServiceError> {
-    if id.is_empty() || id.len() > MAX_ID_LEN || id.chars().any(char::is_control) {
-        return Err(service_error(
-            "bad_request",
-            format!("{what} must be 1 to {MAX_ID_LEN} printable characters"),
-        ));
-    }
-    Ok(())
 }
 
 /// Decodes a `jit.issue` request. The error names the position of what is wrong, never the
@@ -140,52 +90,17 @@ fn check_size(payload: &[u8]) -> Result<(), ServiceError> {
     Ok(())
 }
 
-/// The policy of the scope `req` asks for, when `policy` allows the request as it stands.
-/// A refusal says why and what to ask for instead; it quotes the request only where it
-/// matched the policy (a known scope), never an unknown value.
-pub fn check_request<'p>(
-    policy: &'p JitPolicy,
-    req: &IssueRequest,
-) -> Result<&'p ScopePolicy, ServiceError> {
-    check_id("task_id", &req.task_id)?;
-    check_id("agent_id", &req.agent_id)?;
-    let Some(scope) = policy.scopes.get(&req.scope) else {
-        let known: Vec<_> = policy.scopes.keys().cloned().collect();
-        return Err(service_error(
-            "unknown_scope",
-            format!("unknown scope; scopes: {}", known.join(", ")),
-        ));
-    };
-    if scope.tier == Tier::Approve {
-        return Err(service_error(
-            "approval_required",
-            format!(
-                "scope `{}` is of tier approve and needs an approval before issue; approvals are not available yet, so it is refused — request a lower scope or ask an operator",
-                req.scope
-            ),
-        ));
-    }
-    if req.ttl_secs == 0 || req.ttl_secs > scope.max_ttl_secs {
-        return Err(service_error(
-            "ttl_too_long",
-            format!(
-                "ttl {} s is outside 1..={} s, the limit of scope `{}`; request at most {} s (longer requests are refused, never shortened)",
-                req.ttl_secs, scope.max_ttl_secs, req.scope, scope.max_ttl_secs
-            ),
-        ));
-    }
-    Ok(scope)
-}
-
-/// Issues a lease for `req` under `policy`: validated, recorded (lease, task index, fingerprint
-/// index, expiry), `issued` published, and only then the token handed out.
+/// Issues a lease for `req` under `policy`: decided by [`JitPolicy::decide`], recorded (lease,
+/// task index, fingerprint index, expiry), `issued` published, and only then the token handed
+/// out.
 pub async fn issue(
     ctx: &WorkerContext,
     policy: &JitPolicy,
     req: &IssueRequest,
     now: OffsetDateTime,
 ) -> Result<IssueReply, ServiceError> {
-    let scope = check_request(policy, req)?;
+    let decision = policy.decide(req, now)?;
+    let scope = decision.scope;
     let unavailable = |e: Error| {
         service_error(
             "unavailable",
@@ -222,7 +137,7 @@ pub async fn issue(
         fingerprint: fingerprint.clone(),
         state: LeaseState::Active,
         issued_at: now,
-        expires_at: now + Duration::from_secs(req.ttl_secs),
+        expires_at: decision.expires_at,
         ended_at: None,
         end_reason: None,
         ended_by: None,
@@ -376,16 +291,162 @@ struct ErrorReply<'a> {
     error: &'a ServiceError,
 }
 
-fn encode<T: Serialize>(result: Result<T, ServiceError>) -> Vec<u8> {
-    match result {
-        Ok(v) => serde_json::to_vec(&v),
-        Err(e) => serde_json::to_vec(&ErrorReply { error: &e }),
-    }
-    .expect("replies serialize")
+fn to_json<T: Serialize>(reply: &T) -> Vec<u8> {
+    serde_json::to_vec(reply).expect("replies serialize")
 }
 
-/// Serves issue and verify requests in the queue group until `shutdown`, then finishes the
-/// requests in hand.
+/// The NATS service the jit-issuer replicas are instances of: `<prefix>-jit` (`keyloop-jit`
+/// under the default prefix), so two keyloop deployments on one account are two services.
+/// A character a service name may not hold (anything but `A-Z a-z 0-9 - _`) becomes `-`.
+pub fn service_name(topology: &Topology) -> String {
+    let prefix: String = topology
+        .prefix()
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || c == '-' || c == '_' {
+                c
+            } else {
+                '-'
+            }
+        })
+        .collect();
+    format!("{prefix}-jit")
+}
+
+/// The service's endpoints, named as INFO and STATS report them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Endpoint {
+    /// `<prefix>.jit.issue`.
+    Issue,
+    /// `<prefix>.token.verify`.
+    Verify,
+}
+
+impl Endpoint {
+    const fn name(self) -> &'static str {
+        match self {
+            Self::Issue => "jit-issue",
+            Self::Verify => "token-verify",
+        }
+    }
+}
+
+/// Error replies (refusals, and `unavailable`) by endpoint and code, reported in STATS as each
+/// endpoint's `data` (`{"error_replies": {"ttl_too_long": 2}}`). An error is answered with a
+/// JSON body that says why (what requesters have always read), so the service API, which
+/// counts only empty-bodied error replies, leaves `num_errors` at 0: this is where operators
+/// see them.
+#[derive(Debug, Default)]
+struct ErrorReplies(Mutex<BTreeMap<(&'static str, String), u64>>);
+
+impl ErrorReplies {
+    fn count(&self, endpoint: Endpoint, code: &str) {
+        let mut counts = self.0.lock().expect("error replies lock");
+        *counts
+            .entry((endpoint.name(), code.to_owned()))
+            .or_default() += 1;
+    }
+
+    fn stats(&self, endpoint: &str) -> serde_json::Value {
+        let counts = self.0.lock().expect("error replies lock");
+        let by_code: BTreeMap<&str, u64> = counts
+            .iter()
+            .filter(|((name, _), _)| *name == endpoint)
+            .map(|((_, code), n)| (code.as_str(), *n))
+            .collect();
+        serde_json::json!({ "error_replies": by_code })
+    }
+}
+
+/// Answers one request on `endpoint`: the reply's JSON, or the error to reply instead.
+async fn answer(
+    ctx: &WorkerContext,
+    policy: &JitPolicy,
+    limiter: &UseLimiter,
+    endpoint: Endpoint,
+    payload: &[u8],
+) -> Result<Vec<u8>, ServiceError> {
+    let now = OffsetDateTime::now_utc();
+    match endpoint {
+        Endpoint::Issue => {
+            let req = decode_issue_request(payload)?;
+            let result = issue(ctx, policy, &req, now).await;
+            match &result {
+                Ok(r) => {
+                    info!(lease = %r.lease_id, task = %req.task_id, agent = %req.agent_id, scope = %req.scope, "lease issued")
+                }
+                // A bad_request's ids failed validation: they are not logged.
+                Err(e) if e.code == "bad_request" => {
+                    warn!(code = %e.code, reason = %e.message, "lease refused")
+                }
+                Err(e) => {
+                    warn!(task = %req.task_id, code = %e.code, reason = %e.message, "lease refused")
+                }
+            }
+            result.map(|reply| to_json(&reply))
+        }
+        Endpoint::Verify => {
+            let token = decode_verify_request(payload)?;
+            verify(ctx, &token, now, limiter)
+                .await
+                .map(|reply| to_json(&reply))
+                .map_err(|e| service_error("unavailable", format!("could not verify: {e}; retry")))
+        }
+    }
+}
+
+/// The requests a replica is answering, and what answering one needs.
+struct InHand {
+    ctx: Arc<WorkerContext>,
+    policy: Arc<JitPolicy>,
+    limiter: Arc<UseLimiter>,
+    errors: Arc<ErrorReplies>,
+    /// At most [`MAX_IN_FLIGHT`] requests at once: the next waits for a permit, and the
+    /// requests behind it wait in the subscription.
+    permits: Arc<Semaphore>,
+    tasks: tokio::task::JoinSet<()>,
+}
+
+impl InHand {
+    /// Starts answering `request` (one without a reply subject is dropped: nobody waits).
+    async fn take(&mut self, request: Request, endpoint: Endpoint) {
+        while self.tasks.try_join_next().is_some() {}
+        if request.message.reply.is_none() {
+            return;
+        }
+        let permit = self
+            .permits
+            .clone()
+            .acquire_owned()
+            .await
+            .expect("semaphore is never closed");
+        let (ctx, policy, limiter, errors) = (
+            self.ctx.clone(),
+            self.policy.clone(),
+            self.limiter.clone(),
+            self.errors.clone(),
+        );
+        self.tasks.spawn(async move {
+            let reply = answer(&ctx, &policy, &limiter, endpoint, &request.message.payload)
+                .await
+                .unwrap_or_else(|e| {
+                    errors.count(endpoint, &e.code);
+                    to_json(&ErrorReply { error: &e })
+                });
+            // Through the service API, so STATS counts it and its processing time.
+            if let Err(e) = request.respond(Ok(reply.into())).await {
+                warn!(error = %e, "could not send the reply; the requester will time out and retry");
+            }
+            drop(permit);
+        });
+    }
+}
+
+/// Serves issue and verify requests as the NATS service [`service_name`], its endpoints in the
+/// queue group [`QUEUE_GROUP`] on their usual subjects (a requester sees no difference), with
+/// PING, INFO and STATS discovery on `$SRV.<verb>.<name>` from the service API. On `shutdown`
+/// it stops taking requests and answering discovery, then answers the requests in hand and
+/// those the server had already delivered to it.
 pub async fn serve(
     ctx: Arc<WorkerContext>,
     policy: JitPolicy,
@@ -393,73 +454,112 @@ pub async fn serve(
 ) -> Result<(), Error> {
     let topo = &ctx.topology;
     let client = ctx.bus()?.client.clone();
-    let subscribe = |subject: String| {
-        let client = client.clone();
+    let name = service_name(topo);
+    let errors = Arc::new(ErrorReplies::default());
+    let service = client
+        .service_builder()
+        .description(
+            "keyloop JIT credentials: jit.issue issues a lease, token.verify checks a token",
+        )
+        .queue_group(QUEUE_GROUP)
+        .stats_handler({
+            let errors = errors.clone();
+            move |endpoint, _| errors.stats(&endpoint)
+        })
+        .start(&name, env!("CARGO_PKG_VERSION"))
+        .await
+        .map_err(|e| {
+            Error::new(
+                ErrorKind::Transient,
+                format!("start the NATS service {name}"),
+                e,
+            )
+        })?;
+    let add = |endpoint: Endpoint, subject: String| {
+        let builder = service.endpoint_builder().name(endpoint.name());
         async move {
-            client
-                .queue_subscribe(subject.clone(), QUEUE_GROUP.into())
+            builder
+                .add(subject.clone())
                 .await
                 .map_err(|e| Error::new(ErrorKind::Transient, format!("subscribe to {subject}"), e))
         }
     };
-    let mut issues = subscribe(topo.jit_issue()).await?;
-    let mut verifies = subscribe(topo.token_verify()).await?;
-    info!(issue = %topo.jit_issue(), verify = %topo.token_verify(), group = QUEUE_GROUP, "jit-issuer serving");
-    let policy = Arc::new(policy);
-    let limiter = Arc::new(UseLimiter::default());
-    let permits = Arc::new(Semaphore::new(MAX_IN_FLIGHT));
-    let mut in_flight = tokio::task::JoinSet::new();
+    let mut issues = add(Endpoint::Issue, topo.jit_issue()).await?;
+    let mut verifies = add(Endpoint::Verify, topo.token_verify()).await?;
+    // "Serving" means the server has the subscriptions: a requester (or a test) reading the
+    // log line may send at once.
+    if let Err(e) = client.flush().await {
+        warn!(error = %e, "could not confirm the subscriptions with the server; they are sent again on reconnect");
+    }
+    info!(issue = %topo.jit_issue(), verify = %topo.token_verify(), group = QUEUE_GROUP, service = %name, "jit-issuer serving");
+    let mut hand = InHand {
+        ctx,
+        policy: Arc::new(policy),
+        limiter: Arc::default(),
+        errors,
+        permits: Arc::new(Semaphore::new(MAX_IN_FLIGHT)),
+        tasks: tokio::task::JoinSet::new(),
+    };
     loop {
-        let (msg, is_issue) = tokio::select! {
+        let (request, endpoint) = tokio::select! {
             () = shutdown.cancelled() => break,
-            Some(m) = issues.next() => (m, true),
-            Some(m) = verifies.next() => (m, false),
+            Some(r) = issues.next() => (r, Endpoint::Issue),
+            Some(r) = verifies.next() => (r, Endpoint::Verify),
             else => break,
         };
-        while in_flight.try_join_next().is_some() {}
-        let Some(reply_to) = msg.reply.clone() else {
-            continue;
-        };
-        let permit = permits
-            .clone()
-            .acquire_owned()
-            .await
-            .expect("semaphore is never closed");
-        let (ctx, policy, limiter, client) =
-            (ctx.clone(), policy.clone(), limiter.clone(), client.clone());
-        in_flight.spawn(async move {
-            let now = OffsetDateTime::now_utc();
-            let reply = if is_issue {
-                match decode_issue_request(&msg.payload) {
-                    Ok(req) => {
-                        let result = issue(&ctx, &policy, &req, now).await;
-                        match &result {
-                            Ok(r) => info!(lease = %r.lease_id, task = %req.task_id, agent = %req.agent_id, scope = %req.scope, "lease issued"),
-                            // A bad_request's ids failed validation: they are not logged.
-                            Err(e) if e.code == "bad_request" => warn!(code = %e.code, reason = %e.message, "lease refused"),
-                            Err(e) => warn!(task = %req.task_id, code = %e.code, reason = %e.message, "lease refused"),
-                        }
-                        encode(result)
-                    }
-                    Err(e) => encode::<()>(Err(e)),
-                }
-            } else {
-                match decode_verify_request(&msg.payload) {
-                    Ok(token) => encode(verify(&ctx, &token, now, &limiter).await.map_err(|e| {
-                        service_error("unavailable", format!("could not verify: {e}; retry"))
-                    })),
-                    Err(e) => encode::<()>(Err(e)),
-                }
-            };
-            if let Err(e) = client.publish(reply_to, reply.into()).await {
-                warn!(error = %e, "could not send the reply; the requester will time out and retry");
-            }
-            drop(permit);
-        });
+        hand.take(request, endpoint).await;
     }
-    let _ = issues.unsubscribe().await;
-    let _ = verifies.unsubscribe().await;
-    while in_flight.join_next().await.is_some() {}
+    // Nothing new reaches this replica (other replicas take it) and discovery no longer lists
+    // it. What the server delivered before the unsubscribe is in this process already and is
+    // answered too: the endpoints' streams end after it.
+    let _ = issues.stop().await;
+    let _ = verifies.stop().await;
+    let _ = service.stop().await;
+    let mut delivered = futures::stream::select(
+        issues.map(|r| (r, Endpoint::Issue)),
+        verifies.map(|r| (r, Endpoint::Verify)),
+    );
+    while let Some((request, endpoint)) = delivered.next().await {
+        hand.take(request, endpoint).await;
+    }
+    while hand.tasks.join_next().await.is_some() {}
     info!("jit-issuer stopped serving");
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_service_is_named_after_the_prefix_in_the_characters_a_service_name_allows() {
+        assert_eq!(service_name(&Topology::default()), "keyloop-jit");
+        assert_eq!(service_name(&Topology::new("acme_kl")), "acme_kl-jit");
+        assert_eq!(
+            service_name(&Topology::new("acme.keyloop")),
+            "acme-keyloop-jit"
+        );
+        assert_eq!(service_name(&Topology::new("é*>")), "----jit");
+    }
+
+    #[test]
+    fn stats_report_each_endpoints_error_replies_by_code_and_none_of_the_others() {
+        let errors = ErrorReplies::default();
+        errors.count(Endpoint::Issue, "ttl_too_long");
+        errors.count(Endpoint::Issue, "ttl_too_long");
+        errors.count(Endpoint::Issue, "unknown_scope");
+        errors.count(Endpoint::Verify, "bad_request");
+        assert_eq!(
+            errors.stats("jit-issue"),
+            serde_json::json!({"error_replies": {"ttl_too_long": 2, "unknown_scope": 1}})
+        );
+        assert_eq!(
+            errors.stats("token-verify"),
+            serde_json::json!({"error_replies": {"bad_request": 1}})
+        );
+        assert_eq!(
+            ErrorReplies::default().stats("jit-issue"),
+            serde_json::json!({"error_replies": {}})
+        );
+    }
 }

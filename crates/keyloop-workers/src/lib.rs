@@ -9,7 +9,8 @@
 //! - [`rotator`]: `cmd.rotate` → the create/set/test/finish protocol, `rotated`;
 //! - [`scheduler`]: one `schedule.tick` per window, whatever the number of replicas;
 //! - [`sweeper`]: on each tick, commands for what has fallen due; records uses;
-//! - [`jit_issuer`]: `jit.issue` / `token.verify` request/reply, and `task.completed`.
+//! - [`jit_issuer`]: `jit.issue` / `token.verify` request/reply;
+//! - [`task_completed`]: the jit-issuer role's `task.completed` → `cmd.lease.revoke` per lease.
 
 pub mod claim;
 pub mod context;
@@ -22,6 +23,7 @@ pub mod revoker;
 pub mod rotator;
 pub mod scheduler;
 pub mod sweeper;
+pub mod task_completed;
 
 pub use context::{Backends, WorkerContext};
 
@@ -59,7 +61,7 @@ pub fn handler_for(role: Role, ctx: Arc<WorkerContext>) -> Option<Handler> {
         Role::Rotator => Some(rotator::handler(ctx)),
         Role::Revoker => Some(revoker::handler(ctx)),
         Role::Sweeper => Some(sweeper::handler(ctx)),
-        Role::JitIssuer => Some(jit_issuer::handler(ctx)),
+        Role::JitIssuer => Some(task_completed::handler(ctx)),
         Role::Scheduler => None,
     }
 }

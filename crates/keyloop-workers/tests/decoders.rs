@@ -27,6 +27,7 @@ use keyloop_workers::decode;
 use keyloop_workers::jit_issuer;
 use proptest::prelude::*;
 use serde::de::DeserializeOwned;
+use time::OffsetDateTime;
 
 /// Cases of arbitrary bytes, per decoder.
 const BYTES_CASES: u32 = 1024;
@@ -384,10 +385,10 @@ fn check_issue(payload: &[u8], planted: &Planted) -> bool {
             shown(&e.code, &e.message);
             false
         }
-        Ok(req) => match jit_issuer::check_request(&JitPolicy::default(), &req) {
+        Ok(req) => match JitPolicy::default().decide(&req, OffsetDateTime::now_utc()) {
             Ok(_) => true,
             Err(e) => {
-                shown(&e.code, &e.message);
+                shown(e.code(), &e.to_string());
                 false
             }
         },

@@ -10,6 +10,8 @@ mod revoke;
 mod rotate;
 mod schemas;
 mod task;
+mod tick;
+mod token;
 mod up;
 mod worker;
 
@@ -34,8 +36,8 @@ pub(crate) async fn run(cli: Cli) -> Result<ExitCode> {
         Command::Replay(args) => replay::run(g, args).await,
         Command::Demo => demo::run(g).await,
         Command::Task(c) => task::run(g, c).await,
-        Command::Token(c) => task::token(g, c).await,
-        Command::Tick => task::tick(g).await,
+        Command::Token(c) => token::run(g, c).await,
+        Command::Tick => tick::run(g).await,
         Command::Schemas { dir } => schemas::run(&dir),
     }
 }

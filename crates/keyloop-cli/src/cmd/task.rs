@@ -1,21 +1,16 @@
-//! `keyloop task start|complete`, `keyloop token verify`, `keyloop tick`: the orchestrator's and
-//! the service's side of JIT credentials, and a manual schedule tick.
+//! `keyloop task start|complete`: the orchestrator's side of JIT credentials, and the client of
+//! the jit-issuer's request/reply endpoints that `token verify` shares.
 
-use crate::cli::{Global, TaskCommand, TokenCommand};
+use crate::cli::{Global, TaskCommand};
 use crate::{config, output};
 use anyhow::{Context, Result, bail};
-use keyloop_core::event::{
-    CloudEvent, SCHEDULE_TICK_TYPE, ScheduleTick, TASK_COMPLETED_TYPE, TaskCompleted,
-};
-use keyloop_core::lease::{IssueReply, IssueRequest, ServiceError, VerifyReply};
+use keyloop_core::event::{CloudEvent, TASK_COMPLETED_TYPE, TaskCompleted};
+use keyloop_core::lease::{IssueReply, IssueRequest, ServiceError};
 use keyloop_nats::Bus;
 use serde::de::DeserializeOwned;
-use std::io::{BufRead, Write};
+use std::io::Write;
 use std::process::ExitCode;
 use std::time::Duration;
-
-/// Exit code of `token verify` for a token that does not work.
-const EXIT_INVALID: u8 = 2;
 
 pub(crate) async fn run(g: &Global, cmd: TaskCommand) -> Result<ExitCode> {
     match cmd {
@@ -29,8 +24,12 @@ pub(crate) async fn run(g: &Global, cmd: TaskCommand) -> Result<ExitCode> {
     }
 }
 
-/// Sends a request and decodes the reply, or the service's error.
-async fn request<T: DeserializeOwned>(bus: &Bus, subject: String, payload: Vec<u8>) -> Result<T> {
+/// Sends a request to the jit-issuer and decodes the reply, or the service's error.
+pub(super) async fn request<T: DeserializeOwned>(
+    bus: &Bus,
+    subject: String,
+    payload: Vec<u8>,
+) -> Result<T> {
     // A jit-issuer that is restarting has no subscription for a moment: "no responders" is
     // retried until the deadline, like a timeout would be.
     let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
@@ -138,73 +137,6 @@ async fn complete(g: &Global, task_id: String) -> Result<ExitCode> {
     } else {
         output::line(format_args!(
             "task {task_id} completed; its leases are being revoked (follow with `keyloop replay --correlation {task_id}`)"
-        ))?;
-    }
-    Ok(ExitCode::SUCCESS)
-}
-
-pub(crate) async fn token(g: &Global, cmd: TokenCommand) -> Result<ExitCode> {
-    let TokenCommand::Verify = cmd;
-    let mut line = String::new();
-    std::io::stdin()
-        .lock()
-        .read_line(&mut line)
-        .context("cannot read the token from stdin")?;
-    let token = line.trim();
-    if token.is_empty() {
-        bail!("no token on stdin; pipe it in, e.g. `printf %s \"$TOKEN\" | keyloop token verify`");
-    }
-    let bus = config::connect(g).await?;
-    let payload = serde_json::to_vec(&serde_json::json!({ "token": token }))?;
-    drop(line);
-    let reply: VerifyReply = request(&bus, bus.topology.token_verify(), payload).await?;
-    if g.json {
-        output::json_line(&reply)?;
-    } else if reply.valid {
-        match (&reply.lease_id, &reply.credential) {
-            (Some(lease), _) => output::line(format_args!(
-                "valid: lease {lease}, scope {}, expires {}",
-                reply.scope.as_deref().unwrap_or("?"),
-                reply.expires_at.map(output::ts).unwrap_or_default()
-            ))?,
-            (None, Some(cred)) => output::line(format_args!(
-                "valid: credential {cred}, version {}, {}",
-                reply.version.map(|v| v.to_string()).unwrap_or_default(),
-                reply.stage.map(|s| s.name()).unwrap_or("?")
-            ))?,
-            (None, None) => output::line("valid")?,
-        }
-    } else {
-        output::line("invalid: unknown, revoked or expired")?;
-    }
-    Ok(if reply.valid {
-        ExitCode::SUCCESS
-    } else {
-        ExitCode::from(EXIT_INVALID)
-    })
-}
-
-pub(crate) async fn tick(g: &Global) -> Result<ExitCode> {
-    let bus = config::connect(g).await?;
-    let now = time::OffsetDateTime::now_utc();
-    let id = format!("tick-manual-{}", uuid::Uuid::now_v7());
-    let event = CloudEvent::new(
-        id.clone(),
-        "keyloop/cli",
-        SCHEDULE_TICK_TYPE,
-        ScheduleTick {
-            window_start: now.unix_timestamp(),
-            window_secs: 0,
-        },
-    )
-    .caused_by(Some(id.clone()), None);
-    bus.publish_event(&bus.topology.schedule_tick(), &event)
-        .await?;
-    if g.json {
-        output::json_line(&serde_json::json!({"tick": id}))?;
-    } else {
-        output::line(format_args!(
-            "published tick {id}; the sweeper acts on everything due now"
         ))?;
     }
     Ok(ExitCode::SUCCESS)
