@@ -122,7 +122,7 @@ async fn single_rotation_changes_the_password_and_the_old_one_fails() {
 
 #[tokio::test]
 async fn a_single_rotation_that_fails_after_the_new_password_was_set_leaves_the_role_working() {
-    // Issue 9: with `permanent=test` (or `promote`) the give-up path revoked the pending
+    // With `permanent=test` (or `promote`) the give-up path once revoked the pending
     // version, which holds the role, and left it NOLOGIN: the revealed value stopped working.
     let (env, pg, _admin) = start().await;
     let id = "pg/rollback";
@@ -341,7 +341,7 @@ async fn alternating_keeps_the_previous_role_working_until_it_is_retired() {
         .get(0);
     assert!(member, "{role_b} was created in the base role");
 
-    // Grace ends (the scheduler of issue 4 will do this): only the current one logs in, and a
+    // Grace ends (the sweeper does this when it falls due): only the current one logs in, and a
     // session still on the previous role is ended.
     let lingering = pg.connect_as(&role_a, &v1, "postgres").await.unwrap();
     let ctx = context(&env, &admin).await;
@@ -483,7 +483,7 @@ async fn jit_role_logs_in_until_dropped_and_its_valid_until_is_the_lease_expiry(
         .unwrap();
     drop(elsewhere);
 
-    // task.completed → revoke (the request/reply flow is issue 4's; this is its backend step).
+    // task.completed → revoke (the request/reply flow is in jit.rs; this is its backend step).
     let dropped = target.drop_jit_role(&name).await.unwrap();
     assert!(dropped.existed);
     assert!(dropped.sessions_ended >= 1);

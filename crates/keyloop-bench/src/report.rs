@@ -9,7 +9,7 @@ use std::fmt;
 use std::io::Write;
 use std::time::Duration;
 
-/// The targets of issue 3, on a 2-core machine that also runs the server.
+/// The speed targets, on a 2-core machine that also runs the server.
 const TARGET_TTR_P99: Duration = Duration::from_millis(5);
 const TARGET_THROUGHPUT_RATIO: f64 = 0.40;
 const TARGET_RSS_BYTES: u64 = 64 * 1024 * 1024;

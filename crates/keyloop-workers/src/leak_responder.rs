@@ -5,7 +5,7 @@
 //! One leaked version gets one revocation and at most one rotation, however many leaks name it
 //! (findings in one report, several reports, several detectors): the revocation's operation id
 //! derives from the credential and version alone ([`revocation_op`]), not from the leak, and so
-//! does its command's message id within a minute ([`RESEND_AFTER_SECS`]). A second leak arriving
+//! does its command's message id within a minute (`keyloop_core::event::LEAK_RESEND_AFTER_SECS`). A second leak arriving
 //! while the first one's command is queued publishes the same command, which `KEYLOOP_COMMANDS`
 //! drops as a duplicate; one arriving after the version is revoked finds it dead and gives
 //! `leak_inert`. A leak of a version still live a minute after an earlier one means that

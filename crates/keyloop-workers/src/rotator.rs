@@ -15,7 +15,7 @@
 //! **If it stops anywhere.** A crash leaves the recorded state; the redelivered command resumes
 //! it (every step checks the record; events have ids derived from the operation id). A rotation
 //! that gives up (a permanent error, or a transient one on the last delivery) repairs what it
-//! started before it reports `rotation_failed` ([`give_up`]): it *rolls back* — the pending
+//! started before it reports `rotation_failed` (`give_up`): it *rolls back* — the pending
 //! version is retired as the record says (`ops::revoke_version`): nothing to undo when the target
 //! never got it; for a value set on the current version's own account (`single`), the current
 //! value is given back and tested; an unused account of an `alternating` pair is disabled — or,
@@ -66,7 +66,7 @@ async fn rotate(ctx: &WorkerContext, delivery: &Delivery) -> Result<(), HandlerE
 
 /// Runs (or resumes) the rotation `cmd` holding the credential's claim. When it gives up (a
 /// permanent error, or a transient one when `last_attempt`), it repairs what it started (see
-/// [`give_up`]) and returns the error; `Ok` when the rotation finished, also by rolling forward.
+/// `give_up`) and returns the error; `Ok` when the rotation finished, also by rolling forward.
 pub async fn execute(
     ctx: &WorkerContext,
     cmd: &RotateCommand,
@@ -272,7 +272,7 @@ async fn schedule_retry(
 }
 
 /// Runs (or resumes) the rotation `cmd.op_id` of `cmd.credential` to the end. The caller holds
-/// the credential's claim (see `ops::with_claim`). The new value, once created, is left in
+/// the credential's claim (see `claim::with_claim`). The new value, once created, is left in
 /// `in_hand` for the give-up path.
 pub async fn run_rotation(
     ctx: &WorkerContext,
