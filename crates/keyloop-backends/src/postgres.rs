@@ -11,14 +11,16 @@
 //!
 //! Passwords travel as SCRAM-SHA-256 verifiers computed here (`postgres-protocol`), so no
 //! plaintext reaches the server, its statement log or `pg_stat_activity`; identifiers and
-//! literals are quoted. `test` and revocation prove their result by logging in with the value.
-//! The admin connection (a DSN) needs `CREATEROLE` and membership in `pg_signal_backend` (or
-//! superuser); it is opened at first use, checked, and kept. No message of this module contains
-//! a password: the DSN is always printed with its password replaced.
+//! literals are quoted by `postgres_protocol::escape` (role statements take no bind parameters,
+//! so quoting is the only way in). `test` and revocation prove their result by logging in with
+//! the value. The admin connection (a DSN) needs `CREATEROLE` and membership in
+//! `pg_signal_backend` (or superuser); it is opened at first use, checked, and kept. No message
+//! of this module contains a password: the DSN is always printed with its password replaced.
 
 use crate::{BackendError, Target, redact};
 use futures::future::BoxFuture;
 use keyloop_core::{AtTarget, Credential, RevokeReason, Secret, Stage, Version};
+use postgres_protocol::escape::{escape_identifier, escape_literal};
 use std::fmt;
 use std::str::FromStr;
 use std::sync::Arc;
@@ -123,31 +125,28 @@ fn check_jit_name(name: &str) -> Result<(), BackendError> {
     }
 }
 
-/// Quotes an SQL identifier: `"` around it, inner `"` doubled.
+/// Quotes an SQL identifier with [`escape_identifier`] (`"` around it, inner `"` doubled),
+/// after refusing what PostgreSQL cannot name: an empty name, or one with NUL (which would cut
+/// the statement short in the server).
 pub fn quote_ident(name: &str) -> Result<String, BackendError> {
     if name.is_empty() || name.contains('\0') {
         return Err(BackendError::permanent(format!(
             "postgres target: invalid role name {name:?} (empty or contains NUL)"
         )));
     }
-    Ok(format!("\"{}\"", name.replace('"', "\"\"")))
+    Ok(escape_identifier(name))
 }
 
-/// Quotes an SQL string literal: `'` around it, inner `'` doubled; with backslashes, the
-/// `E'...'` form with them doubled too, so the result means the same whatever
-/// `standard_conforming_strings` says.
+/// Quotes an SQL string literal with [`escape_literal`] (`'` around it, inner `'` doubled;
+/// with backslashes, the ` E'...'` form with them doubled too, so the result means the same
+/// whatever `standard_conforming_strings` says), after refusing NUL, which no literal can hold.
 pub fn quote_literal(text: &str) -> Result<String, BackendError> {
     if text.contains('\0') {
         return Err(BackendError::permanent(
             "postgres target: a literal contains NUL",
         ));
     }
-    let body = text.replace('\'', "''");
-    Ok(if body.contains('\\') {
-        format!("E'{}'", body.replace('\\', "\\\\"))
-    } else {
-        format!("'{body}'")
-    })
+    Ok(escape_literal(text))
 }
 
 /// The SCRAM-SHA-256 verifier of `value` with a fresh random salt: what PostgreSQL stores, and
@@ -978,7 +977,9 @@ mod tests {
         assert!(quote_ident("").is_err());
         assert!(quote_ident("a\0").is_err());
         assert_eq!(quote_literal("it's").unwrap(), "'it''s'");
-        assert_eq!(quote_literal("a\\'b").unwrap(), "E'a\\\\''b'");
+        // escape_literal puts a space before `E'`, so the literal cannot glue onto a word
+        // before it.
+        assert_eq!(quote_literal("a\\'b").unwrap(), " E'a\\\\''b'");
         assert!(quote_literal("\0").is_err());
     }
 
