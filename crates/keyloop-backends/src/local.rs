@@ -13,8 +13,10 @@
 //! its values. The check never holds or prints the key: its id is a truncated HMAC under the
 //! key, which tells nothing about it, and the sealed plaintext is public.
 
+use crate::race::{self, Attempt};
 use crate::{BackendError, Store};
 use async_nats::jetstream::kv;
+use backon::Retryable;
 use chacha20poly1305::aead::{Aead, AeadCore, KeyInit, OsRng, Payload};
 use chacha20poly1305::{XChaCha20Poly1305, XNonce};
 use futures::TryStreamExt;
@@ -326,62 +328,72 @@ impl LocalStore {
             cipher: cipher(key),
             kv,
         };
-        let given = KeyId::of(key);
-        let mismatch = |expected| KeyMismatch {
-            bucket: store.kv.name.clone(),
-            given,
-            expected,
-        };
         // A lost race to create the check value means another process just recorded one:
         // read it again, at most a few times.
-        for _ in 0..3 {
-            if let Some(bytes) = store
-                .kv
-                .get(KEY_CHECK_KEY)
-                .await
-                .map_err(|e| store.unavailable(e))?
-            {
-                let check =
-                    KeyCheck::decode(&bytes).ok_or_else(|| mismatch(Expected::UnreadableCheck))?;
-                return match check.verify(key) {
-                    Ok(()) => Ok(store),
-                    Err(CheckRefusal::OtherKey(id)) => Err(mismatch(Expected::Key(id)).into()),
-                    Err(CheckRefusal::DoesNotOpen) => {
-                        Err(mismatch(Expected::CheckDoesNotOpen).into())
-                    }
-                };
-            }
-            let survey = store.survey().await?;
-            if survey.values > 0 && survey.readable == 0 {
-                return Err(mismatch(Expected::Unrecorded {
-                    values: survey.values,
-                })
-                .into());
-            }
-            if !survey.unreadable.is_empty() {
-                tracing::warn!(
-                    bucket = %store.kv.name,
-                    key_id = %given,
-                    unreadable = ?survey.unreadable,
-                    "recording this key for a store written before key check values: {} of {} values do not decrypt with it (written under another master key?); their credentials cannot be read by this fleet",
-                    survey.unreadable.len(),
-                    survey.values
-                );
-            }
-            match store
-                .kv
-                .create(KEY_CHECK_KEY, KeyCheck::seal(key).encode().into())
-                .await
-            {
-                Ok(_) => {
-                    tracing::info!(bucket = %store.kv.name, key_id = %given, "recorded the local store's key check value");
-                    return Ok(store);
-                }
-                Err(e) if e.kind() == kv::CreateErrorKind::AlreadyExists => continue,
-                Err(e) => return Err(store.unavailable(e)),
-            }
+        let outcome = (|| store.check_key(key))
+            .retry(race::backoff())
+            .when(Attempt::is_raced)
+            .await;
+        race::settle(outcome, || {
+            store.unavailable("its key check value keeps changing")
+        })?;
+        Ok(store)
+    }
+
+    /// One try of [`LocalStore::open_checked`]: checks `key` against the recorded check
+    /// value, or records one.
+    async fn check_key(&self, key: &MasterKey) -> Result<(), Attempt<KeyCheckError>> {
+        let given = KeyId::of(key);
+        let mismatch = |expected| {
+            KeyCheckError::from(KeyMismatch {
+                bucket: self.kv.name.clone(),
+                given,
+                expected,
+            })
+        };
+        if let Some(bytes) = self
+            .kv
+            .get(KEY_CHECK_KEY)
+            .await
+            .map_err(|e| self.unavailable(e))?
+        {
+            let check =
+                KeyCheck::decode(&bytes).ok_or_else(|| mismatch(Expected::UnreadableCheck))?;
+            return match check.verify(key) {
+                Ok(()) => Ok(()),
+                Err(CheckRefusal::OtherKey(id)) => Err(mismatch(Expected::Key(id)).into()),
+                Err(CheckRefusal::DoesNotOpen) => Err(mismatch(Expected::CheckDoesNotOpen).into()),
+            };
         }
-        Err(store.unavailable("its key check value keeps changing"))
+        let survey = self.survey().await?;
+        if survey.values > 0 && survey.readable == 0 {
+            return Err(mismatch(Expected::Unrecorded {
+                values: survey.values,
+            })
+            .into());
+        }
+        if !survey.unreadable.is_empty() {
+            tracing::warn!(
+                bucket = %self.kv.name,
+                key_id = %given,
+                unreadable = ?survey.unreadable,
+                "recording this key for a store written before key check values: {} of {} values do not decrypt with it (written under another master key?); their credentials cannot be read by this fleet",
+                survey.unreadable.len(),
+                survey.values
+            );
+        }
+        match self
+            .kv
+            .create(KEY_CHECK_KEY, KeyCheck::seal(key).encode().into())
+            .await
+        {
+            Ok(_) => {
+                tracing::info!(bucket = %self.kv.name, key_id = %given, "recorded the local store's key check value");
+                Ok(())
+            }
+            Err(e) if e.kind() == kv::CreateErrorKind::AlreadyExists => Err(Attempt::Raced),
+            Err(e) => Err(self.unavailable(e).into()),
+        }
     }
 
     /// Who `kv` belongs to, read without a key: `keyloop up` asks before it creates a dev
