@@ -35,9 +35,10 @@ use async_nats::HeaderMap;
 use async_nats::connection::State;
 use async_nats::jetstream::ErrorCode;
 use async_nats::jetstream::consumer::PullConsumer;
-use async_nats::jetstream::consumer::pull::MessagesErrorKind;
-use async_nats::jetstream::stream::ConsumerErrorKind;
+use async_nats::jetstream::consumer::pull::{self, MessagesErrorKind};
+use async_nats::jetstream::stream::{ConsumerError, ConsumerErrorKind};
 use async_nats::jetstream::{self, AckKind};
+use backon::{ExponentialBuilder, Retryable};
 use futures::future::BoxFuture;
 use futures::{FutureExt, StreamExt};
 use std::sync::Arc;
@@ -213,30 +214,14 @@ pub async fn consume(
     let config = Arc::new(config);
     let mut handed_back = 0u64;
     // The outer loop survives broker faults: a pull stream that ends or keeps failing (leader
-    // change, server restart, consumer recreated by `init`) is opened again with backoff; it
-    // never takes the worker down.
-    let mut reopen_delay = Duration::from_millis(100);
+    // change, server restart, consumer recreated by `init`) is opened again (with backoff
+    // while opening fails); it never takes the worker down. A loop, not a retry: the stream
+    // it opens is the worker's whole life, and ending is what a stream does on such faults.
     'open: while !shutdown.is_cancelled() {
-        let opened = tokio::select! {
-            () = shutdown.cancelled() => break 'open,
-            opened = consumer
-                .stream()
-                .max_messages_per_batch(config.concurrency)
-                .heartbeat(PULL_HEARTBEAT)
-                .expires(PULL_EXPIRES)
-                .messages() => opened,
-        };
-        let mut messages = match opened {
-            Ok(m) => m,
-            Err(e) => {
-                warn!(role = role.name(), error = %e, retry_in_ms = reopen_delay.as_millis() as u64, "cannot pull from consumer; retrying");
-                tokio::select! {
-                    () = shutdown.cancelled() => break 'open,
-                    () = tokio::time::sleep(reopen_delay) => {}
-                }
-                reopen_delay = (reopen_delay * 2).min(Duration::from_secs(5));
-                continue 'open;
-            }
+        let Some(mut messages) =
+            open_messages(&consumer, role, config.concurrency, &shutdown).await
+        else {
+            break 'open;
         };
         let mut consecutive_errors = 0u32;
         loop {
@@ -270,7 +255,6 @@ pub async fn consume(
                 }
             };
             consecutive_errors = 0;
-            reopen_delay = Duration::from_millis(100);
             let (bus, handler, stats, config, stop) = (
                 bus.clone(),
                 handler.clone(),
@@ -378,6 +362,15 @@ async fn server_gone(client: &async_nats::Client) {
     }
 }
 
+/// Waits between tries to reach the server at start (looking the consumer up, opening its pull
+/// stream): from 100 ms, doubling, at most 5 s, for as long as it takes.
+fn reconnect_backoff() -> ExponentialBuilder {
+    ExponentialBuilder::default()
+        .with_min_delay(Duration::from_millis(100))
+        .with_max_delay(Duration::from_secs(5))
+        .without_max_times()
+}
+
 /// Looks up the durable consumer of `role`, retrying while the server does not answer; `None`
 /// when `shutdown` comes first. A consumer or stream that does not exist is an error at once.
 async fn find_consumer(
@@ -386,40 +379,60 @@ async fn find_consumer(
     stream_name: &str,
     shutdown: &CancellationToken,
 ) -> Result<Option<PullConsumer>, Error> {
-    let mut delay = Duration::from_millis(100);
-    loop {
-        let result = tokio::select! {
-            () = shutdown.cancelled() => return Ok(None),
-            r = bus.js.get_consumer_from_stream(role.name(), stream_name) => r,
-        };
-        let e = match result {
-            Ok(consumer) => return Ok(Some(consumer)),
-            Err(e) => e,
-        };
-        let missing = match e.kind() {
-            ConsumerErrorKind::JetStream(js) => matches!(
-                js.error_code(),
-                ErrorCode::CONSUMER_NOT_FOUND | ErrorCode::STREAM_NOT_FOUND
+    let missing = |e: &ConsumerError| match e.kind() {
+        ConsumerErrorKind::JetStream(js) => matches!(
+            js.error_code(),
+            ErrorCode::CONSUMER_NOT_FOUND | ErrorCode::STREAM_NOT_FOUND
+        ),
+        ConsumerErrorKind::InvalidConsumerType | ConsumerErrorKind::InvalidName => true,
+        _ => false,
+    };
+    let lookup = (|| bus.js.get_consumer_from_stream(role.name(), stream_name))
+        .retry(reconnect_backoff())
+        .when(|e| !missing(e))
+        .notify(|e, delay| {
+            warn!(role = role.name(), stream = stream_name, error = %e, retry_in_ms = delay.as_millis() as u64, "cannot look up the consumer; retrying");
+        });
+    let found = tokio::select! {
+        () = shutdown.cancelled() => return Ok(None),
+        found = lookup => found,
+    };
+    found.map(Some).map_err(|e| {
+        Error::new(
+            ErrorKind::NotFound,
+            format!(
+                "consumer {} on stream {stream_name} (run `keyloop init`)",
+                role.name()
             ),
-            ConsumerErrorKind::InvalidConsumerType | ConsumerErrorKind::InvalidName => true,
-            _ => false,
-        };
-        if missing {
-            return Err(Error::new(
-                ErrorKind::NotFound,
-                format!(
-                    "consumer {} on stream {stream_name} (run `keyloop init`)",
-                    role.name()
-                ),
-                e,
-            ));
-        }
-        warn!(role = role.name(), stream = stream_name, error = %e, retry_in_ms = delay.as_millis() as u64, "cannot look up the consumer; retrying");
-        tokio::select! {
-            () = shutdown.cancelled() => return Ok(None),
-            () = tokio::time::sleep(delay) => {}
-        }
-        delay = (delay * 2).min(Duration::from_secs(5));
+            e,
+        )
+    })
+}
+
+/// Opens the pull stream of `consumer`, retrying while the server refuses; `None` when
+/// `shutdown` comes first.
+async fn open_messages(
+    consumer: &PullConsumer,
+    role: Role,
+    concurrency: usize,
+    shutdown: &CancellationToken,
+) -> Option<pull::Stream> {
+    let open = (|| {
+        consumer
+            .stream()
+            .max_messages_per_batch(concurrency)
+            .heartbeat(PULL_HEARTBEAT)
+            .expires(PULL_EXPIRES)
+            .messages()
+    })
+    .retry(reconnect_backoff())
+    .notify(|e, delay| {
+        warn!(role = role.name(), error = %e, retry_in_ms = delay.as_millis() as u64, "cannot pull from consumer; retrying");
+    });
+    tokio::select! {
+        () = shutdown.cancelled() => None,
+        // Retried for as long as it takes: only shutdown ends it without a stream.
+        opened = open => opened.ok(),
     }
 }
 
@@ -569,44 +582,53 @@ async fn dead_letter_durably(
     stats: &ConsumeStats,
     shutdown: &CancellationToken,
 ) -> DeadLetter {
-    let mut delay = DLQ_RETRY_FIRST;
-    let mut failures = 0u64;
     let hold_until = tokio::time::Instant::now() + config.dlq_hold;
-    loop {
+    let failures = AtomicU64::new(0);
+    let write = || async {
         // Renewed before every attempt: a write that times out takes a good part of the ack
         // wait.
         let _ = delivery.message.ack_with(AckKind::Progress).await;
-        let written = tokio::select! {
-            () = shutdown.cancelled() => return DeadLetter::Shutdown,
-            r = dead_letter(bus, role, delivery, reason) => r,
-        };
-        let Err(dlq_err) = written else {
-            if failures > 0 {
-                info!(failures, "the DLQ took the message after failed attempts");
-            }
-            return DeadLetter::Stored;
-        };
-        failures += 1;
-        stats.dlq_write_failed.fetch_add(1, Ordering::Relaxed);
-        crate::metrics::global()
-            .role(role)
-            .dlq_write_failed
-            .fetch_add(1, Ordering::Relaxed);
-        // Loud at first, then every tenth failure: an unwritable DLQ is an incident, a line per
-        // retry would be noise.
-        if failures == 1 || failures.is_multiple_of(10) {
-            error!(%reason, error = %dlq_err, failures, "could not write to the DLQ; keeping the message in hand and retrying");
-        }
-        let now = tokio::time::Instant::now();
-        if now >= hold_until {
-            return DeadLetter::HeldTooLong;
-        }
-        tokio::select! {
-            () = shutdown.cancelled() => return DeadLetter::Shutdown,
-            () = tokio::time::sleep(delay.min(hold_until - now)) => {}
-        }
-        delay = (delay * 2).min(ACK_WAIT / 3);
+        dead_letter(bus, role, delivery, reason)
+            .await
+            .inspect_err(|dlq_err| {
+                let failures = failures.fetch_add(1, Ordering::Relaxed) + 1;
+                stats.dlq_write_failed.fetch_add(1, Ordering::Relaxed);
+                crate::metrics::global()
+                    .role(role)
+                    .dlq_write_failed
+                    .fetch_add(1, Ordering::Relaxed);
+                // Loud at first, then every tenth failure: an unwritable DLQ is an incident, a
+                // line per retry would be noise.
+                if failures == 1 || failures.is_multiple_of(10) {
+                    error!(%reason, error = %dlq_err, failures, "could not write to the DLQ; keeping the message in hand and retrying");
+                }
+            })
+    };
+    let written = write
+        .retry(
+            ExponentialBuilder::default()
+                .with_min_delay(DLQ_RETRY_FIRST)
+                .with_max_delay(ACK_WAIT / 3)
+                .without_max_times(),
+        )
+        // The hold is wall-clock time, the attempts included: the last pause ends at it, and
+        // a failure after it hands the message back.
+        .adjust(|_, delay| {
+            let left = hold_until.saturating_duration_since(tokio::time::Instant::now());
+            (!left.is_zero()).then(|| delay.map_or(left, |d| d.min(left)))
+        });
+    let written = tokio::select! {
+        () = shutdown.cancelled() => return DeadLetter::Shutdown,
+        written = written => written,
+    };
+    if written.is_err() {
+        return DeadLetter::HeldTooLong;
     }
+    let failures = failures.load(Ordering::Relaxed);
+    if failures > 0 {
+        info!(failures, "the DLQ took the message after failed attempts");
+    }
+    DeadLetter::Stored
 }
 
 /// Exponential delay with jitter derived from the message, so a burst of failures spreads out.
