@@ -1,7 +1,7 @@
 //! The inventory (credentials, leases, the task → lease index) and the fingerprint index, all
 //! JetStream KV buckets. Every change to a record is a compare-and-set on the entry's revision,
 //! so replicas that race on one record serialize: the loser re-reads and re-decides, after a
-//! short jittered pause ([`until_won`], backon).
+//! short jittered pause (`cas_backoff`, backon).
 
 use crate::error::{Error, ErrorKind};
 use async_nats::jetstream::{self, kv};
