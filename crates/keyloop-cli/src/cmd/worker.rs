@@ -65,3 +65,17 @@ pub(crate) fn require_store(ctx: &keyloop_workers::WorkerContext, roles: &[Role]
     }
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_role_named_twice_runs_once_in_the_order_first_named() {
+        use Role::{Revoker, Rotator, Sweeper};
+        assert_eq!(
+            distinct(&[Rotator, Sweeper, Rotator, Revoker, Sweeper]),
+            [Rotator, Sweeper, Revoker]
+        );
+    }
+}
