@@ -348,3 +348,33 @@ async fn a_slow_operation_renews_its_claim_past_the_ttl() {
         "released when done"
     );
 }
+
+#[tokio::test]
+async fn racing_writers_of_one_record_each_land_once_after_losing_races() {
+    let env = Env::start().await;
+    env.register_all(["svc/raced".to_owned()]).await;
+    let id: CredentialId = "svc/raced".parse().unwrap();
+    let inventory = env.bus.inventory().await.unwrap();
+    let (before, _) = inventory.require(&id).await.unwrap();
+    const WRITERS: u64 = 12;
+    let decisions = std::sync::atomic::AtomicU64::new(0);
+    let writes = (0..WRITERS).map(|_| {
+        inventory.update(&id, |c| {
+            decisions.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            c.claim_epoch += 1;
+            Ok(Change::Write(()))
+        })
+    });
+    futures::future::try_join_all(writes).await.unwrap();
+    let (after, _) = inventory.require(&id).await.unwrap();
+    assert_eq!(
+        after.claim_epoch,
+        before.claim_epoch + WRITERS,
+        "every write landed exactly once"
+    );
+    let decisions = decisions.into_inner();
+    assert!(
+        decisions > WRITERS,
+        "the writers raced ({decisions} decisions): a loser read and decided again"
+    );
+}

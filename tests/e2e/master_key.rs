@@ -274,3 +274,36 @@ async fn a_store_from_before_key_checks_is_upgraded_by_its_key_and_refused_to_an
         &[&right, &wrong],
     );
 }
+
+#[tokio::test]
+async fn concurrent_first_opens_record_one_key_check_and_every_opener_accepts_it() {
+    let env = Env::start().await;
+    let kv = env
+        .bus
+        .js
+        .create_key_value(async_nats::jetstream::kv::Config {
+            bucket: "race_secrets".into(),
+            history: 1,
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    let key = MasterKey::generate();
+    let opens = (0..8).map(|_| keyloop_backends::LocalStore::open_checked(kv.clone(), &key));
+    for opened in futures::future::join_all(opens).await {
+        opened.expect("the same key opens the store however the race went");
+    }
+    let entry = kv
+        .entry(KEY_CHECK_KEY)
+        .await
+        .unwrap()
+        .expect("a check value");
+    assert_eq!(entry.revision, 1, "recorded once, by the race's winner");
+    let other = MasterKey::generate();
+    assert!(
+        keyloop_backends::LocalStore::open_checked(kv, &other)
+            .await
+            .is_err(),
+        "another key is refused"
+    );
+}

@@ -154,6 +154,34 @@ async fn a_worker_pointed_where_nothing_listens_says_so_and_exits_at_once() {
     assert!(took < STOP_BOUND, "{took:?}");
 }
 
+#[tokio::test]
+async fn a_worker_whose_consumer_is_missing_says_to_run_init_and_exits_at_once() {
+    let env = Env::start().await;
+    let (stream, _) = env.bus.topology.consumer_of(keyloop_nats::Role::Sweeper);
+    env.bus
+        .js
+        .delete_consumer_from_stream("sweeper", &stream)
+        .await
+        .unwrap();
+    let started = Instant::now();
+    let out = env
+        .keyloop()
+        .args(["worker", "sweeper"])
+        .output()
+        .await
+        .unwrap();
+    let took = started.elapsed();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{stderr}");
+    assert!(
+        stderr.contains(&format!(
+            "consumer sweeper on stream {stream} (run `keyloop init`)"
+        )),
+        "{stderr}"
+    );
+    assert!(took < STOP_BOUND, "{took:?}");
+}
+
 /// `keyloop` as a person runs `up`: a data directory, a port, no master key given.
 struct UpEnv {
     dir: tempfile::TempDir,

@@ -19,12 +19,14 @@
 //! (`AWS_REGION`, `AWS_ENDPOINT_URL`, `AWS_ACCESS_KEY_ID`/`AWS_PROFILE`, web identity, ECS,
 //! IMDS), with TLS by rustls on ring.
 
+use crate::race::{self, Attempt};
 use crate::{BackendError, BackendErrorKind, Store, redact};
 use aws_config::BehaviorVersion;
 use aws_config::timeout::TimeoutConfig;
 use aws_sdk_secretsmanager::Client;
 use aws_sdk_secretsmanager::config::{Credentials, Region, SharedHttpClient};
 use aws_sdk_secretsmanager::error::{DisplayErrorContext, ProvideErrorMetadata, SdkError};
+use backon::Retryable;
 use futures::future::BoxFuture;
 use keyloop_core::{Credential, Secret};
 use std::collections::HashMap;
@@ -332,6 +334,74 @@ impl AwsSecretsManager {
             Err(e) => Err(Self::error(cred, "read a version", &e, &[])),
         }
     }
+
+    /// One try of `put_new`: `Some` with the value an earlier attempt stored for this version,
+    /// or `None` once `value` is stored (creating the secret when it does not exist).
+    async fn put_new_once(
+        &self,
+        cred: &Credential,
+        secret: &str,
+        version: Uuid,
+        value: &Secret,
+    ) -> Result<Option<Secret>, Attempt<BackendError>> {
+        if let Some((stored, _)) = self.version_value(cred, version).await? {
+            return Ok(Some(stored));
+        }
+        let token = version.to_string();
+        let client = self.client().await?;
+        let put = client
+            .put_secret_value()
+            .secret_id(secret)
+            .client_request_token(&token)
+            .secret_string(value.expose())
+            .version_stages(AWSPENDING)
+            .send()
+            .await;
+        match put {
+            Ok(_) => {
+                info!(credential = %cred.id, %version, secret, "stored pending version");
+                Ok(None)
+            }
+            // Another attempt raced us to this version id: read what it stored.
+            Err(e)
+                if e.as_service_error()
+                    .is_some_and(|s| s.is_resource_exists_exception()) =>
+            {
+                Err(Attempt::Raced)
+            }
+            Err(e)
+                if e.as_service_error()
+                    .is_some_and(|s| s.is_resource_not_found_exception()) =>
+            {
+                let created = client
+                    .create_secret()
+                    .name(secret)
+                    .client_request_token(&token)
+                    .secret_string(value.expose())
+                    .description(format!("managed by keyloop: credential {}", cred.id))
+                    .send()
+                    .await;
+                match created {
+                    Ok(_) => {
+                        info!(credential = %cred.id, %version, secret, "created the secret");
+                        Ok(None)
+                    }
+                    Err(e)
+                        if e.as_service_error()
+                            .is_some_and(|s| s.is_resource_exists_exception()) =>
+                    {
+                        Err(Attempt::Raced)
+                    }
+                    Err(e) => {
+                        Err(Self::error(cred, "create the secret", &e, &[value.expose()]).into())
+                    }
+                }
+            }
+            Err(e) => {
+                Err(Self::error(cred, "store the pending version", &e, &[value.expose()]).into())
+            }
+        }
+    }
 }
 
 impl Store for AwsSecretsManager {
@@ -346,80 +416,18 @@ impl Store for AwsSecretsManager {
     ) -> BoxFuture<'a, Result<Secret, BackendError>> {
         Box::pin(async move {
             let secret = Self::secret_id(cred)?;
-            let token = version.to_string();
-            for _ in 0..3 {
-                if let Some((stored, _)) = self.version_value(cred, version).await? {
-                    // An earlier attempt stored this version: that value wins.
-                    return Ok(stored);
-                }
-                let client = self.client().await?;
-                let put = client
-                    .put_secret_value()
-                    .secret_id(secret)
-                    .client_request_token(&token)
-                    .secret_string(value.expose())
-                    .version_stages(AWSPENDING)
-                    .send()
-                    .await;
-                match put {
-                    Ok(_) => {
-                        info!(credential = %cred.id, %version, secret, "stored pending version");
-                        return Ok(value);
-                    }
-                    Err(e)
-                        if e.as_service_error()
-                            .is_some_and(|s| s.is_resource_exists_exception()) =>
-                    {
-                        // Another attempt raced us to this version id: read what it stored.
-                        continue;
-                    }
-                    Err(e)
-                        if e.as_service_error()
-                            .is_some_and(|s| s.is_resource_not_found_exception()) =>
-                    {
-                        let created = client
-                            .create_secret()
-                            .name(secret)
-                            .client_request_token(&token)
-                            .secret_string(value.expose())
-                            .description(format!("managed by keyloop: credential {}", cred.id))
-                            .send()
-                            .await;
-                        match created {
-                            Ok(_) => {
-                                info!(credential = %cred.id, %version, secret, "created the secret");
-                                return Ok(value);
-                            }
-                            Err(e)
-                                if e.as_service_error()
-                                    .is_some_and(|s| s.is_resource_exists_exception()) =>
-                            {
-                                continue;
-                            }
-                            Err(e) => {
-                                return Err(Self::error(
-                                    cred,
-                                    "create the secret",
-                                    &e,
-                                    &[value.expose()],
-                                ));
-                            }
-                        }
-                    }
-                    Err(e) => {
-                        return Err(Self::error(
-                            cred,
-                            "store the pending version",
-                            &e,
-                            &[value.expose()],
-                        ));
-                    }
-                }
-            }
-            Err(BackendError::transient(format!(
-                "aws-sm store: credential {}: version {version} of secret {secret} keeps changing under concurrent writes; retry",
-                cred.id
-            )))
+            let outcome = (|| self.put_new_once(cred, secret, version, &value))
+                .retry(race::backoff())
+                .when(Attempt::is_raced)
+                .await;
+            let earlier = race::settle(outcome, || {
+                BackendError::transient(format!(
+                    "aws-sm store: credential {}: version {version} of secret {secret} keeps changing under concurrent writes; retry",
+                    cred.id
+                ))
+            })?;
+            // An earlier attempt stored this version: that value wins.
+            Ok(earlier.unwrap_or(value))
         })
     }
 

@@ -10,6 +10,7 @@
 pub mod aws_sm;
 pub mod local;
 pub mod postgres;
+mod race;
 pub mod resilience;
 pub mod target;
 

@@ -1,8 +1,12 @@
 //! Command-line grammar. Global flags are accepted before or after the subcommand.
 
+use clap::builder::{PossibleValue, TypedValueParser};
 use clap::{Args, Parser, Subcommand};
-use keyloop_core::Secret;
 use keyloop_core::duration::{DurationError, REPLAY_AGO};
+use keyloop_core::ingest::Format;
+use keyloop_core::{RotationStrategy, Secret, StoreKind, TargetKind};
+use keyloop_nats::Role;
+use std::ffi::OsStr;
 use std::path::PathBuf;
 
 /// keyloop — leaked means dead within milliseconds. Rotates, revokes and issues
@@ -104,9 +108,9 @@ pub(crate) enum Command {
 
 #[derive(Debug, Args)]
 pub(crate) struct WorkerArgs {
-    /// Roles: leak-responder, rotator, revoker, scheduler, sweeper, jit-issuer.
-    #[arg(required = true)]
-    pub(crate) roles: Vec<String>,
+    /// The roles to run.
+    #[arg(required = true, value_parser = OneOf::new(&Role::ALL, Role::name, "worker role", "roles"))]
+    pub(crate) roles: Vec<Role>,
     #[command(flatten)]
     pub(crate) run: RunArgs,
 }
@@ -187,24 +191,24 @@ pub(crate) struct RegisterArgs {
     pub(crate) id: String,
     /// Where values live: local (encrypted in NATS KV) or aws-sm (AWS Secrets Manager, from
     /// the standard AWS environment and credential chain).
-    #[arg(long, default_value = "local", value_parser = ["local", "aws-sm"])]
-    pub(crate) store: String,
+    #[arg(long, default_value = "local", value_parser = OneOf::new(&STORES, StoreKind::name, "store", "stores"))]
+    pub(crate) store: StoreKind,
     /// aws-sm: the secret's name or ARN; created when it does not exist, adopted when it does.
     /// Default: keyloop/<ID>.
     #[arg(long)]
     pub(crate) secret_id: Option<String>,
     /// The system that accepts the value: none, or postgres (a login role's password; needs
     /// --postgres-dsn / KEYLOOP_POSTGRES_DSN).
-    #[arg(long, default_value = "none", value_parser = ["none", "postgres"])]
-    pub(crate) target: String,
+    #[arg(long, default_value = "none", value_parser = OneOf::new(&TARGETS, TargetKind::name, "target", "targets"))]
+    pub(crate) target: TargetKind,
     /// postgres: the login role keyloop takes over (with --strategy alternating, the base
     /// name of ROLE_a and ROLE_b).
     #[arg(long)]
     pub(crate) role: Option<String>,
     /// postgres: single (one role, its password changed) or alternating (ROLE_a / ROLE_b in
     /// turn; the previous one stays valid during grace).
-    #[arg(long, value_parser = ["single", "alternating"])]
-    pub(crate) strategy: Option<String>,
+    #[arg(long, value_parser = OneOf::new(&STRATEGIES, RotationStrategy::name, "strategy", "strategies"))]
+    pub(crate) strategy: Option<RotationStrategy>,
     /// Rotate when the current value is this old (e.g. 90d; from 1s to 3650d).
     #[arg(long)]
     pub(crate) max_age: Option<String>,
@@ -222,8 +226,9 @@ pub(crate) struct RegisterArgs {
 
 #[derive(Debug, Args)]
 pub(crate) struct IngestArgs {
-    /// gitleaks, trufflehog, detect-secrets, github or generic.
-    pub(crate) format: String,
+    /// The tool that wrote the report.
+    #[arg(value_parser = OneOf::new(&Format::ALL, Format::name, "format", "formats"))]
+    pub(crate) format: Format,
     /// Report file; `-` or nothing reads stdin.
     pub(crate) file: Option<PathBuf>,
 }
@@ -292,7 +297,197 @@ fn replay_time(text: &str) -> Result<String, String> {
     }
 }
 
+/// Every store, in the order `--help` lists them.
+const STORES: [StoreKind; 2] = [StoreKind::Local, StoreKind::AwsSm];
+/// Every target, in the order `--help` lists them.
+const TARGETS: [TargetKind; 2] = [TargetKind::None, TargetKind::Postgres];
+/// Every rotation strategy, in the order `--help` lists them.
+const STRATEGIES: [RotationStrategy; 2] = [RotationStrategy::Single, RotationStrategy::Alternating];
+
+/// Parses a value that is one of a fixed set of names (a store, target, strategy, worker role
+/// or report format) into its domain type: `--help` lists the names as possible values, and an
+/// unknown one is refused by clap, before anything runs, with keyloop's words (`unknown worker
+/// role `janitor`; roles: leak-responder, …`). The names are the domain types' own `name()`,
+/// the ones they print and serialize, so the two cannot drift.
+///
+/// Not a `#[derive(ValueEnum)]`: that derive would have to sit on the domain types, which stay
+/// free of clap, or on mirror enums repeating every name; and its error cannot say which kind
+/// of value was unknown, which the scripts and tests that read these errors rely on.
+#[derive(Clone)]
+pub(crate) struct OneOf<T: 'static> {
+    choices: &'static [T],
+    name: fn(T) -> &'static str,
+    /// What one value is, in the error: `worker role`.
+    noun: &'static str,
+    /// What the list is, in the error: `roles`.
+    plural: &'static str,
+}
+
+impl<T: Copy> OneOf<T> {
+    fn new(
+        choices: &'static [T],
+        name: fn(T) -> &'static str,
+        noun: &'static str,
+        plural: &'static str,
+    ) -> Self {
+        Self {
+            choices,
+            name,
+            noun,
+            plural,
+        }
+    }
+
+    fn find(&self, text: &str) -> Result<T, String> {
+        let name = self.name;
+        self.choices
+            .iter()
+            .copied()
+            .find(|&c| name(c) == text)
+            .ok_or_else(|| {
+                let names: Vec<_> = self.choices.iter().map(|&c| name(c)).collect();
+                format!(
+                    "unknown {} `{text}`; {}: {}",
+                    self.noun,
+                    self.plural,
+                    names.join(", ")
+                )
+            })
+    }
+}
+
+impl<T: Copy + Send + Sync + 'static> TypedValueParser for OneOf<T> {
+    type Value = T;
+
+    fn parse_ref(
+        &self,
+        cmd: &clap::Command,
+        arg: Option<&clap::Arg>,
+        value: &OsStr,
+    ) -> Result<T, clap::Error> {
+        // A plain function parser is how clap words a refused value (`invalid value 'x' for
+        // '--store <STORE>': …`, with usage and `--help` hint); delegating keeps that shape.
+        let this = self.clone();
+        (move |text: &str| this.find(text)).parse_ref(cmd, arg, value)
+    }
+
+    fn possible_values(&self) -> Option<Box<dyn Iterator<Item = PossibleValue> + '_>> {
+        Some(Box::new(
+            self.choices
+                .iter()
+                .map(|&c| PossibleValue::new((self.name)(c))),
+        ))
+    }
+}
+
 /// Holds a flag's value as a [`Secret`], so printing the parsed flags never shows it.
 fn parse_secret(text: &str) -> Result<Secret, std::convert::Infallible> {
     Ok(Secret::from(text))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(args: &[&str]) -> Result<Cli, clap::Error> {
+        Cli::try_parse_from(std::iter::once("keyloop").chain(args.iter().copied()))
+    }
+
+    fn refusal(args: &[&str]) -> String {
+        parse(args).expect_err("refused").to_string()
+    }
+
+    #[test]
+    fn register_flags_parse_into_their_domain_kinds() {
+        let cli = parse(&[
+            "credential",
+            "register",
+            "pg/app",
+            "--store",
+            "aws-sm",
+            "--target",
+            "postgres",
+            "--strategy",
+            "alternating",
+        ])
+        .unwrap();
+        let Command::Credential(CredentialCommand::Register(args)) = cli.command else {
+            panic!("not a registration: {cli:?}");
+        };
+        assert_eq!(args.store, StoreKind::AwsSm);
+        assert_eq!(args.target, TargetKind::Postgres);
+        assert_eq!(args.strategy, Some(RotationStrategy::Alternating));
+    }
+
+    #[test]
+    fn register_defaults_are_the_local_store_and_no_target() {
+        let cli = parse(&["credential", "register", "svc/token"]).unwrap();
+        let Command::Credential(CredentialCommand::Register(args)) = cli.command else {
+            panic!("not a registration: {cli:?}");
+        };
+        assert_eq!(args.store, StoreKind::Local);
+        assert_eq!(args.target, TargetKind::None);
+        assert_eq!(args.strategy, None);
+    }
+
+    #[test]
+    fn unknown_names_are_refused_with_what_was_unknown_and_every_accepted_name() {
+        let cases: [(&[&str], &str); 5] = [
+            (
+                &["credential", "register", "a/b", "--store", "s3"],
+                "unknown store `s3`; stores: local, aws-sm",
+            ),
+            (
+                &["credential", "register", "a/b", "--target", "mysql"],
+                "unknown target `mysql`; targets: none, postgres",
+            ),
+            (
+                &["credential", "register", "a/b", "--strategy", "twice"],
+                "unknown strategy `twice`; strategies: single, alternating",
+            ),
+            (
+                &["worker", "janitor"],
+                "unknown worker role `janitor`; roles: leak-responder, rotator, revoker, \
+                 scheduler, sweeper, jit-issuer",
+            ),
+            (
+                &["ingest", "nessus"],
+                "unknown format `nessus`; formats: gitleaks, trufflehog, detect-secrets, \
+                 github, generic",
+            ),
+        ];
+        for (args, expected) in cases {
+            let message = refusal(args);
+            assert!(message.contains(expected), "{args:?}: {message}");
+        }
+    }
+
+    #[test]
+    fn every_role_and_format_is_accepted_by_its_own_name() {
+        for role in Role::ALL {
+            let cli = parse(&["worker", role.name()]).unwrap();
+            let Command::Worker(args) = cli.command else {
+                panic!("not a worker: {cli:?}");
+            };
+            assert_eq!(args.roles, [role]);
+        }
+        for format in Format::ALL {
+            let cli = parse(&["ingest", format.name()]).unwrap();
+            let Command::Ingest(args) = cli.command else {
+                panic!("not an ingest: {cli:?}");
+            };
+            assert_eq!(args.format, format);
+        }
+    }
+
+    #[test]
+    fn help_lists_the_accepted_names() {
+        let help = refusal(&["worker", "--help"]);
+        assert!(
+            help.contains(
+                "[possible values: leak-responder, rotator, revoker, scheduler, sweeper, jit-issuer]"
+            ),
+            "{help}"
+        );
+    }
 }

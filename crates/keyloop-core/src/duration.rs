@@ -1,6 +1,18 @@
 //! Human durations for policies and flags: `90d`, `12h`, `30m`, `2s`, `1h30m`. Stored in
 //! events and the inventory as whole seconds, which is as fine as any policy needs.
 //!
+//! [`parse_duration`] reads humantime's syntax (`1h 30m`, `2w`, `1.5h`, `3 days`; `M` is a
+//! month of 30.44 days and `y` a year of 365.25 days), with two rules of ours on top: a bare
+//! number is seconds (humantime wants a unit), and a value must be whole seconds (`500ms` is
+//! refused rather than stored as 0s). Its errors are our own: humantime's would quote the
+//! input, which may be a secret pasted into the wrong flag.
+//!
+//! [`format_duration`] stays hand-written: humantime's formatter counts in 365.25-day years
+//! and 30.44-day months with spaces between units (365d is `11months 30days 3h 50m 24s`, 61s
+//! is `1m 1s`), which would change every range and value keyloop prints (`from 1s to 365d (1
+//! year)`, `grace 1m1s`) and that scripts and tests read. Ours writes the compact form that
+//! [`parse_duration`] reads back exactly.
+//!
 //! Every setting that takes a duration has [`Bounds`] here, checked before anything is
 //! written and again by the workers that read a policy back: a zero `max_age` would rotate on
 //! every tick forever, and a value beyond a few thousand years would overflow the time
@@ -181,7 +193,8 @@ pub fn checked_after(t: OffsetDateTime, secs: u64) -> Option<OffsetDateTime> {
     t.checked_add(time::Duration::seconds(secs))
 }
 
-/// Parses `90d`, `12h`, `30m`, `45s`, `2w` and sums like `1h30m`. A bare number is seconds.
+/// Parses `90d`, `12h`, `30m`, `45s`, `2w` and sums like `1h30m` (humantime's syntax, see the
+/// module doc). A bare number is seconds; a value that is not whole seconds is refused.
 pub fn parse_duration(input: &str) -> Result<Duration, DurationError> {
     // Durations are short: a long input is something else pasted into the flag (maybe a
     // secret), so only its length is shown.
@@ -190,41 +203,27 @@ pub fn parse_duration(input: &str) -> Result<Duration, DurationError> {
         reason,
     };
     let s = input.trim();
-    if s.is_empty() {
-        return Err(err("empty"));
-    }
     if let Ok(secs) = s.parse::<u64>() {
         return Ok(Duration::from_secs(secs));
     }
-    let mut total: u64 = 0;
-    let mut digits = String::new();
-    for c in s.chars() {
-        if c.is_ascii_digit() {
-            digits.push(c);
-            continue;
-        }
-        let unit = match c {
-            's' => 1,
-            'm' => 60,
-            'h' => 3_600,
-            'd' => DAY,
-            'w' => 7 * DAY,
-            _ => return Err(err("unknown unit; use s, m, h, d or w")),
-        };
-        if digits.is_empty() {
-            return Err(err("a unit needs a number before it"));
-        }
-        let n: u64 = digits.parse().map_err(|_| err("too large"))?;
-        digits.clear();
-        total = n
-            .checked_mul(unit)
-            .and_then(|v| total.checked_add(v))
-            .ok_or_else(|| err("too large"))?;
+    let d = humantime::parse_duration(s).map_err(|e| {
+        err(match e {
+            humantime::DurationError::Empty => "empty",
+            humantime::DurationError::NumberOverflow => "too large",
+            humantime::DurationError::UnknownUnit { unit, .. } if unit.is_empty() => {
+                "a number needs a unit after it"
+            }
+            humantime::DurationError::UnknownUnit { .. } => "unknown unit; use s, m, h, d or w",
+            humantime::DurationError::NumberExpected(_) => "a unit needs a number before it",
+            humantime::DurationError::InvalidCharacter(_) => {
+                "only digits and units; use s, m, h, d or w"
+            }
+        })
+    })?;
+    if d.subsec_nanos() != 0 {
+        return Err(err("not whole seconds; use s or a larger unit"));
     }
-    if !digits.is_empty() {
-        return Err(err("a number needs a unit after it"));
-    }
-    Ok(Duration::from_secs(total))
+    Ok(d)
 }
 
 fn quoted(input: &str) -> String {
@@ -268,6 +267,61 @@ mod tests {
         assert_eq!(parse_duration("2s").unwrap(), Duration::from_secs(2));
         assert_eq!(parse_duration("15").unwrap(), Duration::from_secs(15));
         assert_eq!(format_duration(Duration::from_secs(5_400)), "1h30m");
+    }
+
+    #[test]
+    fn reads_humantime_spellings_of_whole_seconds() {
+        for (text, secs) in [
+            ("1h 30m", 5_400),
+            ("2 weeks", 14 * DAY),
+            ("1.5h", 5_400),
+            ("3days", 3 * DAY),
+            ("1y", 31_557_600),
+            ("  45s ", 45),
+            ("0", 0),
+        ] {
+            assert_eq!(
+                parse_duration(text),
+                Ok(Duration::from_secs(secs)),
+                "{text}"
+            );
+        }
+    }
+
+    #[test]
+    fn less_than_whole_seconds_is_refused_not_rounded() {
+        for bad in ["500ms", "1.5s", "1s1ns"] {
+            let e = parse_duration(bad).unwrap_err();
+            assert!(
+                matches!(
+                    e,
+                    DurationError::Syntax {
+                        reason: "not whole seconds; use s or a larger unit",
+                        ..
+                    }
+                ),
+                "{bad}: {e}"
+            );
+        }
+    }
+
+    #[test]
+    fn what_is_printed_reads_back_as_the_same_duration() {
+        for secs in [
+            0,
+            1,
+            59,
+            61,
+            3_599,
+            5_400,
+            DAY + 1,
+            90 * DAY,
+            10 * YEAR,
+            u64::MAX / 2,
+        ] {
+            let d = Duration::from_secs(secs);
+            assert_eq!(parse_duration(&format_duration(d)), Ok(d), "{secs}");
+        }
     }
 
     #[test]

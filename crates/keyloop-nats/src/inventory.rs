@@ -1,9 +1,11 @@
 //! The inventory (credentials, leases, the task → lease index) and the fingerprint index, all
 //! JetStream KV buckets. Every change to a record is a compare-and-set on the entry's revision,
-//! so replicas that race on one record serialize: the loser re-reads and re-decides.
+//! so replicas that race on one record serialize: the loser re-reads and re-decides, after a
+//! short jittered pause (`cas_backoff`, backon).
 
 use crate::error::{Error, ErrorKind};
 use async_nats::jetstream::{self, kv};
+use backon::{ExponentialBuilder, Retryable, RetryableWithContext};
 use futures::{StreamExt, TryStreamExt};
 use keyloop_core::{Credential, CredentialId, Lease};
 use serde::de::DeserializeOwned;
@@ -11,9 +13,43 @@ use serde::{Deserialize, Serialize};
 use std::time::Duration;
 use uuid::Uuid;
 
-/// How many times a compare-and-set is retried after losing a race before giving up
+/// How many times a compare-and-set is tried in all before giving up after lost races
 /// (transiently: the message will be redelivered).
-const CAS_ATTEMPTS: u32 = 32;
+const CAS_ATTEMPTS: usize = 32;
+
+/// The pause before trying a lost compare-and-set again: a few milliseconds, jittered so
+/// racing replicas fall out of step; [`CAS_ATTEMPTS`] tries in all, about half a second at most.
+fn cas_backoff() -> ExponentialBuilder {
+    ExponentialBuilder::default()
+        .with_min_delay(Duration::from_millis(1))
+        .with_max_delay(Duration::from_millis(10))
+        .with_max_times(CAS_ATTEMPTS - 1)
+        .with_jitter()
+}
+
+/// Why one compare-and-set attempt did not finish.
+#[derive(Debug)]
+enum Attempt {
+    /// Another writer changed the entry between our read and our write: read and decide again.
+    Raced,
+    /// Anything else: returned as it is.
+    Failed(Error),
+}
+
+impl From<Error> for Attempt {
+    fn from(e: Error) -> Self {
+        Self::Failed(e)
+    }
+}
+
+/// The outcome of retried attempts as the caller's error:
+/// `exhausted` when every one of the [`CAS_ATTEMPTS`] lost its race.
+fn settle<T>(outcome: Result<T, Attempt>, exhausted: impl FnOnce() -> Error) -> Result<T, Error> {
+    outcome.map_err(|e| match e {
+        Attempt::Raced => exhausted(),
+        Attempt::Failed(e) => e,
+    })
+}
 
 fn credential_key(id: &CredentialId) -> String {
     format!("cred.{id}")
@@ -89,42 +125,56 @@ async fn update<R, T>(
     kv: &kv::Store,
     key: &str,
     missing: impl Fn() -> Error,
-    mut decide: impl FnMut(&mut R) -> Result<Change<T>, Error>,
+    decide: impl FnMut(&mut R) -> Result<Change<T>, Error>,
 ) -> Result<T, Error>
 where
     R: Serialize + DeserializeOwned,
 {
-    for attempt in 0..CAS_ATTEMPTS {
-        let (mut record, revision) = read::<R>(kv, key).await?.ok_or_else(&missing)?;
-        let value = match decide(&mut record)? {
-            Change::Keep(v) => return Ok(v),
-            Change::Write(v) => v,
-        };
-        let bytes = serde_json::to_vec(&record)
-            .map_err(|e| Error::new(ErrorKind::Permanent, format!("encode {key}"), e))?;
-        match kv.update(key, bytes.into(), revision).await {
-            Ok(_) => return Ok(value),
-            Err(e) if e.kind() == kv::UpdateErrorKind::WrongLastRevision => {
-                // Lost a race with another replica: back off a little, spread by attempt.
-                let jitter = (revision.wrapping_mul(31) + u64::from(attempt)) % 5;
-                tokio::time::sleep(Duration::from_millis(u64::from(attempt) + jitter)).await;
-            }
-            Err(e) => {
-                return Err(Error::new(
-                    ErrorKind::Transient,
-                    format!("update {}/{key}", kv.name),
-                    e,
-                ));
-            }
+    let missing = &missing;
+    // `decide` is FnMut: backon hands it from one attempt to the next as their context.
+    let (_, outcome) = (|mut decide| async move {
+        let outcome = update_once(kv, key, missing, &mut decide).await;
+        (decide, outcome)
+    })
+    .retry(cas_backoff())
+    .context(decide)
+    .when(|e| matches!(e, Attempt::Raced))
+    .await;
+    settle(outcome, || {
+        Error::msg(
+            ErrorKind::Transient,
+            format!(
+                "{}/{key}: compare-and-set lost {CAS_ATTEMPTS} races in a row",
+                kv.name
+            ),
+        )
+    })
+}
+
+/// One read, decision and compare-and-set write of [`update`].
+async fn update_once<R, T>(
+    kv: &kv::Store,
+    key: &str,
+    missing: &impl Fn() -> Error,
+    decide: &mut impl FnMut(&mut R) -> Result<Change<T>, Error>,
+) -> Result<T, Attempt>
+where
+    R: Serialize + DeserializeOwned,
+{
+    let (mut record, revision) = read::<R>(kv, key).await?.ok_or_else(missing)?;
+    let value = match decide(&mut record)? {
+        Change::Keep(v) => return Ok(v),
+        Change::Write(v) => v,
+    };
+    let bytes = serde_json::to_vec(&record)
+        .map_err(|e| Error::new(ErrorKind::Permanent, format!("encode {key}"), e))?;
+    match kv.update(key, bytes.into(), revision).await {
+        Ok(_) => Ok(value),
+        Err(e) if e.kind() == kv::UpdateErrorKind::WrongLastRevision => Err(Attempt::Raced),
+        Err(e) => {
+            Err(Error::new(ErrorKind::Transient, format!("update {}/{key}", kv.name), e).into())
         }
     }
-    Err(Error::msg(
-        ErrorKind::Transient,
-        format!(
-            "{}/{key}: compare-and-set lost {CAS_ATTEMPTS} races in a row",
-            kv.name
-        ),
-    ))
 }
 
 /// The current entries of `kv` whose keys match `filter` (NATS wildcards allowed), read with an
@@ -241,39 +291,48 @@ impl Inventory {
         key: &str,
         credential: &CredentialId,
     ) -> Result<Option<CredentialId>, Error> {
-        for _ in 0..CAS_ATTEMPTS {
-            match create(&self.kv, key, credential, &format!("binding {key}")).await {
-                Ok(_) => return Ok(None),
-                Err(e) if e.kind() == ErrorKind::AlreadyExists => {}
-                Err(e) => return Err(e),
-            }
-            let Some((holder, revision)) = read::<CredentialId>(&self.kv, key).await? else {
-                continue;
-            };
-            if &holder == credential {
-                return Ok(None);
-            }
-            if self.get(&holder).await?.is_some() {
-                return Ok(Some(holder));
-            }
-            let bytes = serde_json::to_vec(credential)
-                .map_err(|e| Error::new(ErrorKind::Permanent, format!("encode {key}"), e))?;
-            match self.kv.update(key, bytes.into(), revision).await {
-                Ok(_) => return Ok(None),
-                Err(e) if e.kind() == kv::UpdateErrorKind::WrongLastRevision => continue,
-                Err(e) => {
-                    return Err(Error::new(
-                        ErrorKind::Transient,
-                        format!("take over binding {key}"),
-                        e,
-                    ));
-                }
+        let outcome = (|| self.bind_once(key, credential))
+            .retry(cas_backoff())
+            .when(|e| matches!(e, Attempt::Raced))
+            .await;
+        settle(outcome, || {
+            Error::msg(
+                ErrorKind::Transient,
+                format!("binding {key} keeps changing under concurrent registrations; retry"),
+            )
+        })
+    }
+
+    /// One attempt of [`Inventory::bind`]: create the binding, or read it and take it over.
+    async fn bind_once(
+        &self,
+        key: &str,
+        credential: &CredentialId,
+    ) -> Result<Option<CredentialId>, Attempt> {
+        match create(&self.kv, key, credential, &format!("binding {key}")).await {
+            Ok(_) => return Ok(None),
+            Err(e) if e.kind() == ErrorKind::AlreadyExists => {}
+            Err(e) => return Err(e.into()),
+        }
+        // Released between our create and this read: create it again.
+        let Some((holder, revision)) = read::<CredentialId>(&self.kv, key).await? else {
+            return Err(Attempt::Raced);
+        };
+        if &holder == credential {
+            return Ok(None);
+        }
+        if self.get(&holder).await?.is_some() {
+            return Ok(Some(holder));
+        }
+        let bytes = serde_json::to_vec(credential)
+            .map_err(|e| Error::new(ErrorKind::Permanent, format!("encode {key}"), e))?;
+        match self.kv.update(key, bytes.into(), revision).await {
+            Ok(_) => Ok(None),
+            Err(e) if e.kind() == kv::UpdateErrorKind::WrongLastRevision => Err(Attempt::Raced),
+            Err(e) => {
+                Err(Error::new(ErrorKind::Transient, format!("take over binding {key}"), e).into())
             }
         }
-        Err(Error::msg(
-            ErrorKind::Transient,
-            format!("binding {key} keeps changing under concurrent registrations; retry"),
-        ))
     }
 
     /// Releases a binding if `credential` holds it.

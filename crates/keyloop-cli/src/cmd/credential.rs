@@ -6,8 +6,7 @@ use anyhow::{Context, Result, anyhow, bail};
 use keyloop_core::duration::{GRACE, IDLE_REVOKE_AFTER, MAX_AGE};
 use keyloop_core::event::lifecycle_event;
 use keyloop_core::{
-    BackendSettings, CredentialId, LifecycleData, LifecycleKind, Policy, RotationStrategy,
-    StoreKind, TargetKind,
+    BackendSettings, CredentialId, LifecycleData, LifecycleKind, Policy, StoreKind,
 };
 use keyloop_workers::ops::{self, Cause, Registration};
 use std::io::Write;
@@ -34,29 +33,14 @@ async fn register(g: &Global, args: RegisterArgs) -> Result<ExitCode> {
     let id = parse_id(&args.id)?;
     let policy =
         policy(&args).with_context(|| format!("register credential {id} (nothing registered)"))?;
-    let store = match args.store.as_str() {
-        "local" => StoreKind::Local,
-        "aws-sm" => StoreKind::AwsSm,
-        other => bail!("unknown store `{other}`; stores: local, aws-sm"),
-    };
-    let target = match args.target.as_str() {
-        "none" => TargetKind::None,
-        "postgres" => TargetKind::Postgres,
-        other => bail!("unknown target `{other}`; targets: none, postgres"),
-    };
-    let strategy = match args.strategy.as_deref() {
-        None => None,
-        Some("single") => Some(RotationStrategy::Single),
-        Some("alternating") => Some(RotationStrategy::Alternating),
-        Some(other) => bail!("unknown strategy `{other}`; strategies: single, alternating"),
-    };
+    let (store, target) = (args.store, args.target);
     let settings = BackendSettings {
         secret_id: match store {
             StoreKind::AwsSm => Some(args.secret_id.unwrap_or_else(|| format!("keyloop/{id}"))),
             StoreKind::Local => args.secret_id,
         },
         role: args.role,
-        strategy,
+        strategy: args.strategy,
     };
     settings
         .check(store, target)

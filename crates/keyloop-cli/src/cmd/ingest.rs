@@ -92,7 +92,7 @@ pub(crate) struct Options {
 }
 
 pub(crate) async fn run(g: &Global, args: IngestArgs) -> Result<ExitCode> {
-    let format: Format = args.format.parse().map_err(|e: String| anyhow!(e))?;
+    let format = args.format;
     let (input, name): (Box<dyn Read + Send>, String) = match args.file.as_deref() {
         None => (Box::new(std::io::stdin()), "stdin".to_owned()),
         Some(p) if p.as_os_str() == "-" => (Box::new(std::io::stdin()), "stdin".to_owned()),

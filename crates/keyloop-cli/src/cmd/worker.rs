@@ -9,7 +9,7 @@ use std::process::ExitCode;
 use std::sync::Arc;
 
 pub(crate) async fn run(g: &Global, args: WorkerArgs) -> Result<ExitCode> {
-    let roles = parse_roles(&args.roles)?;
+    let roles = distinct(&args.roles);
     let config = config::worker_config(&args.run)?;
     // Signals count from the start: connecting and opening the buckets wait on NATS, and a
     // worker asked to stop while the server does not answer must not wait for it.
@@ -41,18 +41,15 @@ pub(crate) async fn run(g: &Global, args: WorkerArgs) -> Result<ExitCode> {
     super::stopped_cleanly(result)
 }
 
-pub(crate) fn parse_roles(names: &[String]) -> Result<Vec<Role>> {
+/// The roles named, each once, in the order first named.
+fn distinct(named: &[Role]) -> Vec<Role> {
     let mut roles = Vec::new();
-    for name in names {
-        let Some(role) = Role::from_name(name) else {
-            let known: Vec<_> = Role::ALL.iter().map(|r| r.name()).collect();
-            bail!("unknown worker role `{name}`; roles: {}", known.join(", "));
-        };
+    for &role in named {
         if !roles.contains(&role) {
             roles.push(role);
         }
     }
-    Ok(roles)
+    roles
 }
 
 /// Rotators and revokers touch values; without a master key every message would fail, so refuse
@@ -67,4 +64,18 @@ pub(crate) fn require_store(ctx: &keyloop_workers::WorkerContext, roles: &[Role]
         );
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_role_named_twice_runs_once_in_the_order_first_named() {
+        use Role::{Revoker, Rotator, Sweeper};
+        assert_eq!(
+            distinct(&[Rotator, Sweeper, Rotator, Revoker, Sweeper]),
+            [Rotator, Sweeper, Revoker]
+        );
+    }
 }
