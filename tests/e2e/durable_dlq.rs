@@ -8,7 +8,7 @@
 use crate::harness::{Env, Stored, stream_messages};
 use futures::StreamExt;
 use keyloop_nats::runtime::consume;
-use keyloop_nats::{Bus, ConsumeConfig, ConsumeStats, Handler, HandlerError, Role};
+use keyloop_nats::{Bus, ConsumeConfig, Handler, HandlerError, Role};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
@@ -43,14 +43,7 @@ fn run_worker(
     tokio::task::JoinHandle<Result<(), keyloop_nats::Error>>,
 ) {
     let stop = CancellationToken::new();
-    let task = tokio::spawn(consume(
-        bus.clone(),
-        ROLE,
-        config,
-        handler,
-        Arc::new(ConsumeStats::default()),
-        stop.clone(),
-    ));
+    let task = tokio::spawn(consume(bus.clone(), ROLE, config, handler, stop.clone()));
     (stop, task)
 }
 

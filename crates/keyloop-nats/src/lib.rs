@@ -15,5 +15,5 @@ pub use bus::Bus;
 pub use due::{DueIndex, DueItem};
 pub use error::{Error, ErrorKind};
 pub use inventory::{Change, FingerprintIndex, FingerprintRef, Inventory};
-pub use runtime::{ConsumeConfig, ConsumeStats, Delivery, Handler, HandlerError};
+pub use runtime::{ConsumeConfig, Delivery, Handler, HandlerError};
 pub use topology::{Role, Topology};

@@ -17,6 +17,9 @@ pub struct RoleCounters {
     /// DLQ writes that failed (the message stayed in hand and was retried): a DLQ that cannot
     /// be written to.
     pub dlq_write_failed: AtomicU64,
+    /// Messages handed back (at shutdown, or after holding them while the DLQ refused) before
+    /// their DLQ copy could be stored; their next delivery goes to the DLQ.
+    pub dlq_handed_back: AtomicU64,
 }
 
 /// Every counter of the process.
@@ -57,6 +60,7 @@ impl Metrics {
                 ("retried", &c.retried),
                 ("dead_lettered", &c.dead_lettered),
                 ("dlq_write_failed", &c.dlq_write_failed),
+                ("dlq_handed_back", &c.dlq_handed_back),
             ] {
                 let _ = writeln!(
                     out,

@@ -28,7 +28,7 @@ pub mod task_completed;
 pub use context::{Backends, WorkerContext};
 
 use keyloop_core::JitPolicy;
-use keyloop_nats::{ConsumeConfig, ConsumeStats, Error, ErrorKind, Handler, Role};
+use keyloop_nats::{ConsumeConfig, Error, ErrorKind, Handler, Role};
 use std::sync::Arc;
 use std::time::Duration;
 use tokio_util::sync::CancellationToken;
@@ -88,9 +88,8 @@ pub async fn run(
     for &role in roles {
         if let Some(handler) = handler_for(role, ctx.clone()) {
             let (bus, cfg, stop) = (bus.clone(), config.consume.clone(), shutdown.clone());
-            let stats = Arc::new(ConsumeStats::default());
             let task = set.spawn(async move {
-                keyloop_nats::runtime::consume(bus, role, cfg, handler, stats, stop).await
+                keyloop_nats::runtime::consume(bus, role, cfg, handler, stop).await
             });
             names.insert(task.id(), role.name());
         }

@@ -79,24 +79,34 @@ impl PostgresTarget {
         role: &str,
     ) -> Result<u64, BackendError> {
         let wait_ms = i64::try_from(self.timeout.as_millis()).unwrap_or(i64::MAX);
-        let row = admin
+        let what = format!("end the sessions of role {role:?}");
+        let ended: i64 = admin
             .client
             .query_one(
-                "SELECT count(*) FILTER (WHERE pg_terminate_backend(pid, $2)), count(*) \
+                "SELECT count(*) FILTER (WHERE pg_terminate_backend(pid, $2)) \
                  FROM pg_stat_activity WHERE usename = $1 AND pid <> pg_backend_pid()",
                 &[&role, &wait_ms],
             )
             .await
-            .map_err(|e| self.sql_error(&format!("end the sessions of role {role:?}"), &e))?;
-        let (ended, found): (i64, i64) = (row.get(0), row.get(1));
-        if ended < found {
+            .map_err(|e| self.sql_error(&what, &e))?
+            .get(0);
+        // What counts is what is left: a session that exited on its own between the scan and
+        // its termination is not terminated (false), and gone all the same.
+        let left: i64 = admin
+            .client
+            .query_one(
+                "SELECT count(*) FROM pg_stat_activity WHERE usename = $1 AND pid <> pg_backend_pid()",
+                &[&role],
+            )
+            .await
+            .map_err(|e| self.sql_error(&what, &e))?
+            .get(0);
+        if left > 0 {
             return Err(self.error(
                 crate::BackendErrorKind::Transient,
                 format!(
-                    "postgres target on {}: {} of {found} sessions of role {role:?} did not exit within {} ms",
-                    self.server,
-                    found - ended,
-                    wait_ms
+                    "postgres target on {}: {left} sessions of role {role:?} were still there after waiting {wait_ms} ms for them to end",
+                    self.server
                 ),
             ));
         }

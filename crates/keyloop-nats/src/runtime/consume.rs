@@ -3,7 +3,7 @@
 //! [`process`](super::process) under the concurrency limit, and the bounded shutdown.
 
 use super::process::process;
-use super::{ConsumeConfig, ConsumeStats, Handler, STOP_IO_TIMEOUT};
+use super::{ConsumeConfig, Handler, STOP_IO_TIMEOUT};
 use crate::bus::Bus;
 use crate::error::{Error, ErrorKind};
 use crate::topology::Role;
@@ -36,7 +36,6 @@ pub async fn consume(
     role: Role,
     mut config: ConsumeConfig,
     handler: Handler,
-    stats: Arc<ConsumeStats>,
     shutdown: CancellationToken,
 ) -> Result<(), Error> {
     let (stream_name, _) = bus.topology.consumer_of(role);
@@ -105,15 +104,14 @@ pub async fn consume(
                 }
             };
             consecutive_errors = 0;
-            let (bus, handler, stats, config, stop) = (
+            let (bus, handler, config, stop) = (
                 bus.clone(),
                 handler.clone(),
-                stats.clone(),
                 config.clone(),
                 shutdown.clone(),
             );
             in_flight.spawn(async move {
-                process(&bus, role, &config, &handler, &stats, message, &stop).await;
+                process(&bus, role, &config, &handler, message, &stop).await;
                 drop(permit);
             });
         }

@@ -1,7 +1,7 @@
 //! The durable give-up: a message's DLQ copy written while the message stays in hand, retried
 //! until the copy is stored, shutdown comes, or the hold ends and the message is handed back.
 
-use super::{ConsumeConfig, ConsumeStats, Delivery};
+use super::{ConsumeConfig, Delivery};
 use crate::bus::{
     Bus, DLQ_DELIVERIES_HEADER, DLQ_REASON_HEADER, DLQ_SEQUENCE_HEADER, DLQ_SUBJECT_HEADER,
 };
@@ -38,7 +38,6 @@ pub(super) async fn dead_letter_durably(
     config: &ConsumeConfig,
     delivery: &Delivery,
     reason: &str,
-    stats: &ConsumeStats,
     shutdown: &CancellationToken,
 ) -> DeadLetter {
     let hold_until = tokio::time::Instant::now() + config.dlq_hold;
@@ -51,7 +50,6 @@ pub(super) async fn dead_letter_durably(
             .await
             .inspect_err(|dlq_err| {
                 let failures = failures.fetch_add(1, Ordering::Relaxed) + 1;
-                stats.dlq_write_failed.fetch_add(1, Ordering::Relaxed);
                 crate::metrics::global()
                     .role(role)
                     .dlq_write_failed

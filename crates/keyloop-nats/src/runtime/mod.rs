@@ -41,7 +41,6 @@ use crate::topology::{ACK_WAIT, GIVE_UP_AFTER};
 use async_nats::jetstream;
 use futures::future::BoxFuture;
 use std::sync::Arc;
-use std::sync::atomic::AtomicU64;
 use std::time::Duration;
 
 pub use consume::consume;
@@ -149,20 +148,4 @@ impl Default for ConsumeConfig {
             dlq_hold: ACK_WAIT,
         }
     }
-}
-
-/// Counters of one consume loop, for metrics and tests.
-#[derive(Debug, Default)]
-pub struct ConsumeStats {
-    /// Messages acked.
-    pub acked: AtomicU64,
-    /// Messages nak'ed for a retry.
-    pub retried: AtomicU64,
-    /// Messages sent to the DLQ.
-    pub dead_lettered: AtomicU64,
-    /// DLQ writes that failed; the message stayed in hand and the write was retried.
-    pub dlq_write_failed: AtomicU64,
-    /// Messages handed back (at shutdown, or after [`ConsumeConfig::dlq_hold`]) before their DLQ
-    /// copy could be stored; their next delivery goes to the DLQ.
-    pub dlq_handed_back: AtomicU64,
 }

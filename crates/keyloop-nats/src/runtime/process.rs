@@ -2,10 +2,7 @@
 //! about it: ack, nak with a growing delay, or the DLQ.
 
 use super::dlq::{DeadLetter, dead_letter_durably};
-use super::{
-    ConsumeConfig, ConsumeStats, Delivery, Handler, HandlerError, MAX_MESSAGE_BYTES,
-    STOP_IO_TIMEOUT,
-};
+use super::{ConsumeConfig, Delivery, Handler, HandlerError, MAX_MESSAGE_BYTES, STOP_IO_TIMEOUT};
 use crate::bus::Bus;
 use crate::error::ErrorKind;
 use crate::topology::{ACK_WAIT, Role};
@@ -23,7 +20,6 @@ pub(super) async fn process(
     role: Role,
     config: &ConsumeConfig,
     handler: &Handler,
-    stats: &ConsumeStats,
     message: jetstream::Message,
     shutdown: &CancellationToken,
 ) {
@@ -81,7 +77,6 @@ pub(super) async fn process(
                     // The effects are durable and idempotent; a lost ack only means a redelivery.
                     warn!(error = %e, "ack failed; the message will be redelivered and is idempotent");
                 }
-                stats.acked.fetch_add(1, Ordering::Relaxed);
                 crate::metrics::global().role(role).acked.fetch_add(1, Ordering::Relaxed);
                 debug!("done");
             }
@@ -89,7 +84,6 @@ pub(super) async fn process(
                 let delay = retry_delay(config, attempt, stream_sequence);
                 warn!(reason = %e.reason, retry_in_ms = delay.as_millis() as u64, "transient failure; will retry");
                 let _ = message.ack_with(AckKind::Nak(Some(delay))).await;
-                stats.retried.fetch_add(1, Ordering::Relaxed);
                 crate::metrics::global().role(role).retried.fetch_add(1, Ordering::Relaxed);
             }
             Err(e) => {
@@ -102,13 +96,12 @@ pub(super) async fn process(
                 // (see `MAX_DELIVER`), and the next one ends here again: past the give-up point
                 // without running the handler, and a permanent failure fails again. So a hand-back
                 // loses nothing; it only loses the reason's detail.
-                let hand_back = match dead_letter_durably(bus, role, config, &delivery, &reason, stats, shutdown).await {
+                let hand_back = match dead_letter_durably(bus, role, config, &delivery, &reason, shutdown).await {
                     DeadLetter::Stored => {
                         error!(%reason, "message sent to the DLQ");
                         // Terminated only now that its copy is stored. A lost termination costs
                         // one more delivery, whose second DLQ copy the DLQ's dedup window drops.
                         let _ = message.ack_with(AckKind::Term).await;
-                        stats.dead_lettered.fetch_add(1, Ordering::Relaxed);
                         crate::metrics::global().role(role).dead_lettered.fetch_add(1, Ordering::Relaxed);
                         None
                     }
@@ -123,7 +116,7 @@ pub(super) async fn process(
                 };
                 if let Some(nak) = hand_back {
                     let _ = tokio::time::timeout(STOP_IO_TIMEOUT, message.ack_with(nak)).await;
-                    stats.dlq_handed_back.fetch_add(1, Ordering::Relaxed);
+                    crate::metrics::global().role(role).dlq_handed_back.fetch_add(1, Ordering::Relaxed);
                 }
             }
         }
