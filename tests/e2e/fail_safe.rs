@@ -228,7 +228,7 @@ async fn a_revocation_kept_out_by_a_busy_claim_on_its_last_delivery_reports_revo
         note: None,
     };
     let early = revoker::execute(&ctx, &cmd, &cause(), false).await;
-    assert_eq!(early.unwrap_err().kind(), keyloop_nats::ErrorKind::Busy);
+    assert_eq!(early.unwrap_err().kind(), keyloop_workers::ErrorKind::Busy);
     assert!(
         !lifecycle(&env.bus)
             .await
@@ -237,7 +237,7 @@ async fn a_revocation_kept_out_by_a_busy_claim_on_its_last_delivery_reports_revo
         "not the last delivery: it will be retried quietly"
     );
     let last = revoker::execute(&ctx, &cmd, &cause(), true).await;
-    assert_eq!(last.unwrap_err().kind(), keyloop_nats::ErrorKind::Busy);
+    assert_eq!(last.unwrap_err().kind(), keyloop_workers::ErrorKind::Busy);
     let failed: Vec<_> = lifecycle(&env.bus)
         .await
         .into_iter()
@@ -420,7 +420,7 @@ async fn registering_again_with_the_same_settings_finishes_without_a_second_valu
     let other = ops::register(&ctx, registration("svc/twice", Some(60)), &cause()).await;
     assert_eq!(
         other.unwrap_err().kind(),
-        keyloop_nats::ErrorKind::AlreadyExists,
+        keyloop_workers::ErrorKind::AlreadyExists,
         "other settings are another registration"
     );
 }

@@ -183,7 +183,7 @@ async fn a_renewed_claim_is_never_taken_even_when_its_holders_clock_says_it_expi
     renewer.abort();
     assert_eq!(
         outcome.unwrap_err().kind(),
-        keyloop_nats::ErrorKind::Busy,
+        keyloop_workers::ErrorKind::Busy,
         "a renewing holder keeps its claim"
     );
     assert_eq!(
@@ -237,7 +237,7 @@ async fn a_holder_whose_claim_was_taken_over_writes_nothing_and_calls_no_backend
     let (outcome, ()) = tokio::join!(holder, thief);
     let (write, read) = outcome.unwrap();
     let write = write.unwrap_err();
-    assert_eq!(write.kind(), keyloop_nats::ErrorKind::Busy);
+    assert_eq!(write.kind(), keyloop_workers::ErrorKind::Busy);
     assert!(write.to_string().contains("lost its claim"), "{write}");
     let read = read.unwrap_err();
     assert!(read.message.contains("lost its claim"), "{}", read.message);

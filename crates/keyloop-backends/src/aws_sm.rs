@@ -20,7 +20,7 @@
 //! IMDS), with TLS by rustls on ring.
 
 use crate::race::{self, Attempt};
-use crate::{BackendError, BackendErrorKind, Store, redact};
+use crate::{BackendError, Store, redact};
 use aws_config::BehaviorVersion;
 use aws_config::timeout::TimeoutConfig;
 use aws_sdk_secretsmanager::Client;
@@ -28,6 +28,7 @@ use aws_sdk_secretsmanager::config::{Credentials, Region, SharedHttpClient};
 use aws_sdk_secretsmanager::error::{DisplayErrorContext, ProvideErrorMetadata, SdkError};
 use backon::Retryable;
 use futures::future::BoxFuture;
+use keyloop_core::Retry;
 use keyloop_core::{Credential, Secret};
 use std::collections::HashMap;
 use std::fmt;
@@ -210,7 +211,7 @@ impl AwsSecretsManager {
                     | "InternalFailure"
                     | "ServiceUnavailable"
                     | "RequestTimeout",
-                ) => (BackendErrorKind::Transient, ""),
+                ) => (Retry::Transient, ""),
                 Some(
                     "AccessDeniedException"
                     | "UnrecognizedClientException"
@@ -218,18 +219,18 @@ impl AwsSecretsManager {
                     | "ExpiredTokenException"
                     | "InvalidSignatureException",
                 ) => (
-                    BackendErrorKind::Permanent,
+                    Retry::Permanent,
                     "; check the AWS credentials (standard chain: AWS_ACCESS_KEY_ID / AWS_PROFILE / role) and that they allow secretsmanager:GetSecretValue, PutSecretValue, CreateSecret, DescribeSecret and UpdateSecretVersionStage",
                 ),
                 Some("InvalidRequestException") => (
-                    BackendErrorKind::Permanent,
+                    Retry::Permanent,
                     "; if the secret is scheduled for deletion, restore it (`aws secretsmanager restore-secret`)",
                 ),
-                _ => (BackendErrorKind::Permanent, ""),
+                _ => (Retry::Permanent, ""),
             },
-            SdkError::ConstructionFailure(_) => (BackendErrorKind::Permanent, ""),
+            SdkError::ConstructionFailure(_) => (Retry::Permanent, ""),
             _ => (
-                BackendErrorKind::Transient,
+                Retry::Transient,
                 "; is Secrets Manager reachable (AWS_ENDPOINT_URL, network)?",
             ),
         };

@@ -15,6 +15,7 @@ pub mod resilience;
 pub mod target;
 
 use futures::future::BoxFuture;
+use keyloop_core::Retry;
 use keyloop_core::{Credential, RevokeReason, Secret};
 use std::fmt;
 use uuid::Uuid;
@@ -47,21 +48,12 @@ pub use resilience::{
 };
 pub use target::NoneTarget;
 
-/// Whether retrying a backend call can help.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum BackendErrorKind {
-    /// Unreachable, throttled, timed out: retry.
-    Transient,
-    /// Misconfigured, refused, corrupt: retrying gives the same answer.
-    Permanent,
-}
-
 /// A store or target call failed. The message names the credential and version and never
 /// contains a value.
 #[derive(Debug)]
 pub struct BackendError {
-    /// Retry or not.
-    pub kind: BackendErrorKind,
+    /// Whether retrying can help.
+    pub kind: Retry,
     /// What failed, for whom, and what to do.
     pub message: String,
     /// True when the call failed before it could change anything (no connection, refused
@@ -74,7 +66,7 @@ impl BackendError {
     /// A transient failure.
     pub fn transient(message: impl Into<String>) -> Self {
         Self {
-            kind: BackendErrorKind::Transient,
+            kind: Retry::Transient,
             message: message.into(),
             untouched: false,
         }
@@ -83,7 +75,7 @@ impl BackendError {
     /// A permanent failure.
     pub fn permanent(message: impl Into<String>) -> Self {
         Self {
-            kind: BackendErrorKind::Permanent,
+            kind: Retry::Permanent,
             message: message.into(),
             untouched: false,
         }

@@ -6,9 +6,10 @@
 //! then naks the message with a growing delay, and gives up into the DLQ after the bounded
 //! number of deliveries.
 
-use crate::{BackendError, BackendErrorKind, Store, Target};
+use crate::{BackendError, Store, Target};
 use backon::{ExponentialBuilder, Retryable};
 use futures::future::BoxFuture;
+use keyloop_core::Retry;
 use keyloop_core::{Credential, RevokeReason, Secret};
 use std::fmt;
 use std::sync::Arc;
@@ -28,7 +29,7 @@ fn backoff() -> ExponentialBuilder {
 }
 
 fn is_transient(e: &BackendError) -> bool {
-    e.kind == BackendErrorKind::Transient
+    e.kind == Retry::Transient
 }
 
 /// The store and target operations faults can be injected into.
@@ -411,12 +412,7 @@ mod tests {
             .collect();
         assert_eq!(
             kinds,
-            [
-                Err(BackendErrorKind::Transient),
-                Err(BackendErrorKind::Transient),
-                Ok(()),
-                Ok(())
-            ]
+            [Err(Retry::Transient), Err(Retry::Transient), Ok(()), Ok(())]
         );
         assert!(f.check("test", &c).is_ok());
         assert_eq!(f.injected(), 2);

@@ -150,7 +150,7 @@ pub(crate) async fn open_context(bus: Bus, key: Option<&GivenKey>) -> Result<Wor
 /// The refusal inside `e` when the local store refused the key (not when it could not be
 /// reached).
 pub(crate) fn key_refusal(
-    e: &keyloop_nats::Error,
+    e: &keyloop_workers::Error,
 ) -> Option<&keyloop_backends::local::KeyMismatch> {
     use keyloop_backends::local::KeyCheckError;
     match std::error::Error::source(e)?.downcast_ref::<KeyCheckError>()? {
@@ -161,7 +161,7 @@ pub(crate) fn key_refusal(
 
 /// `e` as a message; a refused key gets where it came from and how to pass the right one.
 pub(crate) fn explain_key_refusal(
-    e: keyloop_nats::Error,
+    e: keyloop_workers::Error,
     given: Option<&GivenKey>,
 ) -> anyhow::Error {
     use keyloop_backends::local::Expected;

@@ -10,6 +10,7 @@ pub mod fingerprint;
 pub mod ingest;
 pub mod leak;
 pub mod lease;
+pub mod retry;
 pub mod schema;
 pub mod secret;
 
@@ -21,4 +22,5 @@ pub use event::{CloudEvent, LifecycleData, LifecycleEvent, LifecycleKind};
 pub use fingerprint::Fingerprint;
 pub use leak::{LeakFinding, LeakLocation};
 pub use lease::{JitPolicy, Lease, LeaseState, Tier};
+pub use retry::Retry;
 pub use secret::Secret;

@@ -1,21 +1,21 @@
-//! The one error type of keyloop's NATS layer. Callers branch on [`ErrorKind`]: a transient
-//! error is worth retrying (nak with backoff), a permanent one is not (DLQ).
+//! The one error type of keyloop's NATS layer. Callers branch on [`ErrorKind`], what the
+//! layer itself can tell (unreachable, missing, a key that exists); whether retrying can help
+//! is [`Error::retry`], the classification every keyloop error shares. What a key means to the
+//! domain (a registered credential, a busy claim) is the workers' to say.
 
 use std::fmt;
 
-/// Whether retrying can help.
+/// What went wrong, as the NATS layer sees it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ErrorKind {
     /// The server was unreachable, slow, or a compare-and-set kept losing: retry.
     Transient,
     /// The request or the data is wrong: retrying gives the same answer.
     Permanent,
-    /// Something that should exist does not (a bucket before `keyloop init`, a credential).
+    /// Something that should exist does not (a bucket before `keyloop init`, a record).
     NotFound,
-    /// Something that must not exist already does (registering an existing credential).
+    /// A record created with "only if absent" exists already.
     AlreadyExists,
-    /// Another operation holds the credential's claim: retry once it is released or expires.
-    Busy,
 }
 
 /// An operation on NATS failed.
@@ -54,9 +54,19 @@ impl Error {
         self.kind
     }
 
+    /// Whether retrying can help: only a transient failure.
+    pub fn retry(&self) -> keyloop_core::Retry {
+        match self.kind {
+            ErrorKind::Transient => keyloop_core::Retry::Transient,
+            ErrorKind::Permanent | ErrorKind::NotFound | ErrorKind::AlreadyExists => {
+                keyloop_core::Retry::Permanent
+            }
+        }
+    }
+
     /// True when retrying may succeed.
     pub fn is_transient(&self) -> bool {
-        matches!(self.kind, ErrorKind::Transient | ErrorKind::Busy)
+        self.retry().is_transient()
     }
 }
 

@@ -17,9 +17,10 @@
 //!   fenced off by the new token.
 
 use crate::context::WorkerContext;
+use crate::error::{Error, ErrorKind};
 use keyloop_backends::{BackendError, CallGuard};
 use keyloop_core::{Claim, Credential, CredentialId};
-use keyloop_nats::{Change, Error, ErrorKind};
+use keyloop_nats::Change;
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;

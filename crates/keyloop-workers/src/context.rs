@@ -2,6 +2,7 @@
 //! credential may name. Built once per process and shared by all roles in it.
 
 use crate::claim::{ClaimWatch, claim_fence};
+use crate::error::{Error, ErrorKind};
 use crate::records::memory::{MemoryDue, MemoryFingerprints, MemoryOutbox, MemoryRecords};
 use crate::records::{Due, Fingerprints, Outbox, Records};
 use keyloop_backends::{
@@ -9,7 +10,7 @@ use keyloop_backends::{
 };
 use keyloop_core::event::Command;
 use keyloop_core::{StoreKind, TargetKind};
-use keyloop_nats::{Bus, Error, ErrorKind, Topology};
+use keyloop_nats::{Bus, Topology};
 use std::sync::Arc;
 
 /// How long a claim lasts once its holder stops renewing it (see `claim`). Only other

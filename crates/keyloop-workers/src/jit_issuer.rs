@@ -12,6 +12,7 @@
 //! arrives.
 
 use crate::context::WorkerContext;
+use crate::error::{Error, ErrorKind};
 use crate::ops::{self, Cause};
 use async_nats::service::{Request, ServiceExt};
 use futures::StreamExt;
@@ -20,7 +21,7 @@ use keyloop_core::lease::{
     IssueReply, IssueRequest, LeaseState, ServiceError, VerifyReply, VerifyRequest,
 };
 use keyloop_core::{Fingerprint, JitPolicy, Lease, Secret, Stage};
-use keyloop_nats::{DueItem, Error, ErrorKind, FingerprintRef, Topology};
+use keyloop_nats::{DueItem, FingerprintRef, Topology};
 use serde::Serialize;
 use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex};

@@ -15,6 +15,7 @@
 pub mod claim;
 pub mod context;
 pub mod decode;
+pub mod error;
 pub mod jit_issuer;
 pub mod leak_responder;
 pub mod ops;
@@ -26,9 +27,10 @@ pub mod sweeper;
 pub mod task_completed;
 
 pub use context::{Backends, WorkerContext};
+pub use error::{Error, ErrorKind};
 
 use keyloop_core::JitPolicy;
-use keyloop_nats::{ConsumeConfig, Error, ErrorKind, Handler, Role};
+use keyloop_nats::{ConsumeConfig, Handler, Role};
 use std::sync::Arc;
 use std::time::Duration;
 use tokio_util::sync::CancellationToken;
@@ -89,7 +91,9 @@ pub async fn run(
         if let Some(handler) = handler_for(role, ctx.clone()) {
             let (bus, cfg, stop) = (bus.clone(), config.consume.clone(), shutdown.clone());
             let task = set.spawn(async move {
-                keyloop_nats::runtime::consume(bus, role, cfg, handler, stop).await
+                keyloop_nats::runtime::consume(bus, role, cfg, handler, stop)
+                    .await
+                    .map_err(Error::from)
             });
             names.insert(task.id(), role.name());
         }

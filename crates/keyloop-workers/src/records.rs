@@ -9,13 +9,13 @@
 
 pub mod memory;
 
+use crate::error::{Error, ErrorKind};
 use futures::future::BoxFuture;
 use keyloop_core::event::{Command, LifecycleEvent};
 use keyloop_core::{Credential, CredentialId, Lease};
 use keyloop_nats::due::DueEntry;
 use keyloop_nats::{
-    Bus, Change, DueIndex, DueItem, Error, ErrorKind, FingerprintIndex, FingerprintRef, Inventory,
-    Topology,
+    Bus, Change, DueIndex, DueItem, FingerprintIndex, FingerprintRef, Inventory, Topology,
 };
 use std::fmt;
 use time::OffsetDateTime;
@@ -126,65 +126,111 @@ impl Records for Inventory {
         &'a self,
         id: &'a CredentialId,
     ) -> BoxFuture<'a, Result<Option<(Credential, u64)>, Error>> {
-        Box::pin(Inventory::get(self, id))
+        Box::pin(async move { Inventory::get(self, id).await.map_err(Error::from) })
     }
     fn create<'a>(&'a self, cred: &'a Credential) -> BoxFuture<'a, Result<u64, Error>> {
-        Box::pin(Inventory::create(self, cred))
+        Box::pin(async move { Inventory::create(self, cred).await.map_err(Error::from) })
     }
     fn remove<'a>(&'a self, id: &'a CredentialId) -> BoxFuture<'a, Result<(), Error>> {
-        Box::pin(Inventory::remove(self, id))
+        Box::pin(async move { Inventory::remove(self, id).await.map_err(Error::from) })
     }
     fn update_with<'a>(
         &'a self,
         id: &'a CredentialId,
         decide: Decide<'a, Credential>,
     ) -> BoxFuture<'a, Result<(), Error>> {
-        Box::pin(Inventory::update(self, id, move |c| {
-            Ok(if decide(c)? {
-                Change::Write(())
-            } else {
-                Change::Keep(())
+        Box::pin(async move {
+            // A domain error from `decide` (a busy claim) is not a NATS error: it is kept here
+            // while the NATS update unwinds, and returned as it was.
+            let mut refused = None;
+            let result = Inventory::update(self, id, |c| match decide(c) {
+                Ok(true) => Ok(Change::Write(())),
+                Ok(false) => Ok(Change::Keep(())),
+                Err(e) => {
+                    refused = Some(e);
+                    Err(keyloop_nats::Error::msg(
+                        keyloop_nats::ErrorKind::Permanent,
+                        "refused",
+                    ))
+                }
             })
-        }))
+            .await;
+            match (result, refused) {
+                (_, Some(e)) => Err(e),
+                (r, None) => r.map_err(Error::from),
+            }
+        })
     }
     fn bind<'a>(
         &'a self,
         key: &'a str,
         credential: &'a CredentialId,
     ) -> BoxFuture<'a, Result<Option<CredentialId>, Error>> {
-        Box::pin(Inventory::bind(self, key, credential))
+        Box::pin(async move {
+            Inventory::bind(self, key, credential)
+                .await
+                .map_err(Error::from)
+        })
     }
     fn unbind<'a>(
         &'a self,
         key: &'a str,
         credential: &'a CredentialId,
     ) -> BoxFuture<'a, Result<(), Error>> {
-        Box::pin(Inventory::unbind(self, key, credential))
+        Box::pin(async move {
+            Inventory::unbind(self, key, credential)
+                .await
+                .map_err(Error::from)
+        })
     }
     fn lease(&self, id: Uuid) -> BoxFuture<'_, Result<Option<Lease>, Error>> {
-        Box::pin(Inventory::lease(self, id))
+        Box::pin(async move { Inventory::lease(self, id).await.map_err(Error::from) })
     }
     fn create_lease<'a>(&'a self, lease: &'a Lease) -> BoxFuture<'a, Result<(), Error>> {
-        Box::pin(Inventory::create_lease(self, lease))
+        Box::pin(async move {
+            Inventory::create_lease(self, lease)
+                .await
+                .map_err(Error::from)
+        })
     }
     fn index_lease_under_task<'a>(&'a self, lease: &'a Lease) -> BoxFuture<'a, Result<(), Error>> {
-        Box::pin(Inventory::index_lease_under_task(self, lease))
+        Box::pin(async move {
+            Inventory::index_lease_under_task(self, lease)
+                .await
+                .map_err(Error::from)
+        })
     }
     fn leases_of_task<'a>(&'a self, task_id: &'a str) -> BoxFuture<'a, Result<Vec<Uuid>, Error>> {
-        Box::pin(Inventory::leases_of_task(self, task_id))
+        Box::pin(async move {
+            Inventory::leases_of_task(self, task_id)
+                .await
+                .map_err(Error::from)
+        })
     }
     fn update_lease_with<'a>(
         &'a self,
         id: Uuid,
         decide: Decide<'a, Lease>,
     ) -> BoxFuture<'a, Result<(), Error>> {
-        Box::pin(Inventory::update_lease(self, id, move |l| {
-            Ok(if decide(l)? {
-                Change::Write(())
-            } else {
-                Change::Keep(())
+        Box::pin(async move {
+            let mut refused = None;
+            let result = Inventory::update_lease(self, id, |l| match decide(l) {
+                Ok(true) => Ok(Change::Write(())),
+                Ok(false) => Ok(Change::Keep(())),
+                Err(e) => {
+                    refused = Some(e);
+                    Err(keyloop_nats::Error::msg(
+                        keyloop_nats::ErrorKind::Permanent,
+                        "refused",
+                    ))
+                }
             })
-        }))
+            .await;
+            match (result, refused) {
+                (_, Some(e)) => Err(e),
+                (r, None) => r.map_err(Error::from),
+            }
+        })
     }
 }
 
@@ -211,16 +257,28 @@ impl Fingerprints for FingerprintIndex {
         keys: &'a [String],
         target: &'a FingerprintRef,
     ) -> BoxFuture<'a, Result<(), Error>> {
-        Box::pin(FingerprintIndex::put(self, keys, target))
+        Box::pin(async move {
+            FingerprintIndex::put(self, keys, target)
+                .await
+                .map_err(Error::from)
+        })
     }
     fn lookup<'a>(
         &'a self,
         keys: &'a [String],
     ) -> BoxFuture<'a, Result<Option<FingerprintRef>, Error>> {
-        Box::pin(FingerprintIndex::lookup(self, keys))
+        Box::pin(async move {
+            FingerprintIndex::lookup(self, keys)
+                .await
+                .map_err(Error::from)
+        })
     }
     fn remove<'a>(&'a self, keys: &'a [String]) -> BoxFuture<'a, Result<(), Error>> {
-        Box::pin(FingerprintIndex::remove(self, keys))
+        Box::pin(async move {
+            FingerprintIndex::remove(self, keys)
+                .await
+                .map_err(Error::from)
+        })
     }
 }
 
@@ -258,27 +316,43 @@ impl Due for DueIndex {
         due_at: OffsetDateTime,
         now: OffsetDateTime,
     ) -> BoxFuture<'_, Result<String, Error>> {
-        Box::pin(DueIndex::schedule(self, item, due_at, now))
+        Box::pin(async move {
+            DueIndex::schedule(self, item, due_at, now)
+                .await
+                .map_err(Error::from)
+        })
     }
     fn scan_minute(&self, minute: i64) -> BoxFuture<'_, Result<Vec<(String, DueEntry)>, Error>> {
-        Box::pin(DueIndex::scan_minute(self, minute))
+        Box::pin(async move {
+            DueIndex::scan_minute(self, minute)
+                .await
+                .map_err(Error::from)
+        })
     }
     fn remove<'a>(
         &'a self,
         key: &'a str,
         handled: &'a DueEntry,
     ) -> BoxFuture<'a, Result<(), Error>> {
-        Box::pin(DueIndex::remove(self, key, handled))
+        Box::pin(async move {
+            DueIndex::remove(self, key, handled)
+                .await
+                .map_err(Error::from)
+        })
     }
     fn cursor(&self) -> BoxFuture<'_, Result<Option<(i64, u64)>, Error>> {
-        Box::pin(DueIndex::cursor(self))
+        Box::pin(async move { DueIndex::cursor(self).await.map_err(Error::from) })
     }
     fn advance_cursor(
         &self,
         minute: i64,
         previous: Option<(i64, u64)>,
     ) -> BoxFuture<'_, Result<(), Error>> {
-        Box::pin(DueIndex::advance_cursor(self, minute, previous))
+        Box::pin(async move {
+            DueIndex::advance_cursor(self, minute, previous)
+                .await
+                .map_err(Error::from)
+        })
     }
 }
 
@@ -327,7 +401,12 @@ impl Outbox for Bus {
         &'a self,
         event: &'a LifecycleEvent,
     ) -> BoxFuture<'a, Result<(), Error>> {
-        Box::pin(async move { Bus::publish_lifecycle(self, event).await.map(|_| ()) })
+        Box::pin(async move {
+            Bus::publish_lifecycle(self, event)
+                .await
+                .map(|_| ())
+                .map_err(Error::from)
+        })
     }
     fn publish_command<'a>(
         &'a self,
@@ -339,6 +418,7 @@ impl Outbox for Bus {
             self.publish_raw(subject, id, async_nats::HeaderMap::new(), payload)
                 .await
                 .map(|_| ())
+                .map_err(Error::from)
         })
     }
 }

@@ -46,7 +46,7 @@ pub async fn execute(
     cmd: &RevokeCommand,
     cause: &Cause,
     last_attempt: bool,
-) -> Result<(), keyloop_nats::Error> {
+) -> Result<(), crate::error::Error> {
     let attempt = async {
         let result = revoke_versions(ctx, cmd, cause).await;
         if let Err(e) = &result
@@ -57,7 +57,7 @@ pub async fn execute(
         result
     };
     match crate::claim::with_claim(ctx, &cmd.credential, &cmd.op_id, attempt).await {
-        Err(e) if e.kind() == keyloop_nats::ErrorKind::Busy && last_attempt => {
+        Err(e) if e.kind() == crate::error::ErrorKind::Busy && last_attempt => {
             revocation_failed(ctx, cmd, cause, &e).await;
             return Err(e);
         }
@@ -104,7 +104,7 @@ async fn revoke_versions(
     ctx: &WorkerContext,
     cmd: &RevokeCommand,
     cause: &Cause,
-) -> Result<(), keyloop_nats::Error> {
+) -> Result<(), crate::error::Error> {
     let versions: Vec<_> = match cmd.version {
         Some(v) => vec![v],
         // Every live version, plus those this operation already revoked on an earlier attempt
@@ -147,7 +147,7 @@ async fn revocation_failed(
     ctx: &WorkerContext,
     cmd: &RevokeCommand,
     cause: &Cause,
-    error: &keyloop_nats::Error,
+    error: &crate::error::Error,
 ) {
     keyloop_nats::metrics::global()
         .revocation_failed

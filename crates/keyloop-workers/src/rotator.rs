@@ -31,6 +31,7 @@
 
 use crate::context::WorkerContext;
 use crate::decode;
+use crate::error::{Error, ErrorKind};
 use crate::ops::{self, Cause, RevokeVersion, backend, version_for_op};
 use futures::FutureExt;
 use keyloop_core::event::RotateCommand;
@@ -38,9 +39,7 @@ use keyloop_core::{
     AtTarget, Credential, Fingerprint, LifecycleData, LifecycleKind, PendingUndo, RevokeReason,
     RotationReason, RotationRetry, Secret, Stage, Version,
 };
-use keyloop_nats::{
-    Change, Delivery, DueItem, Error, ErrorKind, FingerprintRef, Handler, HandlerError,
-};
+use keyloop_nats::{Change, Delivery, DueItem, FingerprintRef, Handler, HandlerError};
 use std::sync::Arc;
 use time::OffsetDateTime;
 use tracing::info;

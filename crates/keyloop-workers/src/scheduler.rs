@@ -3,8 +3,9 @@
 //! run, the stream keeps exactly one tick per window (JetStream drops the duplicates), and a
 //! replica dying costs nothing.
 
+use crate::error::Error;
 use keyloop_core::event::{CloudEvent, SCHEDULE_TICK_TYPE, ScheduleTick};
-use keyloop_nats::{Bus, Error};
+use keyloop_nats::Bus;
 use std::time::Duration;
 use time::OffsetDateTime;
 use tokio_util::sync::CancellationToken;

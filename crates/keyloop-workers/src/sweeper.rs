@@ -18,6 +18,7 @@
 
 use crate::context::WorkerContext;
 use crate::decode;
+use crate::error::Error;
 use crate::ops::{self, Cause};
 use futures::FutureExt;
 use keyloop_core::duration::checked_after;
@@ -28,7 +29,7 @@ use keyloop_core::event::{
 use keyloop_core::lease::LeaseState;
 use keyloop_core::{Credential, RevokeReason, RotationReason, Stage};
 use keyloop_nats::due::{DueEntry, DueItem, minute_of};
-use keyloop_nats::{Delivery, Error, Handler, HandlerError};
+use keyloop_nats::{Delivery, Handler, HandlerError};
 use serde::Serialize;
 use std::sync::Arc;
 use time::OffsetDateTime;
@@ -83,7 +84,7 @@ async fn record_use(ctx: &WorkerContext, delivery: &Delivery) -> Result<(), Hand
     )
     .await
     {
-        Err(e) if e.kind() == keyloop_nats::ErrorKind::NotFound => {
+        Err(e) if e.kind() == crate::error::ErrorKind::NotFound => {
             Err(HandlerError::permanent(e.to_string()))
         }
         other => other.map_err(HandlerError::from),

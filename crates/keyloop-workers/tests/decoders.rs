@@ -22,7 +22,7 @@ use keyloop_core::event::{
     RotateCommand, SCHEDULE_TICK_TYPE, ScheduleTick, TASK_COMPLETED_TYPE, TaskCompleted,
 };
 use keyloop_core::{JitPolicy, LeakFinding};
-use keyloop_nats::ErrorKind;
+use keyloop_core::Retry;
 use keyloop_workers::decode;
 use keyloop_workers::jit_issuer;
 use proptest::prelude::*;
@@ -50,7 +50,7 @@ fn check_event<T: DeserializeOwned>(payload: &[u8], ty: &str, planted: &Planted)
     match decode::cloud_event::<T>(payload, ty) {
         Ok(_) => true,
         Err(e) => {
-            assert_eq!(e.kind, ErrorKind::Permanent, "{}", e.reason);
+            assert_eq!(e.kind, Retry::Permanent, "{}", e.reason);
             assert!(!e.reason.trim().is_empty(), "a rejection says why");
             assert!(
                 !planted.is_in(&e.reason) && !planted.is_in(&format!("{e:?}")),

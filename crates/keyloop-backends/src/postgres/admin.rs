@@ -7,6 +7,7 @@ use super::{
     quote_literal,
 };
 use crate::{BackendError, redact};
+use keyloop_core::Retry;
 use std::str::FromStr;
 use std::sync::Arc;
 use tokio::sync::Mutex;
@@ -58,7 +59,7 @@ impl PostgresTarget {
         }
     }
 
-    pub(super) fn error(&self, kind: crate::BackendErrorKind, text: String) -> BackendError {
+    pub(super) fn error(&self, kind: Retry, text: String) -> BackendError {
         BackendError {
             kind,
             message: self.clean(text),
@@ -106,11 +107,11 @@ impl PostgresTarget {
         }
         let client = self.connect(&self.config).await.map_err(|e| {
             let kind = if is_auth_refusal(&e) {
-                crate::BackendErrorKind::Permanent
+                Retry::Permanent
             } else {
-                crate::BackendErrorKind::Transient
+                Retry::Transient
             };
-            let hint = if kind == crate::BackendErrorKind::Permanent {
+            let hint = if kind == Retry::Permanent {
                 "check the user and password in --postgres-dsn / KEYLOOP_POSTGRES_DSN"
             } else {
                 "is the server up and reachable from here?"
@@ -137,7 +138,7 @@ impl PostgresTarget {
             (row.get(0), row.get(1), row.get(2), row.get(3));
         if !superuser && !createrole {
             return Err(self.error(
-                crate::BackendErrorKind::Permanent,
+                Retry::Permanent,
                 format!(
                     "postgres target: the admin role {user} on {} lacks CREATEROLE, so keyloop cannot change or drop login roles; as a superuser run `ALTER ROLE {} CREATEROLE` and `GRANT pg_signal_backend TO {}`",
                     self.server,
@@ -148,7 +149,7 @@ impl PostgresTarget {
         }
         if !superuser && !signal {
             return Err(self.error(
-                crate::BackendErrorKind::Permanent,
+                Retry::Permanent,
                 format!(
                     "postgres target: the admin role {user} on {} is not a member of pg_signal_backend, so keyloop cannot end the sessions of a revoked role; as a superuser run `GRANT pg_signal_backend TO {}`",
                     self.server,
@@ -173,15 +174,15 @@ impl PostgresTarget {
     pub(super) fn sql_error(&self, what: &str, e: &tokio_postgres::Error) -> BackendError {
         let kind = match e.code() {
             // Lost connection, lock timeout, serialization: worth a retry.
-            None => crate::BackendErrorKind::Transient,
+            None => Retry::Transient,
             Some(c)
                 if *c == SqlState::LOCK_NOT_AVAILABLE
                     || *c == SqlState::T_R_SERIALIZATION_FAILURE
                     || *c == SqlState::ADMIN_SHUTDOWN =>
             {
-                crate::BackendErrorKind::Transient
+                Retry::Transient
             }
-            Some(_) => crate::BackendErrorKind::Permanent,
+            Some(_) => Retry::Permanent,
         };
         let hint = if e.code() == Some(&SqlState::INSUFFICIENT_PRIVILEGE) {
             "; the admin role needs CREATEROLE and membership in pg_signal_backend (PostgreSQL refuses to let a non-superuser change superuser roles)"

@@ -5,6 +5,7 @@
 
 use super::{Admin, PostgresTarget, describe_error, quote_ident, quote_literal, scram_verifier};
 use crate::BackendError;
+use keyloop_core::Retry;
 use keyloop_core::Secret;
 use time::OffsetDateTime;
 use tokio_postgres::error::SqlState;
@@ -81,7 +82,7 @@ impl PostgresTarget {
         let what = format!("create JIT role {:?}", role.name);
         if !self.role_exists(&admin, role.group).await? {
             return Err(self.error(
-                crate::BackendErrorKind::Permanent,
+                Retry::Permanent,
                 format!(
                     "postgres target on {}: {what}: the scope's group role {:?} does not exist; create it with the scope's privileges (CREATE ROLE {} NOLOGIN; GRANT ... TO {})",
                     self.server,
@@ -203,7 +204,7 @@ impl PostgresTarget {
             config.dbname(&db);
             let client = self.connect(&config).await.map_err(|e| {
                 self.error(
-                    crate::BackendErrorKind::Transient,
+                    Retry::Transient,
                     format!(
                         "postgres target on {}: drop role {name:?}: cannot connect to database {db:?} to empty the role there: {}",
                         self.server,

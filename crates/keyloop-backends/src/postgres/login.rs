@@ -7,6 +7,7 @@ use super::{
     scram_verifier,
 };
 use crate::{BackendError, redact};
+use keyloop_core::Retry;
 use keyloop_core::Secret;
 
 impl PostgresTarget {
@@ -40,7 +41,7 @@ impl PostgresTarget {
                     .get(0);
                 if who != role {
                     return Err(self.error(
-                        crate::BackendErrorKind::Permanent,
+                        Retry::Permanent,
                         format!("postgres target: logged in as {role:?} but the server says the session user is {who:?}"),
                     ));
                 }
@@ -50,9 +51,9 @@ impl PostgresTarget {
             Err(e) => {
                 let text = redact(describe_error(&e), &[value.expose()]);
                 let kind = if e.code().is_some() {
-                    crate::BackendErrorKind::Permanent
+                    Retry::Permanent
                 } else {
-                    crate::BackendErrorKind::Transient
+                    Retry::Transient
                 };
                 Err(self.error(
                     kind,
@@ -103,7 +104,7 @@ impl PostgresTarget {
             .get(0);
         if left > 0 {
             return Err(self.error(
-                crate::BackendErrorKind::Transient,
+                Retry::Transient,
                 format!(
                     "postgres target on {}: {left} sessions of role {role:?} were still there after waiting {wait_ms} ms for them to end",
                     self.server
@@ -138,7 +139,7 @@ impl PostgresTarget {
         } else if let Some(group) = create_in {
             if !self.role_exists(admin, group).await? {
                 return Err(self.error(
-                    crate::BackendErrorKind::Permanent,
+                    Retry::Permanent,
                     format!(
                         "postgres target on {}: {what}: neither role {role:?} nor the group role {group:?} it would be created in exists; create {group:?} with the privileges the application needs (or create {role:?} yourself)",
                         self.server
@@ -155,7 +156,7 @@ impl PostgresTarget {
                 .map_err(|e| self.sql_error(&format!("{what}: create role {role:?} in {group:?}"), &e))
         } else {
             Err(self.error(
-                crate::BackendErrorKind::Permanent,
+                Retry::Permanent,
                 format!(
                     "postgres target on {}: {what}: role {role:?} does not exist; create it (CREATE ROLE {ident} LOGIN) and register again — keyloop takes over an existing role's password",
                     self.server

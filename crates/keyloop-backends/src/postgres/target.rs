@@ -5,6 +5,7 @@
 use super::{Login, PostgresTarget};
 use crate::{BackendError, Target};
 use futures::future::BoxFuture;
+use keyloop_core::Retry;
 use keyloop_core::{AtTarget, Credential, RevokeReason, Secret, Stage, Version};
 use tracing::{debug, info, warn};
 use uuid::Uuid;
@@ -104,7 +105,7 @@ impl Target for PostgresTarget {
             match self.login(role, value).await? {
                 Login::Accepted => Ok(()),
                 Login::Refused => Err(self.error(
-                    crate::BackendErrorKind::Transient,
+                    Retry::Transient,
                     format!(
                         "postgres target on {}: credential {} version {version}: the new password of role {role:?} was refused at login right after it was set; is another tool changing this role's password?",
                         self.server, cred.id
@@ -163,7 +164,7 @@ impl Target for PostgresTarget {
                 && self.login(role, v).await? == Login::Accepted
             {
                 return Err(self.error(
-                    crate::BackendErrorKind::Permanent,
+                    Retry::Permanent,
                     format!(
                         "postgres target on {}: {what}: the revoked value still logs in as role {role:?} after NOLOGIN; check that the role is not a superuser and that pg_hba.conf does not trust this connection",
                         self.server

@@ -80,13 +80,13 @@ async fn serve(
             // made for it is nobody's, and must not be found by the next run. (Not on any other
             // error: the store may have recorded the new key before the failure.)
             if let config::KeySource::NewDevKey(path) = &key.source
-                && e.downcast_ref::<keyloop_nats::Error>()
+                && e.downcast_ref::<keyloop_workers::Error>()
                     .and_then(config::key_refusal)
                     .is_some()
             {
                 let _ = std::fs::remove_file(path);
             }
-            return Err(match e.downcast::<keyloop_nats::Error>() {
+            return Err(match e.downcast::<keyloop_workers::Error>() {
                 Ok(e) => config::explain_key_refusal(e, Some(&key)),
                 Err(e) => e,
             });

@@ -36,10 +36,11 @@ mod process;
 #[cfg(test)]
 mod tests;
 
-use crate::error::{Error, ErrorKind};
+use crate::error::Error;
 use crate::topology::{ACK_WAIT, GIVE_UP_AFTER};
 use async_nats::jetstream;
 use futures::future::BoxFuture;
+use keyloop_core::Retry;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -68,45 +69,52 @@ pub struct Delivery {
     pub stream_sequence: u64,
 }
 
-/// A handler's failure: whether retrying can help, and the reason for the DLQ and the log.
+/// A handler's failure: whether retrying can help, the reason for the DLQ and the log, and
+/// the error it came from (kept for the log, never flattened away).
 #[derive(Debug, thiserror::Error)]
 #[error("{reason}")]
 pub struct HandlerError {
     /// Transient: retry later. Permanent: DLQ now.
-    pub kind: ErrorKind,
+    pub kind: Retry,
     /// Words for the operator; never a secret value.
     pub reason: String,
+    /// The underlying error, when there is one.
+    #[source]
+    pub source: Option<Box<dyn std::error::Error + Send + Sync>>,
 }
 
 impl HandlerError {
     /// A failure that will not go away by retrying (malformed message, unknown type).
     pub fn permanent(reason: impl Into<String>) -> Self {
         Self {
-            kind: ErrorKind::Permanent,
+            kind: Retry::Permanent,
             reason: reason.into(),
+            source: None,
         }
     }
 
     /// A failure worth retrying (server or backend unavailable, lost race).
     pub fn transient(reason: impl Into<String>) -> Self {
         Self {
-            kind: ErrorKind::Transient,
+            kind: Retry::Transient,
             reason: reason.into(),
+            source: None,
+        }
+    }
+
+    /// The failure `error`, classified `kind`, its text the reason.
+    pub fn from_error(kind: Retry, error: impl std::error::Error + Send + Sync + 'static) -> Self {
+        Self {
+            kind,
+            reason: error.to_string(),
+            source: Some(Box::new(error)),
         }
     }
 }
 
 impl From<Error> for HandlerError {
     fn from(e: Error) -> Self {
-        let kind = if e.is_transient() {
-            ErrorKind::Transient
-        } else {
-            ErrorKind::Permanent
-        };
-        Self {
-            kind,
-            reason: e.to_string(),
-        }
+        Self::from_error(e.retry(), e)
     }
 }
 

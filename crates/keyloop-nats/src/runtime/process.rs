@@ -4,9 +4,9 @@
 use super::dlq::{DeadLetter, dead_letter_durably};
 use super::{ConsumeConfig, Delivery, Handler, HandlerError, MAX_MESSAGE_BYTES, STOP_IO_TIMEOUT};
 use crate::bus::Bus;
-use crate::error::ErrorKind;
 use crate::topology::{ACK_WAIT, Role};
 use async_nats::jetstream::{self, AckKind};
+use keyloop_core::Retry;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
@@ -80,14 +80,14 @@ pub(super) async fn process(
                 crate::metrics::global().role(role).acked.fetch_add(1, Ordering::Relaxed);
                 debug!("done");
             }
-            Err(e) if e.kind == ErrorKind::Transient && !delivery.last_attempt => {
+            Err(e) if e.kind == Retry::Transient && !delivery.last_attempt => {
                 let delay = retry_delay(config, attempt, stream_sequence);
                 warn!(reason = %e.reason, retry_in_ms = delay.as_millis() as u64, "transient failure; will retry");
                 let _ = message.ack_with(AckKind::Nak(Some(delay))).await;
                 crate::metrics::global().role(role).retried.fetch_add(1, Ordering::Relaxed);
             }
             Err(e) => {
-                let reason = if e.kind == ErrorKind::Transient {
+                let reason = if e.kind == Retry::Transient {
                     format!("gave up after {attempt} deliveries: {}", e.reason)
                 } else {
                     e.reason

@@ -1,9 +1,9 @@
 //! Where an operation came from, carried into every event and command it sends.
 
 use crate::context::WorkerContext;
+use crate::error::Error;
 use keyloop_core::LifecycleData;
 use keyloop_core::event::lifecycle_event;
-use keyloop_nats::Error;
 
 /// Where an operation came from, carried into every event it publishes.
 #[derive(Debug, Clone, Default)]

@@ -2,10 +2,11 @@
 
 use super::{Cause, backend};
 use crate::context::WorkerContext;
+use crate::error::{Error, ErrorKind};
 use keyloop_core::event::lease_event;
 use keyloop_core::lease::LeaseState;
 use keyloop_core::{LifecycleData, LifecycleKind, RevokeReason};
-use keyloop_nats::{Change, Error, ErrorKind};
+use keyloop_nats::Change;
 use time::OffsetDateTime;
 use uuid::Uuid;
 

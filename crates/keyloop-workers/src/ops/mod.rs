@@ -18,8 +18,8 @@ pub(crate) use schedule::due_after;
 pub use schedule::schedule_after_rotation;
 pub use usage::{USE_RECORD_INTERVAL_SECS, record_use};
 
+use crate::error::{Error, ErrorKind};
 use keyloop_core::event::stable_id;
-use keyloop_nats::{Error, ErrorKind};
 use uuid::Uuid;
 
 /// The id of the version a rotation creates: derived from the operation, so a retried
@@ -28,12 +28,9 @@ pub fn version_for_op(op: &str) -> Uuid {
     stable_id(&format!("version/{op}"))
 }
 
+/// A store or target call of `step` failed (see [`Error::backend`]).
 pub(crate) fn backend(e: keyloop_backends::BackendError, step: &str) -> Error {
-    let kind = match e.kind {
-        keyloop_backends::BackendErrorKind::Transient => ErrorKind::Transient,
-        keyloop_backends::BackendErrorKind::Permanent => ErrorKind::Permanent,
-    };
-    Error::msg(kind, format!("{step}: {e}"))
+    Error::backend(e, step)
 }
 
 /// Whether an operation that failed with `error` gives up now: a permanent error does at once,

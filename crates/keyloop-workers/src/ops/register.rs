@@ -3,12 +3,13 @@
 
 use super::{Cause, backend, due_after};
 use crate::context::WorkerContext;
+use crate::error::{Error, ErrorKind};
 use keyloop_backends::{Store, Target};
 use keyloop_core::{
     AtTarget, BackendSettings, Credential, CredentialId, Fingerprint, LifecycleData, LifecycleKind,
     Policy, Stage, StoreKind, TargetKind, Version,
 };
-use keyloop_nats::{Change, DueItem, Error, ErrorKind, FingerprintRef};
+use keyloop_nats::{Change, DueItem, FingerprintRef};
 use time::OffsetDateTime;
 use uuid::Uuid;
 

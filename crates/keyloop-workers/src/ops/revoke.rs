@@ -4,12 +4,13 @@
 
 use super::{Cause, backend};
 use crate::context::WorkerContext;
+use crate::error::{Error, ErrorKind};
 use keyloop_backends::{Store, Target};
 use keyloop_core::{
     AtTarget, Credential, CredentialId, LifecycleData, LifecycleKind, PendingUndo, RevokeReason,
     Stage,
 };
-use keyloop_nats::{Change, Error, ErrorKind};
+use keyloop_nats::Change;
 use time::OffsetDateTime;
 use uuid::Uuid;
 

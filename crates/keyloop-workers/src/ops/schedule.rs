@@ -1,8 +1,9 @@
 //! What a rotation files with the sweeper: the next rotation and the end of the grace.
 
 use crate::context::WorkerContext;
+use crate::error::{Error, ErrorKind};
 use keyloop_core::{Credential, CredentialId};
-use keyloop_nats::{DueItem, Error, ErrorKind};
+use keyloop_nats::DueItem;
 use time::OffsetDateTime;
 use uuid::Uuid;
 

@@ -2,8 +2,9 @@
 
 use super::Cause;
 use crate::context::WorkerContext;
+use crate::error::Error;
 use keyloop_core::{CredentialId, LifecycleData, LifecycleKind};
-use keyloop_nats::{Change, Error};
+use keyloop_nats::Change;
 use time::OffsetDateTime;
 use uuid::Uuid;
 

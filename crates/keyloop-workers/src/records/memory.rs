@@ -4,10 +4,11 @@
 //! Model: apalis' in-memory backend. Not for production: nothing here is durable.
 
 use super::{Decide, Due, Fingerprints, Outbox, Records};
+use crate::error::{Error, ErrorKind};
 use futures::future::BoxFuture;
 use keyloop_core::{Credential, CredentialId, Lease, LifecycleEvent};
 use keyloop_nats::due::{DueEntry, minute_of};
-use keyloop_nats::{DueItem, Error, ErrorKind, FingerprintRef};
+use keyloop_nats::{DueItem, FingerprintRef};
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::Mutex;
 use time::OffsetDateTime;
