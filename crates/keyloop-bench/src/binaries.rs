@@ -75,18 +75,15 @@ fn locate_keyloop(
 /// The nats-server binary: `KEYLOOP_NATS_SERVER`, then the checkout's `.tools/` install
 /// (this executable is `target/<profile>/keyloop-bench`), then PATH; as `keyloop` finds it.
 pub(crate) async fn nats_server() -> Result<PathBuf> {
-    let explicit = std::env::var_os("KEYLOOP_NATS_SERVER")
-        .map(PathBuf::from)
-        .or_else(|| {
-            let exe = std::env::current_exe().ok()?;
-            let root = exe.parent()?.parent()?.parent()?;
-            let local = root.join(keyloop_nats::server::PROJECT_LOCAL_BINARY);
-            local.is_file().then_some(local)
-        });
+    let exe = std::env::current_exe().ok();
     let path = std::env::var("PATH").ok();
-    keyloop_nats::server::locate(explicit, path.as_deref())
-        .await
-        .map_err(anyhow::Error::new)
+    keyloop_nats::server::locate_for(
+        std::env::var_os("KEYLOOP_NATS_SERVER").map(PathBuf::from),
+        exe.as_deref(),
+        path.as_deref(),
+    )
+    .await
+    .map_err(anyhow::Error::new)
 }
 
 #[cfg(test)]

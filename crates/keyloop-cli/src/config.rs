@@ -258,21 +258,18 @@ pub(crate) fn add_backends(global: &Global, backends: &mut Backends) -> Result<(
     Ok(())
 }
 
-/// The nats-server binary: `KEYLOOP_NATS_SERVER`, then PATH, then the project-local install.
+/// The nats-server binary: `KEYLOOP_NATS_SERVER`, then a checkout's project-local install,
+/// then PATH (see `keyloop_nats::server::locate_for`).
 pub(crate) async fn nats_server_binary() -> Result<PathBuf> {
-    let explicit = std::env::var_os("KEYLOOP_NATS_SERVER")
-        .map(PathBuf::from)
-        .or_else(|| {
-            // Next to a checkout's build: target/<profile>/keyloop → .tools/nats/…
-            let exe = std::env::current_exe().ok()?;
-            let root = exe.parent()?.parent()?.parent()?;
-            let local = root.join(keyloop_nats::server::PROJECT_LOCAL_BINARY);
-            local.is_file().then_some(local)
-        });
+    let exe = std::env::current_exe().ok();
     let path = std::env::var("PATH").ok();
-    keyloop_nats::server::locate(explicit, path.as_deref())
-        .await
-        .map_err(anyhow::Error::new)
+    keyloop_nats::server::locate_for(
+        std::env::var_os("KEYLOOP_NATS_SERVER").map(PathBuf::from),
+        exe.as_deref(),
+        path.as_deref(),
+    )
+    .await
+    .map_err(anyhow::Error::new)
 }
 
 /// The duration flag `--<bounds.setting>` within its bounds, or a message that names the flag,

@@ -81,6 +81,26 @@ pub fn is_supported(version: &str) -> bool {
     parse_version(version).is_some_and(|v| v >= MIN_SERVER_VERSION)
 }
 
+/// The project-local install of a checkout, when `exe` (a binary's own path) is a build in
+/// it (`<checkout>/target/<profile>/<binary>`) and the install is there.
+pub fn project_local(exe: &Path) -> Option<PathBuf> {
+    let root = exe.parent()?.parent()?.parent()?;
+    let local = root.join(PROJECT_LOCAL_BINARY);
+    local.is_file().then_some(local)
+}
+
+/// Finds the binary as every keyloop binary does, from what its caller read: `configured`
+/// (`KEYLOOP_NATS_SERVER`), else the checkout's project-local install next to `exe`, else
+/// `nats-server` on `path_var` (PATH). Checks it is 2.10 or newer.
+pub async fn locate_for(
+    configured: Option<PathBuf>,
+    exe: Option<&Path>,
+    path_var: Option<&str>,
+) -> Result<PathBuf, ServerError> {
+    let explicit = configured.or_else(|| exe.and_then(project_local));
+    locate(explicit, path_var).await
+}
+
 /// Finds the binary: `explicit` (from `KEYLOOP_NATS_SERVER`, read by the caller), else
 /// `nats-server` on `path_var` (the caller's PATH). Checks it is 2.10 or newer.
 pub async fn locate(

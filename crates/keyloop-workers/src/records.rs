@@ -121,6 +121,26 @@ impl dyn Records {
     }
 }
 
+/// A decision as `Inventory::update` takes it. A domain error from `decide` (a busy claim) is
+/// not a NATS error: it is kept in `refused` while the NATS update unwinds, and the caller
+/// returns it as it was.
+fn through_nats<'d, R>(
+    decide: Decide<'d, R>,
+    refused: &'d mut Option<Error>,
+) -> impl FnMut(&mut R) -> Result<Change<()>, keyloop_nats::Error> + 'd {
+    move |r| match decide(r) {
+        Ok(true) => Ok(Change::Write(())),
+        Ok(false) => Ok(Change::Keep(())),
+        Err(e) => {
+            *refused = Some(e);
+            Err(keyloop_nats::Error::msg(
+                keyloop_nats::ErrorKind::Permanent,
+                "the decision refused the change",
+            ))
+        }
+    }
+}
+
 impl Records for Inventory {
     fn get<'a>(
         &'a self,
@@ -140,25 +160,9 @@ impl Records for Inventory {
         decide: Decide<'a, Credential>,
     ) -> BoxFuture<'a, Result<(), Error>> {
         Box::pin(async move {
-            // A domain error from `decide` (a busy claim) is not a NATS error: it is kept here
-            // while the NATS update unwinds, and returned as it was.
             let mut refused = None;
-            let result = Inventory::update(self, id, |c| match decide(c) {
-                Ok(true) => Ok(Change::Write(())),
-                Ok(false) => Ok(Change::Keep(())),
-                Err(e) => {
-                    refused = Some(e);
-                    Err(keyloop_nats::Error::msg(
-                        keyloop_nats::ErrorKind::Permanent,
-                        "refused",
-                    ))
-                }
-            })
-            .await;
-            match (result, refused) {
-                (_, Some(e)) => Err(e),
-                (r, None) => r.map_err(Error::from),
-            }
+            let result = Inventory::update(self, id, through_nats(decide, &mut refused)).await;
+            refused.map_or_else(|| result.map_err(Error::from), Err)
         })
     }
     fn bind<'a>(
@@ -214,22 +218,9 @@ impl Records for Inventory {
     ) -> BoxFuture<'a, Result<(), Error>> {
         Box::pin(async move {
             let mut refused = None;
-            let result = Inventory::update_lease(self, id, |l| match decide(l) {
-                Ok(true) => Ok(Change::Write(())),
-                Ok(false) => Ok(Change::Keep(())),
-                Err(e) => {
-                    refused = Some(e);
-                    Err(keyloop_nats::Error::msg(
-                        keyloop_nats::ErrorKind::Permanent,
-                        "refused",
-                    ))
-                }
-            })
-            .await;
-            match (result, refused) {
-                (_, Some(e)) => Err(e),
-                (r, None) => r.map_err(Error::from),
-            }
+            let result =
+                Inventory::update_lease(self, id, through_nats(decide, &mut refused)).await;
+            refused.map_or_else(|| result.map_err(Error::from), Err)
         })
     }
 }

@@ -16,13 +16,13 @@ use arbitrary_json::{
     Json, Planted, boolean, credential_id, damage, exact_object, free_text, mostly, object, one_of,
     planted, signed, text, timestamp, unsigned, uuid, value,
 };
+use keyloop_core::Retry;
 use keyloop_core::event::{
     CREDENTIAL_USED_TYPE, CredentialUsed, LEAK_DETECTED_TYPE, REVOKE_COMMAND_TYPE,
     REVOKE_LEASE_COMMAND_TYPE, ROTATE_COMMAND_TYPE, RevokeCommand, RevokeLeaseCommand,
     RotateCommand, SCHEDULE_TICK_TYPE, ScheduleTick, TASK_COMPLETED_TYPE, TaskCompleted,
 };
 use keyloop_core::{JitPolicy, LeakFinding};
-use keyloop_core::Retry;
 use keyloop_workers::decode;
 use keyloop_workers::jit_issuer;
 use proptest::prelude::*;
