@@ -28,6 +28,25 @@ pub(crate) struct Env {
     extra_env: Mutex<Vec<(String, String)>>,
     /// The NATS user of `keyloop()` commands (none: anonymous).
     user: Option<&'static str>,
+    /// The control plane the CLI talks to, started at the first command that needs it and
+    /// restarted when the env's variables change; with the variables it was started with.
+    api: tokio::sync::Mutex<Option<(Worker, Vars)>>,
+}
+
+/// Environment variables, in the order they were set.
+type Vars = Vec<(String, String)>;
+
+/// Variables only the workers get: the CLI holds no master key and no backend credentials.
+const SERVER_SIDE: [&str; 3] = ["KEYLOOP_POSTGRES_DSN", "KEYLOOP_MASTER_KEY", "AWS_"];
+
+fn server_side(key: &str) -> bool {
+    SERVER_SIDE.iter().any(|p| key.starts_with(p))
+}
+
+/// Whether `keyloop ARGS` asks the control plane (and so needs an api worker to answer).
+fn asks_the_api(args: &[&str]) -> bool {
+    matches!(args.first(), Some(&("credential" | "rotate" | "revoke")))
+        && !args.contains(&"--local")
 }
 
 /// The NATS users of `deploy/nats/users.conf`.
@@ -134,6 +153,7 @@ impl Env {
             nats_server,
             extra_env: Mutex::default(),
             user,
+            api: tokio::sync::Mutex::default(),
         }
     }
 
@@ -153,32 +173,33 @@ impl Env {
         .unwrap()
     }
 
-    /// `keyloop` with this env's server, key and data directory, as this env's user.
+    /// `keyloop` as a client (the CLI): this env's server and data directory, as this env's
+    /// user; no master key, no backend credentials.
     pub(crate) fn keyloop(&self) -> Command {
         match self.user {
             Some(user) => self.keyloop_as(user),
-            None => self.keyloop_anonymous(),
+            None => self.process(None, false),
         }
     }
 
-    /// `keyloop` as `user` of a secured server.
+    /// `keyloop` as `user` of a secured server, as a client.
     pub(crate) fn keyloop_as(&self, user: &str) -> Command {
-        let mut cmd = self.keyloop_anonymous();
-        cmd.env("KEYLOOP_NATS_USER", user)
-            .env("KEYLOOP_NATS_PASSWORD", nats_password(user));
-        cmd
+        self.process(Some(user), false)
     }
 
-    fn keyloop_anonymous(&self) -> Command {
+    /// `keyloop` with the master key and every variable of this env (backend credentials
+    /// included), as a worker or a `--local` command runs.
+    pub(crate) fn keyloop_with_keys(&self) -> Command {
+        self.process(self.user, true)
+    }
+
+    fn process(&self, user: Option<&str>, keys: bool) -> Command {
         let mut cmd = Command::new(KEYLOOP);
         cmd.env("KEYLOOP_NATS_URL", &self.url)
             .env_remove("KEYLOOP_NATS_USER")
             .env_remove("KEYLOOP_NATS_PASSWORD")
             .env_remove("KEYLOOP_NATS_INBOX_PREFIX")
-            .env(
-                "KEYLOOP_MASTER_KEY_FILE",
-                self.dir.path().join("master.key"),
-            )
+            .env_remove("KEYLOOP_MASTER_KEY_FILE")
             .env("KEYLOOP_DATA_DIR", self.dir.path().join("data"))
             .env("KEYLOOP_NATS_SERVER", &self.nats_server)
             .env_remove("KEYLOOP_MASTER_KEY")
@@ -186,19 +207,70 @@ impl Env {
             .env_remove("RUST_LOG")
             .stdin(Stdio::null())
             .kill_on_drop(true);
+        if let Some(user) = user {
+            cmd.env("KEYLOOP_NATS_USER", user)
+                .env("KEYLOOP_NATS_PASSWORD", nats_password(user));
+        }
+        if keys {
+            cmd.env(
+                "KEYLOOP_MASTER_KEY_FILE",
+                self.dir.path().join("master.key"),
+            );
+        }
         for (k, v) in self.extra_env.lock().unwrap().iter() {
-            cmd.env(k, v);
+            if keys || !server_side(k) {
+                cmd.env(k, v);
+            }
         }
         cmd
     }
 
-    /// Runs `keyloop ARGS` to the end.
+    /// Makes sure the control plane answers: an api worker with this env's keys and variables
+    /// (started again when the variables changed since).
+    pub(crate) async fn api(&self) {
+        let wanted = self.extra_env.lock().unwrap().clone();
+        let mut slot = self.api.lock().await;
+        if let Some((worker, env)) = slot.as_mut()
+            && *env == wanted
+            && worker.child.try_wait().ok().flatten().is_none()
+        {
+            return;
+        }
+        if let Some((old, _)) = slot.take() {
+            drop(old);
+        }
+        let serving_as = self.user.map(|_| "worker");
+        let mut cmd = self.process(serving_as, true);
+        cmd.env("KEYLOOP_API_ADMINS", "ops,anonymous");
+        let name = format!("api-{}", uuid::Uuid::now_v7().simple());
+        let worker = self.spawn_worker(cmd, &name, &["api"]);
+        let deadline = std::time::Instant::now() + Duration::from_secs(30);
+        while !worker.log_text().contains("api serving") {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the api worker did not start serving:\n{}",
+                worker.log_text()
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        *slot = Some((worker, wanted));
+    }
+
+    /// Runs `keyloop ARGS` to the end (starting the control plane first when it asks it).
     pub(crate) async fn run(&self, args: &[&str]) -> Output {
-        self.keyloop()
-            .args(args)
-            .output()
-            .await
-            .expect("run keyloop")
+        if asks_the_api(args) {
+            self.api().await;
+        }
+        // What runs keyloop's own code with the values (workers, `up`, the demo, `--local`) gets
+        // the keys; the CLI as a client does not.
+        let with_keys =
+            args.contains(&"--local") || matches!(args.first(), Some(&("up" | "demo" | "worker")));
+        let mut cmd = if with_keys {
+            self.keyloop_with_keys()
+        } else {
+            self.keyloop()
+        };
+        cmd.args(args).output().await.expect("run keyloop")
     }
 
     /// Runs `keyloop ARGS` and returns stdout, failing the test with stderr if it fails.
@@ -215,12 +287,12 @@ impl Env {
 
     /// Starts `keyloop worker ROLES` at debug log level; its stderr goes to a file.
     pub(crate) fn worker(&self, name: &str, roles: &[&str]) -> Worker {
-        self.spawn_worker(self.keyloop(), name, roles)
+        self.spawn_worker(self.keyloop_with_keys(), name, roles)
     }
 
     /// Starts `keyloop worker ROLES` as NATS user `user`, like [`Env::worker`].
     pub(crate) fn worker_as(&self, user: &str, name: &str, roles: &[&str]) -> Worker {
-        self.spawn_worker(self.keyloop_as(user), name, roles)
+        self.spawn_worker(self.process(Some(user), true), name, roles)
     }
 
     fn spawn_worker(&self, mut keyloop: Command, name: &str, roles: &[&str]) -> Worker {

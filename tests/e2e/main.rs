@@ -2,6 +2,7 @@
 //! real nats-server, PostgreSQL cluster and AWS Secrets Manager emulator (moto) started per test
 //! by `keyloop-testkit`.
 
+mod api;
 mod aws;
 mod bad_input;
 mod broker;

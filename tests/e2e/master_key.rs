@@ -1,5 +1,5 @@
 //! The local store is bound to one master key: every process that opens it with another key
-//! (`up`, `worker`, `credential register`, `credential reveal`) stops at once and says which key
+//! (`up`, `worker` — the api role included —, `credential register --local`) stops at once and says which key
 //! the store expects and which it was given, by id, never the key itself; `keyloop up` never
 //! makes a second dev key for a store that has one; and a store from before key check values
 //! is upgraded by its own key only.
@@ -87,8 +87,8 @@ async fn every_command_that_opens_the_store_refuses_a_wrong_key_and_names_both_k
         "KEYLOOP_MASTER_KEY",
     ];
     let commands: [&[&str]; 4] = [
-        &["credential", "reveal", "svc/keyed"],
-        &["credential", "register", "svc/other"],
+        &["worker", "api"],
+        &["credential", "register", "svc/other", "--local"],
         &["worker", "revoker", "rotator", "sweeper"],
         &["up", "--tick-interval", "1s"],
     ];
@@ -107,10 +107,10 @@ async fn every_command_that_opens_the_store_refuses_a_wrong_key_and_names_both_k
     let mut cmd = env.keyloop();
     cmd.env_remove("KEYLOOP_MASTER_KEY_FILE")
         .env("KEYLOOP_MASTER_KEY", wrong.to_hex().as_str());
-    let out = output(cmd, &["credential", "reveal", "svc/keyed"]).await;
+    let out = output(cmd, &["credential", "register", "svc/other", "--local"]).await;
     assert_refused(
         &out,
-        "reveal with a wrong KEYLOOP_MASTER_KEY",
+        "a local registration with a wrong KEYLOOP_MASTER_KEY",
         &[
             &*format!("belongs to master key id {right_id}"),
             "came from the KEYLOOP_MASTER_KEY variable",
@@ -221,10 +221,10 @@ async fn a_store_from_before_key_checks_is_upgraded_by_its_key_and_refused_to_an
     let wrong_id = KeyId::of(&wrong).to_string();
     let mut cmd = env.keyloop();
     cmd.env("KEYLOOP_MASTER_KEY_FILE", &wrong_file);
-    let out = output(cmd, &["credential", "reveal", "svc/old"]).await;
+    let out = output(cmd, &["credential", "register", "svc/probe", "--local"]).await;
     assert_refused(
         &out,
-        "reveal of an old store with a wrong key",
+        "a local registration on an old store with a wrong key",
         &[
             "holds 1 value(s) written before stores recorded their key",
             &*format!("none decrypts with the key given (id {wrong_id})"),
@@ -251,7 +251,9 @@ async fn a_store_from_before_key_checks_is_upgraded_by_its_key_and_refused_to_an
     );
     assert!(!fresh_dir.join("master.key").exists());
 
-    // Its own key reads it and records the check value on the way.
+    // Its own key opens it and records the check value on the way.
+    env.ok(&["credential", "register", "svc/probe", "--local"])
+        .await;
     assert_eq!(
         env.ok(&["credential", "reveal", "svc/old"])
             .await
@@ -266,10 +268,10 @@ async fn a_store_from_before_key_checks_is_upgraded_by_its_key_and_refused_to_an
     );
     let mut cmd = env.keyloop();
     cmd.env("KEYLOOP_MASTER_KEY_FILE", &wrong_file);
-    let out = output(cmd, &["credential", "reveal", "svc/old"]).await;
+    let out = output(cmd, &["credential", "register", "svc/probe2", "--local"]).await;
     assert_refused(
         &out,
-        "reveal with a wrong key after the upgrade",
+        "a local registration with a wrong key after the upgrade",
         &[&*format!("belongs to master key id {right_id}")],
         &[&right, &wrong],
     );

@@ -586,12 +586,14 @@ async fn admin_problems_are_clear_errors_that_never_show_a_password() {
     let register = |dsn: String, role: String| {
         let env = &env;
         async move {
+            // A local registration: the admin DSN's problems are the CLI's to report.
             let out = env
-                .keyloop()
+                .keyloop_with_keys()
                 .env("KEYLOOP_POSTGRES_DSN", dsn)
                 .args([
                     "credential",
                     "register",
+                    "--local",
                     "pg/x",
                     "--target",
                     "postgres",

@@ -136,6 +136,10 @@ pub(crate) struct RunArgs {
     /// test invalidate).
     #[arg(long, env = "KEYLOOP_INJECT_FAULTS", hide = true)]
     pub(crate) inject_faults: Option<String>,
+    /// api role: the actors (NATS users) that may do everything through the control plane,
+    /// comma-separated.
+    #[arg(long, env = "KEYLOOP_API_ADMINS", value_delimiter = ',', default_values_t = keyloop_workers::DEFAULT_API_ADMINS.map(str::to_owned))]
+    pub(crate) api_admins: Vec<String>,
 }
 
 #[derive(Debug, Subcommand)]
@@ -169,17 +173,50 @@ pub(crate) enum TokenCommand {
 
 #[derive(Debug, Subcommand)]
 pub(crate) enum CredentialCommand {
-    /// Register a credential and give it its first value.
+    /// Register a credential and give it its first value (through the control plane; or
+    /// --local, in this process, for bootstrapping).
     Register(Box<RegisterArgs>),
-    /// List credentials.
+    /// List the credentials you may see.
     List,
-    /// Show a credential's versions (stages, times, fingerprints; never values).
+    /// Show a credential's versions (stages, times; never values).
     Show {
         /// Credential id, e.g. pg/app.
         id: String,
     },
-    /// Print the current value on stdout, and nothing else; records a `used` event.
-    Reveal {
+    /// Print the current value on stdout, and nothing else; records `used` with who fetched it.
+    #[command(alias = "reveal")]
+    Fetch {
+        /// Credential id.
+        id: String,
+        /// The previous value (during its grace) instead of the current one.
+        #[arg(long)]
+        previous: bool,
+    },
+    /// Change a credential's owner or consumers (the actors allowed to fetch it).
+    Update {
+        /// Credential id.
+        id: String,
+        /// The owning actor (a NATS user); `""` removes it.
+        #[arg(long)]
+        owner: Option<String>,
+        /// Allow this actor to fetch the value (repeatable).
+        #[arg(long = "add-consumer")]
+        add_consumers: Vec<String>,
+        /// Stop allowing this actor (repeatable).
+        #[arg(long = "remove-consumer")]
+        remove_consumers: Vec<String>,
+    },
+    /// Offboard a credential: every version revoked, nothing scheduled, its history kept.
+    Retire {
+        /// Credential id.
+        id: String,
+        /// Why (recorded in the audit log).
+        #[arg(long)]
+        reason: String,
+    },
+    /// Print each lifecycle event of a credential as it happens (rotations, revocations):
+    /// how a service follows its secret. Runs until interrupted.
+    Watch {
         /// Credential id.
         id: String,
     },
@@ -216,9 +253,17 @@ pub(crate) struct RegisterArgs {
     /// to 365d, and no longer than --max-age).
     #[arg(long, default_value = "0s")]
     pub(crate) grace: String,
-    /// Team or person to page about this credential.
+    /// The owning actor (a NATS user): it may show, fetch, rotate, revoke, update and retire
+    /// the credential; also the team to page.
     #[arg(long)]
     pub(crate) owner: Option<String>,
+    /// An actor allowed to fetch the value (repeatable).
+    #[arg(long = "consumer")]
+    pub(crate) consumers: Vec<String>,
+    /// Register in this process instead of through the control plane (bootstrapping: needs the
+    /// master key and the backends' admin credentials here).
+    #[arg(long)]
+    pub(crate) local: bool,
     /// Revoke every live version when unused for this long (e.g. 30d; from 1s to 3650d).
     #[arg(long)]
     pub(crate) idle_revoke_after: Option<String>,
@@ -485,7 +530,7 @@ mod tests {
         let help = refusal(&["worker", "--help"]);
         assert!(
             help.contains(
-                "[possible values: leak-responder, rotator, revoker, scheduler, sweeper, jit-issuer]"
+                "[possible values: leak-responder, rotator, revoker, scheduler, sweeper, jit-issuer, api]"
             ),
             "{help}"
         );

@@ -48,15 +48,25 @@ pub(crate) fn data_dir(global: &Global) -> PathBuf {
 /// Connects to `--nats` as `--nats-user` (password from KEYLOOP_NATS_PASSWORD) and refuses
 /// servers older than 2.10.
 pub(crate) async fn connect(global: &Global) -> Result<Bus> {
-    let connect = Connect {
+    Bus::connect_with(&connect_options(global), Topology::new(&global.prefix))
+        .await
+        .map_err(anyhow::Error::new)
+}
+
+fn connect_options(global: &Global) -> Connect {
+    Connect {
         url: global.nats.clone(),
         user: global.nats_user.clone(),
         password: std::env::var("KEYLOOP_NATS_PASSWORD").ok().map(Secret::new),
         inbox_prefix: global.nats_inbox_prefix.clone(),
-    };
-    Bus::connect_with(&connect, Topology::new(&global.prefix))
-        .await
-        .map_err(anyhow::Error::new)
+    }
+}
+
+/// Who this CLI is to the control plane: its NATS user, or `anonymous` on an open server.
+pub(crate) fn actor(global: &Global) -> String {
+    connect_options(global)
+        .login()
+        .unwrap_or_else(|| "anonymous".to_owned())
 }
 
 /// `--nats` as it may be shown: without its password.
@@ -305,6 +315,9 @@ pub(crate) fn worker_config(args: &crate::cli::RunArgs) -> Result<keyloop_worker
         },
         tick_interval,
         jit_policy,
+        api_rules: keyloop_core::api::AccessRules {
+            admins: args.api_admins.clone(),
+        },
     })
 }
 

@@ -2,6 +2,7 @@
 //! logging, and dispatches to one file per subcommand under `cmd/`. Errors reach the person as
 //! one message that says what failed, for which credential or subject, and what to do.
 
+mod api_client;
 mod cli;
 mod cmd;
 mod config;

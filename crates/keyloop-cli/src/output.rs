@@ -186,6 +186,9 @@ pub(crate) fn lifecycle_row(e: &LifecycleEvent) -> String {
     if let Some(detail) = &d.detail {
         line.push_str(&format!(" detail={detail:?}"));
     }
+    if let Some(a) = &d.actor {
+        line.push_str(&format!(" actor={a}"));
+    }
     if let Some(c) = &e.correlationid {
         line.push_str(&format!(" correlation={c}"));
     }

@@ -52,6 +52,10 @@ pub struct CloudEvent<T> {
     /// The id of the message that caused this one.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub causationid: Option<String>,
+    /// The proved actor who asked for what this event starts (a command sent by the control
+    /// plane on someone's request); absent for what keyloop does by itself.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub actor: Option<String>,
     /// The payload.
     pub data: T,
 }
@@ -69,8 +73,15 @@ impl<T> CloudEvent<T> {
             datacontenttype: "application/json".into(),
             correlationid: None,
             causationid: None,
+            actor: None,
             data,
         }
+    }
+
+    /// Sets the actor (see [`CloudEvent::actor`]).
+    pub fn by(mut self, actor: Option<String>) -> Self {
+        self.actor = actor;
+        self
     }
 
     /// Sets the subject (credential id).
@@ -131,6 +142,10 @@ pub enum LifecycleKind {
     ApprovalGranted,
     /// An approval was denied.
     ApprovalDenied,
+    /// A request was refused: its actor has no right to it (who, what, why).
+    Denied,
+    /// A credential was offboarded: every version revoked, nothing scheduled, history kept.
+    Retired,
 }
 
 impl LifecycleKind {
@@ -152,6 +167,8 @@ impl LifecycleKind {
             Self::ApprovalRequested => "approval_requested",
             Self::ApprovalGranted => "approval_granted",
             Self::ApprovalDenied => "approval_denied",
+            Self::Denied => "denied",
+            Self::Retired => "retired",
         }
     }
 
@@ -278,7 +295,7 @@ pub fn lifecycle_event(source: &str, step: &str, data: LifecycleData) -> Lifecyc
 
 /// A command: an internal work item on `<prefix>.cmd.<SUBJECT>`, consumed by one worker role.
 /// It knows its CloudEvent type, its subject and the operation it starts, so the one way to send
-/// one (`Bus::send_command`) derives its event id and `Nats-Msg-Id` the same way for every
+/// one (the workers' outbox, `WorkerContext::send_command`) derives its event id and `Nats-Msg-Id` the same way for every
 /// command: from [`Command::dedup_key`], so a command sent again for the same operation is
 /// dropped by the stream's dedup window.
 pub trait Command: Serialize + DeserializeOwned {

@@ -3,6 +3,7 @@
 //! I/O, so every other crate shares one vocabulary and the JSON Schemas in `schemas/` come
 //! from here.
 
+pub mod api;
 pub mod credential;
 pub mod duration;
 pub mod event;
@@ -15,8 +16,9 @@ pub mod schema;
 pub mod secret;
 
 pub use credential::{
-    AtTarget, BackendSettings, Claim, Credential, CredentialId, PendingUndo, Policy, RevokeReason,
-    RotationReason, RotationRetry, RotationStrategy, Stage, StoreKind, TargetKind, Version,
+    AtTarget, BackendSettings, Claim, Credential, CredentialId, PendingUndo, Policy, Retired,
+    RevokeReason, RotationReason, RotationRetry, RotationStrategy, Stage, StoreKind, TargetKind,
+    Version,
 };
 pub use event::{CloudEvent, LifecycleData, LifecycleEvent, LifecycleKind};
 pub use fingerprint::Fingerprint;

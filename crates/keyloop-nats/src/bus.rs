@@ -9,7 +9,7 @@ use crate::topology::Topology;
 use async_nats::jetstream::{self, context::PublishErrorKind, publish::PublishAck};
 use async_nats::{HeaderMap, jetstream::message::PublishMessage};
 use keyloop_core::Secret;
-use keyloop_core::event::{CloudEvent, Command, LifecycleEvent};
+use keyloop_core::event::{CloudEvent, LifecycleEvent};
 use serde::Serialize;
 use std::fmt;
 use std::time::Duration;
@@ -97,6 +97,16 @@ impl Connect {
         Self {
             url: url.to_owned(),
             ..Self::default()
+        }
+    }
+
+    /// The NATS user this connects as with a password (from the URL or [`Connect::user`]):
+    /// the actor name its requests to the control plane carry. `None` for an anonymous or a
+    /// token connection (a token is a secret and never named).
+    pub fn login(&self) -> Option<String> {
+        match self.parts() {
+            (_, Some(user), Some(_)) => Some(user),
+            _ => None,
         }
     }
 
@@ -276,23 +286,6 @@ impl Bus {
             )
         })?;
         self.publish_raw(subject, &event.id, HeaderMap::new(), payload)
-            .await
-    }
-
-    /// Sends `command` to `<prefix>.cmd.<C::SUBJECT>` as a CloudEvent from `source`, with the
-    /// leak or request that started the chain (`correlation`) and the message that caused it
-    /// (`causation`). The one way to send a command: its event id and `Nats-Msg-Id` derive
-    /// from the command ([`Command::event_id`]), so sending it again for the same operation is
-    /// dropped by the stream's dedup window.
-    pub async fn send_command<C: Command>(
-        &self,
-        source: &str,
-        command: C,
-        correlation: Option<String>,
-        causation: Option<String>,
-    ) -> Result<PublishAck, Error> {
-        let event = command.into_event(source, correlation, causation);
-        self.publish_event(&self.topology.command::<C>(), &event)
             .await
     }
 

@@ -50,17 +50,21 @@ pub enum Role {
     Sweeper,
     /// Issues JIT leases, verifies tokens, and revokes a task's leases when it completes.
     JitIssuer,
+    /// The control plane: registers, shows, rotates, revokes, retires and fetches credentials
+    /// on behalf of proved actors (request/reply on `<prefix>.api.<actor>.<verb>`).
+    Api,
 }
 
 impl Role {
     /// Every role, in pipeline order.
-    pub const ALL: [Role; 6] = [
+    pub const ALL: [Role; 7] = [
         Self::LeakResponder,
         Self::Rotator,
         Self::Revoker,
         Self::Scheduler,
         Self::Sweeper,
         Self::JitIssuer,
+        Self::Api,
     ];
 
     /// The roles that consume a stream (all but the scheduler).
@@ -81,6 +85,7 @@ impl Role {
             Self::Scheduler => "scheduler",
             Self::Sweeper => "sweeper",
             Self::JitIssuer => "jit-issuer",
+            Self::Api => "api",
         }
     }
 
@@ -191,6 +196,40 @@ impl Topology {
     pub fn cmd_revoke_lease(&self) -> String {
         self.command::<RevokeLeaseCommand>()
     }
+    /// The name of the NATS service `<prefix>-<what>`, in the characters a service name allows
+    /// (letters, digits, `-`, `_`; anything else becomes `-`).
+    pub fn service_name(&self, what: &str) -> String {
+        let prefix: String = self
+            .prefix
+            .chars()
+            .map(|c| {
+                if c.is_ascii_alphanumeric() || c == '-' || c == '_' {
+                    c
+                } else {
+                    '-'
+                }
+            })
+            .collect();
+        format!("{prefix}-{what}")
+    }
+
+    /// `<prefix>.api.<actor>.<verb>`: where `actor` asks the control plane for `verb`.
+    pub fn api(&self, actor: &str, verb: &str) -> String {
+        format!("{}.api.{actor}.{verb}", self.prefix)
+    }
+
+    /// `<prefix>.api.*.*`: every request to the control plane.
+    pub fn api_requests(&self) -> String {
+        format!("{}.api.*.*", self.prefix)
+    }
+
+    /// The actor and verb tokens of a request subject of [`Topology::api_requests`].
+    pub fn api_parts<'s>(&self, subject: &'s str) -> Option<(&'s str, &'s str)> {
+        let rest = subject.strip_prefix(&self.prefix)?.strip_prefix(".api.")?;
+        let (actor, verb) = rest.split_once('.')?;
+        (!actor.is_empty() && !verb.contains('.')).then_some((actor, verb))
+    }
+
     /// `<prefix>.cmd.<C::SUBJECT>`: where commands of kind `C` go.
     pub fn command<C: Command>(&self) -> String {
         format!("{}.cmd.{}", self.prefix, C::SUBJECT)
@@ -228,8 +267,8 @@ impl Topology {
         format!("{}.dlq.{role}", self.prefix)
     }
 
-    /// The stream a role consumes and its filter subjects (none for the scheduler, which
-    /// consumes nothing).
+    /// The stream a role consumes and its filter subjects (none for the scheduler and the api,
+    /// which consume nothing).
     pub fn consumer_of(&self, role: Role) -> (String, Vec<String>) {
         match role {
             Role::LeakResponder => (self.events_stream(), vec![self.leak_detected()]),
@@ -243,7 +282,7 @@ impl Topology {
                 vec![self.schedule_tick(), self.credential_used()],
             ),
             Role::JitIssuer => (self.events_stream(), vec![self.task_completed()]),
-            Role::Scheduler => (self.events_stream(), Vec::new()),
+            Role::Scheduler | Role::Api => (self.events_stream(), Vec::new()),
         }
     }
 

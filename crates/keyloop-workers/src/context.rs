@@ -3,6 +3,7 @@
 
 use crate::claim::{ClaimWatch, claim_fence};
 use crate::error::{Error, ErrorKind};
+use crate::ops::Cause;
 use crate::records::memory::{MemoryDue, MemoryFingerprints, MemoryOutbox, MemoryRecords};
 use crate::records::{Due, Fingerprints, Outbox, Records};
 use keyloop_backends::{
@@ -177,16 +178,11 @@ impl WorkerContext {
         })
     }
 
-    /// Sends `command` (see `Bus::send_command`) from `source`.
-    pub async fn send_command<C: Command>(
-        &self,
-        source: &str,
-        command: C,
-        correlation: Option<String>,
-        causation: Option<String>,
-    ) -> Result<(), Error> {
+    /// Sends `command` with `cause`: from its source, in its chain, by its actor (see
+    /// `Command::into_event`).
+    pub async fn send_command<C: Command>(&self, cause: &Cause, command: C) -> Result<(), Error> {
         self.outbox
-            .send_command(&self.topology, source, command, correlation, causation)
+            .send_command(&self.topology, cause, command)
             .await
     }
 }

@@ -263,8 +263,7 @@ pub async fn verify(
             if limiter.first_in_window(version, window) {
                 let cause = Cause {
                     source: SOURCE.into(),
-                    correlation: None,
-                    causation: None,
+                    ..Cause::default()
                 };
                 ops::record_use(
                     ctx,
@@ -300,18 +299,7 @@ fn to_json<T: Serialize>(reply: &T) -> Vec<u8> {
 /// under the default prefix), so two keyloop deployments on one account are two services.
 /// A character a service name may not hold (anything but `A-Z a-z 0-9 - _`) becomes `-`.
 pub fn service_name(topology: &Topology) -> String {
-    let prefix: String = topology
-        .prefix()
-        .chars()
-        .map(|c| {
-            if c.is_ascii_alphanumeric() || c == '-' || c == '_' {
-                c
-            } else {
-                '-'
-            }
-        })
-        .collect();
-    format!("{prefix}-jit")
+    topology.service_name("jit")
 }
 
 /// The service's endpoints, named as INFO and STATS report them.

@@ -72,6 +72,7 @@ async fn respond(ctx: &WorkerContext, delivery: &Delivery) -> Result<(), Handler
                 .unwrap_or_else(|| leak.id.clone()),
         ),
         causation: Some(leak.id.clone()),
+        actor: None,
     };
     let keys = finding.fingerprint.index_keys();
     let target = ctx.fingerprints.lookup(&keys).await?;

@@ -12,6 +12,7 @@
 //! - [`jit_issuer`]: `jit.issue` / `token.verify` request/reply;
 //! - [`task_completed`]: the jit-issuer role's `task.completed` → `cmd.lease.revoke` per lease.
 
+pub mod api;
 pub mod claim;
 pub mod context;
 pub mod decode;
@@ -35,6 +36,11 @@ use std::sync::Arc;
 use std::time::Duration;
 use tokio_util::sync::CancellationToken;
 
+/// The actors that administer the control plane unless configured otherwise: the `ops` NATS
+/// user, and `anonymous` — what a CLI without a NATS user calls itself on an open development
+/// server (a secured server has no such user, so nobody can be it there).
+pub const DEFAULT_API_ADMINS: [&str; 2] = ["ops", "anonymous"];
+
 /// How the workers of one process run.
 #[derive(Debug, Clone)]
 pub struct WorkerConfig {
@@ -44,6 +50,8 @@ pub struct WorkerConfig {
     pub tick_interval: Duration,
     /// The scopes the JIT issuer serves.
     pub jit_policy: JitPolicy,
+    /// Who may do what through the control plane (the `api` role).
+    pub api_rules: keyloop_core::api::AccessRules,
 }
 
 impl Default for WorkerConfig {
@@ -52,6 +60,9 @@ impl Default for WorkerConfig {
             consume: ConsumeConfig::default(),
             tick_interval: Duration::from_secs(60),
             jit_policy: JitPolicy::default(),
+            api_rules: keyloop_core::api::AccessRules {
+                admins: DEFAULT_API_ADMINS.iter().map(|a| (*a).to_owned()).collect(),
+            },
         }
     }
 }
@@ -64,7 +75,7 @@ pub fn handler_for(role: Role, ctx: Arc<WorkerContext>) -> Option<Handler> {
         Role::Revoker => Some(revoker::handler(ctx)),
         Role::Sweeper => Some(sweeper::handler(ctx)),
         Role::JitIssuer => Some(task_completed::handler(ctx)),
-        Role::Scheduler => None,
+        Role::Scheduler | Role::Api => None,
     }
 }
 
@@ -101,6 +112,11 @@ pub async fn run(
             Role::Scheduler => set.spawn(scheduler::run(
                 bus.clone(),
                 config.tick_interval,
+                shutdown.clone(),
+            )),
+            Role::Api => set.spawn(api::serve(
+                ctx.clone(),
+                config.api_rules.clone(),
                 shutdown.clone(),
             )),
             Role::JitIssuer => set.spawn(jit_issuer::serve(

@@ -33,6 +33,8 @@ pub trait Records: Send + Sync + fmt::Debug {
     ) -> BoxFuture<'a, Result<Option<(Credential, u64)>, Error>>;
     /// Stores a new credential; `AlreadyExists` if the id is taken.
     fn create<'a>(&'a self, cred: &'a Credential) -> BoxFuture<'a, Result<u64, Error>>;
+    /// Every credential, ordered by id.
+    fn list(&self) -> BoxFuture<'_, Result<Vec<Credential>, Error>>;
     /// Removes a credential that took nothing over.
     fn remove<'a>(&'a self, id: &'a CredentialId) -> BoxFuture<'a, Result<(), Error>>;
     /// Compare-and-set on the credential: `decide` may run again after a lost race.
@@ -150,6 +152,9 @@ impl Records for Inventory {
     }
     fn create<'a>(&'a self, cred: &'a Credential) -> BoxFuture<'a, Result<u64, Error>> {
         Box::pin(async move { Inventory::create(self, cred).await.map_err(Error::from) })
+    }
+    fn list(&self) -> BoxFuture<'_, Result<Vec<Credential>, Error>> {
+        Box::pin(async move { Inventory::list(self).await.map_err(Error::from) })
     }
     fn remove<'a>(&'a self, id: &'a CredentialId) -> BoxFuture<'a, Result<(), Error>> {
         Box::pin(async move { Inventory::remove(self, id).await.map_err(Error::from) })
@@ -365,16 +370,20 @@ pub trait Outbox: Send + Sync + fmt::Debug {
 }
 
 impl dyn Outbox {
-    /// Sends `command` (see `Bus::send_command`: the same event, id and subject).
+    /// Sends `command` with `cause` (see `Bus::send_command`: the same event, id and subject).
     pub async fn send_command<C: Command>(
         &self,
         topology: &Topology,
-        source: &str,
+        cause: &crate::ops::Cause,
         command: C,
-        correlation: Option<String>,
-        causation: Option<String>,
     ) -> Result<(), Error> {
-        let event = command.into_event(source, correlation, causation);
+        let event = command
+            .into_event(
+                &cause.source,
+                cause.correlation.clone(),
+                cause.causation.clone(),
+            )
+            .by(cause.actor.clone());
         let payload = serde_json::to_vec(&event).map_err(|e| {
             Error::new(
                 ErrorKind::Permanent,

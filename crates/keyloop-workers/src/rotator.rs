@@ -283,6 +283,10 @@ pub async fn run_rotation(
     let op = cmd.op_id.as_str();
     let new_version = version_for_op(op);
     let (cred, _) = ctx.inventory.require(id).await?;
+    if cred.retired.is_some() {
+        info!(credential = %id, "credential is retired; nothing to rotate");
+        return Ok(());
+    }
     let store = ctx.backends.store(cred.store)?;
     let target = ctx.backends.target(cred.target)?;
 

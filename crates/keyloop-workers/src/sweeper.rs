@@ -175,6 +175,10 @@ async fn credential_for(
     let Some((cred, _)) = ctx.inventory.get(credential).await? else {
         return Ok(None);
     };
+    if cred.retired.is_some() {
+        // Offboarded: nothing falls due for it any more.
+        return Ok(None);
+    }
     if let Err(e) = cred.policy.validate() {
         error!(%credential, error = %e, "refusing to act on a policy out of range; register the credential again with valid values");
         return Ok(None);
@@ -299,8 +303,13 @@ async fn act(ctx: &WorkerContext, entry: &DueEntry, now: OffsetDateTime) -> Resu
 /// Sends a command the sweep found due; its correlation id is the operation, which the
 /// audit log then groups under (a scheduled rotation starts its own chain).
 async fn send<C: Command>(ctx: &WorkerContext, op_id: &str, command: C) -> Result<(), Error> {
-    ctx.send_command(SOURCE, command, Some(op_id.to_owned()), None)
-        .await
+    let cause = Cause {
+        source: SOURCE.into(),
+        correlation: Some(op_id.to_owned()),
+        causation: None,
+        actor: None,
+    };
+    ctx.send_command(&cause, command).await
 }
 
 #[cfg(test)]
@@ -349,6 +358,8 @@ mod tests {
             created_at: REGISTERED,
             last_used_at: last_used,
             claim: None,
+            consumers: Vec::new(),
+            retired: None,
             claim_epoch: 0,
             rotation_retry: None,
         }

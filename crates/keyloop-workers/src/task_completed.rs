@@ -5,6 +5,7 @@
 use crate::context::WorkerContext;
 use crate::decode;
 use crate::jit_issuer::SOURCE;
+use crate::ops::Cause;
 use futures::FutureExt;
 use keyloop_core::RevokeReason;
 use keyloop_core::event::{CloudEvent, RevokeLeaseCommand, TASK_COMPLETED_TYPE, TaskCompleted};
@@ -42,8 +43,13 @@ async fn task_completed(ctx: &WorkerContext, delivery: &Delivery) -> Result<(), 
             op_id: format!("task-completed/{lease_id}"),
             leak_published_at: None,
         };
-        ctx.send_command(SOURCE, cmd, Some(task.clone()), Some(event.id.clone()))
-            .await?;
+        let cause = Cause {
+            source: SOURCE.into(),
+            correlation: Some(task.clone()),
+            causation: Some(event.id.clone()),
+            actor: None,
+        };
+        ctx.send_command(&cause, cmd).await?;
         revoked += 1;
     }
     info!(task = %task, revoked, "task completed: its leases are being revoked");

@@ -48,6 +48,8 @@ fn credential(versions: &[(Stage, &str)]) -> Credential {
         created_at: at,
         last_used_at: None,
         claim: None,
+        consumers: Vec::new(),
+        retired: None,
         claim_epoch: 0,
         rotation_retry: None,
     }

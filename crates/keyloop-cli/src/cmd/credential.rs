@@ -1,13 +1,18 @@
-//! `keyloop credential register|list|show|reveal`.
+//! `keyloop credential register|list|show|fetch|update|retire|watch`: requests to the control
+//! plane (`keyloop worker api`), so the CLI needs only its NATS login. `register --local` runs
+//! the registration in this process instead, for bootstrapping, and then needs the master key
+//! and the backends' credentials here.
 
+use crate::api_client;
 use crate::cli::{CredentialCommand, Global, RegisterArgs};
 use crate::{config, output};
 use anyhow::{Context, Result, anyhow, bail};
-use keyloop_core::duration::{GRACE, IDLE_REVOKE_AFTER, MAX_AGE};
-use keyloop_core::event::lifecycle_event;
-use keyloop_core::{
-    BackendSettings, CredentialId, LifecycleData, LifecycleKind, Policy, StoreKind,
+use keyloop_core::api::{
+    FetchReply, FetchRequest, IdRequest, Queued, RegisterRequest, RetireRequest, UpdateRequest,
+    Verb,
 };
+use keyloop_core::duration::{GRACE, IDLE_REVOKE_AFTER, MAX_AGE};
+use keyloop_core::{BackendSettings, Credential, CredentialId, Policy, StoreKind};
 use keyloop_workers::ops::{self, Cause, Registration};
 use std::io::Write;
 use std::process::ExitCode;
@@ -21,7 +26,23 @@ pub(crate) async fn run(g: &Global, cmd: CredentialCommand) -> Result<ExitCode> 
         CredentialCommand::Register(args) => register(g, *args).await,
         CredentialCommand::List => list(g).await,
         CredentialCommand::Show { id } => show(g, &id).await,
-        CredentialCommand::Reveal { id } => reveal(g, &id).await,
+        CredentialCommand::Fetch { id, previous } => fetch(g, &id, previous).await,
+        CredentialCommand::Update {
+            id,
+            owner,
+            add_consumers,
+            remove_consumers,
+        } => {
+            let req = UpdateRequest {
+                id: parse_id(&id)?,
+                owner,
+                add_consumers,
+                remove_consumers,
+            };
+            update(g, req).await
+        }
+        CredentialCommand::Retire { id, reason } => retire(g, &id, reason).await,
+        CredentialCommand::Watch { id } => watch(g, &id).await,
     }
 }
 
@@ -46,8 +67,28 @@ async fn register(g: &Global, args: RegisterArgs) -> Result<ExitCode> {
         .check(store, target)
         .with_context(|| format!("register credential {id}"))?;
     let bus = config::connect(g).await?;
+    if !args.local {
+        let req = RegisterRequest {
+            id: id.clone(),
+            store,
+            target,
+            policy,
+            settings,
+            consumers: args.consumers,
+        };
+        let cred: Credential = api_client::call(g, &bus, Verb::Register, &req)
+            .await
+            .with_context(|| format!("register credential {id}"))?;
+        if g.json {
+            output::json_line(&cred)?;
+        } else {
+            output::line(format_args!("registered {}", output::credential_row(&cred)))?;
+        }
+        return Ok(ExitCode::SUCCESS);
+    }
     let ctx = config::context(g, bus).await?;
     let cause = Cause {
+        actor: Some(config::actor(g)),
         source: "keyloop/cli".into(),
         correlation: None,
         causation: None,
@@ -116,13 +157,16 @@ fn policy(args: &RegisterArgs) -> Result<Policy> {
 
 async fn list(g: &Global) -> Result<ExitCode> {
     let bus = config::connect(g).await?;
-    let creds = bus.inventory().await?.list().await?;
+    let creds: Vec<Credential> =
+        api_client::call(g, &bus, Verb::List, &serde_json::json!({})).await?;
     if g.json {
         for c in &creds {
             output::json_line(c)?;
         }
     } else if creds.is_empty() {
-        output::line("no credentials registered (add one with `keyloop credential register ID`)")?;
+        output::line(
+            "no credentials you may see (register one with `keyloop credential register ID`)",
+        )?;
     } else {
         for c in &creds {
             output::line(output::credential_row(c))?;
@@ -134,7 +178,7 @@ async fn list(g: &Global) -> Result<ExitCode> {
 async fn show(g: &Global, id: &str) -> Result<ExitCode> {
     let id = parse_id(id)?;
     let bus = config::connect(g).await?;
-    let (cred, _) = bus.inventory().await?.require(&id).await?;
+    let cred: Credential = api_client::call(g, &bus, Verb::Show, &IdRequest { id }).await?;
     if g.json {
         output::json_line(&cred)?;
     } else {
@@ -143,46 +187,84 @@ async fn show(g: &Global, id: &str) -> Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-async fn reveal(g: &Global, id: &str) -> Result<ExitCode> {
+/// The value on stdout and nothing else; the control plane recorded the use first.
+async fn fetch(g: &Global, id: &str, previous: bool) -> Result<ExitCode> {
     let id = parse_id(id)?;
     let bus = config::connect(g).await?;
-    let ctx = config::context(g, bus).await?;
-    let (cred, _) = ctx.inventory.require(&id).await?;
-    let Some(current) = cred.current() else {
-        bail!(
-            "credential {id} has no current version (revoked and not yet rotated?); see `keyloop credential show {id}`"
-        );
-    };
-    let store = ctx.backends.store(cred.store)?;
-    let value = store
-        .get(&cred, current.id)
-        .await
-        .map_err(|e| anyhow!("credential {id}: {e}"))?
-        .ok_or_else(|| anyhow!("credential {id}: the value of version {} is gone from its store (revoked just now?)", current.id))?;
-    // Record the use before handing the value out: a use the audit log does not know of is
-    // worse than a recorded one that did not complete. Every reveal is its own event.
-    let now = time::OffsetDateTime::now_utc();
-    ctx.inventory
-        .update(&id, |c| {
-            if c.last_used_at.is_some_and(|t| t >= now) {
-                return Ok(keyloop_nats::Change::Keep(()));
-            }
-            c.last_used_at = Some(now);
-            Ok(keyloop_nats::Change::Write(()))
-        })
-        .await?;
-    let mut data = LifecycleData::new(LifecycleKind::Used, Some(id.clone()), Some(current.id));
-    data.actor = Some("keyloop credential reveal".into());
-    let event = lifecycle_event(
-        "keyloop/cli",
-        &format!("reveal/{}", uuid::Uuid::now_v7()),
-        data,
-    );
-    ctx.outbox.publish_lifecycle(&event).await?;
+    let reply: FetchReply =
+        api_client::call(g, &bus, Verb::Fetch, &FetchRequest { id, previous }).await?;
+    let value = keyloop_core::Secret::new(reply.value);
     let mut out = std::io::stdout().lock();
     out.write_all(value.expose().as_bytes())
         .and_then(|()| out.write_all(b"\n"))
         .and_then(|()| out.flush())
         .map_err(output::stdout_error)?;
     Ok(ExitCode::SUCCESS)
+}
+
+async fn update(g: &Global, req: UpdateRequest) -> Result<ExitCode> {
+    let bus = config::connect(g).await?;
+    let cred: Credential = api_client::call(g, &bus, Verb::Update, &req).await?;
+    if g.json {
+        output::json_line(&cred)?;
+    } else {
+        output::text(&output::credential_detail(&cred))?;
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+async fn retire(g: &Global, id: &str, reason: String) -> Result<ExitCode> {
+    let id = parse_id(id)?;
+    let bus = config::connect(g).await?;
+    let queued: Queued = api_client::call(
+        g,
+        &bus,
+        Verb::Retire,
+        &RetireRequest {
+            id: id.clone(),
+            reason,
+        },
+    )
+    .await?;
+    if g.json {
+        output::json_line(&queued)?;
+    } else {
+        output::line(format_args!(
+            "credential {id} is retired; its live versions are being revoked (follow with `keyloop replay --correlation {}`)",
+            queued.op_id
+        ))?;
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Each lifecycle event of the credential as it happens, until interrupted.
+async fn watch(g: &Global, id: &str) -> Result<ExitCode> {
+    use futures::StreamExt;
+    let id = parse_id(id)?;
+    let bus = config::connect(g).await?;
+    let subject = bus.topology.lifecycle("*", id.as_str());
+    let mut events = bus.client.subscribe(subject).await?;
+    bus.client.flush().await?;
+    if !g.json {
+        eprintln!("watching credential {id} (Ctrl-C to stop)");
+    }
+    let stop = tokio::signal::ctrl_c();
+    tokio::pin!(stop);
+    loop {
+        let msg = tokio::select! {
+            _ = &mut stop => return Ok(ExitCode::SUCCESS),
+            m = events.next() => match m {
+                Some(m) => m,
+                None => bail!("the NATS connection closed"),
+            },
+        };
+        let Ok(event) = serde_json::from_slice::<keyloop_core::LifecycleEvent>(&msg.payload) else {
+            continue;
+        };
+        if g.json {
+            output::json_line(&event)?;
+        } else {
+            output::line(output::lifecycle_row(&event))?;
+        }
+    }
 }

@@ -56,6 +56,7 @@ pub(crate) async fn run(g: &Global) -> Result<ExitCode> {
     )?;
 
     let cause = Cause {
+        actor: None,
         source: "keyloop/demo".into(),
         correlation: None,
         causation: None,

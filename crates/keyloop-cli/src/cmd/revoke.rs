@@ -2,12 +2,13 @@
 //! until each is `revoked`.
 
 use super::LifecycleWatch;
+use crate::api_client;
 use crate::cli::{Global, RevokeArgs};
 use crate::cmd::credential::parse_id;
 use crate::{config, output};
 use anyhow::{Result, bail};
-use keyloop_core::event::RevokeCommand;
-use keyloop_core::{LifecycleKind, RevokeReason, Stage};
+use keyloop_core::api::{IdRequest, Queued, RevokeRequest, Verb};
+use keyloop_core::{LifecycleKind, Stage};
 use std::process::ExitCode;
 
 pub(crate) async fn run(g: &Global, args: RevokeArgs) -> Result<ExitCode> {
@@ -17,7 +18,8 @@ pub(crate) async fn run(g: &Global, args: RevokeArgs) -> Result<ExitCode> {
         bail!("--reason must say why (it goes into the audit log)");
     }
     let bus = config::connect(g).await?;
-    let (cred, _) = bus.inventory().await?.require(&id).await?;
+    let cred: keyloop_core::Credential =
+        api_client::call(g, &bus, Verb::Show, &IdRequest { id: id.clone() }).await?;
     let expected = match args.version {
         Some(v) => match cred.version(v) {
             None => bail!("credential {id} has no version {v}; see `keyloop credential show {id}`"),
@@ -35,19 +37,15 @@ pub(crate) async fn run(g: &Global, args: RevokeArgs) -> Result<ExitCode> {
         ))?;
         return Ok(ExitCode::SUCCESS);
     }
-    let op_id = format!("manual-revoke/{}", uuid::Uuid::now_v7());
+    // Subscribed before the request: the first events may follow the reply at once.
     let mut watch = LifecycleWatch::credential(&bus, id.as_str()).await?;
-    let cmd = RevokeCommand {
-        credential: id.clone(),
+    let req = RevokeRequest {
+        id: id.clone(),
         version: args.version,
-        reason: RevokeReason::Manual,
-        op_id: op_id.clone(),
-        leak_published_at: None,
-        then_rotate: args.rotate,
-        note: Some(args.reason.clone()),
+        reason: args.reason.clone(),
+        rotate: args.rotate,
     };
-    bus.send_command("keyloop/cli", cmd, Some(op_id.clone()), None)
-        .await?;
+    let Queued { op_id } = api_client::call(g, &bus, Verb::Revoke, &req).await?;
     if args.no_wait {
         output::line(format_args!(
             "revocation of {id} queued (correlation {op_id})"

@@ -1,28 +1,24 @@
-//! `keyloop rotate ID`: queue a rotation and wait for `rotated` (or `rotation_failed`).
+//! `keyloop rotate ID`: ask the control plane for a rotation and wait for `rotated` (or
+//! `rotation_failed`).
 
 use super::LifecycleWatch;
+use crate::api_client;
 use crate::cli::{Global, RotateArgs};
 use crate::cmd::credential::parse_id;
 use crate::{config, output};
 use anyhow::{Result, bail};
-use keyloop_core::event::RotateCommand;
-use keyloop_core::{LifecycleKind, RotationReason};
+use keyloop_core::LifecycleKind;
+use keyloop_core::api::{IdRequest, Queued, Verb};
 use std::process::ExitCode;
 
 pub(crate) async fn run(g: &Global, args: RotateArgs) -> Result<ExitCode> {
     let id = parse_id(&args.id)?;
     let timeout = super::duration_arg(keyloop_core::duration::WAIT_TIMEOUT, &args.timeout)?;
     let bus = config::connect(g).await?;
-    bus.inventory().await?.require(&id).await?;
-    let op_id = format!("manual-rotate/{}", uuid::Uuid::now_v7());
+    // Subscribed before the request: the first events may follow the reply at once.
     let mut watch = LifecycleWatch::credential(&bus, id.as_str()).await?;
-    let cmd = RotateCommand {
-        credential: id.clone(),
-        reason: RotationReason::Manual,
-        op_id: op_id.clone(),
-    };
-    bus.send_command("keyloop/cli", cmd, Some(op_id.clone()), None)
-        .await?;
+    let Queued { op_id } =
+        api_client::call(g, &bus, Verb::Rotate, &IdRequest { id: id.clone() }).await?;
     if args.no_wait {
         output::line(format_args!(
             "rotation of {id} queued (correlation {op_id})"

@@ -9,7 +9,7 @@ mod settings;
 mod version;
 
 pub use id::{CredentialId, CredentialIdError};
-pub use record::{Claim, Credential, PendingUndo, Promotion, RotationRetry};
+pub use record::{Claim, Credential, PendingUndo, Promotion, Retired, RotationRetry};
 pub use settings::{
     BackendSettings, Policy, RotationStrategy, SettingsError, StoreKind, TargetKind,
 };

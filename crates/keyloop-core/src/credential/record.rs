@@ -39,6 +39,12 @@ pub struct Credential {
     /// The operation in flight on this credential, if any: at most one across the fleet.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub claim: Option<Claim>,
+    /// Actors allowed to fetch its value (besides its owner and the admins; see `api`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub consumers: Vec<String>,
+    /// Offboarded: every version revoked, nothing scheduled; the record stays as history.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub retired: Option<Retired>,
     /// Claims taken on this credential so far: the last claim's fencing token.
     #[serde(default, skip_serializing_if = "is_zero")]
     pub claim_epoch: u64,
@@ -46,6 +52,20 @@ pub struct Credential {
     /// cleared by the next rotation that succeeds.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub rotation_retry: Option<RotationRetry>,
+}
+
+/// When and why a credential was offboarded, and by whom.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Retired {
+    /// When.
+    #[serde(with = "time::serde::rfc3339")]
+    #[schemars(with = "String")]
+    pub at: OffsetDateTime,
+    /// The actor who asked.
+    pub by: String,
+    /// Why.
+    pub reason: String,
 }
 
 fn is_zero(n: &u64) -> bool {
@@ -320,6 +340,8 @@ mod stage_tests {
             created_at: datetime!(2026-01-01 0:00 UTC),
             last_used_at: None,
             claim: None,
+            consumers: Vec::new(),
+            retired: None,
             claim_epoch: 0,
             rotation_retry: None,
         }

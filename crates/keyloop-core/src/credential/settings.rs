@@ -310,6 +310,8 @@ mod settings_tests {
             created_at: datetime!(2026-01-01 0:00 UTC),
             last_used_at: None,
             claim: None,
+            consumers: Vec::new(),
+            retired: None,
             claim_epoch: 0,
             rotation_retry: None,
         }

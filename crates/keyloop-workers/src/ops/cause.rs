@@ -14,6 +14,10 @@ pub struct Cause {
     pub correlation: Option<String>,
     /// The message that caused this step.
     pub causation: Option<String>,
+    /// The proved actor who asked (through the control plane); absent for what keyloop does
+    /// by itself. Carried into every command sent and every event published, unless an event
+    /// names its own.
+    pub actor: Option<String>,
 }
 
 impl Cause {
@@ -24,6 +28,7 @@ impl Cause {
             source: source.to_owned(),
             correlation: event.correlationid.clone(),
             causation: Some(event.id.clone()),
+            actor: event.actor.clone(),
         }
     }
 
@@ -33,13 +38,7 @@ impl Cause {
         ctx: &WorkerContext,
         command: C,
     ) -> Result<(), Error> {
-        ctx.send_command(
-            &self.source,
-            command,
-            self.correlation.clone(),
-            self.causation.clone(),
-        )
-        .await
+        ctx.send_command(self, command).await
     }
 
     /// Publishes a lifecycle event for `step` with this cause. Its id is derived from `step`
@@ -48,8 +47,11 @@ impl Cause {
         &self,
         ctx: &WorkerContext,
         step: &str,
-        data: LifecycleData,
+        mut data: LifecycleData,
     ) -> Result<(), Error> {
+        if data.actor.is_none() {
+            data.actor = self.actor.clone();
+        }
         let event = lifecycle_event(&self.source, step, data)
             .caused_by(self.correlation.clone(), self.causation.clone());
         ctx.outbox.publish_lifecycle(&event).await.map(|_| ())

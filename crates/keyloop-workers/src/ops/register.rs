@@ -236,6 +236,8 @@ async fn record_registration(ctx: &WorkerContext, reg: &Registration) -> Result<
         created_at: now,
         last_used_at: None,
         claim: None,
+        consumers: Vec::new(),
+        retired: None,
         claim_epoch: 0,
         rotation_retry: None,
     };

@@ -159,7 +159,11 @@ pub async fn revoke_version(
     data.time_to_revoke_ms = req
         .leak_published_at
         .map(|t| (revoked_at - t).whole_milliseconds().max(0) as u64);
-    data.actor = req.note;
+    // Why comes first in the detail (an operator's reason, or the step's); who is the cause's
+    // actor, never free text.
+    if let Some(note) = req.note {
+        notes.insert(0, note);
+    }
     if !notes.is_empty() {
         data.detail = Some(notes.join("; "));
     }

@@ -91,6 +91,18 @@ impl Records for MemoryRecords {
         })
     }
 
+    fn list(&self) -> BoxFuture<'_, Result<Vec<Credential>, Error>> {
+        let mut all: Vec<_> = self
+            .credentials
+            .lock()
+            .expect("lock")
+            .values()
+            .map(|(c, _)| c.clone())
+            .collect();
+        all.sort_by(|a, b| a.id.cmp(&b.id));
+        Box::pin(async move { Ok(all) })
+    }
+
     fn remove<'a>(&'a self, id: &'a CredentialId) -> BoxFuture<'a, Result<(), Error>> {
         self.credentials.lock().expect("lock").remove(id);
         Box::pin(async { Ok(()) })

@@ -1,0 +1,321 @@
+//! The control plane's requests and replies, and who may do what: the rule table the `api`
+//! worker applies to every request (the approvals issue turns it into policies; it lives here,
+//! in one place).
+//!
+//! A request arrives on `<prefix>.api.<actor>.<verb>`. The NATS server confines each user to
+//! publishing under its own `<actor>` token (see `deploy/nats/permissions.conf`), so the actor is
+//! proved by the subject, never by the payload. The rules:
+//! - an **admin** (the operators named in the api worker's configuration) may do everything;
+//! - a credential's **owner** (`policy.owner`) may show, fetch, update, rotate, revoke and retire
+//!   it;
+//! - a credential's **consumers** may show and fetch it (the value a service uses);
+//! - everyone else is refused (`forbidden`), and the refusal is recorded.
+
+use crate::credential::{BackendSettings, Credential, CredentialId, Policy, StoreKind, TargetKind};
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+use uuid::Uuid;
+
+/// What a request asks for; the last token of its subject.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum Verb {
+    /// Register a credential (admins).
+    Register,
+    /// Change a credential's owner, consumers or policy.
+    Update,
+    /// Offboard a credential: every version revoked, nothing scheduled, history kept.
+    Retire,
+    /// The credentials the actor may see.
+    List,
+    /// One credential's record, without values.
+    Show,
+    /// Rotate now.
+    Rotate,
+    /// Revoke live versions.
+    Revoke,
+    /// The current value (or the previous one during its grace).
+    Fetch,
+}
+
+impl Verb {
+    /// Every verb.
+    pub const ALL: [Verb; 8] = [
+        Self::Register,
+        Self::Update,
+        Self::Retire,
+        Self::List,
+        Self::Show,
+        Self::Rotate,
+        Self::Revoke,
+        Self::Fetch,
+    ];
+
+    /// The subject token.
+    pub const fn name(self) -> &'static str {
+        match self {
+            Self::Register => "register",
+            Self::Update => "update",
+            Self::Retire => "retire",
+            Self::List => "list",
+            Self::Show => "show",
+            Self::Rotate => "rotate",
+            Self::Revoke => "revoke",
+            Self::Fetch => "fetch",
+        }
+    }
+
+    /// The verb named `token`.
+    pub fn parse(token: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|v| v.name() == token)
+    }
+}
+
+/// `register`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RegisterRequest {
+    /// The id.
+    pub id: CredentialId,
+    /// Where values live.
+    pub store: StoreKind,
+    /// Who accepts them.
+    pub target: TargetKind,
+    /// Rotation policy (its owner is the owning actor).
+    pub policy: Policy,
+    /// Store and target settings.
+    #[serde(default)]
+    pub settings: BackendSettings,
+    /// Actors allowed to fetch its value.
+    #[serde(default)]
+    pub consumers: Vec<String>,
+}
+
+/// `update`: what is absent stays as it is.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct UpdateRequest {
+    /// The credential.
+    pub id: CredentialId,
+    /// The new owning actor (`""` removes it).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub owner: Option<String>,
+    /// Actors to add to the consumers.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub add_consumers: Vec<String>,
+    /// Actors to remove from the consumers.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub remove_consumers: Vec<String>,
+}
+
+/// `show`, `rotate`, `list` (no id): one credential.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct IdRequest {
+    /// The credential.
+    pub id: CredentialId,
+}
+
+/// `revoke`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RevokeRequest {
+    /// The credential.
+    pub id: CredentialId,
+    /// One version; absent: every live version.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub version: Option<Uuid>,
+    /// Why, for the audit log.
+    pub reason: String,
+    /// Issue a fresh current version right after.
+    #[serde(default)]
+    pub rotate: bool,
+}
+
+/// `retire`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RetireRequest {
+    /// The credential.
+    pub id: CredentialId,
+    /// Why, for the audit log.
+    pub reason: String,
+}
+
+/// `fetch`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct FetchRequest {
+    /// The credential.
+    pub id: CredentialId,
+    /// The previous version (during its grace) instead of the current one.
+    #[serde(default)]
+    pub previous: bool,
+}
+
+/// The reply to `fetch`: the value, once, never stored in a stream.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct FetchReply {
+    /// The version.
+    pub version: Uuid,
+    /// The value.
+    pub value: String,
+}
+
+/// The reply to `rotate`, `revoke` and `retire`: the operation queued, to follow in the
+/// lifecycle stream by its correlation id.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Queued {
+    /// The operation id (also the correlation id of its events).
+    pub op_id: String,
+}
+
+/// A refused or failed request.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema, thiserror::Error)]
+#[serde(deny_unknown_fields)]
+#[error("{message} ({code})")]
+pub struct ApiError {
+    /// `forbidden`, `not_found`, `already_exists`, `bad_request`, `unavailable`, `failed`.
+    pub code: String,
+    /// What failed and what to do; never a value.
+    pub message: String,
+}
+
+impl ApiError {
+    /// An error with `code`.
+    pub fn new(code: &str, message: impl Into<String>) -> Self {
+        Self {
+            code: code.to_owned(),
+            message: message.into(),
+        }
+    }
+}
+
+/// Every reply: `{"ok": …}` or `{"error": {"code", "message"}}`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum ApiReply<T> {
+    /// The answer.
+    Ok(T),
+    /// Why not.
+    Error(ApiError),
+}
+
+impl<T> From<Result<T, ApiError>> for ApiReply<T> {
+    fn from(r: Result<T, ApiError>) -> Self {
+        match r {
+            Ok(v) => Self::Ok(v),
+            Err(e) => Self::Error(e),
+        }
+    }
+}
+
+impl<T> From<ApiReply<T>> for Result<T, ApiError> {
+    fn from(r: ApiReply<T>) -> Self {
+        match r {
+            ApiReply::Ok(v) => Ok(v),
+            ApiReply::Error(e) => Err(e),
+        }
+    }
+}
+
+/// Who may do what (see the module docs).
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct AccessRules {
+    /// Actors that may do everything (operators).
+    pub admins: Vec<String>,
+}
+
+impl AccessRules {
+    /// Whether `actor` may `verb` the credential `cred` (`None`: a verb about no credential,
+    /// `register` or `list`).
+    pub fn allows(&self, actor: &str, verb: Verb, cred: Option<&Credential>) -> bool {
+        if self.admins.iter().any(|a| a == actor) {
+            return true;
+        }
+        let Some(cred) = cred else {
+            // Anyone may list: the reply holds only what they may see.
+            return verb == Verb::List;
+        };
+        let owner = cred.policy.owner.as_deref() == Some(actor);
+        let consumer = cred.consumers.iter().any(|c| c == actor);
+        match verb {
+            Verb::Show | Verb::Fetch | Verb::List => owner || consumer,
+            Verb::Update | Verb::Rotate | Verb::Revoke | Verb::Retire => owner,
+            Verb::Register => false,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn cred(owner: Option<&str>, consumers: &[&str]) -> Credential {
+        let mut c: Credential = serde_json::from_value(serde_json::json!({
+            "id": "svc/x", "store": "local", "target": "none",
+            "policy": {"grace_secs": 0}, "versions": [],
+            "created_at": "2026-01-01T00:00:00Z"
+        }))
+        .unwrap();
+        c.policy.owner = owner.map(str::to_owned);
+        c.consumers = consumers.iter().map(|c| (*c).to_owned()).collect();
+        c
+    }
+
+    #[test]
+    fn admins_do_everything_owners_run_their_credential_consumers_only_read_it() {
+        let rules = AccessRules {
+            admins: vec!["ops".into()],
+        };
+        let c = cred(Some("team-payments"), &["svc-billing"]);
+        for verb in Verb::ALL {
+            assert!(rules.allows("ops", verb, Some(&c)), "{verb:?}");
+        }
+        assert!(rules.allows("ops", Verb::Register, None));
+        assert!(!rules.allows("team-payments", Verb::Register, None));
+        for verb in [
+            Verb::Show,
+            Verb::Fetch,
+            Verb::Rotate,
+            Verb::Revoke,
+            Verb::Update,
+            Verb::Retire,
+        ] {
+            assert!(rules.allows("team-payments", verb, Some(&c)), "{verb:?}");
+        }
+        assert!(rules.allows("svc-billing", Verb::Fetch, Some(&c)));
+        assert!(rules.allows("svc-billing", Verb::Show, Some(&c)));
+        for verb in [Verb::Rotate, Verb::Revoke, Verb::Update, Verb::Retire] {
+            assert!(!rules.allows("svc-billing", verb, Some(&c)), "{verb:?}");
+        }
+        for verb in Verb::ALL {
+            assert!(!rules.allows("someone-else", verb, Some(&c)), "{verb:?}");
+        }
+        assert!(rules.allows("someone-else", Verb::List, None));
+    }
+
+    #[test]
+    fn verbs_are_their_subject_tokens() {
+        for verb in Verb::ALL {
+            assert_eq!(Verb::parse(verb.name()), Some(verb));
+        }
+        assert_eq!(Verb::parse("delete"), None);
+    }
+
+    #[test]
+    fn replies_are_ok_or_error_objects() {
+        let ok: ApiReply<Queued> = Ok(Queued { op_id: "x".into() }).into();
+        assert_eq!(
+            serde_json::to_value(&ok).unwrap(),
+            serde_json::json!({"ok": {"op_id": "x"}})
+        );
+        let err: ApiReply<Queued> = Err(ApiError::new("forbidden", "no")).into();
+        assert_eq!(
+            serde_json::to_value(&err).unwrap(),
+            serde_json::json!({"error": {"code": "forbidden", "message": "no"}})
+        );
+    }
+}

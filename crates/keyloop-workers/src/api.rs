@@ -1,0 +1,503 @@
+//! api: the control plane. Serves `<prefix>.api.<actor>.<verb>` request/reply as the NATS
+//! service `<prefix>-api`, in the queue group `api`, so an operator's CLI or a service needs only
+//! its NATS login: the master key and the backends' admin credentials stay with the workers.
+//!
+//! The actor is the subject's `<actor>` token. A secured server confines each user to
+//! publishing under its own name (`deploy/nats/permissions.conf`), which makes the actor proved;
+//! on an open development server anyone can claim any name. Who may do what is
+//! `keyloop_core::api::AccessRules`; a refused request gets `forbidden` and a `denied` lifecycle
+//! event (who, what). Every command the api sends carries the actor, and so does every
+//! lifecycle event it causes.
+//!
+//! Requests are idempotent where a retry can repeat them: registering again finishes the same
+//! registration; a retried rotate or revoke is a new operation id, which is harmless (a second
+//! rotation, or a revocation that finds nothing live).
+
+use crate::context::WorkerContext;
+use crate::error::{Error, ErrorKind};
+use crate::ops::{self, Cause, Registration};
+use async_nats::service::{Request, ServiceExt};
+use futures::StreamExt;
+use keyloop_core::api::{
+    AccessRules, ApiError, ApiReply, FetchReply, FetchRequest, IdRequest, Queued, RegisterRequest,
+    RetireRequest, RevokeRequest, UpdateRequest, Verb,
+};
+use keyloop_core::event::{RevokeCommand, RotateCommand};
+use keyloop_core::{
+    Credential, CredentialId, LifecycleData, LifecycleKind, Retired, RevokeReason, RotationReason,
+    Stage,
+};
+use keyloop_nats::Change;
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+use std::sync::Arc;
+use time::OffsetDateTime;
+use tokio::sync::Semaphore;
+use tokio_util::sync::CancellationToken;
+use tracing::{info, warn};
+
+/// The source of what the api publishes.
+pub const SOURCE: &str = "keyloop/api";
+/// The queue group of the api's replicas.
+pub const QUEUE_GROUP: &str = "api";
+/// Largest request accepted; a registration is well under it.
+const MAX_REQUEST_BYTES: usize = 16 * 1024;
+/// Requests handled at once per replica.
+const MAX_IN_FLIGHT: usize = 64;
+
+/// The service name: `<prefix>-api`, in the characters a service name allows.
+pub fn service_name(topology: &keyloop_nats::Topology) -> String {
+    topology.service_name("api")
+}
+
+/// Serves the control plane until `shutdown`, then answers the requests in hand.
+pub async fn serve(
+    ctx: Arc<WorkerContext>,
+    rules: AccessRules,
+    shutdown: CancellationToken,
+) -> Result<(), Error> {
+    let client = ctx.bus()?.client.clone();
+    let name = service_name(&ctx.topology);
+    let subject = ctx.topology.api_requests();
+    let service = client
+        .service_builder()
+        .description("keyloop control plane: <prefix>.api.<actor>.<verb>")
+        .queue_group(QUEUE_GROUP)
+        .start(&name, env!("CARGO_PKG_VERSION"))
+        .await
+        .map_err(|e| {
+            Error::new(
+                ErrorKind::Transient,
+                format!("start the NATS service {name}"),
+                e,
+            )
+        })?;
+    let mut requests = service
+        .endpoint_builder()
+        .name("api")
+        .add(subject.clone())
+        .await
+        .map_err(|e| Error::new(ErrorKind::Transient, format!("subscribe to {subject}"), e))?;
+    if let Err(e) = client.flush().await {
+        warn!(error = %e, "could not confirm the subscription with the server; it is sent again on reconnect");
+    }
+    info!(%subject, group = QUEUE_GROUP, service = %name, "api serving");
+    let rules = Arc::new(rules);
+    let permits = Arc::new(Semaphore::new(MAX_IN_FLIGHT));
+    let mut tasks = tokio::task::JoinSet::new();
+    let take = |request: Request, tasks: &mut tokio::task::JoinSet<()>| {
+        let (ctx, rules, permits) = (ctx.clone(), rules.clone(), permits.clone());
+        tasks.spawn(async move {
+            let Ok(_permit) = permits.acquire_owned().await else {
+                return;
+            };
+            let reply = answer(&ctx, &rules, &request).await.unwrap_or_else(|e| e);
+            if let Err(e) = request.respond(Ok(reply.into())).await {
+                warn!(error = %e, "could not send the reply; the requester will time out");
+            }
+        });
+    };
+    loop {
+        tokio::select! {
+            () = shutdown.cancelled() => break,
+            next = requests.next() => match next {
+                Some(request) => take(request, &mut tasks),
+                None => break,
+            },
+        }
+        while tasks.try_join_next().is_some() {}
+    }
+    let _ = requests.stop().await;
+    let _ = service.stop().await;
+    while let Some(request) = requests.next().await {
+        take(request, &mut tasks);
+    }
+    while tasks.join_next().await.is_some() {}
+    info!("api stopped serving");
+    Ok(())
+}
+
+/// The reply to one request, as JSON: `{"ok": …}` or `{"error": {code, message}}` (the `Err`
+/// of a request that could not even be read).
+async fn answer(
+    ctx: &WorkerContext,
+    rules: &AccessRules,
+    request: &Request,
+) -> Result<Vec<u8>, Vec<u8>> {
+    let subject = request.message.subject.as_str();
+    let Some((actor, verb)) = ctx.topology.api_parts(subject) else {
+        return Err(reply::<()>(Err(ApiError::new(
+            "bad_request",
+            "not an api subject",
+        ))));
+    };
+    let Some(verb) = Verb::parse(verb) else {
+        return Err(reply::<()>(Err(ApiError::new(
+            "bad_request",
+            format!(
+                "unknown verb; verbs: {}",
+                Verb::ALL.map(Verb::name).join(", ")
+            ),
+        ))));
+    };
+    let payload = &request.message.payload;
+    if payload.len() > MAX_REQUEST_BYTES {
+        return Err(reply::<()>(Err(ApiError::new(
+            "bad_request",
+            format!(
+                "request of {} bytes is over the {MAX_REQUEST_BYTES}-byte limit",
+                payload.len()
+            ),
+        ))));
+    }
+    let api = Api { ctx, rules, actor };
+    Ok(match verb {
+        Verb::Register => reply(api.register(decode(payload)?).await),
+        Verb::Update => reply(api.update(decode(payload)?).await),
+        Verb::Retire => reply(api.retire(decode(payload)?).await),
+        Verb::List => reply(api.list().await),
+        Verb::Show => reply(api.show(decode(payload)?).await),
+        Verb::Rotate => reply(api.rotate(decode(payload)?).await),
+        Verb::Revoke => reply(api.revoke(decode(payload)?).await),
+        Verb::Fetch => reply(api.fetch(decode(payload)?).await),
+    })
+}
+
+fn reply<T: Serialize>(result: Result<T, ApiError>) -> Vec<u8> {
+    serde_json::to_vec(&ApiReply::from(result)).unwrap_or_else(|_| {
+        br#"{"error":{"code":"failed","message":"cannot encode the reply"}}"#.to_vec()
+    })
+}
+
+/// Decodes a request body; a malformed one is answered with `bad_request` naming the position,
+/// never the content (a pasted secret must not come back).
+fn decode<T: DeserializeOwned>(payload: &[u8]) -> Result<T, Vec<u8>> {
+    serde_json::from_slice(payload).map_err(|e| {
+        reply::<()>(Err(ApiError::new(
+            "bad_request",
+            format!(
+                "malformed request at line {} column {} (see keyloop_core::api for its shape)",
+                e.line(),
+                e.column()
+            ),
+        )))
+    })
+}
+
+/// A worker error as the requester sees it.
+fn api_error(e: Error) -> ApiError {
+    let code = match e.kind() {
+        ErrorKind::NotFound => "not_found",
+        ErrorKind::AlreadyExists => "already_exists",
+        ErrorKind::Busy => "busy",
+        ErrorKind::Transient => "unavailable",
+        ErrorKind::Permanent => "failed",
+    };
+    ApiError::new(code, e.to_string())
+}
+
+/// One request, by one proved actor.
+struct Api<'a> {
+    ctx: &'a WorkerContext,
+    rules: &'a AccessRules,
+    actor: &'a str,
+}
+
+impl Api<'_> {
+    fn cause(&self, correlation: Option<String>) -> Cause {
+        Cause {
+            source: SOURCE.into(),
+            correlation,
+            causation: None,
+            actor: Some(self.actor.to_owned()),
+        }
+    }
+
+    /// `forbidden`, recorded as `denied` (who, what); the record names no value.
+    async fn refuse(&self, verb: Verb, credential: Option<&CredentialId>) -> ApiError {
+        let step = format!("denied/{}", uuid::Uuid::now_v7());
+        let mut data = LifecycleData::new(LifecycleKind::Denied, credential.cloned(), None);
+        data.detail = Some(format!("{} refused", verb.name()));
+        if let Err(e) = self.cause(None).publish(self.ctx, &step, data).await {
+            warn!(error = %e, actor = self.actor, "could not record a denied request");
+        }
+        warn!(actor = self.actor, verb = verb.name(), credential = ?credential, "request refused");
+        ApiError::new(
+            "forbidden",
+            format!(
+                "{} may not {} {}; ask an operator (the owner and consumers of a credential are set with `keyloop credential update`)",
+                self.actor,
+                verb.name(),
+                credential.map_or_else(|| "credentials".to_owned(), |c| c.to_string())
+            ),
+        )
+    }
+
+    /// The credential, once the actor may `verb` it. A credential the actor may not see is
+    /// refused the same way as one that does not exist would be to an admin: `forbidden`.
+    async fn authorized(&self, verb: Verb, id: &CredentialId) -> Result<Credential, ApiError> {
+        match self.ctx.inventory.get(id).await.map_err(api_error)? {
+            Some((cred, _)) if self.rules.allows(self.actor, verb, Some(&cred)) => Ok(cred),
+            Some(_) => Err(self.refuse(verb, Some(id)).await),
+            None if self.rules.allows(self.actor, verb, None) || self.is_admin() => {
+                Err(ApiError::new(
+                    "not_found",
+                    format!("credential {id} is not registered (see `keyloop credential list`)"),
+                ))
+            }
+            None => Err(self.refuse(verb, Some(id)).await),
+        }
+    }
+
+    fn is_admin(&self) -> bool {
+        self.rules.admins.iter().any(|a| a == self.actor)
+    }
+
+    async fn register(&self, req: RegisterRequest) -> Result<Credential, ApiError> {
+        if !self.rules.allows(self.actor, Verb::Register, None) {
+            return Err(self.refuse(Verb::Register, Some(&req.id)).await);
+        }
+        let registration = Registration {
+            id: req.id.clone(),
+            store: req.store,
+            target: req.target,
+            policy: req.policy,
+            settings: req.settings,
+        };
+        let registered = ops::register(self.ctx, registration, &self.cause(None))
+            .await
+            .map_err(api_error)?;
+        if !registered.warnings.is_empty() {
+            warn!(credential = %req.id, warnings = ?registered.warnings, "registered with warnings");
+        }
+        if req.consumers.is_empty() {
+            return Ok(registered.credential);
+        }
+        let consumers = req.consumers.clone();
+        crate::claim::update_credential(self.ctx, &req.id, |c| {
+            c.consumers.clone_from(&consumers);
+            Ok(Change::Write(c.clone()))
+        })
+        .await
+        .map_err(api_error)
+    }
+
+    async fn update(&self, req: UpdateRequest) -> Result<Credential, ApiError> {
+        self.authorized(Verb::Update, &req.id).await?;
+        crate::claim::update_credential(self.ctx, &req.id, |c| {
+            if let Some(owner) = &req.owner {
+                c.policy.owner = (!owner.is_empty()).then(|| owner.clone());
+            }
+            for add in &req.add_consumers {
+                if !c.consumers.contains(add) {
+                    c.consumers.push(add.clone());
+                }
+            }
+            c.consumers.retain(|x| !req.remove_consumers.contains(x));
+            Ok(Change::Write(c.clone()))
+        })
+        .await
+        .map_err(api_error)
+    }
+
+    async fn list(&self) -> Result<Vec<Credential>, ApiError> {
+        let all = self.ctx.inventory.list().await.map_err(api_error)?;
+        Ok(all
+            .into_iter()
+            .filter(|c| self.rules.allows(self.actor, Verb::Show, Some(c)))
+            .collect())
+    }
+
+    async fn show(&self, req: IdRequest) -> Result<Credential, ApiError> {
+        self.authorized(Verb::Show, &req.id).await
+    }
+
+    async fn rotate(&self, req: IdRequest) -> Result<Queued, ApiError> {
+        let cred = self.authorized(Verb::Rotate, &req.id).await?;
+        if cred.retired.is_some() {
+            return Err(retired(&req.id));
+        }
+        let op_id = format!("manual-rotate/{}", uuid::Uuid::now_v7());
+        let cmd = RotateCommand {
+            credential: req.id,
+            reason: RotationReason::Manual,
+            op_id: op_id.clone(),
+        };
+        self.ctx
+            .send_command(&self.cause(Some(op_id.clone())), cmd)
+            .await
+            .map_err(api_error)?;
+        Ok(Queued { op_id })
+    }
+
+    async fn revoke(&self, req: RevokeRequest) -> Result<Queued, ApiError> {
+        let cred = self.authorized(Verb::Revoke, &req.id).await?;
+        if let Some(v) = req.version
+            && cred.version(v).is_none()
+        {
+            return Err(ApiError::new(
+                "not_found",
+                format!("credential {} has no version {v}", req.id),
+            ));
+        }
+        let op_id = format!("manual-revoke/{}", uuid::Uuid::now_v7());
+        let cmd = RevokeCommand {
+            credential: req.id,
+            version: req.version,
+            reason: RevokeReason::Manual,
+            op_id: op_id.clone(),
+            leak_published_at: None,
+            then_rotate: req.rotate,
+            note: Some(req.reason),
+        };
+        self.ctx
+            .send_command(&self.cause(Some(op_id.clone())), cmd)
+            .await
+            .map_err(api_error)?;
+        Ok(Queued { op_id })
+    }
+
+    /// Offboards: the record says retired (so nothing rotates or falls due again), the role or
+    /// secret is free for another credential, `retired` is published, and every live version
+    /// is revoked by the revoker. The history stays.
+    async fn retire(&self, req: RetireRequest) -> Result<Queued, ApiError> {
+        let cred = self.authorized(Verb::Retire, &req.id).await?;
+        let op_id = format!("retire/{}/{}", req.id, uuid::Uuid::now_v7());
+        let now = OffsetDateTime::now_utc();
+        let (actor, reason) = (self.actor.to_owned(), req.reason.clone());
+        crate::claim::update_credential(self.ctx, &req.id, |c| {
+            if c.retired.is_some() {
+                return Ok(Change::Keep(()));
+            }
+            c.retired = Some(Retired {
+                at: now,
+                by: actor.clone(),
+                reason: reason.clone(),
+            });
+            c.rotation_retry = None;
+            Ok(Change::Write(()))
+        })
+        .await
+        .map_err(api_error)?;
+        for key in cred.settings.bindings(cred.store, cred.target) {
+            self.ctx
+                .inventory
+                .unbind(&key, &req.id)
+                .await
+                .map_err(api_error)?;
+        }
+        let cause = self.cause(Some(op_id.clone()));
+        let mut data = LifecycleData::new(LifecycleKind::Retired, Some(req.id.clone()), None);
+        data.detail = Some(req.reason.clone());
+        cause
+            .publish(self.ctx, &op_id, data)
+            .await
+            .map_err(api_error)?;
+        let cmd = RevokeCommand {
+            credential: req.id,
+            version: None,
+            reason: RevokeReason::Manual,
+            op_id: op_id.clone(),
+            leak_published_at: None,
+            then_rotate: false,
+            note: Some(format!("retired: {}", req.reason)),
+        };
+        self.ctx
+            .send_command(&cause, cmd)
+            .await
+            .map_err(api_error)?;
+        Ok(Queued { op_id })
+    }
+
+    /// The value of the current version (or the previous one in its grace), once, in the
+    /// reply; the use is recorded with the actor and the version before it is handed out.
+    async fn fetch(&self, req: FetchRequest) -> Result<FetchReply, ApiError> {
+        let cred = self.authorized(Verb::Fetch, &req.id).await?;
+        let stage = if req.previous {
+            Stage::Previous
+        } else {
+            Stage::Current
+        };
+        let Some(version) = cred.in_stage(stage) else {
+            return Err(ApiError::new(
+                "not_found",
+                format!(
+                    "credential {} has no {} version (revoked and not yet rotated, or retired); see `keyloop credential show {}`",
+                    req.id,
+                    stage.name(),
+                    req.id
+                ),
+            ));
+        };
+        let store = self.ctx.backends.store(cred.store).map_err(api_error)?;
+        let value = store
+            .get(&cred, version.id)
+            .await
+            .map_err(|e| api_error(Error::backend(e, "read the value")))?
+            .ok_or_else(|| {
+                ApiError::new(
+                    "not_found",
+                    format!(
+                        "credential {}: the value of version {} is gone from its store (revoked just now?)",
+                        req.id, version.id
+                    ),
+                )
+            })?;
+        self.record_fetch(&req.id, version.id)
+            .await
+            .map_err(api_error)?;
+        Ok(FetchReply {
+            version: version.id,
+            value: value.expose().to_owned(),
+        })
+    }
+}
+
+impl Api<'_> {
+    /// A fetch is a use: `last_used_at` moves (idle revocation counts from it) and `used` is
+    /// published with the actor and the version — once per actor, version and
+    /// `USE_RECORD_INTERVAL_SECS`, so a service fetching in a loop adds one event a minute and
+    /// "who still uses the old version" has an answer.
+    async fn record_fetch(&self, id: &CredentialId, version: uuid::Uuid) -> Result<(), Error> {
+        let now = OffsetDateTime::now_utc();
+        crate::claim::update_credential(self.ctx, id, |c| {
+            if c.last_used_at.is_some_and(|t| t >= now) {
+                return Ok(Change::Keep(()));
+            }
+            c.last_used_at = Some(now);
+            Ok(Change::Write(()))
+        })
+        .await?;
+        let window = now
+            .unix_timestamp()
+            .div_euclid(ops::USE_RECORD_INTERVAL_SECS);
+        let mut data = LifecycleData::new(LifecycleKind::Used, Some(id.clone()), Some(version));
+        data.actor = Some(self.actor.to_owned());
+        let step = format!("used/{id}/{version}/{}/{window}", self.actor);
+        self.cause(None).publish(self.ctx, &step, data).await
+    }
+}
+
+fn retired(id: &CredentialId) -> ApiError {
+    ApiError::new(
+        "retired",
+        format!("credential {id} is retired; register a new credential for its role or secret"),
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_service_is_named_after_the_prefix() {
+        assert_eq!(
+            service_name(&keyloop_nats::Topology::default()),
+            "keyloop-api"
+        );
+        assert_eq!(
+            service_name(&keyloop_nats::Topology::new("acme.kl")),
+            "acme-kl-api"
+        );
+    }
+}
