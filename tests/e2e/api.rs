@@ -14,13 +14,14 @@ const WORKER_ROLES: [&str; 2] = ["rotator", "revoker"];
 #[tokio::test]
 async fn a_fetch_by_a_non_consumer_is_refused_and_recorded_and_a_consumer_fetch_names_its_actor() {
     let env = Env::start_secured().await;
-    let _fleet = env.worker_as("worker", "fleet", &WORKER_ROLES);
+    let _rotator = env.worker_as("rotator", "rotator", &["rotator"]);
+    let _revoker = env.worker_as("revoker", "revoker", &["revoker"]);
     // ops registers, owning nothing special: it is an admin.
     env.ok(&["credential", "register", "svc/payments"]).await;
 
     // The orchestrator is not a consumer: refused, and the audit log says who tried what.
     let out = env
-        .keyloop_as("orchestrator")
+        .keyloop_as("orchestrator-a")
         .args(["credential", "fetch", "svc/payments"])
         .output()
         .await
@@ -28,7 +29,8 @@ async fn a_fetch_by_a_non_consumer_is_refused_and_recorded_and_a_consumer_fetch_
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success(), "{stderr}");
     assert!(
-        stderr.contains("orchestrator may not fetch svc/payments") && stderr.contains("forbidden"),
+        stderr.contains("orchestrator-a may not fetch svc/payments")
+            && stderr.contains("forbidden"),
         "{stderr}"
     );
     assert!(out.stdout.is_empty());
@@ -38,7 +40,7 @@ async fn a_fetch_by_a_non_consumer_is_refused_and_recorded_and_a_consumer_fetch_
         .filter(|e| e.data.kind == LifecycleKind::Denied)
         .collect();
     assert_eq!(denied.len(), 1, "{denied:?}");
-    assert_eq!(denied[0].data.actor.as_deref(), Some("orchestrator"));
+    assert_eq!(denied[0].data.actor.as_deref(), Some("orchestrator-a"));
     assert_eq!(
         denied[0].data.credential.as_ref().map(|c| c.as_str()),
         Some("svc/payments")
@@ -47,10 +49,10 @@ async fn a_fetch_by_a_non_consumer_is_refused_and_recorded_and_a_consumer_fetch_
     // Nor can it speak as ops: the server drops the publish (a permissions violation), so no
     // reply ever comes.
     let orchestrator = async_nats::ConnectOptions::with_user_and_password(
-        "orchestrator".into(),
-        crate::harness::nats_password("orchestrator"),
+        "orchestrator-a".into(),
+        crate::harness::nats_password("orchestrator-a"),
     )
-    .custom_inbox_prefix("_INBOX_orchestrator")
+    .custom_inbox_prefix("_INBOX_orchestrator-a")
     .connect(env.server.as_ref().unwrap().url())
     .await
     .unwrap();
@@ -72,11 +74,11 @@ async fn a_fetch_by_a_non_consumer_is_refused_and_recorded_and_a_consumer_fetch_
         "update",
         "svc/payments",
         "--add-consumer",
-        "orchestrator",
+        "orchestrator-a",
     ])
     .await;
     let out = env
-        .keyloop_as("orchestrator")
+        .keyloop_as("orchestrator-a")
         .args(["credential", "fetch", "svc/payments"])
         .output()
         .await
@@ -96,13 +98,13 @@ async fn a_fetch_by_a_non_consumer_is_refused_and_recorded_and_a_consumer_fetch_
         .collect();
     assert!(
         used.iter()
-            .any(|e| e.data.actor.as_deref() == Some("orchestrator")
+            .any(|e| e.data.actor.as_deref() == Some("orchestrator-a")
                 && e.data.version == cred.current().map(|v| v.id)),
         "{used:?}"
     );
     // A consumer reads; it does not rotate.
     let out = env
-        .keyloop_as("orchestrator")
+        .keyloop_as("orchestrator-a")
         .args(["rotate", "svc/payments"])
         .output()
         .await
@@ -114,7 +116,8 @@ async fn a_fetch_by_a_non_consumer_is_refused_and_recorded_and_a_consumer_fetch_
 #[tokio::test]
 async fn the_actor_of_a_rotation_and_a_revocation_is_in_their_events() {
     let env = Env::start_secured().await;
-    let _fleet = env.worker_as("worker", "fleet", &WORKER_ROLES);
+    let _rotator = env.worker_as("rotator", "rotator", &["rotator"]);
+    let _revoker = env.worker_as("revoker", "revoker", &["revoker"]);
     env.ok(&["credential", "register", "svc/audited"]).await;
     env.ok(&["rotate", "svc/audited"]).await;
     env.ok(&["revoke", "svc/audited", "--reason", "offboarding test"])

@@ -94,7 +94,11 @@ async fn show_list_and_replay_have_json_forms_without_values() {
     assert_eq!(cred["id"], "saas/json");
     assert_eq!(cred["versions"][0]["stage"], "current");
     let show = env.ok(&["--json", "credential", "show", "saas/json"]).await;
-    assert!(show.contains("sha256"));
+    // A version shows its fingerprint tag, never a digest a leak could be built from.
+    let shown: serde_json::Value = serde_json::from_str(show.trim()).unwrap();
+    let tag = shown["versions"][0]["fingerprint"].as_str().unwrap();
+    assert!(tag.starts_with("fp:") && tag.len() == 11, "{show}");
+    assert!(!show.contains("sha256") && !show.contains("sha1"), "{show}");
     let replay = env
         .ok(&["replay", "--credential", "saas/json", "--json"])
         .await;

@@ -31,6 +31,17 @@ pub(crate) struct Env {
     /// The control plane the CLI talks to, started at the first command that needs it and
     /// restarted when the env's variables change; with the variables it was started with.
     api: tokio::sync::Mutex<Option<(Worker, Vars)>>,
+    /// On a secured server, what the test reads beyond ops's rights: the inventory as the
+    /// control plane's user sees it, and stream states as admin sees them.
+    secured: Option<Secured>,
+}
+
+/// The test's own connections to a secured server, besides ops's.
+pub(crate) struct Secured {
+    /// As `api`: reads the inventory and every bucket.
+    pub(crate) api: Bus,
+    /// As `admin`: the state of every stream.
+    pub(crate) admin: Bus,
 }
 
 /// Environment variables, in the order they were set.
@@ -50,7 +61,20 @@ fn asks_the_api(args: &[&str]) -> bool {
 }
 
 /// The NATS users of `deploy/nats/users.conf`.
-pub(crate) const NATS_USERS: [&str; 4] = ["detector", "orchestrator", "worker", "ops"];
+pub(crate) const NATS_USERS: [&str; 12] = [
+    "detector",
+    "orchestrator-a",
+    "orchestrator-b",
+    "leak-responder",
+    "revoker",
+    "rotator",
+    "sweeper",
+    "scheduler",
+    "jit-issuer",
+    "api",
+    "ops",
+    "admin",
+];
 
 /// The password a secured test server gives `user`.
 pub(crate) fn nats_password(user: &str) -> String {
@@ -68,7 +92,10 @@ pub(crate) fn nats_password_env() -> Vec<(String, String)> {
         .iter()
         .map(|u| {
             (
-                format!("KEYLOOP_NATS_{}_PASSWORD", u.to_uppercase()),
+                format!(
+                    "KEYLOOP_NATS_{}_PASSWORD",
+                    u.to_uppercase().replace('-', "_")
+                ),
                 nats_password(u),
             )
         })
@@ -112,13 +139,21 @@ impl Env {
         let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
         let server =
             TestServer::start_with_config(&deploy_nats_dir().join("single.conf"), &env, &[]).await;
-        let bus = connect_as(server.url(), "ops").await;
-        bus.topology
-            .init(&bus.js)
+        let admin = connect_as(server.url(), "admin").await;
+        admin
+            .topology
+            .init(&admin.js)
             .await
-            .unwrap_or_else(|e| panic!("init as ops: {e}"));
+            .unwrap_or_else(|e| panic!("init as admin: {e}"));
+        let bus = connect_as(server.url(), "ops").await;
         let url = server.url().to_owned();
-        Self::around(Some(server), None, url, bus, Some("ops")).await
+        let secured = Secured {
+            api: connect_as(&url, "api").await,
+            admin,
+        };
+        let mut env = Self::around(Some(server), None, url, bus, Some("ops")).await;
+        env.secured = Some(secured);
+        env
     }
 
     async fn around(
@@ -154,6 +189,7 @@ impl Env {
             extra_env: Mutex::default(),
             user,
             api: tokio::sync::Mutex::default(),
+            secured: None,
         }
     }
 
@@ -239,7 +275,7 @@ impl Env {
         if let Some((old, _)) = slot.take() {
             drop(old);
         }
-        let serving_as = self.user.map(|_| "worker");
+        let serving_as = self.user.map(|_| "api");
         let mut cmd = self.process(serving_as, true);
         cmd.env("KEYLOOP_API_ADMINS", "ops,anonymous");
         let name = format!("api-{}", uuid::Uuid::now_v7().simple());
@@ -265,8 +301,11 @@ impl Env {
         // the keys; the CLI as a client does not.
         let with_keys =
             args.contains(&"--local") || matches!(args.first(), Some(&("up" | "demo" | "worker")));
+        // On a secured server the layout is admin's, everything else the env's user's.
         let mut cmd = if with_keys {
             self.keyloop_with_keys()
+        } else if args.first() == Some(&"init") && self.user.is_some() {
+            self.keyloop_as("admin")
         } else {
             self.keyloop()
         };
@@ -352,9 +391,21 @@ impl Env {
             .to_owned()
     }
 
+    /// The connection that may read the inventory: this env's, or on a secured server the
+    /// control plane's user's (ops reads no bucket).
+    pub(crate) fn reader(&self) -> &Bus {
+        self.secured.as_ref().map_or(&self.bus, |s| &s.api)
+    }
+
+    /// The connection that may read every stream's state: this env's, or on a secured server
+    /// admin's.
+    pub(crate) fn layout(&self) -> &Bus {
+        self.secured.as_ref().map_or(&self.bus, |s| &s.admin)
+    }
+
     pub(crate) async fn credential(&self, id: &str) -> keyloop_core::Credential {
         let id = id.parse().unwrap();
-        self.bus
+        self.reader()
             .inventory()
             .await
             .unwrap()

@@ -457,9 +457,16 @@ async fn on_sigterm_the_issuer_stops_taking_requests_and_still_answers_the_one_i
             scope: "db-read".into(),
             ttl_secs: 600,
         };
+        // Longer than the default 10 s: the lock wait, the stop and the checks below all
+        // happen while this request is in hand, and a loaded CI machine is slow.
         tokio::spawn(async move {
             client
-                .request(subject, serde_json::to_vec(&request).unwrap().into())
+                .send_request(
+                    subject,
+                    async_nats::Request::new()
+                        .payload(serde_json::to_vec(&request).unwrap().into())
+                        .timeout(Some(Duration::from_secs(60))),
+                )
                 .await
         })
     };

@@ -1,10 +1,15 @@
 //! Least privilege: a nats-server started from the checked-in `deploy/nats/single.conf` (its
 //! users and permissions included as they are) runs the whole loop with each keyloop process
-//! connected as its role's user and no permissions violation; then each user is shown what it
-//! may not do: a detector publishes leaks but no commands and reads no lifecycle event, an
-//! orchestrator requests JIT credentials (and may PING the JIT service) but reads no leak, a
-//! worker does nothing only ops may (delete, purge or create streams, replay the audit log),
-//! and no user reads another's replies.
+//! connected as its role's user — one worker process per role — and no permissions violation;
+//! then each user is shown what it may not do: a detector publishes leaks but no commands and
+//! reads no lifecycle event; an orchestrator requests JIT credentials (and may PING the JIT
+//! service) but reads no leak, and no other orchestrator's JIT reply; the leak-responder touches
+//! no value and cannot ask for a rotation or claim a revocation; the sweeper reads no value; no
+//! worker enumerates the fingerprint index or does what only admin may (create or change
+//! streams) or nobody may (delete or purge them, replay the audit log); ops asks the control
+//! plane as `ops` only and publishes no lifecycle event, writes no bucket, sends no command and
+//! holds no JetStream API beyond its replays; admin holds the layout and reads nothing; and no
+//! user reads another's replies.
 
 use crate::harness::{Env, Events, connect_as, gitleaks_report, nats_password, path_str};
 use async_nats::jetstream;
@@ -83,7 +88,31 @@ impl Probe {
     /// the pattern matches has been routed by the server) and shows that it did not arrive:
     /// after this connection's round trip the server would have written it before the PONG.
     async fn cannot_subscribe(&mut self, pattern: &str, traffic: impl Future<Output = ()>) {
-        let mut sub = self.client.subscribe(pattern.to_owned()).await.unwrap();
+        let sub = self.client.subscribe(pattern.to_owned()).await.unwrap();
+        self.receives_nothing(sub, pattern, traffic).await;
+    }
+
+    /// [`Probe::cannot_subscribe`] in the queue group `queue`.
+    async fn cannot_queue_subscribe(
+        &mut self,
+        subject: &str,
+        queue: &str,
+        traffic: impl Future<Output = ()>,
+    ) {
+        let sub = self
+            .client
+            .queue_subscribe(subject.to_owned(), queue.to_owned())
+            .await
+            .unwrap();
+        self.receives_nothing(sub, subject, traffic).await;
+    }
+
+    async fn receives_nothing(
+        &mut self,
+        mut sub: async_nats::Subscriber,
+        pattern: &str,
+        traffic: impl Future<Output = ()>,
+    ) {
         self.client.flush().await.unwrap();
         self.refused("Subscription", pattern).await;
         traffic.await;
@@ -96,6 +125,29 @@ impl Probe {
         );
     }
 
+    /// A JetStream publish to `subject` is refused: no stream acknowledges it, and `stream`
+    /// (read through `js`, a connection that may) holds nothing new.
+    async fn cannot_store(&mut self, subject: &str, stream: &str, js: &jetstream::Context) {
+        let before = last_sequence(js, stream).await;
+        let ack = self
+            .js
+            .publish(subject.to_owned(), "{}".into())
+            .await
+            .unwrap();
+        self.refused("Publish", subject).await;
+        assert!(
+            ack.await.is_err(),
+            "{}: a stream acknowledged a refused publish to {subject}",
+            self.user
+        );
+        assert_eq!(
+            last_sequence(js, stream).await,
+            before,
+            "{}: {subject} reached {stream}",
+            self.user
+        );
+    }
+
     /// Nothing has been refused so far (after a round trip).
     async fn nothing_refused(&mut self) {
         self.client.flush().await.unwrap();
@@ -103,6 +155,18 @@ impl Probe {
             panic!("{}: unexpected server error: {error}", self.user);
         }
     }
+}
+
+/// The sequence of the last message in `stream`.
+async fn last_sequence(js: &jetstream::Context, stream: &str) -> u64 {
+    js.get_stream(stream)
+        .await
+        .unwrap()
+        .info()
+        .await
+        .unwrap()
+        .state
+        .last_sequence
 }
 
 /// A valid leak finding event (of a value nobody manages).
@@ -126,22 +190,24 @@ async fn every_role_runs_the_loop_with_its_own_user_and_no_more() {
     let env = Env::start_secured().await;
     let url = env.server.as_ref().unwrap().url().to_owned();
 
-    // ops: the layout (again, through the CLI), then the fleet as `worker`.
+    // admin: the layout (again, through the CLI), then the fleet: one process per role, each as
+    // its role's user (every one is given the master key: those that touch no value must not
+    // open the secrets bucket all the same).
     env.ok(&["init"]).await;
-    let worker = env.worker_as(
-        "worker",
-        "fleet",
-        &[
-            "leak-responder",
-            "rotator",
-            "revoker",
-            "sweeper",
-            "jit-issuer",
-            "scheduler",
-            "--tick-interval",
-            "1s",
-        ],
-    );
+    let fleet: Vec<_> = [
+        ("leak-responder", &[][..]),
+        ("rotator", &[]),
+        ("revoker", &[]),
+        ("sweeper", &[]),
+        ("jit-issuer", &[]),
+        ("scheduler", &["--tick-interval", "1s"]),
+    ]
+    .into_iter()
+    .map(|(role, flags)| {
+        let args: Vec<&str> = std::iter::once(role).chain(flags.iter().copied()).collect();
+        env.worker_as(role, role, &args)
+    })
+    .collect();
     let events = Events::subscribe(&env.bus).await;
 
     // ops registers; a detector's report leaks the value; the fleet revokes and rotates it.
@@ -174,7 +240,7 @@ async fn every_role_runs_the_loop_with_its_own_user_and_no_more() {
 
     // An orchestrator: a lease per task, verified, revoked on completion; another expires.
     let as_orchestrator = |args: &'static [&'static str]| {
-        let mut cmd = env.keyloop_as("orchestrator");
+        let mut cmd = env.keyloop_as("orchestrator-a");
         cmd.args(args);
         async move {
             let out = cmd.output().await.unwrap();
@@ -196,7 +262,7 @@ async fn every_role_runs_the_loop_with_its_own_user_and_no_more() {
     .unwrap();
     let token = lease["secret"].as_str().unwrap().to_owned();
     let verify = |token: String| {
-        let mut cmd = env.keyloop_as("orchestrator");
+        let mut cmd = env.keyloop_as("orchestrator-a");
         cmd.args(["token", "verify"])
             .stdin(std::process::Stdio::piped())
             .stdout(std::process::Stdio::piped())
@@ -241,6 +307,54 @@ async fn every_role_runs_the_loop_with_its_own_user_and_no_more() {
         )
         .await;
     assert_eq!(verify(token).await, Some(2), "revoked with its task");
+
+    // Schedules and uses: a credential rotated by the sweeper at its max age (the rotator files
+    // the next rotation and the end of the grace in the due-time index), its previous version
+    // retired when the grace ends; a service's `credential.used` of a credential nobody read
+    // yet, recorded by the sweeper.
+    env.ok(&[
+        "credential",
+        "register",
+        "svc/scheduled",
+        "--store",
+        "local",
+        "--max-age",
+        "2s",
+        "--grace",
+        "2s",
+    ])
+    .await;
+    let first = env.credential("svc/scheduled").await.versions[0].id;
+    env.ok(&["credential", "register", "svc/used", "--store", "local"])
+        .await;
+    let used = keyloop_core::CloudEvent::new(
+        "used-least-privilege",
+        "e2e",
+        keyloop_core::event::CREDENTIAL_USED_TYPE,
+        keyloop_core::event::CredentialUsed {
+            credential: "svc/used".parse().unwrap(),
+            version: None,
+            actor: Some("a service".into()),
+        },
+    );
+    env.bus
+        .publish_event(&env.bus.topology.credential_used(), &used)
+        .await
+        .expect("ops publishes a use");
+    events
+        .wait(
+            "scheduled rotation, retirement and a recorded use",
+            Duration::from_secs(20),
+            |e| {
+                e.iter()
+                    .any(|e| e.data.kind == LifecycleKind::Revoked && e.data.version == Some(first))
+                    && e.iter().any(|e| {
+                        e.data.kind == LifecycleKind::Used
+                            && e.subject.as_deref() == Some("svc/used")
+                    })
+            },
+        )
+        .await;
     let replay = env.ok(&["replay", "--json"]).await;
     assert!(replay.lines().count() > 10, "ops replays the audit log");
     let listed = env.ok(&["credential", "list"]).await;
@@ -260,17 +374,26 @@ async fn every_role_runs_the_loop_with_its_own_user_and_no_more() {
         "the loop needs permissions the config lacks:\n{}",
         violations.join("\n")
     );
-    let worker_log = worker.log_text();
-    assert!(
-        !worker_log.contains("Permissions Violation"),
-        "{worker_log}"
-    );
+    for worker in &fleet {
+        let log = worker.log_text();
+        assert!(!log.contains("Permissions Violation"), "{log}");
+    }
 
-    let ops = connect_as(&url, "ops").await;
-    let ops = &ops.client;
+    // Lifecycle traffic for the subscriptions below to miss: the control plane may publish
+    // any kind (it records manual actions).
+    let api_bus = connect_as(&url, "api").await;
+    let lifecycle_writer = &api_bus.client;
     let mut detector = Probe::connect(&url, "detector").await;
-    let mut orchestrator = Probe::connect(&url, "orchestrator").await;
-    let mut rogue = Probe::connect(&url, "worker").await;
+    let mut orchestrator = Probe::connect(&url, "orchestrator-a").await;
+    let mut other_orchestrator = Probe::connect(&url, "orchestrator-b").await;
+    let mut responder = Probe::connect(&url, "leak-responder").await;
+    let mut sweeper = Probe::connect(&url, "sweeper").await;
+    let mut rogue = Probe::connect(&url, "rotator").await;
+    let mut issuer = Probe::connect(&url, "jit-issuer").await;
+    let mut scheduler = Probe::connect(&url, "scheduler").await;
+    let mut api = Probe::connect(&url, "api").await;
+    let mut operator = Probe::connect(&url, "ops").await;
+    let mut admin = Probe::connect(&url, "admin").await;
 
     // An orchestrator's request, answered by the fleet: the reply carries a JIT token.
     let orchestrator_client = orchestrator.client.clone();
@@ -315,37 +438,58 @@ async fn every_role_runs_the_loop_with_its_own_user_and_no_more() {
         orchestrator.cannot_publish(subject).await;
     }
 
-    // Nobody else reads an orchestrator's replies (its JIT tokens), nor the requests.
+    // Nobody else reads an orchestrator's replies (its JIT tokens), nor the requests: not
+    // another orchestrator, which gets its own leases on its own inbox.
+    other_orchestrator
+        .cannot_subscribe("_INBOX_orchestrator-a.>", jit_request("t-4"))
+        .await;
+    let own = other_orchestrator
+        .client
+        .request(
+            "keyloop.jit.issue",
+            serde_json::to_vec(&IssueRequest {
+                task_id: "b-1".into(),
+                agent_id: "b".into(),
+                scope: "read".into(),
+                ttl_secs: 60,
+            })
+            .unwrap()
+            .into(),
+        )
+        .await
+        .expect("orchestrator B gets its own reply");
+    let own: serde_json::Value = serde_json::from_slice(&own.payload).unwrap();
+    assert!(own["secret"].is_string(), "{own}");
+    other_orchestrator.nothing_refused().await;
     detector
-        .cannot_subscribe("_INBOX_orchestrator.>", jit_request("t-4"))
+        .cannot_subscribe("_INBOX_orchestrator-a.>", jit_request("t-5"))
         .await;
     rogue
-        .cannot_subscribe("_INBOX_orchestrator.>", jit_request("t-5"))
+        .cannot_subscribe("_INBOX_orchestrator-a.>", jit_request("t-6"))
         .await;
     // Serving JIT requests is allowed in the queue group `jit-issuer` only: a plain
-    // subscription would see every request beside the real issuers.
-    rogue
-        .cannot_subscribe("keyloop.jit.issue", jit_request("t-6"))
+    // subscription would see every request beside the real issuers, and only the jit-issuer
+    // may join that group.
+    issuer
+        .cannot_subscribe("keyloop.jit.issue", jit_request("t-7"))
         .await;
+    rogue
+        .cannot_queue_subscribe("keyloop.jit.issue", "jit-issuer", jit_request("t-8"))
+        .await;
+    // The same for the control plane's requests (served in the queue group `api` only).
+    api.cannot_subscribe("keyloop.api.*.*", async {}).await;
+    api.cannot_subscribe("keyloop.api.>", async {}).await;
 
     // The fleet stops (cleanly), so the streams hold still for what follows.
-    assert!(worker.stop().await.success(), "the worker exits cleanly");
-    let last_sequence = |stream: &'static str| {
-        let js = env.bus.js.clone();
-        async move {
-            js.get_stream(stream)
-                .await
-                .unwrap()
-                .info()
-                .await
-                .unwrap()
-                .state
-                .last_sequence
-        }
-    };
-    let ops_publishes = |subject: &'static str| async move {
-        ops.publish(subject, "probe".into()).await.unwrap();
-        ops.flush().await.unwrap();
+    for worker in fleet {
+        assert!(worker.stop().await.success(), "a worker exits cleanly");
+    }
+    let lifecycle_published = |subject: &'static str| async move {
+        lifecycle_writer
+            .publish(subject, "probe".into())
+            .await
+            .unwrap();
+        lifecycle_writer.flush().await.unwrap();
     };
 
     // A detector publishes leaks (acknowledged by the stream) and nothing else.
@@ -357,22 +501,9 @@ async fn every_role_runs_the_loop_with_its_own_user_and_no_more() {
         .await
         .expect("a detector's leak is stored");
     detector.nothing_refused().await;
-    let commands_before = last_sequence("KEYLOOP_COMMANDS").await;
-    let ack = detector
-        .js
-        .publish("keyloop.cmd.revoke", "{}".into())
-        .await
-        .unwrap();
-    detector.refused("Publish", "keyloop.cmd.revoke").await;
-    assert!(
-        ack.await.is_err(),
-        "no stream acknowledges a refused publish"
-    );
-    assert_eq!(
-        last_sequence("KEYLOOP_COMMANDS").await,
-        commands_before,
-        "nothing reached the commands stream"
-    );
+    detector
+        .cannot_store("keyloop.cmd.revoke", "KEYLOOP_COMMANDS", &env.layout().js)
+        .await;
     detector.cannot_publish("keyloop.cmd.rotate").await;
     detector
         .cannot_publish("keyloop.lifecycle.revoked.svc")
@@ -380,7 +511,7 @@ async fn every_role_runs_the_loop_with_its_own_user_and_no_more() {
     detector
         .cannot_subscribe(
             "keyloop.lifecycle.>",
-            ops_publishes("keyloop.lifecycle.probe.x"),
+            lifecycle_published("keyloop.lifecycle.used.probe-x"),
         )
         .await;
     detector
@@ -415,18 +546,198 @@ async fn every_role_runs_the_loop_with_its_own_user_and_no_more() {
         orchestrator.cannot_publish(subject).await;
     }
     let worker_reply = {
-        let js = rogue.js.clone();
+        let js = responder.js.clone();
         async move {
             js.get_key_value("keyloop_inventory")
                 .await
-                .expect("a worker opens the inventory");
+                .expect("the leak-responder opens the inventory");
         }
     };
     orchestrator
-        .cannot_subscribe("_INBOX_worker.>", worker_reply)
+        .cannot_subscribe("_INBOX_leak-responder.>", worker_reply)
         .await;
 
-    // A worker does nothing only ops may.
+    // The leak-responder asks for revocations and nothing more: it cannot write a value (no
+    // stream stores it), ask for a rotation, say a version was revoked or rotated, write the
+    // inventory, or read a value.
+    responder
+        .cannot_store(
+            "$KV.keyloop_secrets.probe",
+            "KV_keyloop_secrets",
+            &env.layout().js,
+        )
+        .await;
+    responder
+        .cannot_store("keyloop.cmd.rotate", "KEYLOOP_COMMANDS", &env.layout().js)
+        .await;
+    for subject in [
+        "keyloop.lifecycle.revoked.svc",
+        "keyloop.lifecycle.rotated.svc",
+        "$KV.keyloop_inventory.cred.svc",
+        "$KV.keyloop_fingerprints.sha256.probe",
+        "$JS.API.STREAM.INFO.KV_keyloop_secrets",
+        "$JS.API.DIRECT.GET.KV_keyloop_secrets.$KV.keyloop_secrets.probe",
+        "keyloop.dlq.revoker",
+    ] {
+        responder.cannot_publish(subject).await;
+    }
+
+    // The sweeper reads no value and writes no fingerprint or lease; the scheduler only ticks.
+    for subject in [
+        "$JS.API.STREAM.INFO.KV_keyloop_secrets",
+        "$JS.API.DIRECT.GET.KV_keyloop_secrets.$KV.keyloop_secrets.probe",
+        "$KV.keyloop_secrets.probe",
+        "$KV.keyloop_fingerprints.sha256.probe",
+        "$KV.keyloop_inventory.lease.probe",
+        "keyloop.lifecycle.revoked.svc",
+    ] {
+        sweeper.cannot_publish(subject).await;
+    }
+    for subject in [
+        "keyloop.cmd.rotate",
+        "keyloop.lifecycle.used.svc",
+        "$KV.keyloop_due.probe",
+        "$JS.API.DIRECT.GET.KV_keyloop_inventory.$KV.keyloop_inventory.cred.svc",
+    ] {
+        scheduler.cannot_publish(subject).await;
+    }
+    // Only the rotator, revoker and api touch values: not the jit-issuer either.
+    issuer
+        .cannot_publish("$JS.API.DIRECT.GET.KV_keyloop_secrets.$KV.keyloop_secrets.probe")
+        .await;
+
+    // The fingerprint index's keys are the digests of live values: no worker may list them
+    // (that takes a consumer on the bucket), only look up a digest it already has.
+    for probe in [&mut responder, &mut rogue, &mut issuer, &mut api] {
+        for subject in [
+            "$JS.API.CONSUMER.CREATE.KV_keyloop_fingerprints",
+            "$JS.API.CONSUMER.CREATE.KV_keyloop_fingerprints.probe",
+            "$JS.API.STREAM.MSG.GET.KV_keyloop_fingerprints",
+            "$JS.API.DIRECT.GET.KV_keyloop_fingerprints",
+        ] {
+            probe.cannot_publish(subject).await;
+        }
+    }
+
+    // ops asks the control plane as `ops` and nothing else: it publishes no lifecycle event
+    // (it cannot forge the audit log, not even a use), writes no bucket, sends no command,
+    // reads no value, speaks for no other actor, and changes, purges or deletes no stream.
+    for subject in [
+        "keyloop.lifecycle.used.svc",
+        "keyloop.lifecycle.created.svc",
+        "keyloop.lifecycle.revoked.svc",
+        "keyloop.lifecycle.rotated.svc",
+        "keyloop.lifecycle.leak_matched.svc",
+        "keyloop.cmd.revoke",
+        "keyloop.cmd.rotate",
+        "keyloop.api.orchestrator-a.fetch",
+        "keyloop.api.admin.fetch",
+        "keyloop.jit.issue",
+        "$KV.keyloop_inventory.cred.svc",
+        "$KV.keyloop_secrets.probe",
+        "$KV.keyloop_fingerprints.sha256.probe",
+        "$JS.API.DIRECT.GET.KV_keyloop_secrets.$KV.keyloop_secrets.probe",
+        "$JS.API.DIRECT.GET.KV_keyloop_inventory.$KV.keyloop_inventory.cred.svc",
+        "$JS.API.STREAM.INFO.KV_keyloop_secrets",
+        "$JS.API.CONSUMER.CREATE.KV_keyloop_fingerprints",
+        "$JS.API.CONSUMER.CREATE.KEYLOOP_COMMANDS.rogue",
+        "$JS.API.CONSUMER.DELETE.KEYLOOP_EVENTS.leak-responder",
+        "$JS.API.CONSUMER.CREATE.KEYLOOP_EVENTS.sweeper",
+        "$JS.API.STREAM.CREATE.KEYLOOP_ROGUE",
+        "$JS.API.STREAM.UPDATE.KEYLOOP_LIFECYCLE",
+        "$JS.API.STREAM.DELETE.KEYLOOP_LIFECYCLE",
+        "$JS.API.STREAM.PURGE.KEYLOOP_LIFECYCLE",
+        "$JS.API.STREAM.MSG.DELETE.KEYLOOP_LIFECYCLE",
+        "$JS.API.STREAM.MSG.GET.KEYLOOP_LIFECYCLE",
+    ] {
+        operator.cannot_publish(subject).await;
+    }
+    // What it may do (the loop above ran its tick, requests and replays), it does without a
+    // refusal: a replay's ordered consumer on the audit log.
+    operator
+        .js
+        .get_stream("KEYLOOP_LIFECYCLE")
+        .await
+        .expect("ops looks the audit log up")
+        .create_consumer(jetstream::consumer::pull::OrderedConfig::default())
+        .await
+        .expect("ops replays the audit log with an ordered consumer");
+    operator.nothing_refused().await;
+    // The unnamed create subject that ordered consumers use cannot take over a worker's
+    // durable consumer either: the server refuses a durable name on it.
+    let hijack = serde_json::json!({
+        "stream_name": "KEYLOOP_EVENTS",
+        "config": {
+            "durable_name": "leak-responder",
+            "deliver_policy": "all",
+            "ack_policy": "none",
+            "filter_subject": "keyloop.>",
+        },
+    });
+    let reply = operator
+        .client
+        .request(
+            "$JS.API.CONSUMER.CREATE.KEYLOOP_EVENTS",
+            serde_json::to_vec(&hijack).unwrap().into(),
+        )
+        .await
+        .expect("the JetStream API answers");
+    let reply: serde_json::Value = serde_json::from_slice(&reply.payload).unwrap();
+    assert!(reply["error"].is_object(), "{reply}");
+    let mut kept: jetstream::consumer::PullConsumer = responder
+        .js
+        .get_consumer_from_stream("leak-responder", "KEYLOOP_EVENTS")
+        .await
+        .unwrap();
+    let kept = kept.info().await.unwrap().config.clone();
+    let filters = if kept.filter_subjects.is_empty() {
+        vec![kept.filter_subject.clone()]
+    } else {
+        kept.filter_subjects.clone()
+    };
+    assert_eq!(
+        filters,
+        env.bus
+            .topology
+            .consumer_of(keyloop_nats::Role::LeakResponder)
+            .1,
+        "the leak-responder's consumer is as init made it"
+    );
+    assert_eq!(kept.ack_policy, jetstream::consumer::AckPolicy::Explicit);
+    operator.nothing_refused().await;
+
+    // admin holds the layout and nothing else: no message of any stream, no value, no
+    // bucket entry, no request, no deletion or purge.
+    for subject in [
+        "keyloop.lifecycle.used.svc",
+        "keyloop.cmd.revoke",
+        "keyloop.api.admin.list",
+        "keyloop.api.ops.list",
+        "keyloop.leak.detected",
+        "keyloop.schedule.tick",
+        "$KV.keyloop_secrets.probe",
+        "$JS.API.DIRECT.GET.KV_keyloop_secrets.$KV.keyloop_secrets.probe",
+        "$JS.API.STREAM.MSG.GET.KEYLOOP_LIFECYCLE",
+        "$JS.API.CONSUMER.CREATE.KEYLOOP_LIFECYCLE",
+        "$JS.API.CONSUMER.CREATE.KEYLOOP_LIFECYCLE.rogue",
+        "$JS.API.CONSUMER.DELETE.KEYLOOP_EVENTS.leak-responder",
+        "$JS.API.STREAM.DELETE.KEYLOOP_LIFECYCLE",
+        "$JS.API.STREAM.PURGE.KEYLOOP_DLQ",
+        "$JS.API.STREAM.MSG.DELETE.KEYLOOP_COMMANDS",
+        "$JS.API.STREAM.CREATE.KEYLOOP_ROGUE",
+    ] {
+        admin.cannot_publish(subject).await;
+    }
+    admin
+        .cannot_subscribe(
+            "keyloop.lifecycle.>",
+            lifecycle_published("keyloop.lifecycle.used.probe-z"),
+        )
+        .await;
+    // Nobody but the control plane speaks for `ops`: not an orchestrator.
+    orchestrator.cannot_publish("keyloop.api.ops.fetch").await;
+
+    // A worker (the rotator, which may do the most of them) does nothing only admin may.
     for subject in [
         "$JS.API.STREAM.DELETE.KEYLOOP_LIFECYCLE",
         "$JS.API.STREAM.PURGE.KEYLOOP_LIFECYCLE",
@@ -443,13 +754,15 @@ async fn every_role_runs_the_loop_with_its_own_user_and_no_more() {
         "keyloop.leak.detected",
         "keyloop.jit.issue",
         "$SRV.PING.keyloop-jit",
+        "keyloop.cmd.revoke",
+        "keyloop.lifecycle.leak_matched.svc",
     ] {
         rogue.cannot_publish(subject).await;
     }
     rogue
         .cannot_subscribe(
             "keyloop.lifecycle.>",
-            ops_publishes("keyloop.lifecycle.probe.y"),
+            lifecycle_published("keyloop.lifecycle.used.probe-y"),
         )
         .await;
     let audit = env
@@ -503,12 +816,12 @@ async fn a_three_node_cluster_boots_from_the_checked_in_configs_with_the_same_pe
         );
     }
 
-    // ops creates the layout through node 1 once the cluster has elected a JetStream leader
+    // admin creates the layout through node 1 once the cluster has elected a JetStream leader
     // (there is no event for that: the API answers "temporarily unavailable" until then).
-    let ops = connect_as(nodes[0].url(), "ops").await;
+    let admin = connect_as(nodes[0].url(), "admin").await;
     let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
     loop {
-        match ops.topology.init(&ops.js).await {
+        match admin.topology.init(&admin.js).await {
             Ok(_) => break,
             Err(e) if tokio::time::Instant::now() < deadline => {
                 tracing::debug!(error = %e, "cluster not ready yet");
@@ -517,7 +830,7 @@ async fn a_three_node_cluster_boots_from_the_checked_in_configs_with_the_same_pe
             Err(e) => panic!("init on the cluster: {e}"),
         }
     }
-    let mut events = ops.js.get_stream("KEYLOOP_EVENTS").await.unwrap();
+    let mut events = admin.js.get_stream("KEYLOOP_EVENTS").await.unwrap();
     let cluster = events.info().await.unwrap().cluster.clone();
     let cluster = cluster.expect("a clustered stream");
     assert_eq!(cluster.name.as_deref(), Some("keyloop"));
@@ -532,7 +845,7 @@ async fn a_three_node_cluster_boots_from_the_checked_in_configs_with_the_same_pe
         .await
         .expect("stored by the cluster");
     detector.nothing_refused().await;
-    let worker = connect_as(nodes[2].url(), "worker").await;
+    let worker = connect_as(nodes[2].url(), "leak-responder").await;
     let consumer: jetstream::consumer::PullConsumer = worker
         .js
         .get_consumer_from_stream("leak-responder", "KEYLOOP_EVENTS")
@@ -555,14 +868,15 @@ async fn a_three_node_cluster_boots_from_the_checked_in_configs_with_the_same_pe
     // And what a detector may not do, it may not do on any node.
     let mut elsewhere = Probe::connect(nodes[2].url(), "detector").await;
     elsewhere.cannot_publish("keyloop.cmd.revoke").await;
-    let ops_client = ops.client.clone();
+    let api = connect_as(nodes[0].url(), "api").await;
+    let api_client = api.client.clone();
     elsewhere
         .cannot_subscribe("keyloop.lifecycle.>", async move {
-            ops_client
-                .publish("keyloop.lifecycle.probe.z", "probe".into())
+            api_client
+                .publish("keyloop.lifecycle.used.probe-z", "probe".into())
                 .await
                 .unwrap();
-            ops_client.flush().await.unwrap();
+            api_client.flush().await.unwrap();
         })
         .await;
 }

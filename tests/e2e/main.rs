@@ -22,6 +22,7 @@ mod jit;
 mod leak_loop;
 mod least_privilege;
 mod master_key;
+mod no_live_digests;
 mod no_plaintext;
 mod postgres;
 mod replicas;

@@ -217,7 +217,10 @@ fn check_key_file_mode(_: &Path) -> Result<()> {
 }
 
 /// Creates `<dir>/master.key` (mode 0600) with a fresh key unless it exists; returns the key
-/// and whether it was created.
+/// and whether it was created. Two processes starting at once on one data directory (two
+/// `keyloop up`) end with one key: the key is written whole to a private temporary file and
+/// linked into place only if no key is there yet, so the file is never seen half written and
+/// the one that loses the race reads the winner's key.
 pub(crate) fn ensure_dev_key(dir: &Path) -> Result<(MasterKey, bool)> {
     let path = dir.join("master.key");
     if path.is_file() {
@@ -226,8 +229,18 @@ pub(crate) fn ensure_dev_key(dir: &Path) -> Result<(MasterKey, bool)> {
     std::fs::create_dir_all(dir)
         .with_context(|| format!("cannot create data directory {}", dir.display()))?;
     let key = MasterKey::generate();
-    write_private(&path, key.to_hex().as_bytes())?;
-    Ok((key, true))
+    let staged = dir.join(format!(".master.key.{}", std::process::id()));
+    let _ = std::fs::remove_file(&staged);
+    write_private(&staged, key.to_hex().as_bytes())?;
+    let linked = std::fs::hard_link(&staged, &path);
+    let _ = std::fs::remove_file(&staged);
+    match linked {
+        Ok(()) => Ok((key, true)),
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
+            Ok((read_key_file(&path)?, false))
+        }
+        Err(e) => Err(e).with_context(|| format!("cannot create {}", path.display())),
+    }
 }
 
 fn write_private(path: &Path, bytes: &[u8]) -> Result<()> {
@@ -241,6 +254,7 @@ fn write_private(path: &Path, bytes: &[u8]) -> Result<()> {
         .with_context(|| format!("cannot create {}", path.display()))?;
     f.write_all(bytes)?;
     f.write_all(b"\n")?;
+    f.sync_all()?;
     Ok(())
 }
 
@@ -248,6 +262,17 @@ fn write_private(path: &Path, bytes: &[u8]) -> Result<()> {
 pub(crate) async fn context(global: &Global, bus: Bus) -> Result<WorkerContext> {
     let key = master_key(global)?;
     let mut ctx = open_context(bus, key.as_ref()).await?;
+    add_backends(global, &mut ctx.backends)?;
+    Ok(ctx)
+}
+
+/// The worker context of this process without the local store, whatever key is given: for
+/// roles that never read or write a value (their NATS user may not open the secrets bucket).
+pub(crate) async fn context_without_local_store(
+    global: &Global,
+    bus: Bus,
+) -> Result<WorkerContext> {
+    let mut ctx = open_context(bus, None).await?;
     add_backends(global, &mut ctx.backends)?;
     Ok(ctx)
 }

@@ -1,5 +1,7 @@
 //! Printing: tables for people, JSON for machines (`--json`). Never a secret value, except
-//! `credential reveal` and `task start`, whose whole purpose is to print one on stdout.
+//! `credential reveal` and `task start`, whose whole purpose is to print one on stdout, and
+//! never a full digest of one: versions and events show their fingerprint tag (`fp:…`), which
+//! no leak can be built from (`keyloop_core::FingerprintTag`).
 //!
 //! Everything goes to stdout through [`line`], [`text`] and [`json_line`], never `println!`
 //! (which panics when stdout is closed). A reader that goes away (`keyloop replay | head -1`)
@@ -128,7 +130,6 @@ pub(crate) fn credential_detail(c: &Credential) -> String {
         format_duration(Duration::from_secs(c.policy.grace_secs))
     ));
     for v in &c.versions {
-        let fp = v.fingerprint.sha256.as_deref().unwrap_or("");
         out.push_str(&format!(
             "    {}  {:<8}  created {}",
             v.id,
@@ -154,7 +155,11 @@ pub(crate) fn credential_detail(c: &Credential) -> String {
                 v.revoke_reason.map_or("", |r| r.name())
             ));
         }
-        out.push_str(&format!("\n      sha256:{fp}\n"));
+        // The tag, never a digest: a digest of a live value is all a leak needs to match.
+        match &v.fingerprint {
+            Some(tag) => out.push_str(&format!("\n      {tag}\n")),
+            None => out.push('\n'),
+        }
     }
     out
 }
@@ -182,6 +187,9 @@ pub(crate) fn lifecycle_row(e: &LifecycleEvent) -> String {
     }
     if let Some(p) = &d.previous_version {
         line.push_str(&format!(" previous={}", short(p)));
+    }
+    if let Some(tag) = &d.fingerprint {
+        line.push_str(&format!(" {tag}"));
     }
     if let Some(detail) = &d.detail {
         line.push_str(&format!(" detail={detail:?}"));

@@ -5,7 +5,7 @@
 //! publish nothing new.
 
 use crate::credential::{CredentialId, RevokeReason, RotationReason, Stage};
-use crate::fingerprint::Fingerprint;
+use crate::fingerprint::FingerprintTag;
 use crate::leak::LeakFinding;
 use crate::lease::{Lease, LeaseInfo};
 use schemars::JsonSchema;
@@ -194,9 +194,16 @@ pub struct LifecycleData {
     /// The version's stage after the change.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub stage: Option<Stage>,
-    /// Digests of the version's value (`created`, `rotation_started`), or of a leaked value.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub fingerprint: Option<Fingerprint>,
+    /// The tag of the version's value (`created`, `rotation_started`) or of the leaked one
+    /// (`leak_matched`, `leak_inert` of a lease): a short form for people that no leak can be
+    /// built from, never a digest (see [`FingerprintTag`]). Events published before tags existed carried the full
+    /// digests here; they are read as their tag.
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        deserialize_with = "crate::fingerprint::optional_tag"
+    )]
+    pub fingerprint: Option<FingerprintTag>,
     /// `rotated`: the version that went from current to previous.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub previous_version: Option<Uuid>,

@@ -1,10 +1,18 @@
 //! Fingerprints: the `sha256:` and `sha1:` hex digests by which a leaked value is matched to a
 //! credential version without the value itself ever being stored or published. SHA-1 is kept
 //! because some detectors (detect-secrets) report only the SHA-1 of what they found.
+//!
+//! A full digest of a live value is as good as a revocation order: the fingerprint index
+//! matches it, so whoever reads one and may publish a leak can have that credential revoked
+//! at will. Full digests therefore live only in the fingerprint index (and in the leak
+//! findings detectors send, which carry them by design). Everything else — lifecycle events,
+//! the inventory record, CLI output — carries a [`FingerprintTag`]: `fp:` and the first 8 hex
+//! of a SHA-256, under a domain-separation label, of the digest. See its docs for why that
+//! cannot be turned back into a leak.
 
 use crate::secret::Secret;
 use schemars::JsonSchema;
-use serde::{Deserialize, Serialize};
+use serde::{Deserialize, Deserializer, Serialize};
 use sha1::Sha1;
 use sha2::{Digest, Sha256};
 use std::fmt;
@@ -130,6 +138,16 @@ impl Fingerprint {
         self.sha256.is_none() && self.sha1.is_none()
     }
 
+    /// Its short form for events, records and people (see [`FingerprintTag`]): the tag of the
+    /// SHA-256 when there is one, else of the SHA-1; none when there is no digest.
+    pub fn tag(&self) -> Option<FingerprintTag> {
+        match (&self.sha256, &self.sha1) {
+            (Some(h), _) => Some(FingerprintTag::of_digest(DigestKind::Sha256, h)),
+            (None, Some(h)) => Some(FingerprintTag::of_digest(DigestKind::Sha1, h)),
+            (None, None) => None,
+        }
+    }
+
     /// The index keys of this fingerprint, strongest digest first: `sha256.<hex>`, `sha1.<hex>`.
     pub fn index_keys(&self) -> Vec<String> {
         let mut keys = Vec::with_capacity(2);
@@ -145,12 +163,135 @@ impl Fingerprint {
 
 impl fmt::Display for Fingerprint {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        // The strongest digest, shortened: enough to tell findings apart in a terminal.
-        match (&self.sha256, &self.sha1) {
-            (Some(h), _) => write!(f, "sha256:{}", &h[..16.min(h.len())]),
-            (None, Some(h)) => write!(f, "sha1:{}", &h[..16.min(h.len())]),
-            (None, None) => f.write_str("(no digest)"),
+        // Its tag: what lifecycle events and `credential show` print for the same value, so a
+        // log line or a replayed leak can be told apart and matched up by people, and a digest
+        // prefix never reaches a terminal or a log (some databases index those: SHA-1 prefixes
+        // are the Pwned Passwords API's query).
+        match self.tag() {
+            Some(tag) => tag.fmt(f),
+            None => f.write_str("(no digest)"),
         }
+    }
+}
+
+/// What a [`FingerprintTag`] is computed under: a label of its own, so the tag is no prefix
+/// of any digest another system computes of the same value or of its digest.
+const TAG_DOMAIN: &[u8] = b"keyloop fingerprint tag v1\0";
+
+/// How many bytes of the keyed digest a tag keeps (8 hex characters).
+const TAG_BYTES: usize = 4;
+
+/// The prefix of a tag's text, so nobody takes it for a digest or a digest's prefix.
+const TAG_PREFIX: &str = "fp:";
+
+/// A short, non-matching form of a [`Fingerprint`], for people and for everything published:
+/// `fp:` and 8 hex characters, the first 4 bytes of
+/// `SHA-256("keyloop fingerprint tag v1\0" || "sha256:" || <hex digest>)` (`sha1:` and the
+/// SHA-1 when a leak reported only that one).
+///
+/// Why it cannot become a leak event: the fingerprint index matches only full SHA-256 (64 hex)
+/// and SHA-1 (40 hex) digests, and a tag is neither, nor does it lead to one. It keeps 32 of the
+/// digest's 256 bits, through a hash: going back to the digest means finding the value, and a
+/// value keyloop generates (a version, a JIT token) has 256 random bits, so guessing it against
+/// a 32-bit check is still one chance in 2^224 per guess. 8 hex characters are enough to tell a
+/// credential's versions apart on a screen (a collision is unlikely among thousands, and
+/// harmless: nothing is matched by tag).
+///
+/// A 32-bit check does confirm guesses of a *weak* value: a dictionary of a billion candidates
+/// leaves about one false match. That is why no event carries the tag of a value keyloop did
+/// not generate (`leak_unmatched` carries none: its correlation id names the leak). The tag is
+/// not keyed with a secret so that whoever holds a leak's digest (the detector, incident
+/// response) can compute the tag lifecycle events carry for it, and the label keeps it from
+/// being a prefix of the value's digest, which public breach databases index (SHA-1 prefixes
+/// are the Pwned Passwords API's query).
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, JsonSchema)]
+#[serde(transparent)]
+pub struct FingerprintTag(#[schemars(regex(pattern = r"^fp:[0-9a-f]{8}$"))] String);
+
+impl FingerprintTag {
+    /// The tag of a digest of `kind` given as hex (case does not matter).
+    fn of_digest(kind: DigestKind, hex_digest: &str) -> Self {
+        let mut hash = Sha256::new();
+        hash.update(TAG_DOMAIN);
+        hash.update(kind.prefix().as_bytes());
+        hash.update(b":");
+        hash.update(hex_digest.trim().to_ascii_lowercase().as_bytes());
+        Self(format!(
+            "{TAG_PREFIX}{}",
+            hex::encode(&hash.finalize()[..TAG_BYTES])
+        ))
+    }
+
+    /// Parses the text form (`fp:` and 8 lowercase hex characters).
+    pub fn parse(text: &str) -> Result<Self, TagError> {
+        let valid = text.strip_prefix(TAG_PREFIX).is_some_and(|hex| {
+            hex.len() == 2 * TAG_BYTES
+                && hex.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'))
+        });
+        if valid {
+            Ok(Self(text.to_owned()))
+        } else {
+            Err(TagError { len: text.len() })
+        }
+    }
+
+    /// The text form: `fp:` and 8 hex characters.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Display for FingerprintTag {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+/// Text that is not a fingerprint tag. It names the length only: the text may be anything.
+#[derive(Debug, Clone, thiserror::Error, PartialEq, Eq)]
+#[error(
+    "not a fingerprint tag: expected `fp:` and 8 lowercase hex characters, got {len} characters"
+)]
+pub struct TagError {
+    len: usize,
+}
+
+/// A tag as JSON may hold it: its text, or — in records and events written before tags
+/// existed — the full digests it is computed from.
+#[derive(Deserialize)]
+#[serde(untagged)]
+enum StoredTag {
+    Tag(String),
+    Digests(Fingerprint),
+}
+
+impl StoredTag {
+    fn into_tag<E: serde::de::Error>(self) -> Result<Option<FingerprintTag>, E> {
+        match self {
+            Self::Tag(text) => FingerprintTag::parse(&text).map(Some).map_err(E::custom),
+            Self::Digests(fingerprint) => Ok(fingerprint.tag()),
+        }
+    }
+}
+
+impl<'de> Deserialize<'de> for FingerprintTag {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        StoredTag::deserialize(deserializer)?
+            .into_tag()?
+            .ok_or_else(|| serde::de::Error::custom("a fingerprint with no digest has no tag"))
+    }
+}
+
+/// Deserializes an optional tag (`deserialize_with` of `Option<FingerprintTag>` fields): absent
+/// or `null` is none, and so are legacy digests with no digest in them (a version recorded
+/// before its value was stored). Legacy full digests are reduced to their tag as they are read,
+/// so a record or event written before tags existed never shows a digest either.
+pub fn optional_tag<'de, D: Deserializer<'de>>(
+    deserializer: D,
+) -> Result<Option<FingerprintTag>, D::Error> {
+    match Option::<StoredTag>::deserialize(deserializer)? {
+        None => Ok(None),
+        Some(stored) => stored.into_tag(),
     }
 }
 
@@ -196,5 +337,91 @@ mod tests {
             fp.sha1.as_deref(),
             Some("a9993e364706816aba3e25717850c26c9cd0d89d")
         );
+    }
+    #[test]
+    fn a_tag_is_a_domain_separated_hash_of_the_strongest_digest() {
+        // Computed independently: sha256(b"keyloop fingerprint tag v1\0sha256:" + hex)[..4].
+        let both = Fingerprint::of(&Secret::from("abc"));
+        assert_eq!(both.tag().unwrap().as_str(), "fp:500c21c4");
+        let sha256_only = Fingerprint::from_digests(both.sha256.as_deref(), None).unwrap();
+        assert_eq!(sha256_only.tag(), both.tag(), "the SHA-256 decides");
+        let upper = both.sha256.as_deref().unwrap().to_ascii_uppercase();
+        let loose = Fingerprint {
+            sha256: Some(upper),
+            sha1: None,
+        };
+        assert_eq!(loose.tag(), both.tag(), "case does not matter");
+        let sha1_only = Fingerprint::from_digests(None, both.sha1.as_deref()).unwrap();
+        assert_eq!(sha1_only.tag().unwrap().as_str(), "fp:66ded3e0");
+        let empty = Fingerprint {
+            sha256: None,
+            sha1: None,
+        };
+        assert_eq!(empty.tag(), None);
+        assert_eq!(both.to_string(), "fp:500c21c4", "people see the tag");
+    }
+
+    #[test]
+    fn a_tag_is_no_digest_nor_a_part_of_one() {
+        for value in ["abc", "FAKE-tag-probe-0001", ""] {
+            let fp = Fingerprint::of(&Secret::from(value));
+            let tag = fp.tag().unwrap();
+            let hex = tag.as_str().strip_prefix("fp:").unwrap();
+            for digest in [fp.sha256.as_deref().unwrap(), fp.sha1.as_deref().unwrap()] {
+                assert!(
+                    !digest.contains(hex),
+                    "{value:?}: the tag is part of a digest"
+                );
+            }
+            // Nothing a leak can carry: neither digest kind accepts it, with or without `fp:`.
+            for text in [tag.as_str(), hex] {
+                assert!(DigestKind::Sha256.normalize(text).is_err());
+                assert!(DigestKind::Sha1.normalize(text).is_err());
+            }
+        }
+    }
+
+    #[test]
+    fn tags_are_parsed_strictly_and_refused_without_echo() {
+        assert!(FingerprintTag::parse("fp:0123abcd").is_ok());
+        for bad in [
+            "0123abcd",
+            "fp:0123ABCD",
+            "fp:0123abc",
+            "fp:0123abcde",
+            "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad",
+        ] {
+            assert!(FingerprintTag::parse(bad).is_err(), "{bad}");
+        }
+        let json = r#""FAKE-plaintext-where-a-tag-belongs-0001""#;
+        let err = serde_json::from_str::<FingerprintTag>(json).expect_err("not a tag");
+        assert!(err.to_string().contains("not a fingerprint tag"), "{err}");
+        assert!(!err.to_string().contains("FAKE-plaintext"), "{err}");
+    }
+
+    #[test]
+    fn digests_written_before_tags_are_read_as_their_tag() {
+        #[derive(Deserialize)]
+        struct Holder {
+            #[serde(default, deserialize_with = "optional_tag")]
+            fingerprint: Option<FingerprintTag>,
+        }
+        let read = |json: &str| serde_json::from_str::<Holder>(json).unwrap().fingerprint;
+        let legacy = r#"{"fingerprint":{"sha256":"ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad","sha1":"a9993e364706816aba3e25717850c26c9cd0d89d"}}"#;
+        assert_eq!(read(legacy).unwrap().as_str(), "fp:500c21c4");
+        assert_eq!(
+            read(r#"{"fingerprint":"fp:500c21c4"}"#).unwrap().as_str(),
+            "fp:500c21c4"
+        );
+        assert_eq!(
+            read(r#"{"fingerprint":{}}"#),
+            None,
+            "a version before its value"
+        );
+        assert_eq!(read(r#"{"fingerprint":null}"#), None);
+        assert_eq!(read("{}"), None);
+        assert!(serde_json::from_str::<Holder>(r#"{"fingerprint":{"sha256":"xyz"}}"#).is_err());
+        let tag: FingerprintTag = serde_json::from_str(r#""fp:500c21c4""#).unwrap();
+        assert_eq!(serde_json::to_string(&tag).unwrap(), r#""fp:500c21c4""#);
     }
 }

@@ -21,7 +21,7 @@ pub use credential::{
     Version,
 };
 pub use event::{CloudEvent, LifecycleData, LifecycleEvent, LifecycleKind};
-pub use fingerprint::Fingerprint;
+pub use fingerprint::{Fingerprint, FingerprintTag};
 pub use leak::{LeakFinding, LeakLocation};
 pub use lease::{JitPolicy, Lease, LeaseState, Tier};
 pub use retry::Retry;

@@ -93,7 +93,8 @@ async fn respond(ctx: &WorkerContext, delivery: &Delivery) -> Result<(), Handler
     let Some((cred, version)) = matched else {
         info!(leak = %leak.id, fingerprint = %finding.fingerprint, "leak matches no managed credential");
         let mut data = LifecycleData::new(LifecycleKind::LeakUnmatched, None, None);
-        data.fingerprint = Some(finding.fingerprint.clone());
+        // No tag: the value is not one keyloop generated and may be weak, and a tag would let
+        // every reader of the audit log test guesses of it (the correlation id names the leak).
         data.detail = Some(finding.detector.clone());
         cause.publish(ctx, &leak.id, data).await?;
         return Ok(());
@@ -119,7 +120,13 @@ async fn respond(ctx: &WorkerContext, delivery: &Delivery) -> Result<(), Handler
     );
     let op = revocation_op(&cred.id, version.id);
     data.matched_stage = Some(version.stage);
-    data.fingerprint = Some(finding.fingerprint.clone());
+    // The version's tag, as `created` and `credential show` print it (a leak that reported
+    // only the SHA-1 would otherwise have another one); never the leaked digest itself, which
+    // is the live version's.
+    data.fingerprint = version
+        .fingerprint
+        .clone()
+        .or_else(|| finding.fingerprint.tag());
     data.detail = Some(finding.detector.clone());
     data.op_id = Some(op.clone());
     cause.publish(ctx, &step, data).await?;
@@ -161,7 +168,7 @@ async fn respond_to_lease_leak(
         LifecycleKind::LeakInert
     };
     let mut data = LifecycleData::new(kind, None, None);
-    data.fingerprint = Some(leak.data.fingerprint.clone());
+    data.fingerprint = leak.data.fingerprint.tag();
     data.detail = Some(leak.data.detector.clone());
     data.op_id = live.then(|| op.clone());
     let event = lease_event(SOURCE, &step, data, &lease)

@@ -343,7 +343,7 @@ pub async fn run_rotation(
             Some(stale.id),
         );
         started.stage = Some(Stage::Pending);
-        started.fingerprint = Some(stale.fingerprint.clone());
+        started.fingerprint = stale.fingerprint.clone();
         cause.publish(ctx, &stale.created_by, started).await?;
         ops::revoke_version(
             ctx,
@@ -408,7 +408,7 @@ pub async fn run_rotation(
         Some(new_version),
     );
     data.stage = Some(Stage::Pending);
-    data.fingerprint = Some(fingerprint);
+    data.fingerprint = fingerprint.tag();
     data.rotation_reason = Some(cmd.reason);
     cause.publish(ctx, op, data).await?;
 

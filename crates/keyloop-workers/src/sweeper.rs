@@ -315,7 +315,7 @@ async fn send<C: Command>(ctx: &WorkerContext, op_id: &str, command: C) -> Resul
 #[cfg(test)]
 mod tests {
     use super::*;
-    use keyloop_core::{BackendSettings, Fingerprint, Policy, StoreKind, TargetKind, Version};
+    use keyloop_core::{BackendSettings, Policy, StoreKind, TargetKind, Version};
     use std::time::Duration;
     use time::macros::datetime;
     use uuid::Uuid;
@@ -341,10 +341,7 @@ mod tests {
             versions: vec![Version {
                 id: Uuid::from_u128(1),
                 stage,
-                fingerprint: Fingerprint {
-                    sha256: None,
-                    sha1: None,
-                },
+                fingerprint: None,
                 created_by: "register".into(),
                 login: None,
                 created_at: REGISTERED,

@@ -8,7 +8,7 @@ use keyloop_core::{AtTarget, Credential, Stage, Version};
 use uuid::Uuid;
 
 fn credential(versions: &[(Stage, &str)]) -> Credential {
-    use keyloop_core::{BackendSettings, Fingerprint, Policy, StoreKind, TargetKind};
+    use keyloop_core::{BackendSettings, Policy, StoreKind, TargetKind};
     let at = time::macros::datetime!(2026-01-01 0:00 UTC);
     Credential {
         id: "pg/app".parse().unwrap(),
@@ -30,10 +30,7 @@ fn credential(versions: &[(Stage, &str)]) -> Credential {
             .map(|(i, (stage, login))| Version {
                 id: Uuid::from_u128(i as u128 + 1),
                 stage: *stage,
-                fingerprint: Fingerprint {
-                    sha256: None,
-                    sha1: None,
-                },
+                fingerprint: None,
                 created_by: format!("op-{i}"),
                 login: Some((*login).to_owned()),
                 created_at: at,

@@ -12,7 +12,12 @@ pub(crate) async fn run(g: &Global, replicas: usize) -> Result<ExitCode> {
         .topology
         .init(&bus.js)
         .await
-        .with_context(|| format!("keyloop init on {}", config::shown_url(g)))?;
+        .with_context(|| {
+            format!(
+                "keyloop init on {} (on a server with keyloop's users, the layout is admin's: run it with --nats-user admin)",
+                config::shown_url(g)
+            )
+        })?;
     if g.json {
         output::json_line(&report)?;
     } else {

@@ -22,10 +22,17 @@ pub(crate) async fn run(g: &Global, args: WorkerArgs) -> Result<ExitCode> {
             config::connect(g),
         )
         .await?;
+        let open = async {
+            if touches_values(&roles) {
+                config::context(g, bus).await
+            } else {
+                config::context_without_local_store(g, bus).await
+            }
+        };
         let mut ctx = super::unless_stopped(
             &shutdown,
             || format!("opening keyloop's buckets on {}", url()),
-            config::context(g, bus),
+            open,
         )
         .await?;
         config::apply_run_args(&args.run, &mut ctx).await?;
@@ -52,13 +59,19 @@ fn distinct(named: &[Role]) -> Vec<Role> {
     roles
 }
 
+/// Whether one of `roles` reads or writes values: only those open the local store (and need
+/// the master key). The others never do, even when a key is around, so their NATS users need
+/// no permission on the secrets bucket (see deploy/nats/permissions.conf).
+fn touches_values(roles: &[Role]) -> bool {
+    roles
+        .iter()
+        .any(|r| matches!(r, Role::Rotator | Role::Revoker | Role::Api))
+}
+
 /// Rotators and revokers touch values; without a master key every message would fail, so refuse
 /// to start rather than fill the DLQ.
 pub(crate) fn require_store(ctx: &keyloop_workers::WorkerContext, roles: &[Role]) -> Result<()> {
-    let touches_values = roles
-        .iter()
-        .any(|r| matches!(r, Role::Rotator | Role::Revoker));
-    if touches_values && ctx.backends.local.is_none() {
+    if touches_values(roles) && ctx.backends.local.is_none() {
         bail!(
             "the rotator and revoker need the local store's master key: set KEYLOOP_MASTER_KEY, pass --master-key-file, or run `keyloop up` once to create a dev key in the data directory"
         );

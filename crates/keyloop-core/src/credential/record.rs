@@ -308,10 +308,7 @@ mod stage_tests {
         Version {
             id: Uuid::from_u128(id),
             stage,
-            fingerprint: Fingerprint {
-                sha256: None,
-                sha1: None,
-            },
+            fingerprint: None,
             created_by: format!("op-{id}"),
             login: None,
             created_at: datetime!(2026-01-01 0:00 UTC),

@@ -266,7 +266,6 @@ impl Policy {
 mod settings_tests {
     use super::*;
     use crate::credential::*;
-    use crate::fingerprint::Fingerprint;
     use time::macros::datetime;
     use uuid::Uuid;
 
@@ -292,10 +291,7 @@ mod settings_tests {
                 .map(|(i, (stage, login))| Version {
                     id: Uuid::from_u128(i as u128 + 1),
                     stage: *stage,
-                    fingerprint: Fingerprint {
-                        sha256: None,
-                        sha1: None,
-                    },
+                    fingerprint: None,
                     created_by: format!("op-{i}"),
                     login: Some((*login).to_owned()),
                     created_at: datetime!(2026-01-01 0:00 UTC),

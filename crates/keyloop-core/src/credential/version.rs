@@ -1,7 +1,7 @@
 //! A credential's versions: their stages and why they change, and whether the target may
 //! accept a version's value.
 
-use crate::fingerprint::Fingerprint;
+use crate::fingerprint::{Fingerprint, FingerprintTag};
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 use time::OffsetDateTime;
@@ -96,8 +96,16 @@ pub struct Version {
     pub id: Uuid,
     /// Where it is in the protocol.
     pub stage: Stage,
-    /// Digests of the value.
-    pub fingerprint: Fingerprint,
+    /// The tag of the value's digests, for people; none until the value is stored. The full
+    /// digests are kept only in the fingerprint index (see [`FingerprintTag`]): whoever reads
+    /// the inventory (the control plane's `show`) must not learn what a leak would match.
+    /// Records written before tags existed held the digests here; they are read as their tag.
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        deserialize_with = "crate::fingerprint::optional_tag"
+    )]
+    pub fingerprint: Option<FingerprintTag>,
     /// The operation that created it.
     pub created_by: String,
     /// The target account this version's value belongs to (a PostgreSQL role), when the
@@ -180,7 +188,7 @@ impl Version {
         Self {
             id,
             stage: Stage::Pending,
-            fingerprint,
+            fingerprint: fingerprint.tag(),
             created_by: created_by.into(),
             login,
             created_at: at,

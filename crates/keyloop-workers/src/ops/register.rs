@@ -155,7 +155,7 @@ pub async fn register(
     }
     let mut data = LifecycleData::new(LifecycleKind::Created, Some(id), Some(version));
     data.stage = Some(Stage::Current);
-    data.fingerprint = Some(cred.versions[0].fingerprint.clone());
+    data.fingerprint = cred.versions[0].fingerprint.clone();
     if !warnings.is_empty() {
         data.detail = Some(warnings.join("; "));
     }
@@ -349,7 +349,7 @@ async fn take_over(
         )
         .await
         .map_err(before_target)?;
-    let fp = fingerprint.clone();
+    let fp = fingerprint.tag();
     let cred = crate::claim::update_credential(ctx, id, |c| match c.version_mut(version) {
         Some(v) if v.stage == Stage::Pending => {
             v.fingerprint = fp.clone();
@@ -414,12 +414,22 @@ async fn undo_registration(
     store: &dyn Store,
 ) -> Result<(), Error> {
     if let Some((cred, _)) = ctx.inventory.get(&reg.id).await? {
+        // The record keeps only the value's tag, so its index keys come from the value, read
+        // before it is destroyed. A value that cannot be read leaves them behind, pointing at
+        // a version no record will have (every registration has a fresh version id): a leak
+        // of that value, which never reached the target, is `leak_unmatched`.
+        let keys = match store.get(&cred, version).await {
+            Ok(value) => value.map(|v| Fingerprint::of(&v).index_keys()),
+            Err(e) => {
+                tracing::warn!(credential = %reg.id, error = %e, "could not read the unused first value of a failed registration to remove its fingerprints; they point at no version");
+                None
+            }
+        };
         if let Err(e) = store.destroy(&cred, version).await {
             tracing::warn!(credential = %reg.id, error = %e, "could not destroy the unused first value of a failed registration; it never reached the target");
         }
-        let fp = &cred.versions[0].fingerprint;
-        if fp.sha256.is_some() || fp.sha1.is_some() {
-            ctx.fingerprints.remove(&fp.index_keys()).await?;
+        if let Some(keys) = keys {
+            ctx.fingerprints.remove(&keys).await?;
         }
     }
     for key in reg.settings.bindings(reg.store, reg.target) {
