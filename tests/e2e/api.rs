@@ -232,3 +232,104 @@ async fn watch_prints_each_rotation_of_a_credential_as_it_happens() {
     assert_eq!(seen.subject.as_deref(), Some("svc/followed"));
     let _ = watch.kill().await;
 }
+
+/// `keyloop credential verify ID` as `actor`, with `value` on stdin: the exit code and stdout.
+async fn verify_as(env: &Env, actor: &str, id: &str, value: &str) -> (Option<i32>, String) {
+    use tokio::io::AsyncWriteExt;
+    let mut child = env
+        .keyloop_as(actor)
+        .args(["credential", "verify", id])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stdin = child.stdin.take().unwrap();
+    stdin.write_all(value.as_bytes()).await.unwrap();
+    drop(stdin);
+    let out = child.wait_with_output().await.unwrap();
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(!text.contains(value), "verify printed the value: {text}");
+    (out.status.code(), text)
+}
+
+#[tokio::test]
+async fn verifying_a_value_is_for_consumers_and_a_dead_one_is_recorded_with_who_tried_it() {
+    let env = Env::start_secured().await;
+    let _rotator = env.worker_as("rotator", "rotator", &["rotator"]);
+    let _revoker = env.worker_as("revoker", "revoker", &["revoker"]);
+    env.ok(&[
+        "credential",
+        "register",
+        "svc/verified",
+        "--consumer",
+        "orchestrator-a",
+    ])
+    .await;
+    let old = env
+        .ok(&["credential", "fetch", "svc/verified"])
+        .await
+        .trim_end()
+        .to_owned();
+    let old_version = env.credential("svc/verified").await.current().unwrap().id;
+
+    // A consumer: the live value works (a use with its name), a made-up one does not.
+    let (code, out) = verify_as(&env, "orchestrator-a", "svc/verified", &old).await;
+    assert_eq!(code, Some(0), "{out}");
+    assert!(
+        out.contains(&format!("version {old_version} (current)")),
+        "{out}"
+    );
+    let (code, out) = verify_as(&env, "orchestrator-a", "svc/verified", "kl_not-a-value").await;
+    assert_eq!(code, Some(2), "{out}");
+    assert!(out.contains("not a version of svc/verified"), "{out}");
+
+    // Not a consumer: refused before anything is looked up, and recorded as `denied`.
+    let (code, out) = verify_as(&env, "orchestrator-b", "svc/verified", &old).await;
+    assert_ne!(code, Some(0), "{out}");
+    assert!(
+        out.contains("orchestrator-b may not verify svc/verified"),
+        "{out}"
+    );
+
+    // Revoked (a leak, say): the old value is dead, and whoever still presents it is on record.
+    env.ok(&["revoke", "svc/verified", "--reason", "leaked in a test"])
+        .await;
+    let (code, out) = verify_as(&env, "orchestrator-a", "svc/verified", &old).await;
+    assert_eq!(code, Some(2), "{out}");
+    assert!(
+        out.contains(&format!("version {old_version} is revoked")),
+        "{out}"
+    );
+
+    let events = lifecycle(&env.bus).await;
+    let used = events.iter().any(|e| {
+        e.data.kind == LifecycleKind::Used
+            && e.data.actor.as_deref() == Some("orchestrator-a")
+            && e.data.version == Some(old_version)
+    });
+    assert!(used, "a verified live value is a use");
+    let denied_verifications: Vec<_> = events
+        .iter()
+        .filter(|e| e.data.kind == LifecycleKind::VerifyDenied)
+        .collect();
+    assert_eq!(denied_verifications.len(), 2, "{denied_verifications:?}");
+    assert!(denied_verifications.iter().all(|e| {
+        e.data.actor.as_deref() == Some("orchestrator-a")
+            && e.data.credential.as_ref().map(|c| c.as_str()) == Some("svc/verified")
+    }));
+    let dead = denied_verifications
+        .iter()
+        .find(|e| e.data.version == Some(old_version))
+        .expect("the revoked version's attempt names the version");
+    assert_eq!(dead.data.stage, Some(Stage::Revoked));
+    assert!(events.iter().any(|e| {
+        e.data.kind == LifecycleKind::Denied && e.data.actor.as_deref() == Some("orchestrator-b")
+    }));
+    let stored = serde_json::to_string(&events).unwrap();
+    assert!(!stored.contains(&old), "a value reached the audit log");
+}

@@ -192,6 +192,13 @@ pub(crate) enum CredentialCommand {
         #[arg(long)]
         previous: bool,
     },
+    /// Whether a value (read from stdin, never the command line) is a live version of the
+    /// credential: exit 0 if it works, 2 if not. A dead or unknown value is recorded
+    /// (`verify_denied`, with who asked). For its owner, consumers and admins.
+    Verify {
+        /// Credential id.
+        id: String,
+    },
     /// Change a credential's owner or consumers (the actors allowed to fetch it).
     Update {
         /// Credential id.

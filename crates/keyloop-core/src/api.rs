@@ -8,7 +8,8 @@
 //! - an **admin** (the operators named in the api worker's configuration) may do everything;
 //! - a credential's **owner** (`policy.owner`) may show, fetch, update, rotate, revoke and retire
 //!   it;
-//! - a credential's **consumers** may show and fetch it (the value a service uses);
+//! - a credential's **consumers** may show, fetch and verify it (the value a service uses, and
+//!   whether a value presented to it is one of the credential's live versions);
 //! - everyone else is refused (`forbidden`), and the refusal is recorded.
 
 use crate::credential::{BackendSettings, Credential, CredentialId, Policy, StoreKind, TargetKind};
@@ -36,11 +37,13 @@ pub enum Verb {
     Revoke,
     /// The current value (or the previous one during its grace).
     Fetch,
+    /// Whether a presented value is a live version of the credential.
+    Verify,
 }
 
 impl Verb {
     /// Every verb.
-    pub const ALL: [Verb; 8] = [
+    pub const ALL: [Verb; 9] = [
         Self::Register,
         Self::Update,
         Self::Retire,
@@ -49,6 +52,7 @@ impl Verb {
         Self::Rotate,
         Self::Revoke,
         Self::Fetch,
+        Self::Verify,
     ];
 
     /// The subject token.
@@ -62,6 +66,7 @@ impl Verb {
             Self::Rotate => "rotate",
             Self::Revoke => "revoke",
             Self::Fetch => "fetch",
+            Self::Verify => "verify",
         }
     }
 
@@ -153,6 +158,40 @@ pub struct FetchRequest {
     pub previous: bool,
 }
 
+/// `verify`: is `value` a live version of `id`? The value travels in this request only; its
+/// `Debug` is redacted.
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct VerifyRequest {
+    /// The credential the value is presented for.
+    pub id: CredentialId,
+    /// The value.
+    pub value: String,
+}
+
+impl std::fmt::Debug for VerifyRequest {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("VerifyRequest")
+            .field("id", &self.id)
+            .field("value", &"<redacted>")
+            .finish()
+    }
+}
+
+/// The reply to `verify`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct VerifyReply {
+    /// Whether the value works now (its version is current, or previous in its grace).
+    pub valid: bool,
+    /// The version it is, when it is one of this credential's.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub version: Option<Uuid>,
+    /// That version's stage.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stage: Option<crate::Stage>,
+}
+
 /// The reply to `fetch`: the value, once, never stored in a stream.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
@@ -242,7 +281,7 @@ impl AccessRules {
         let owner = cred.policy.owner.as_deref() == Some(actor);
         let consumer = cred.consumers.iter().any(|c| c == actor);
         match verb {
-            Verb::Show | Verb::Fetch | Verb::List => owner || consumer,
+            Verb::Show | Verb::Fetch | Verb::Verify | Verb::List => owner || consumer,
             Verb::Update | Verb::Rotate | Verb::Revoke | Verb::Retire => owner,
             Verb::Register => false,
         }
@@ -287,6 +326,7 @@ mod tests {
             assert!(rules.allows("team-payments", verb, Some(&c)), "{verb:?}");
         }
         assert!(rules.allows("svc-billing", Verb::Fetch, Some(&c)));
+        assert!(rules.allows("svc-billing", Verb::Verify, Some(&c)));
         assert!(rules.allows("svc-billing", Verb::Show, Some(&c)));
         for verb in [Verb::Rotate, Verb::Revoke, Verb::Update, Verb::Retire] {
             assert!(!rules.allows("svc-billing", verb, Some(&c)), "{verb:?}");

@@ -146,6 +146,9 @@ pub enum LifecycleKind {
     Denied,
     /// A credential was offboarded: every version revoked, nothing scheduled, history kept.
     Retired,
+    /// A value was presented for verification and does not work: a revoked or leaked
+    /// version, or no version of that credential at all (who tried it, which version).
+    VerifyDenied,
 }
 
 impl LifecycleKind {
@@ -169,6 +172,7 @@ impl LifecycleKind {
             Self::ApprovalDenied => "approval_denied",
             Self::Denied => "denied",
             Self::Retired => "retired",
+            Self::VerifyDenied => "verify_denied",
         }
     }
 

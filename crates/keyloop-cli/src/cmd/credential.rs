@@ -9,7 +9,7 @@ use crate::{config, output};
 use anyhow::{Context, Result, anyhow, bail};
 use keyloop_core::api::{
     FetchReply, FetchRequest, IdRequest, Queued, RegisterRequest, RetireRequest, UpdateRequest,
-    Verb,
+    Verb, VerifyReply, VerifyRequest,
 };
 use keyloop_core::duration::{GRACE, IDLE_REVOKE_AFTER, MAX_AGE};
 use keyloop_core::{BackendSettings, Credential, CredentialId, Policy, StoreKind};
@@ -27,6 +27,7 @@ pub(crate) async fn run(g: &Global, cmd: CredentialCommand) -> Result<ExitCode> 
         CredentialCommand::List => list(g).await,
         CredentialCommand::Show { id } => show(g, &id).await,
         CredentialCommand::Fetch { id, previous } => fetch(g, &id, previous).await,
+        CredentialCommand::Verify { id } => verify(g, &id).await,
         CredentialCommand::Update {
             id,
             owner,
@@ -200,6 +201,53 @@ async fn fetch(g: &Global, id: &str, previous: bool) -> Result<ExitCode> {
         .and_then(|()| out.flush())
         .map_err(output::stdout_error)?;
     Ok(ExitCode::SUCCESS)
+}
+
+/// Exit code of `credential verify` for a value that does not work.
+const EXIT_INVALID: u8 = 2;
+
+async fn verify(g: &Global, id: &str) -> Result<ExitCode> {
+    use std::io::BufRead;
+    let id = parse_id(id)?;
+    let mut line = String::new();
+    std::io::stdin()
+        .lock()
+        .read_line(&mut line)
+        .context("cannot read the value from stdin")?;
+    let value = keyloop_core::Secret::new(line.trim().to_owned());
+    drop(line);
+    if value.expose().is_empty() {
+        bail!(
+            "no value on stdin; pipe it in, e.g. `printf %s \"$VALUE\" | keyloop credential verify {id}`"
+        );
+    }
+    let bus = config::connect(g).await?;
+    let req = VerifyRequest {
+        id: id.clone(),
+        value: value.expose().to_owned(),
+    };
+    let reply: VerifyReply = api_client::call(g, &bus, Verb::Verify, &req).await?;
+    drop(req);
+    if g.json {
+        output::json_line(&reply)?;
+    } else {
+        let version = reply.version.map(|v| v.to_string());
+        let stage = reply.stage.map(|s| s.name());
+        match (reply.valid, version, stage) {
+            (true, Some(v), Some(s)) => {
+                output::line(format_args!("valid: {id} version {v} ({s})"))?
+            }
+            (false, Some(v), Some(s)) => output::line(format_args!(
+                "invalid: {id} version {v} is {s}; fetch the current value with `keyloop credential fetch {id}`"
+            ))?,
+            _ => output::line(format_args!("invalid: not a version of {id}"))?,
+        }
+    }
+    Ok(if reply.valid {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(EXIT_INVALID)
+    })
 }
 
 async fn update(g: &Global, req: UpdateRequest) -> Result<ExitCode> {
