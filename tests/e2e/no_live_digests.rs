@@ -5,9 +5,11 @@
 //! commands, API traffic — and every output of `credential register`/`show`/`list`/`rotate`
 //! and `replay`, for people and `--json`, is searched for the SHA-256 and SHA-1 of each value
 //! (computed here from `credential reveal`). The only places allowed to hold them are the
-//! fingerprint index (its keys are digests) and the detectors' own leak findings. What people
-//! see instead is each version's tag (`fp:` and 8 hex), and a leak built from a tag matches
-//! nothing.
+//! detectors' own leak findings and a lookup in the fingerprint index under an unhashed key (the
+//! fallback for indexes written before keys were hashed: a request only its sender and the
+//! server see). The index's own keys, written by the workers, are hashes of the digests. What
+//! people see instead is each version's tag (`fp:` and 8 hex), and a leak built from a tag
+//! matches nothing.
 
 use crate::harness::{Env, Events, Stored, Wiretap, gitleaks_report, lifecycle, path_str};
 use keyloop_core::{Fingerprint, LifecycleKind, Secret, Stage};
@@ -29,15 +31,17 @@ fn tag(value: &str) -> String {
         .to_string()
 }
 
-/// Whether a message routed by the server may carry a digest: a write to or a lookup in the
-/// fingerprint index (the key is in the subject, and in the `Nats-Subject` header of a direct
-/// get's reply), or a detector's leak finding (its digests are what it reports).
+/// Whether a message routed by the server may carry a digest: a lookup in the fingerprint
+/// index under an unhashed key (`…KV_keyloop_fingerprints.$KV.keyloop_fingerprints.sha256.<d>`,
+/// the fallback for old indexes), or a detector's leak finding (its digests are what it
+/// reports). Never a write to the index (`$KV.keyloop_fingerprints.…`): its keys are hashed.
 fn may_hold_digests(m: &Stored) -> bool {
-    let index = ["$KV.keyloop_fingerprints.", "KV_keyloop_fingerprints."];
-    index.iter().any(|i| m.subject.contains(i))
-        || m.headers
-            .iter()
-            .any(|(_, v)| v.starts_with("$KV.keyloop_fingerprints."))
+    let legacy_lookup = ["sha256.", "sha1."].iter().any(|kind| {
+        m.subject.starts_with(&format!(
+            "$JS.API.DIRECT.GET.KV_keyloop_fingerprints.$KV.keyloop_fingerprints.{kind}"
+        ))
+    });
+    legacy_lookup
         || String::from_utf8_lossy(&m.payload).contains(r#""type":"dev.keyloop.leak.detected""#)
 }
 
@@ -196,6 +200,21 @@ async fn no_full_digest_of_a_live_value_leaves_the_fingerprint_index() {
             .any(|m| m.subject.starts_with("$KV.keyloop_inventory.")),
         "the wiretap saw the inventory writes"
     );
+    let index_writes: Vec<_> = messages
+        .iter()
+        .filter(|m| m.subject.starts_with("$KV.keyloop_fingerprints."))
+        .collect();
+    assert!(
+        index_writes.len() >= 4,
+        "the wiretap saw the index writes (two keys per value): {}",
+        index_writes.len()
+    );
+    assert!(
+        index_writes
+            .iter()
+            .all(|m| m.subject.starts_with("$KV.keyloop_fingerprints.v1.")),
+        "every index key is hashed"
+    );
     for m in messages.iter().filter(|m| !may_hold_digests(m)) {
         let payload = String::from_utf8_lossy(&m.payload);
         for d in &secret_digests {
@@ -209,4 +228,52 @@ async fn no_full_digest_of_a_live_value_leaves_the_fingerprint_index() {
             );
         }
     }
+}
+
+/// An index written before its keys were hashed (`sha256.<digest>`, `sha1.<digest>`) still
+/// matches a leak after the upgrade: lookups fall back to the unhashed keys.
+#[tokio::test]
+async fn a_version_indexed_under_the_old_unhashed_keys_is_still_matched_by_a_leak() {
+    let env = Env::start().await;
+    let _worker = env.worker("worker", &["leak-responder", "rotator", "revoker"]);
+    let events = Events::subscribe(&env.bus).await;
+    let value = env.register_and_reveal("svc/upgraded").await;
+    let version = env.credential("svc/upgraded").await.versions[0].id;
+
+    // Rewrite its entries as an older keyloop wrote them.
+    let index = env
+        .bus
+        .js
+        .get_key_value(env.bus.topology.fingerprint_bucket())
+        .await
+        .unwrap();
+    let fp = Fingerprint::of(&Secret::from(value.as_str()));
+    let entry = index
+        .get(fp.index_keys()[0].clone())
+        .await
+        .unwrap()
+        .expect("indexed under the hashed key");
+    for (hashed, legacy) in fp.index_keys().into_iter().zip([
+        format!("sha256.{}", fp.sha256.as_deref().unwrap()),
+        format!("sha1.{}", fp.sha1.as_deref().unwrap()),
+    ]) {
+        index.put(legacy, entry.clone()).await.unwrap();
+        index.purge(hashed).await.unwrap();
+    }
+
+    let report = env.file("leak.json", &gitleaks_report(&value, "a.env"));
+    env.ok(&["ingest", "gitleaks", path_str(&report)]).await;
+    events
+        .wait(
+            "the old entry matched and the version was revoked",
+            Duration::from_secs(10),
+            |seen| {
+                seen.iter()
+                    .any(|e| e.data.kind == LifecycleKind::LeakMatched)
+                    && seen.iter().any(|e| {
+                        e.data.kind == LifecycleKind::Revoked && e.data.version == Some(version)
+                    })
+            },
+        )
+        .await;
 }

@@ -148,9 +148,29 @@ impl Fingerprint {
         }
     }
 
-    /// The index keys of this fingerprint, strongest digest first: `sha256.<hex>`, `sha1.<hex>`.
+    /// The keys this fingerprint is indexed under, strongest digest first: `v1.sha256.<key>`,
+    /// `v1.sha1.<key>`, where the key is a domain-separated SHA-256 of the digest, never the
+    /// digest itself. Whoever reads the index's keys (a direct get with a wildcard returns the
+    /// entry written last, and no NATS permission can refuse the wildcard without refusing the
+    /// keys) learns no digest, and so cannot build a leak event that would revoke the value;
+    /// matching a leak only needs the digest the detector reports, hashed the same way here.
     pub fn index_keys(&self) -> Vec<String> {
         let mut keys = Vec::with_capacity(2);
+        if let Some(h) = &self.sha256 {
+            keys.push(index_key(DigestKind::Sha256, h));
+        }
+        if let Some(h) = &self.sha1 {
+            keys.push(index_key(DigestKind::Sha1, h));
+        }
+        keys
+    }
+
+    /// The keys to look this fingerprint up under: [`Self::index_keys`], then the keys of
+    /// indexes written before they were hashed (`sha256.<digest>`, `sha1.<digest>`), so a
+    /// version indexed by an older keyloop is still matched by a leak. Writes use
+    /// [`Self::index_keys`] only; the fallback costs a lookup only when the hashed keys miss.
+    pub fn lookup_keys(&self) -> Vec<String> {
+        let mut keys = self.index_keys();
         if let Some(h) = &self.sha256 {
             keys.push(format!("{}.{h}", DigestKind::Sha256.prefix()));
         }
@@ -159,6 +179,19 @@ impl Fingerprint {
         }
         keys
     }
+}
+
+/// Domain of the index keys' hash: distinct from the tags', so a tag is no part of a key.
+const INDEX_DOMAIN: &[u8] = b"keyloop fingerprint index v1\0";
+
+/// `v1.<kind>.<hex of SHA-256(INDEX_DOMAIN, kind, ":", lowercase hex digest)>`.
+fn index_key(kind: DigestKind, hex_digest: &str) -> String {
+    let mut hash = Sha256::new();
+    hash.update(INDEX_DOMAIN);
+    hash.update(kind.prefix().as_bytes());
+    hash.update(b":");
+    hash.update(hex_digest.trim().to_ascii_lowercase().as_bytes());
+    format!("v1.{}.{}", kind.prefix(), hex::encode(hash.finalize()))
 }
 
 impl fmt::Display for Fingerprint {
@@ -319,9 +352,43 @@ mod tests {
             .unwrap();
         assert_eq!(
             fp.index_keys(),
-            vec!["sha1.a9993e364706816aba3e25717850c26c9cd0d89d"]
+            Fingerprint::of(&Secret::from("abc"))
+                .index_keys()
+                .split_off(1),
+            "a reported SHA-1 is indexed as the value's own SHA-1 is"
         );
         assert!(Fingerprint::from_digests(Some("xyz"), None).is_err());
+    }
+
+    #[test]
+    fn index_keys_hold_no_digest_and_lookups_fall_back_to_the_unhashed_keys() {
+        let fp = Fingerprint::of(&Secret::from("abc"));
+        let (sha256, sha1) = (fp.sha256.clone().unwrap(), fp.sha1.clone().unwrap());
+        let keys = fp.index_keys();
+        assert_eq!(keys.len(), 2);
+        assert!(keys[0].starts_with("v1.sha256.") && keys[1].starts_with("v1.sha1."));
+        let tag = fp.tag().unwrap().to_string();
+        for key in &keys {
+            assert!(!key.contains(&sha256) && !key.contains(&sha1), "{key}");
+            assert!(
+                !key.contains(&sha256[..16]) && !key.contains(&sha1[..16]),
+                "{key}"
+            );
+            assert!(!key.contains(&tag["fp:".len()..]), "{key}");
+        }
+        assert_ne!(keys[0], keys[1]);
+        assert_eq!(
+            fp.lookup_keys(),
+            vec![
+                keys[0].clone(),
+                keys[1].clone(),
+                format!("sha256.{sha256}"),
+                format!("sha1.{sha1}"),
+            ]
+        );
+        // Upper-case hex from a detector is the same key.
+        let upper = Fingerprint::from_digests(Some(&sha256.to_uppercase()), None).unwrap();
+        assert_eq!(upper.index_keys()[0], keys[0]);
     }
 
     #[test]

@@ -463,7 +463,7 @@ impl Api<'_> {
     async fn verify(&self, req: VerifyRequest) -> Result<VerifyReply, ApiError> {
         let cred = self.authorized(Verb::Verify, &req.id).await?;
         let value = keyloop_core::Secret::new(req.value);
-        let keys = keyloop_core::Fingerprint::of(&value).index_keys();
+        let keys = keyloop_core::Fingerprint::of(&value).lookup_keys();
         drop(value);
         let found = self
             .ctx

@@ -218,7 +218,7 @@ pub async fn verify(
     now: OffsetDateTime,
     limiter: &UseLimiter,
 ) -> Result<VerifyReply, Error> {
-    let keys = Fingerprint::of(token).index_keys();
+    let keys = Fingerprint::of(token).lookup_keys();
     let window = now
         .unix_timestamp()
         .div_euclid(ops::USE_RECORD_INTERVAL_SECS);

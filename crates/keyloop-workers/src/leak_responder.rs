@@ -74,7 +74,7 @@ async fn respond(ctx: &WorkerContext, delivery: &Delivery) -> Result<(), Handler
         causation: Some(leak.id.clone()),
         actor: None,
     };
-    let keys = finding.fingerprint.index_keys();
+    let keys = finding.fingerprint.lookup_keys();
     let target = ctx.fingerprints.lookup(&keys).await?;
     let matched = match target {
         Some(FingerprintRef::Version {
