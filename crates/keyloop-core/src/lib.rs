@@ -8,6 +8,7 @@ pub mod credential;
 pub mod duration;
 pub mod event;
 pub mod fingerprint;
+pub mod identity;
 pub mod ingest;
 pub mod leak;
 pub mod lease;
