@@ -36,9 +36,10 @@ fn id(i: usize) -> CredentialId {
 async fn issue(env: &Env, task: &str) -> IssueReply {
     let req = serde_json::to_vec(&IssueRequest {
         task_id: task.into(),
-        agent_id: "agent".into(),
+        agent_id: Some("agent".into()),
         scope: "read".into(),
         ttl_secs: 3_000,
+        identity_token: None,
     })
     .unwrap();
     for _ in 0..50 {

@@ -289,11 +289,14 @@ async fn a_sweep_over_10000_live_leases_with_10_due_touches_about_10_items() {
             let ttl_secs = if i % 1_000 == 0 { 1 } else { 3_000 };
             let req = IssueRequest {
                 task_id: format!("task-{i}"),
-                agent_id: "a".into(),
+                agent_id: Some("a".into()),
                 scope: "read".into(),
                 ttl_secs,
+                identity_token: None,
             };
-            jit_issuer::issue(&ctx, &policy, &req, now).await.unwrap();
+            jit_issuer::issue(&ctx, &policy, &Default::default(), &req, now)
+                .await
+                .unwrap();
             drop(permit);
         });
     }
@@ -453,9 +456,10 @@ async fn on_sigterm_the_issuer_stops_taking_requests_and_still_answers_the_one_i
         let (client, subject) = (env.bus.client.clone(), env.bus.topology.jit_issue());
         let request = IssueRequest {
             task_id: "t-in-hand".into(),
-            agent_id: "a".into(),
+            agent_id: Some("a".into()),
             scope: "db-read".into(),
             ttl_secs: 600,
+            identity_token: None,
         };
         // Longer than the default 10 s: the lock wait, the stop and the checks below all
         // happen while this request is in hand, and a loaded CI machine is slow.
@@ -516,9 +520,10 @@ async fn on_sigterm_the_issuer_stops_taking_requests_and_still_answers_the_one_i
     }
     let late = IssueRequest {
         task_id: "t-late".into(),
-        agent_id: "a".into(),
+        agent_id: Some("a".into()),
         scope: "read".into(),
         ttl_secs: 60,
+        identity_token: None,
     };
     assert_eq!(
         request_or_no_responders(

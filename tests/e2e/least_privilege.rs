@@ -400,9 +400,10 @@ async fn every_role_runs_the_loop_with_its_own_user_and_no_more() {
     let jit_request = |task: &str| {
         let request = IssueRequest {
             task_id: task.into(),
-            agent_id: "a".into(),
+            agent_id: Some("a".into()),
             scope: "read".into(),
             ttl_secs: 60,
+            identity_token: None,
         };
         let client = orchestrator_client.clone();
         async move {
@@ -449,9 +450,10 @@ async fn every_role_runs_the_loop_with_its_own_user_and_no_more() {
             "keyloop.jit.issue",
             serde_json::to_vec(&IssueRequest {
                 task_id: "b-1".into(),
-                agent_id: "b".into(),
+                agent_id: Some("b".into()),
                 scope: "read".into(),
                 ttl_secs: 60,
+                identity_token: None,
             })
             .unwrap()
             .into(),

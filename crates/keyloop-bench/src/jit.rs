@@ -19,9 +19,10 @@ const SERVE_TIMEOUT: Duration = Duration::from_secs(30);
 pub(crate) fn issue_request(task_id: String, ttl_secs: u64) -> IssueRequest {
     IssueRequest {
         task_id,
-        agent_id: "bench".into(),
+        agent_id: Some("bench".into()),
         scope: "read".into(),
         ttl_secs,
+        identity_token: None,
     }
 }
 

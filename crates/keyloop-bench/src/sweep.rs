@@ -20,7 +20,7 @@ pub(crate) async fn run(env: &Env<'_>, live_leases: usize) -> Result<SweepFigure
     let policy = keyloop_core::JitPolicy::default();
     for i in 0..DUE {
         let req = issue_request(format!("bench-due-{i}"), 1);
-        keyloop_workers::jit_issuer::issue(&ctx, &policy, &req, now)
+        keyloop_workers::jit_issuer::issue(&ctx, &policy, &Default::default(), &req, now)
             .await
             .map_err(|e| anyhow::anyhow!("issue a lease due in 1 s: {}", e.message))?;
     }

@@ -124,8 +124,14 @@ pub(crate) struct RunArgs {
     /// The scheduler's window: one tick per window (from 1s to 1h).
     #[arg(long, default_value = "1m", env = "KEYLOOP_TICK_INTERVAL")]
     pub(crate) tick_interval: String,
-    /// JIT policy file (JSON: {"scopes": {"read": {"tier": "auto", "max_ttl_secs": 3600}}});
-    /// default: read (auto, 1h), write (notify, 1h), admin (approve, 15m).
+    /// JIT policy file (JSON): {"scopes": {"read": {"tier": "auto", "max_ttl_secs": 3600}}};
+    /// default: read (auto, 1h), write (notify, 1h), admin (approve, 15m), open to every NATS
+    /// user allowed to publish jit.issue. To require a proved workload identity, trust its
+    /// issuer ("issuers": [{"issuer": "https://token.actions.githubusercontent.com",
+    /// "audiences": ["keyloop"], "jwks_file": "github-jwks.json"}], the JWKS path relative to
+    /// the policy file; optional "token_leeway_secs", default 30, at most 300) and list who may
+    /// ask for a scope ("identities": [{"issuer": "…", "subject": "repo:acme/api:*"}], a
+    /// subject exact or a prefix ending in `*`).
     #[arg(long, env = "KEYLOOP_JIT_POLICY")]
     pub(crate) jit_policy: Option<PathBuf>,
     /// Serve Prometheus metrics on this address (e.g. 127.0.0.1:9464).
@@ -148,9 +154,15 @@ pub(crate) enum TaskCommand {
     Start {
         /// Task id.
         task: String,
-        /// The agent that will use it.
+        /// The agent that will use it: a label recorded with the lease (not proved).
         #[arg(long)]
-        agent: String,
+        agent: Option<String>,
+        /// A workload identity token (JWT) proving who asks: a Kubernetes projected
+        /// service-account token, a GitHub Actions OIDC token, a SPIFFE JWT-SVID. Read at each
+        /// call (a projected token is refreshed in place); `-` reads it from stdin. Needed by
+        /// scopes that list `identities`.
+        #[arg(long, env = "KEYLOOP_IDENTITY_TOKEN_FILE")]
+        identity_token_file: Option<PathBuf>,
         /// Scope (read, write, admin by default).
         #[arg(long)]
         scope: String,

@@ -319,20 +319,7 @@ pub(crate) fn duration_flag(bounds: Bounds, text: &str) -> Result<std::time::Dur
 /// The worker configuration from `up`/`worker` flags.
 pub(crate) fn worker_config(args: &crate::cli::RunArgs) -> Result<keyloop_workers::WorkerConfig> {
     let tick_interval = duration_flag(TICK_INTERVAL, &args.tick_interval)?;
-    let jit_policy = match &args.jit_policy {
-        None => keyloop_core::JitPolicy::default(),
-        Some(path) => {
-            let text = std::fs::read(path)
-                .with_context(|| format!("cannot read JIT policy {}", path.display()))?;
-            serde_json::from_slice(&text).with_context(|| {
-                format!(
-                    "JIT policy {} is not valid: expected {{\"scopes\": {{\"read\": {{\"tier\": \"auto\", \"max_ttl_secs\": 3600}}}}}}",
-                    path.display()
-                )
-            })?
-        }
-    };
-    check_jit_policy(&jit_policy, args.jit_policy.as_deref())?;
+    let (jit_policy, identity_verifier) = jit_policy(args.jit_policy.as_deref())?;
     Ok(keyloop_workers::WorkerConfig {
         consume: keyloop_nats::ConsumeConfig {
             concurrency: args.concurrency.max(1),
@@ -340,10 +327,69 @@ pub(crate) fn worker_config(args: &crate::cli::RunArgs) -> Result<keyloop_worker
         },
         tick_interval,
         jit_policy,
+        identity_verifier,
         api_rules: keyloop_core::api::AccessRules {
             admins: args.api_admins.clone(),
         },
     })
+}
+
+/// Largest JWKS file read: a few keys are a few KiB.
+const MAX_JWKS_BYTES: u64 = 1024 * 1024;
+
+/// The JIT policy of `--jit-policy` (or the default), checked, with its issuers' JWKS files
+/// (relative paths are relative to the policy file) loaded into the identity verifier. Every
+/// refusal names the policy file and what to fix.
+fn jit_policy(
+    file: Option<&Path>,
+) -> Result<(
+    keyloop_core::JitPolicy,
+    keyloop_core::identity::IdentityVerifier,
+)> {
+    let policy = match file {
+        None => keyloop_core::JitPolicy::default(),
+        Some(path) => {
+            let text = std::fs::read(path)
+                .with_context(|| format!("cannot read JIT policy {}", path.display()))?;
+            let mut policy: keyloop_core::JitPolicy = serde_json::from_slice(&text).with_context(|| {
+                format!(
+                    "JIT policy {} is not valid: expected {{\"scopes\": {{\"read\": {{\"tier\": \"auto\", \"max_ttl_secs\": 3600}}}}}}, optionally with \"issuers\" and each scope's \"identities\" (see `keyloop worker --help`)",
+                    path.display()
+                )
+            })?;
+            let base = path.parent().unwrap_or_else(|| Path::new("."));
+            policy.issuers.resolve_paths(base);
+            policy
+        }
+    };
+    let shown = || file.map_or_else(|| "(default)".into(), |f| f.display().to_string());
+    check_jit_policy(&policy, file)?;
+    policy
+        .check()
+        .map_err(|e| anyhow::anyhow!("JIT policy {}: {e}", shown()))?;
+    let verifier = keyloop_core::identity::IdentityVerifier::load(
+        &policy.issuers,
+        policy.token_leeway_secs,
+        read_jwks,
+    )
+    .map_err(|e| anyhow::anyhow!("JIT policy {}: {e}", shown()))?;
+    Ok((policy, verifier))
+}
+
+/// A JWKS file, at most [`MAX_JWKS_BYTES`].
+fn read_jwks(path: &Path) -> std::io::Result<Vec<u8>> {
+    use std::io::Read;
+    let mut bytes = Vec::new();
+    std::fs::File::open(path)?
+        .take(MAX_JWKS_BYTES + 1)
+        .read_to_end(&mut bytes)?;
+    if bytes.len() as u64 > MAX_JWKS_BYTES {
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::InvalidData,
+            format!("over {MAX_JWKS_BYTES} bytes, too large for a JWKS"),
+        ));
+    }
+    Ok(bytes)
 }
 
 /// Every scope's `max_ttl_secs` within [`LEASE_TTL`], so a lease's expiry can always be

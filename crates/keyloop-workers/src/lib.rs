@@ -31,6 +31,7 @@ pub use context::{Backends, WorkerContext};
 pub use error::{Error, ErrorKind};
 
 use keyloop_core::JitPolicy;
+use keyloop_core::identity::IdentityVerifier;
 use keyloop_nats::{ConsumeConfig, Handler, Role};
 use std::sync::Arc;
 use std::time::Duration;
@@ -48,8 +49,10 @@ pub struct WorkerConfig {
     pub consume: ConsumeConfig,
     /// The scheduler's window (one tick per window; at least one second).
     pub tick_interval: Duration,
-    /// The scopes the JIT issuer serves.
+    /// The scopes the JIT issuer serves, and who may ask for each.
     pub jit_policy: JitPolicy,
+    /// The keys of `jit_policy.issuers`, loaded: what checks the requesters' identity tokens.
+    pub identity_verifier: IdentityVerifier,
     /// Who may do what through the control plane (the `api` role).
     pub api_rules: keyloop_core::api::AccessRules,
 }
@@ -60,6 +63,7 @@ impl Default for WorkerConfig {
             consume: ConsumeConfig::default(),
             tick_interval: Duration::from_secs(60),
             jit_policy: JitPolicy::default(),
+            identity_verifier: IdentityVerifier::default(),
             api_rules: keyloop_core::api::AccessRules {
                 admins: DEFAULT_API_ADMINS.iter().map(|a| (*a).to_owned()).collect(),
             },
@@ -122,6 +126,7 @@ pub async fn run(
             Role::JitIssuer => set.spawn(jit_issuer::serve(
                 ctx.clone(),
                 config.jit_policy.clone(),
+                config.identity_verifier.clone(),
                 shutdown.clone(),
             )),
             _ => continue,

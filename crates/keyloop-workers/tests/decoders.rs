@@ -22,6 +22,7 @@ use keyloop_core::event::{
     REVOKE_LEASE_COMMAND_TYPE, ROTATE_COMMAND_TYPE, RevokeCommand, RevokeLeaseCommand,
     RotateCommand, SCHEDULE_TICK_TYPE, ScheduleTick, TASK_COMPLETED_TYPE, TaskCompleted,
 };
+use keyloop_core::identity::IdentityVerifier;
 use keyloop_core::{JitPolicy, LeakFinding};
 use keyloop_workers::decode;
 use keyloop_workers::jit_issuer;
@@ -385,7 +386,11 @@ fn check_issue(payload: &[u8], planted: &Planted) -> bool {
             shown(&e.code, &e.message);
             false
         }
-        Ok(req) => match JitPolicy::default().decide(&req, OffsetDateTime::now_utc()) {
+        Ok(req) => match JitPolicy::default().decide(
+            &req,
+            &IdentityVerifier::default(),
+            OffsetDateTime::now_utc(),
+        ) {
             Ok(_) => true,
             Err(e) => {
                 shown(e.code(), &e.to_string());
@@ -425,6 +430,12 @@ fn issue_request() -> BoxedStrategy<Json> {
             .boxed(),
         ),
         ("ttl_secs", mostly(unsigned())),
+        // Mostly absent (null), else anything: a token that is not one is refused without
+        // being quoted.
+        (
+            "identity_token",
+            prop_oneof![3 => Just(Json::Raw("null".into())), 1 => free_text()].boxed(),
+        ),
     ])
 }
 

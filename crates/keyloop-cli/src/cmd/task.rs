@@ -5,10 +5,12 @@ use crate::cli::{Global, TaskCommand};
 use crate::{config, output};
 use anyhow::{Context, Result, bail};
 use keyloop_core::event::{CloudEvent, TASK_COMPLETED_TYPE, TaskCompleted};
+use keyloop_core::identity::IdentityToken;
 use keyloop_core::lease::{IssueReply, IssueRequest, ServiceError};
 use keyloop_nats::Bus;
 use serde::de::DeserializeOwned;
-use std::io::Write;
+use std::io::{Read, Write};
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::Duration;
 
@@ -17,9 +19,18 @@ pub(crate) async fn run(g: &Global, cmd: TaskCommand) -> Result<ExitCode> {
         TaskCommand::Start {
             task,
             agent,
+            identity_token_file,
             scope,
             ttl,
-        } => start(g, task, agent, scope, &ttl).await,
+        } => {
+            let request = Start {
+                task_id: task,
+                agent_id: agent,
+                identity_token_file,
+                scope,
+            };
+            start(g, request, &ttl).await
+        }
         TaskCommand::Complete { task } => complete(g, task).await,
     }
 }
@@ -62,22 +73,63 @@ pub(super) async fn request<T: DeserializeOwned>(
     serde_json::from_slice(&reply.payload).with_context(|| format!("unexpected reply on {subject}"))
 }
 
-async fn start(
-    g: &Global,
+/// What `task start` asks for.
+struct Start {
     task_id: String,
-    agent_id: String,
+    agent_id: Option<String>,
+    identity_token_file: Option<PathBuf>,
     scope: String,
-    ttl: &str,
-) -> Result<ExitCode> {
+}
+
+/// The identity token in `path` (`-`: stdin), read now: a projected token is refreshed in
+/// place by its platform, so it is read at each call, never cached. Surrounding whitespace (a
+/// trailing newline) is not part of it.
+fn read_identity_token(path: &Path) -> Result<IdentityToken> {
+    let what = "pass the path of a workload identity token (a Kubernetes projected service-account token, a GitHub Actions OIDC token saved to a file, a SPIFFE JWT-SVID) with --identity-token-file or KEYLOOP_IDENTITY_TOKEN_FILE, or `-` for stdin";
+    let mut text = String::new();
+    if path == Path::new("-") {
+        std::io::stdin()
+            .read_to_string(&mut text)
+            .with_context(|| format!("cannot read the identity token from stdin; {what}"))?;
+    } else {
+        text = std::fs::read_to_string(path).with_context(|| {
+            format!(
+                "cannot read the identity token file {}; {what}",
+                path.display()
+            )
+        })?;
+    }
+    let token = text.trim();
+    if token.is_empty() {
+        bail!(
+            "the identity token {} is empty; {what}",
+            if path == Path::new("-") {
+                "on stdin".to_owned()
+            } else {
+                format!("file {}", path.display())
+            }
+        );
+    }
+    Ok(IdentityToken::new(token.to_owned()))
+}
+
+async fn start(g: &Global, ask: Start, ttl: &str) -> Result<ExitCode> {
     // Checked here too (the issuer refuses above the scope's maximum): nothing is sent for a
     // value no scope can accept.
     let ttl = config::duration_flag(keyloop_core::duration::LEASE_TTL, ttl)?;
+    let identity_token = ask
+        .identity_token_file
+        .as_deref()
+        .map(read_identity_token)
+        .transpose()?;
     let bus = config::connect(g).await?;
+    let task_id = ask.task_id;
     let req = IssueRequest {
         task_id: task_id.clone(),
-        agent_id,
-        scope,
+        agent_id: ask.agent_id,
+        scope: ask.scope,
         ttl_secs: ttl.as_secs(),
+        identity_token,
     };
     let reply: IssueReply =
         request(&bus, bus.topology.jit_issue(), serde_json::to_vec(&req)?).await?;
@@ -88,6 +140,7 @@ async fn start(
             "scope": req.scope,
             "tier": reply.tier,
             "login": reply.login,
+            "identity": reply.identity,
             "expires_at": output::ts(reply.expires_at),
             "secret": reply.secret,
         }))?;
@@ -97,8 +150,13 @@ async fn start(
             .as_deref()
             .map(|l| format!("; log in to PostgreSQL as {l} with it"))
             .unwrap_or_default();
+        let to = reply
+            .identity
+            .as_ref()
+            .map(|i| format!(" to {}", i.actor()))
+            .unwrap_or_default();
         eprintln!(
-            "lease {} for task {task_id} (scope {}, tier {}) expires {}; the token below is shown once{login}",
+            "lease {} for task {task_id}{to} (scope {}, tier {}) expires {}; the token below is shown once{login}",
             reply.lease_id,
             req.scope,
             reply.tier.name(),

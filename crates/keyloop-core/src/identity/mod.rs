@@ -43,6 +43,8 @@ mod issuers;
 mod verify;
 
 #[cfg(test)]
+pub(crate) mod testing;
+#[cfg(test)]
 mod tests;
 
 pub use issuers::{

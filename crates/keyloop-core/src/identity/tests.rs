@@ -3,11 +3,9 @@
 //! the RS256 case uses a fixture whose private key was thrown away after signing it
 //! (`fixtures/k8s-*.json`: a public JWKS and tokens valid at [`NOW`]).
 
+use super::testing::Signer;
 use super::*;
-use jsonwebtoken::jwk::Jwk;
 use jsonwebtoken::{Algorithm, EncodingKey, Header};
-use ring::rand::SystemRandom;
-use ring::signature::{ECDSA_P256_SHA256_FIXED_SIGNING, EcdsaKeyPair};
 use serde_json::{Value, json};
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -19,39 +17,6 @@ const CI: &str = "https://ci.example";
 const K8S: &str = "https://kubernetes.default.svc.cluster.local";
 const K8S_JWKS: &str = include_str!("fixtures/k8s-jwks.json");
 const K8S_TOKENS: &str = include_str!("fixtures/k8s-tokens.json");
-
-/// A token issuer with a fresh P-256 key.
-struct Signer {
-    kid: String,
-    key: EncodingKey,
-    jwk: Jwk,
-}
-
-impl Signer {
-    fn new(kid: &str) -> Self {
-        let pkcs8 =
-            EcdsaKeyPair::generate_pkcs8(&ECDSA_P256_SHA256_FIXED_SIGNING, &SystemRandom::new())
-                .unwrap();
-        let key = EncodingKey::from_ec_der(pkcs8.as_ref());
-        let mut jwk = Jwk::from_encoding_key(&key, Algorithm::ES256).unwrap();
-        jwk.common.key_id = Some(kid.into());
-        Self {
-            kid: kid.into(),
-            key,
-            jwk,
-        }
-    }
-
-    fn jwks(&self) -> Vec<u8> {
-        serde_json::to_vec(&json!({ "keys": [self.jwk] })).unwrap()
-    }
-
-    fn sign(&self, claims: &Value) -> String {
-        let mut header = Header::new(Algorithm::ES256);
-        header.kid = Some(self.kid.clone());
-        jsonwebtoken::encode(&header, claims, &self.key).unwrap()
-    }
-}
 
 /// Claims of a CI job's token for keyloop, valid from a minute before [`NOW`] for an hour.
 fn claims() -> Value {

@@ -1,0 +1,176 @@
+//! `jit.issue`: a lease decided by [`JitPolicy::decide`], recorded, announced, then handed out;
+//! or a refusal, and for a refusal of who asked a `denied` event (who, what) first.
+//!
+//! Redelivery is harmless: a request is answered once (request/reply, nothing acked), a retried
+//! request is a new lease with its own id, and a refusal repeated within a minute is recorded
+//! once (its event id derives from who, what and the minute).
+
+use super::{SOURCE, service_error};
+use crate::context::WorkerContext;
+use crate::error::Error;
+use keyloop_core::event::{LifecycleData, LifecycleKind, lease_event, lifecycle_event};
+use keyloop_core::identity::IdentityVerifier;
+use keyloop_core::lease::{IssueReply, IssueRequest, LeaseState, Refusal, ServiceError};
+use keyloop_core::{Fingerprint, JitPolicy, Lease};
+use keyloop_nats::{DueItem, FingerprintRef};
+use time::OffsetDateTime;
+use tracing::warn;
+use uuid::Uuid;
+
+/// Refusals of one requester for one scope and task within this many seconds are one `denied`
+/// event: a requester retrying in a loop (or flooding) does not grow the audit log.
+const DENIED_WINDOW_SECS: i64 = 60;
+
+/// Issues a lease for `req` under `policy`, the requester's identity token checked by
+/// `verifier`: decided by [`JitPolicy::decide`], recorded (lease, task index, fingerprint
+/// index, expiry), `issued` published (its actor the proved identity, else the agent label),
+/// and only then the token handed out. A refusal of who asked is recorded as `denied` before
+/// it is answered.
+pub async fn issue(
+    ctx: &WorkerContext,
+    policy: &JitPolicy,
+    verifier: &IdentityVerifier,
+    req: &IssueRequest,
+    now: OffsetDateTime,
+) -> Result<IssueReply, ServiceError> {
+    let decision = match policy.decide(req, verifier, now) {
+        Ok(decision) => decision,
+        Err(refusal) => {
+            record_denial(ctx, req, &refusal, now).await;
+            return Err(refusal.into());
+        }
+    };
+    let scope = decision.scope;
+    let unavailable = |e: Error| {
+        service_error(
+            "unavailable",
+            format!("could not record the lease: {e}; retry"),
+        )
+    };
+    let jit_roles = match &scope.postgres_group {
+        None => None,
+        Some(group) => Some((
+            ctx.backends.jit_roles.clone().ok_or_else(|| {
+                service_error(
+                    "unavailable",
+                    format!(
+                        "scope `{}` issues PostgreSQL roles, but this jit-issuer has no admin connection (KEYLOOP_POSTGRES_DSN / --postgres-dsn)",
+                        req.scope
+                    ),
+                )
+            })?,
+            group.clone(),
+        )),
+    };
+    let lease_id = Uuid::now_v7();
+    let login = jit_roles
+        .as_ref()
+        .map(|_| keyloop_backends::postgres::jit_role_name(lease_id));
+    let token = keyloop_backends::generate_token();
+    let fingerprint = Fingerprint::of(&token);
+    let actor = decision
+        .identity
+        .as_ref()
+        .map(keyloop_core::identity::WorkloadIdentity::actor)
+        .or_else(|| req.agent_id.clone());
+    let lease = Lease {
+        id: lease_id,
+        task_id: req.task_id.clone(),
+        identity: decision.identity,
+        agent_id: req.agent_id.clone(),
+        scope: req.scope.clone(),
+        tier: scope.tier,
+        fingerprint: fingerprint.clone(),
+        state: LeaseState::Active,
+        issued_at: now,
+        expires_at: decision.expires_at,
+        ended_at: None,
+        end_reason: None,
+        ended_by: None,
+        login: login.clone(),
+    };
+    // The lease is recorded, indexed and its expiry scheduled before any role exists, so a
+    // crash in between leaves a lease whose expiry drops the role, never a role nobody tracks.
+    ctx.inventory
+        .create_lease(&lease)
+        .await
+        .map_err(unavailable)?;
+    // A PostgreSQL lease's role exists before anything announces the lease.
+    if let (Some((roles, group)), Some(name)) = (&jit_roles, &login) {
+        let role = keyloop_backends::postgres::JitRole {
+            name,
+            group,
+            valid_until: lease.expires_at,
+        };
+        roles.create_jit_role(&role, &token).await.map_err(|e| {
+            service_error(
+                "unavailable",
+                format!("could not create the lease's PostgreSQL role: {e}"),
+            )
+        })?;
+    }
+    // Then everything else at once: one round trip instead of four before the reply.
+    let (keys, target) = (
+        fingerprint.index_keys(),
+        FingerprintRef::Lease { lease: lease.id },
+    );
+    let mut data = LifecycleData::new(LifecycleKind::Issued, None, None);
+    data.actor = actor;
+    let event = lease_event(SOURCE, &format!("issue/{}", lease.id), data, &lease)
+        .caused_by(Some(req.task_id.clone()), None);
+    let (indexed, by_task, scheduled, published) = tokio::join!(
+        ctx.fingerprints.put(&keys, &target),
+        ctx.inventory.index_lease_under_task(&lease),
+        ctx.due
+            .schedule(DueItem::Expire { lease: lease.id }, lease.expires_at, now),
+        ctx.outbox.publish_lifecycle(&event),
+    );
+    indexed.map_err(unavailable)?;
+    by_task.map_err(unavailable)?;
+    scheduled.map_err(unavailable)?;
+    published.map_err(unavailable)?;
+    Ok(IssueReply {
+        lease_id: lease.id,
+        secret: token.expose().to_owned(),
+        expires_at: lease.expires_at,
+        tier: lease.tier,
+        login,
+        identity: lease.identity,
+    })
+}
+
+/// Publishes `denied` for a refusal of who asked (identity required, invalid or not allowed):
+/// the actor is who asked ([`Refusal::denied_actor`]: the proved identity, or `unverified
+/// (<why>)`, never the token), the detail what was refused and why, the correlation the task.
+/// It lands on `<prefix>.lifecycle.denied._none` (a refused request has no lease). Other
+/// refusals (unknown scope, TTL, tier) are the request's terms, not its actor's rights: they
+/// are answered only. A failure to record is logged, and the refusal answered anyway: refusing
+/// never waits on the audit log.
+async fn record_denial(
+    ctx: &WorkerContext,
+    req: &IssueRequest,
+    refusal: &Refusal,
+    now: OffsetDateTime,
+) {
+    let Some(actor) = refusal.denied_actor() else {
+        return;
+    };
+    let window = now.unix_timestamp().div_euclid(DENIED_WINDOW_SECS);
+    let step = format!(
+        "jit-denied/{}/{actor}/{}/{window}",
+        req.scope,
+        keyloop_core::event::stable_id(&req.task_id)
+    );
+    let mut data = LifecycleData::new(LifecycleKind::Denied, None, None);
+    data.actor = Some(actor.clone());
+    data.detail = Some(format!(
+        "jit.issue of scope `{}` for task {} refused ({}): {refusal}",
+        req.scope,
+        req.task_id,
+        refusal.code()
+    ));
+    let event = lifecycle_event(SOURCE, &step, data).caused_by(Some(req.task_id.clone()), None);
+    if let Err(e) = ctx.outbox.publish_lifecycle(&event).await {
+        warn!(error = %e, actor = %actor, scope = %req.scope, "could not record a denied JIT request");
+    }
+}
