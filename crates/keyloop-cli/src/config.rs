@@ -425,3 +425,90 @@ pub(crate) async fn apply_run_args(
     }
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use keyloop_testkit::jwt::TestIssuer;
+
+    const CI: &str = "https://ci.example";
+
+    /// A policy file in a fresh directory, with the CI issuer's JWKS at `keys/ci.json` there.
+    fn policy_file(policy: &serde_json::Value) -> (tempfile::TempDir, PathBuf, TestIssuer) {
+        let dir = tempfile::tempdir().unwrap();
+        let issuer = TestIssuer::new(CI, "ci-1");
+        std::fs::create_dir(dir.path().join("keys")).unwrap();
+        issuer.write_jwks(&dir.path().join("keys/ci.json"));
+        let file = dir.path().join("jit-policy.json");
+        std::fs::write(&file, policy.to_string()).unwrap();
+        (dir, file, issuer)
+    }
+
+    fn guarded(jwks_file: &str, identity_issuer: &str) -> serde_json::Value {
+        serde_json::json!({
+            "issuers": [{"issuer": CI, "audiences": ["keyloop"], "jwks_file": jwks_file}],
+            "scopes": {
+                "read": {"tier": "auto", "max_ttl_secs": 3600},
+                "deploy": {"tier": "notify", "max_ttl_secs": 900,
+                    "identities": [{"issuer": identity_issuer, "subject": "repo:acme/api:*"}]}
+            }
+        })
+    }
+
+    #[test]
+    fn a_policy_with_an_issuer_loads_its_jwks_relative_to_the_policy_file() {
+        let (_dir, file, issuer) = policy_file(&guarded("keys/ci.json", CI));
+        let (policy, verifier) = jit_policy(Some(&file)).unwrap();
+        assert_eq!(policy.open_scopes(), ["read"]);
+        let token = keyloop_core::identity::IdentityToken::new(issuer.token(
+            "repo:acme/api:ref:refs/heads/main",
+            "keyloop",
+            std::time::Duration::from_secs(600),
+        ));
+        let id = verifier
+            .verify(&token, time::OffsetDateTime::now_utc())
+            .unwrap();
+        assert_eq!(id.issuer, CI);
+    }
+
+    #[test]
+    fn a_missing_jwks_file_is_refused_naming_the_policy_and_the_file() {
+        let (dir, file, _) = policy_file(&guarded("keys/missing.json", CI));
+        let e = jit_policy(Some(&file)).unwrap_err().to_string();
+        let expected = format!(
+            "JIT policy {}: issuer `{CI}`: cannot read its JWKS file {}:",
+            file.display(),
+            dir.path().join("keys/missing.json").display()
+        );
+        assert!(e.starts_with(&expected), "{e}");
+        assert!(e.contains("check `jwks_file`"), "{e}");
+    }
+
+    #[test]
+    fn a_scope_naming_an_untrusted_issuer_is_refused_naming_the_scope_and_the_fix() {
+        let (_dir, file, _) = policy_file(&guarded("keys/ci.json", "https://gitlab.example"));
+        let e = jit_policy(Some(&file)).unwrap_err().to_string();
+        assert_eq!(
+            e,
+            format!(
+                "JIT policy {}: scope `deploy`: identity issuer `https://gitlab.example` is not in `issuers` (trusted: {CI}); add it there with its audiences and jwks_file, or fix the name",
+                file.display()
+            )
+        );
+    }
+
+    #[test]
+    fn a_jwks_file_that_is_not_one_is_refused_naming_it() {
+        let (dir, file, _) = policy_file(&guarded("keys/ci.json", CI));
+        std::fs::write(dir.path().join("keys/ci.json"), "<html>sign in</html>").unwrap();
+        let e = jit_policy(Some(&file)).unwrap_err().to_string();
+        assert!(e.contains("keys/ci.json is not a JWKS"), "{e}");
+    }
+
+    #[test]
+    fn the_default_policy_needs_no_issuer() {
+        let (policy, verifier) = jit_policy(None).unwrap();
+        assert_eq!(policy.open_scopes(), ["admin", "read", "write"]);
+        assert!(verifier.issuer_names().is_empty());
+    }
+}

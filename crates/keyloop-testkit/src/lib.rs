@@ -6,8 +6,10 @@
 //! install made by `scripts/install-nats-server`; it must be 2.10 or newer.
 //!
 //! [`postgres`] starts a PostgreSQL cluster with password authentication and [`moto`] an AWS
-//! Secrets Manager emulator, each per test and stopped on drop.
+//! Secrets Manager emulator, each per test and stopped on drop. [`jwt`] is a workload identity
+//! issuer (a key, its JWKS, signed tokens).
 
+pub mod jwt;
 pub mod moto;
 pub mod postgres;
 

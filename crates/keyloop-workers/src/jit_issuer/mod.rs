@@ -19,6 +19,9 @@ mod issue;
 mod stats;
 mod verify;
 
+#[cfg(test)]
+mod tests;
+
 pub use issue::issue;
 pub use verify::{UseLimiter, verify};
 
@@ -323,7 +326,7 @@ pub async fn serve(
 }
 
 #[cfg(test)]
-mod tests {
+mod naming_tests {
     use super::*;
 
     #[test]
