@@ -19,6 +19,7 @@ mod harness;
 mod idle;
 mod ingest_large;
 mod jit;
+mod jit_identity;
 mod leak_loop;
 mod least_privilege;
 mod master_key;

@@ -13,6 +13,7 @@ use keyloop_core::identity::IdentityVerifier;
 use keyloop_core::lease::{IssueReply, IssueRequest, LeaseState, Refusal, ServiceError};
 use keyloop_core::{Fingerprint, JitPolicy, Lease};
 use keyloop_nats::{DueItem, FingerprintRef};
+use std::time::Duration;
 use time::OffsetDateTime;
 use tracing::warn;
 use uuid::Uuid;
@@ -20,6 +21,8 @@ use uuid::Uuid;
 /// Refusals of one requester for one scope and task within this many seconds are one `denied`
 /// event: a requester retrying in a loop (or flooding) does not grow the audit log.
 const DENIED_WINDOW_SECS: i64 = 60;
+/// How long a refusal waits for its `denied` event to be stored before it is answered anyway.
+const DENIED_RECORD_TIMEOUT: Duration = Duration::from_secs(1);
 
 /// Issues a lease for `req` under `policy`, the requester's identity token checked by
 /// `verifier`: decided by [`JitPolicy::decide`], recorded (lease, task index, fingerprint
@@ -144,8 +147,10 @@ pub async fn issue(
 /// (<why>)`, never the token), the detail what was refused and why, the correlation the task.
 /// It lands on `<prefix>.lifecycle.denied._none` (a refused request has no lease). Other
 /// refusals (unknown scope, TTL, tier) are the request's terms, not its actor's rights: they
-/// are answered only. A failure to record is logged, and the refusal answered anyway: refusing
-/// never waits on the audit log.
+/// are answered only. The refusal waits for the event to be stored, at most
+/// [`DENIED_RECORD_TIMEOUT`]: a failure to record is logged and the refusal answered anyway, so
+/// a flood of refused requests cannot hold every in-flight slot while the audit log does not
+/// answer (or the issuer's NATS user may not publish `denied`).
 async fn record_denial(
     ctx: &WorkerContext,
     req: &IssueRequest,
@@ -170,7 +175,13 @@ async fn record_denial(
         refusal.code()
     ));
     let event = lifecycle_event(SOURCE, &step, data).caused_by(Some(req.task_id.clone()), None);
-    if let Err(e) = ctx.outbox.publish_lifecycle(&event).await {
-        warn!(error = %e, actor = %actor, scope = %req.scope, "could not record a denied JIT request");
+    match tokio::time::timeout(DENIED_RECORD_TIMEOUT, ctx.outbox.publish_lifecycle(&event)).await {
+        Ok(Ok(())) => {}
+        Ok(Err(e)) => {
+            warn!(error = %e, actor = %actor, scope = %req.scope, "could not record a denied JIT request");
+        }
+        Err(_) => {
+            warn!(actor = %actor, scope = %req.scope, "a denied JIT request was not recorded within {DENIED_RECORD_TIMEOUT:?}; answered anyway (may the jit-issuer's NATS user publish lifecycle denied events?)");
+        }
     }
 }
