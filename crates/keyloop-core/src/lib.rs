@@ -1,7 +1,7 @@
 //! keyloop's domain: credentials and their versions, leak findings, lifecycle events
-//! (CloudEvents 1.0), commands, fingerprints and the `Secret` type. Pure data and rules, no
-//! I/O, so every other crate shares one vocabulary and the JSON Schemas in `schemas/` come
-//! from here.
+//! (CloudEvents 1.0), commands, fingerprints, the `Secret` type, JIT leases and their policy,
+//! and workload identities proved by verified tokens. Pure data and rules, no I/O, so every
+//! other crate shares one vocabulary and the JSON Schemas in `schemas/` come from here.
 
 pub mod api;
 pub mod credential;
