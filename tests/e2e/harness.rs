@@ -374,6 +374,33 @@ impl Env {
         }
     }
 
+    /// `keyloop credential verify ID` with `value` on stdin: true when it is a live version
+    /// (exit 0), false when not (exit 2); anything else fails the test.
+    pub(crate) async fn verify_value(&self, id: &str, value: &str) -> bool {
+        use tokio::io::AsyncWriteExt;
+        self.api().await;
+        let mut child = self
+            .keyloop()
+            .args(["credential", "verify", id])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let mut stdin = child.stdin.take().unwrap();
+        stdin.write_all(value.as_bytes()).await.unwrap();
+        drop(stdin);
+        let out = child.wait_with_output().await.unwrap();
+        match out.status.code() {
+            Some(0) => true,
+            Some(2) => false,
+            _ => panic!(
+                "credential verify failed: {}",
+                String::from_utf8_lossy(&out.stderr)
+            ),
+        }
+    }
+
     /// A file in the scratch directory.
     pub(crate) fn file(&self, name: &str, contents: &[u8]) -> PathBuf {
         let path = self.dir.path().join(name);

@@ -62,6 +62,31 @@ async fn lease_works_until_its_task_completes_then_is_revoked_within_a_second() 
         !env.verify(&token).await,
         "the token is invalid once its task completed"
     );
+    // token.verify answers for JIT tokens only: a managed credential's live value is checked
+    // through the control plane, which knows who asks.
+    let value = env.register_and_reveal("svc/not-a-token").await;
+    assert!(
+        !env.verify(&value).await,
+        "token.verify says nothing of a managed value"
+    );
+    assert!(env.verify_value("svc/not-a-token", &value).await);
+
+    // Trying the dead token again is on record, on the lease.
+    events
+        .wait(
+            "verify_denied of the dead token",
+            Duration::from_secs(5),
+            |e| {
+                e.iter().any(|e| {
+                    e.data.kind == LifecycleKind::VerifyDenied
+                        && e.data
+                            .lease
+                            .as_ref()
+                            .is_some_and(|l| l.lease_id == lease_id)
+                })
+            },
+        )
+        .await;
     println!(
         "task.completed → lease revoked in {:?}",
         completed.elapsed()
@@ -83,7 +108,8 @@ async fn lease_works_until_its_task_completes_then_is_revoked_within_a_second() 
         [
             LifecycleKind::Issued,
             LifecycleKind::Used,
-            LifecycleKind::Revoked
+            LifecycleKind::Revoked,
+            LifecycleKind::VerifyDenied
         ],
         "{kinds:?}"
     );

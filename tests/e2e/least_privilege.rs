@@ -282,6 +282,34 @@ async fn every_role_runs_the_loop_with_its_own_user_and_no_more() {
         "valid as orchestrator"
     );
     as_orchestrator(&["task", "complete", "t-1"]).await;
+    // A request with an identity token that is not one is refused, and the refusal recorded
+    // (`denied`, by the jit-issuer as its own user).
+    let bad_token = env.file("bad-identity.jwt", b"not.a.jwt");
+    let refused = env
+        .keyloop_as("orchestrator-a")
+        .args(["task", "start", "t-bad", "--scope", "read", "--ttl", "1m"])
+        .arg("--identity-token-file")
+        .arg(&bad_token)
+        .output()
+        .await
+        .unwrap();
+    assert!(!refused.status.success());
+    assert!(
+        String::from_utf8_lossy(&refused.stderr).contains("identity_invalid"),
+        "{}",
+        String::from_utf8_lossy(&refused.stderr)
+    );
+    events
+        .wait("the refusal recorded", Duration::from_secs(10), |e| {
+            e.iter().any(|e| {
+                e.data.kind == LifecycleKind::Denied
+                    && e.data
+                        .actor
+                        .as_deref()
+                        .is_some_and(|a| a.starts_with("unverified"))
+            })
+        })
+        .await;
     let short: serde_json::Value = serde_json::from_str(
         as_orchestrator(&[
             "task", "start", "t-2", "--agent", "a", "--scope", "read", "--ttl", "1s", "--json",
@@ -603,10 +631,16 @@ async fn every_role_runs_the_loop_with_its_own_user_and_no_more() {
     ] {
         scheduler.cannot_publish(subject).await;
     }
-    // Only the rotator, revoker and api touch values: not the jit-issuer either.
-    issuer
-        .cannot_publish("$JS.API.DIRECT.GET.KV_keyloop_secrets.$KV.keyloop_secrets.probe")
-        .await;
+    // Only the rotator, revoker and api touch values: not the jit-issuer either, which writes
+    // no credential record and records no other lifecycle kind.
+    for subject in [
+        "$JS.API.DIRECT.GET.KV_keyloop_secrets.$KV.keyloop_secrets.probe",
+        "$KV.keyloop_inventory.cred.svc",
+        "keyloop.lifecycle.revoked.svc",
+        "keyloop.lifecycle.created.svc",
+    ] {
+        issuer.cannot_publish(subject).await;
+    }
 
     // The fingerprint index's keys are the digests of live values: no worker may list them
     // (that takes a consumer on the bucket), only look up a digest it already has.

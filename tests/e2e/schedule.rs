@@ -109,7 +109,7 @@ async fn scheduled_rotation_keeps_previous_valid_through_grace_then_retires_it()
         .trim_end()
         .to_owned();
     let v1 = env.credential("svc/rotating").await.versions[0].id;
-    assert!(env.verify(&v1_value).await);
+    assert!(env.verify_value("svc/rotating", &v1_value).await);
 
     events
         .wait("scheduled rotation", Duration::from_secs(10), |e| {
@@ -126,10 +126,13 @@ async fn scheduled_rotation_keeps_previous_valid_through_grace_then_retires_it()
         .to_owned();
     assert_ne!(v1_value, v2_value);
     assert!(
-        env.verify(&v1_value).await,
+        env.verify_value("svc/rotating", &v1_value).await,
         "previous version is valid during grace"
     );
-    assert!(env.verify(&v2_value).await, "current version is valid");
+    assert!(
+        env.verify_value("svc/rotating", &v2_value).await,
+        "current version is valid"
+    );
 
     events
         .wait("retirement after grace", Duration::from_secs(10), |e| {
@@ -138,11 +141,11 @@ async fn scheduled_rotation_keeps_previous_valid_through_grace_then_retires_it()
         })
         .await;
     assert!(
-        !env.verify(&v1_value).await,
+        !env.verify_value("svc/rotating", &v1_value).await,
         "previous version is invalid after grace"
     );
     assert!(
-        env.verify(&v2_value).await,
+        env.verify_value("svc/rotating", &v2_value).await,
         "the value that followed it still works"
     );
 

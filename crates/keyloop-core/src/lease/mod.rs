@@ -18,7 +18,7 @@ pub use policy::{
 };
 
 use crate::credential::RevokeReason;
-use crate::fingerprint::Fingerprint;
+use crate::fingerprint::FingerprintTag;
 use crate::identity::{IdentityToken, WorkloadIdentity};
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
@@ -56,8 +56,15 @@ pub struct Lease {
     pub scope: String,
     /// The scope's tier at issue time.
     pub tier: Tier,
-    /// Digests of the token (the token itself is never stored).
-    pub fingerprint: Fingerprint,
+    /// The tag of the token's digests, for people (the token itself is never stored, and its
+    /// digests only as the fingerprint index's hashed keys). Leases written before tags
+    /// existed held the digests here; they are read as their tag.
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        deserialize_with = "crate::fingerprint::optional_tag"
+    )]
+    pub fingerprint: Option<FingerprintTag>,
     /// Where it is in its life.
     pub state: LeaseState,
     /// When it was issued.

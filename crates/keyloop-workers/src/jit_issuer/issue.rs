@@ -83,7 +83,7 @@ pub async fn issue(
         agent_id: req.agent_id.clone(),
         scope: req.scope.clone(),
         tier: scope.tier,
-        fingerprint: fingerprint.clone(),
+        fingerprint: fingerprint.tag(),
         state: LeaseState::Active,
         issued_at: now,
         expires_at: decision.expires_at,
