@@ -179,7 +179,7 @@ pub(crate) enum TaskCommand {
 
 #[derive(Debug, Subcommand)]
 pub(crate) enum TokenCommand {
-    /// Verify the token on stdin.
+    /// Whether the JIT token on stdin works now (exit 0) or not (exit 2).
     Verify,
 }
 

@@ -1,6 +1,7 @@
-//! `keyloop token verify`: a service's side of JIT credentials. Reads a token (or a managed
-//! credential's value) on stdin, never from the command line where process listings show it,
-//! and asks the jit-issuer whether it works now; the exit code says so.
+//! `keyloop token verify`: a service's side of JIT credentials. Reads a JIT token on stdin,
+//! never from the command line where process listings show it, and asks the jit-issuer whether
+//! it works now; the exit code says so. A managed credential's value is checked with
+//! `keyloop credential verify ID`, through the control plane.
 
 use super::task::request;
 use crate::cli::{Global, TokenCommand};
@@ -45,7 +46,9 @@ pub(crate) async fn run(g: &Global, cmd: TokenCommand) -> Result<ExitCode> {
             (None, None) => output::line("valid")?,
         }
     } else {
-        output::line("invalid: unknown, revoked or expired")?;
+        output::line(
+            "invalid: not a live JIT token (unknown, revoked or expired; a managed credential's value is checked with `keyloop credential verify ID`)",
+        )?;
     }
     Ok(if reply.valid {
         ExitCode::SUCCESS
