@@ -235,19 +235,9 @@ async fn watch_prints_each_rotation_of_a_credential_as_it_happens() {
 
 /// `keyloop credential verify ID` as `actor`, with `value` on stdin: the exit code and stdout.
 async fn verify_as(env: &Env, actor: &str, id: &str, value: &str) -> (Option<i32>, String) {
-    use tokio::io::AsyncWriteExt;
-    let mut child = env
-        .keyloop_as(actor)
-        .args(["credential", "verify", id])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut stdin = child.stdin.take().unwrap();
-    stdin.write_all(value.as_bytes()).await.unwrap();
-    drop(stdin);
-    let out = child.wait_with_output().await.unwrap();
+    let mut cmd = env.keyloop_as(actor);
+    cmd.args(["credential", "verify", id]);
+    let out = crate::harness::with_stdin(cmd, value).await;
     let text = format!(
         "{}{}",
         String::from_utf8_lossy(&out.stdout),

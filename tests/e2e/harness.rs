@@ -351,54 +351,18 @@ impl Env {
     /// `keyloop token verify` with `token` on stdin: true when valid (exit 0), false when
     /// invalid (exit 2); anything else fails the test.
     pub(crate) async fn verify(&self, token: &str) -> bool {
-        use tokio::io::AsyncWriteExt;
-        let mut child = self
-            .keyloop()
-            .args(["token", "verify"])
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap();
-        let mut stdin = child.stdin.take().unwrap();
-        stdin.write_all(token.as_bytes()).await.unwrap();
-        drop(stdin);
-        let out = child.wait_with_output().await.unwrap();
-        match out.status.code() {
-            Some(0) => true,
-            Some(2) => false,
-            _ => panic!(
-                "token verify failed: {}",
-                String::from_utf8_lossy(&out.stderr)
-            ),
-        }
+        let mut cmd = self.keyloop();
+        cmd.args(["token", "verify"]);
+        valid_or_not(&with_stdin(cmd, token).await, "token verify")
     }
 
     /// `keyloop credential verify ID` with `value` on stdin: true when it is a live version
     /// (exit 0), false when not (exit 2); anything else fails the test.
     pub(crate) async fn verify_value(&self, id: &str, value: &str) -> bool {
-        use tokio::io::AsyncWriteExt;
         self.api().await;
-        let mut child = self
-            .keyloop()
-            .args(["credential", "verify", id])
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap();
-        let mut stdin = child.stdin.take().unwrap();
-        stdin.write_all(value.as_bytes()).await.unwrap();
-        drop(stdin);
-        let out = child.wait_with_output().await.unwrap();
-        match out.status.code() {
-            Some(0) => true,
-            Some(2) => false,
-            _ => panic!(
-                "credential verify failed: {}",
-                String::from_utf8_lossy(&out.stderr)
-            ),
-        }
+        let mut cmd = self.keyloop();
+        cmd.args(["credential", "verify", id]);
+        valid_or_not(&with_stdin(cmd, value).await, "credential verify")
     }
 
     /// A file in the scratch directory.
@@ -944,4 +908,28 @@ pub(crate) async fn single_role(
     ])
     .await;
     role
+}
+
+/// Runs `cmd` with `input` on its stdin and its output captured.
+pub(crate) async fn with_stdin(mut cmd: Command, input: &str) -> Output {
+    use tokio::io::AsyncWriteExt;
+    let mut child = cmd
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stdin = child.stdin.take().unwrap();
+    stdin.write_all(input.as_bytes()).await.unwrap();
+    drop(stdin);
+    child.wait_with_output().await.unwrap()
+}
+
+/// Exit 0 is true, 2 false; anything else fails the test with `what`'s stderr.
+fn valid_or_not(out: &Output, what: &str) -> bool {
+    match out.status.code() {
+        Some(0) => true,
+        Some(2) => false,
+        _ => panic!("{what} failed: {}", String::from_utf8_lossy(&out.stderr)),
+    }
 }
