@@ -70,7 +70,7 @@ impl ValueFormat {
     }
 
     /// The length of every value of this format, in bytes (all ASCII).
-    pub const fn len(self) -> usize {
+    pub const fn value_len(self) -> usize {
         match self {
             Self::Hex => HEX_PREFIX.len() + HEX_BODY_LEN,
             Self::Checksummed => CHECKSUMMED_PREFIX.len() + CHECKSUMMED_BODY_LEN + CHECKSUM_LEN,
@@ -104,13 +104,13 @@ impl ValueFormat {
             Self::Hex => {
                 let mut bytes = zeroize::Zeroizing::new([0u8; HEX_BODY_LEN / 2]);
                 fill(bytes.as_mut());
-                let mut text = String::with_capacity(self.len());
+                let mut text = String::with_capacity(self.value_len());
                 text.push_str(HEX_PREFIX);
                 text.push_str(&hex::encode(bytes.as_ref()));
                 Secret::new(text)
             }
             Self::Checksummed => {
-                let mut text = String::with_capacity(self.len());
+                let mut text = String::with_capacity(self.value_len());
                 text.push_str(CHECKSUMMED_PREFIX);
                 let mut bytes = zeroize::Zeroizing::new([0u8; 64]);
                 let mut drawn = 0;
@@ -248,7 +248,7 @@ mod tests {
             let v = ValueFormat::Checksummed.generate(&mut fill);
             let v = v.expose();
             assert_eq!(v.len(), 40);
-            assert_eq!(v.len(), ValueFormat::Checksummed.len());
+            assert_eq!(v.len(), ValueFormat::Checksummed.value_len());
             assert!(v.starts_with("klc_"));
             assert!(v[4..].bytes().all(|b| b.is_ascii_alphanumeric()), "{v}");
             assert!(is_valid_checksum(v), "{v}");

@@ -132,7 +132,7 @@ pub(crate) fn rules(tool: Tool) -> Rules {
         Tool::Secretlint => Rules {
             tool: tool.name(),
             file: ".secretlintrc.json",
-            usage: "npx secretlint --secretlintrc .secretlintrc.json \"**/*\" (needs secretlint 9 or newer, where the pattern rule is built in)".into(),
+            usage: "npm install secretlint @secretlint/secretlint-rule-pattern; npx secretlint --secretlintrc .secretlintrc.json --format json \"**/*\" (each message's range locates the value)".into(),
             rules: vec![
                 rule(ValueFormat::Checksummed, format!("/{checksummed}/"), false),
                 rule(ValueFormat::Hex, format!("/{hex}/"), false),
