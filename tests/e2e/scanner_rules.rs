@@ -1,34 +1,44 @@
-//! A real secret scanner finds keyloop's values through `keyloop rules`: Kingfisher 2.14
-//! (`scripts/install-kingfisher`, hash-pinned; found through `KEYLOOP_KINGFISHER`, then
-//! `.tools/`) scans a tree with a planted value of each format and a lookalike, with the rules
-//! `keyloop rules kingfisher` prints; its report goes to `keyloop ingest` and the planted
-//! versions are revoked and rotated, each in its own format.
+//! Real secret scanners find keyloop's values through `keyloop rules`: Kingfisher 2.14 and
+//! detect-secrets 1.5 (`scripts/install-kingfisher`, `scripts/install-detect-secrets`,
+//! hash-pinned; found through `KEYLOOP_KINGFISHER` / `KEYLOOP_DETECT_SECRETS`, then `.tools/`)
+//! scan a tree with a planted value of each format and a lookalike, with the rules keyloop
+//! prints for them; their reports go to `keyloop ingest` and the planted versions are revoked
+//! and rotated, each in its own format. Both drop the lookalike: their rules check the CRC32.
 //!
 //! Kingfisher's JSON report is not a format `keyloop ingest` reads, so the test turns each
-//! finding into a line of the `generic` format (`{"secret", "file", "line", "detector"}`).
-//! The scanner runs with `--no-validate --no-update-check --no-rule-cache` and its cache and
-//! home inside the test's directory: it touches no network and nothing outside the test.
+//! finding into a line of the `generic` format (`{"secret", "file", "line", "detector"}`); the
+//! detect-secrets baseline is ingested as it is. Kingfisher runs with `--no-validate
+//! --no-update-check --no-rule-cache`, detect-secrets with `--no-verify`, both with their home
+//! inside the test's directory: they touch no network and nothing outside the test.
 
 use crate::harness::{Env, Events, KEYLOOP, path_str};
 use keyloop_core::value_format::is_valid_checksum;
-use keyloop_core::{LifecycleKind, RevokeReason, Stage, ValueFormat};
+use keyloop_core::{Fingerprint, LifecycleKind, RevokeReason, Secret, Stage, ValueFormat};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-/// The Kingfisher binary, or a failure that says how to install it.
-fn kingfisher() -> PathBuf {
-    let path = std::env::var_os("KEYLOOP_KINGFISHER")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| {
-            Path::new(env!("CARGO_MANIFEST_DIR"))
-                .join("../../.tools/kingfisher/kingfisher/bin/kingfisher")
-        });
+/// A scanner installed by `script`: `$VAR`, else `default` under the repository root, or a
+/// failure that says how to install it.
+fn tool(var: &str, default: &str, script: &str) -> PathBuf {
+    let path = std::env::var_os(var).map(PathBuf::from).unwrap_or_else(|| {
+        Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("../..")
+            .join(default)
+    });
     assert!(
         path.is_file(),
-        "Kingfisher not found at {}: run scripts/install-kingfisher (or set KEYLOOP_KINGFISHER)",
+        "{} not found: run {script} (or set {var})",
         path.display()
     );
     path
+}
+
+fn kingfisher() -> PathBuf {
+    tool(
+        "KEYLOOP_KINGFISHER",
+        ".tools/kingfisher/kingfisher/bin/kingfisher",
+        "scripts/install-kingfisher",
+    )
 }
 
 /// Runs `kingfisher scan TREE` with the rules file `rules` and returns its JSON report.
@@ -119,43 +129,108 @@ fn plant(tree: &Path, checksummed: &str, hex: &str) -> String {
     lookalike
 }
 
+/// Two credentials registered through the CLI, one per value format, and their values.
+struct Planted {
+    checksummed: String,
+    hex: String,
+    old_versions: [uuid::Uuid; 2],
+}
+
+const CHECKSUMMED_ID: &str = "svc/scanned";
+const HEX_ID: &str = "svc/scanned-hex";
+
+async fn register_both(env: &Env) -> Planted {
+    let mut values = Vec::new();
+    for (id, format) in [(CHECKSUMMED_ID, "checksummed"), (HEX_ID, "hex")] {
+        env.ok(&["credential", "register", id, "--value-format", format])
+            .await;
+        let value = env.ok(&["credential", "reveal", id]).await;
+        values.push(value.trim_end().to_owned());
+    }
+    let planted = Planted {
+        checksummed: values[0].clone(),
+        hex: values[1].clone(),
+        old_versions: [
+            env.credential(CHECKSUMMED_ID).await.versions[0].id,
+            env.credential(HEX_ID).await.versions[0].id,
+        ],
+    };
+    assert!(is_valid_checksum(&planted.checksummed));
+    assert_eq!(ValueFormat::recognize(&planted.hex), Some(ValueFormat::Hex));
+    planted
+}
+
+/// Ingests `report` as `format` and checks that both planted versions are revoked for the
+/// leak and replaced by a value in their credential's own format.
+async fn assert_ingest_revokes_both(env: &Env, format: &str, report: &[u8], planted: &Planted) {
+    let events = Events::subscribe(&env.bus).await;
+    let path = env.file(&format!("{format}.report"), report);
+    let out = env.ok(&["ingest", format, path_str(&path), "--json"]).await;
+    let ingested: serde_json::Value = serde_json::from_str(out.trim()).unwrap();
+    assert_eq!(ingested["published"], 2, "{ingested}");
+    events
+        .wait(
+            "both planted versions rotated",
+            Duration::from_secs(10),
+            |evs| {
+                [CHECKSUMMED_ID, HEX_ID].iter().all(|id| {
+                    evs.iter().any(|e| {
+                        e.data.kind == LifecycleKind::Rotated && e.subject.as_deref() == Some(*id)
+                    })
+                })
+            },
+        )
+        .await;
+    for (id, old_version, format) in [
+        (
+            CHECKSUMMED_ID,
+            planted.old_versions[0],
+            ValueFormat::Checksummed,
+        ),
+        (HEX_ID, planted.old_versions[1], ValueFormat::Hex),
+    ] {
+        let cred = env.credential(id).await;
+        let leaked = cred.version(old_version).unwrap();
+        assert_eq!(leaked.stage, Stage::Revoked, "{id}");
+        assert_eq!(leaked.revoke_reason, Some(RevokeReason::Leak), "{id}");
+        assert_eq!(cred.settings.value_format(), format, "{id}");
+        let new_value = env.ok(&["credential", "reveal", id]).await;
+        let new_value = new_value.trim_end();
+        assert_eq!(
+            ValueFormat::recognize(new_value),
+            Some(format),
+            "{id}: the rotation keeps the credential's format"
+        );
+        assert_ne!(new_value, planted.checksummed);
+        assert_ne!(new_value, planted.hex);
+    }
+}
+
 #[tokio::test]
 async fn kingfisher_with_keyloops_rules_finds_planted_values_and_ingest_revokes_them() {
     let env = Env::start().await;
     let _worker = env.worker("worker", &["leak-responder", "rotator", "revoker"]);
-    let register = |id: &'static str, format: &'static str| {
-        let env = &env;
-        async move {
-            env.ok(&["credential", "register", id, "--value-format", format])
-                .await;
-            let value = env.ok(&["credential", "reveal", id]).await;
-            value.trim_end().to_owned()
-        }
-    };
-    let checksummed = register("svc/scanned", "checksummed").await;
-    let hex = register("svc/scanned-hex", "hex").await;
-    assert!(is_valid_checksum(&checksummed));
-    assert_eq!(ValueFormat::recognize(&hex), Some(ValueFormat::Hex));
-
+    let planted = register_both(&env).await;
     let scratch = tempfile::tempdir().unwrap();
     let tree = scratch.path().join("repo");
-    let lookalike = plant(&tree, &checksummed, &hex);
+    let lookalike = plant(&tree, &planted.checksummed, &planted.hex);
     let rules = rules_file(scratch.path(), "kingfisher", "keyloop.kingfisher.yaml").await;
     let report = scan(scratch.path(), &rules, &tree).await;
     let found = findings(&report);
     let at = |file: &str| format!("{}/{file}", tree.display());
+    let rule = |id: &str| id.to_owned();
     assert_eq!(
         found,
         [
             (
-                "keyloop.value.1".to_owned(),
-                checksummed.clone(),
+                rule("keyloop.value.1"),
+                planted.checksummed.clone(),
                 at("deploy/app.env"),
                 2
             ),
             (
-                "keyloop.value.2".to_owned(),
-                hex.clone(),
+                rule("keyloop.value.2"),
+                planted.hex.clone(),
                 at("config/db.yaml"),
                 2
             ),
@@ -173,50 +248,58 @@ async fn kingfisher_with_keyloops_rules_finds_planted_values_and_ingest_revokes_
             format!("{finding}\n")
         })
         .collect();
-    let old = [
-        env.credential("svc/scanned").await.versions[0].id,
-        env.credential("svc/scanned-hex").await.versions[0].id,
-    ];
-    let events = Events::subscribe(&env.bus).await;
-    let path = env.file("kingfisher.generic.jsonl", lines.as_bytes());
-    let out = env
-        .ok(&["ingest", "generic", path_str(&path), "--json"])
-        .await;
-    let ingested: serde_json::Value = serde_json::from_str(out.trim()).unwrap();
-    assert_eq!(ingested["published"], 2, "{ingested}");
-    events
-        .wait(
-            "both planted versions rotated",
-            Duration::from_secs(10),
-            |evs| {
-                ["svc/scanned", "svc/scanned-hex"].iter().all(|id| {
-                    evs.iter().any(|e| {
-                        e.data.kind == LifecycleKind::Rotated && e.subject.as_deref() == Some(*id)
-                    })
-                })
-            },
-        )
-        .await;
+    assert_ingest_revokes_both(&env, "generic", lines.as_bytes(), &planted).await;
+}
 
-    for (id, old_version, format) in [
-        ("svc/scanned", old[0], ValueFormat::Checksummed),
-        ("svc/scanned-hex", old[1], ValueFormat::Hex),
-    ] {
-        let cred = env.credential(id).await;
-        let leaked = cred.version(old_version).unwrap();
-        assert_eq!(leaked.stage, Stage::Revoked, "{id}");
-        assert_eq!(leaked.revoke_reason, Some(RevokeReason::Leak), "{id}");
-        assert_eq!(cred.settings.value_format(), format, "{id}");
-        let new_value = env.ok(&["credential", "reveal", id]).await;
-        let new_value = new_value.trim_end();
-        assert_eq!(
-            ValueFormat::recognize(new_value),
-            Some(format),
-            "{id}: the rotation keeps the credential's format"
-        );
-        assert_ne!(new_value, checksummed);
-        assert_ne!(new_value, hex);
-    }
+#[tokio::test]
+async fn detect_secrets_with_keyloops_plugin_writes_a_baseline_that_ingest_revokes_from() {
+    // detect-secrets 1.5.0 (scripts/install-detect-secrets, hash-pinned; KEYLOOP_DETECT_SECRETS,
+    // then .tools/) with the plugin of `keyloop rules detect-secrets`: its baseline holds SHA-1
+    // hashes only, and `keyloop ingest detect-secrets` reads it as it is.
+    let env = Env::start().await;
+    let _worker = env.worker("worker", &["leak-responder", "rotator", "revoker"]);
+    let planted = register_both(&env).await;
+    let scratch = tempfile::tempdir().unwrap();
+    let tree = scratch.path().join("repo");
+    let lookalike = plant(&tree, &planted.checksummed, &planted.hex);
+    let plugin = rules_file(scratch.path(), "detect-secrets", "keyloop_detector.py").await;
+    let out = tokio::process::Command::new(tool(
+        "KEYLOOP_DETECT_SECRETS",
+        ".tools/detect-secrets/bin/detect-secrets",
+        "scripts/install-detect-secrets",
+    ))
+    .args(["scan", "--all-files", "--no-verify", "--plugin"])
+    .arg(&plugin)
+    .arg(".")
+    .current_dir(&tree)
+    .env("HOME", scratch.path())
+    .output()
+    .await
+    .expect("run detect-secrets");
+    assert!(
+        out.status.success(),
+        "detect-secrets failed ({}):\n{}",
+        out.status,
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let baseline: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let sha1 = |v: &str| Fingerprint::of(&Secret::from(v)).sha1.unwrap();
+    let mut ours: Vec<_> = baseline["results"]
+        .as_object()
+        .unwrap()
+        .values()
+        .flat_map(|entries| entries.as_array().unwrap())
+        .filter(|e| e["type"] == "keyloop credential value")
+        .map(|e| e["hashed_secret"].as_str().unwrap().to_owned())
+        .collect();
+    ours.sort();
+    let mut expected = vec![sha1(&planted.checksummed), sha1(&planted.hex)];
+    expected.sort();
+    assert_eq!(
+        ours, expected,
+        "both values, and not the lookalike {lookalike} (its checksum is wrong)"
+    );
+    assert_ingest_revokes_both(&env, "detect-secrets", &out.stdout, &planted).await;
 }
 
 #[tokio::test]
