@@ -89,7 +89,9 @@ async fn a_fetch_by_a_non_consumer_is_refused_and_recorded_and_a_consumer_fetch_
         String::from_utf8_lossy(&out.stderr)
     );
     let value = String::from_utf8(out.stdout).unwrap();
-    assert!(value.trim_end().starts_with("kl_"));
+    assert!(keyloop_core::value_format::is_valid_checksum(
+        value.trim_end()
+    ));
     let cred = env.credential("svc/payments").await;
     let used: Vec<_> = lifecycle(&env.bus)
         .await

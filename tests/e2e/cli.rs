@@ -197,7 +197,7 @@ async fn up_starts_its_own_server_and_every_worker_and_stops_cleanly_on_sigterm(
         .output()
         .await
         .unwrap();
-    assert!(value.status.success() && value.stdout.starts_with(b"kl_"));
+    assert!(value.status.success() && value.stdout.starts_with(b"klc_"));
     let task = keyloop(&[
         "task", "start", "t-up", "--agent", "a", "--scope", "read", "--ttl", "1m",
     ])

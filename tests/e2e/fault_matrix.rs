@@ -193,6 +193,7 @@ async fn subject(bed: &Bed, case: &Case, kind: &str) -> Subject {
             secret_id: (case.store == StoreKind::AwsSm).then(|| format!("keyloop-fm/{base}")),
             role: Some(base.clone()),
             strategy: Some(case.strategy),
+            ..BackendSettings::default()
         },
     };
     Subject {

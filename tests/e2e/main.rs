@@ -27,5 +27,6 @@ mod no_live_digests;
 mod no_plaintext;
 mod postgres;
 mod replicas;
+mod scanner_rules;
 mod schedule;
 mod stopping;

@@ -1,12 +1,14 @@
 //! The `postgres` target against a real PostgreSQL cluster with password authentication (one
-//! per test, from `keyloop-testkit`): static rotation with both strategies, a leak that kills
-//! the password and the sessions that used it before `revoked` is published, JIT roles, clear
-//! errors, and no plaintext password in the server's statement log, events or worker logs.
+//! per test, from `keyloop-testkit`): static rotation with both strategies and both value
+//! formats, a leak that kills the password and the sessions that used it before `revoked` is
+//! published, JIT roles, clear errors, and no plaintext password in the server's statement log,
+//! events or worker logs.
 
 use crate::harness::{Env, Events, gitleaks_report, lifecycle, logs_in, path_str, single_role};
 use keyloop_backends::postgres::{JitRole, jit_role_name};
 use keyloop_backends::{PostgresConfig, PostgresTarget, Target};
-use keyloop_core::{LifecycleKind, RevokeReason, Secret, Stage};
+use keyloop_core::value_format::is_valid_checksum;
+use keyloop_core::{LifecycleKind, RevokeReason, Secret, Stage, ValueFormat};
 use keyloop_testkit::postgres::{TestPostgres, unique_name};
 use keyloop_workers::WorkerContext;
 use keyloop_workers::ops::{self, Cause, RevokeVersion, Revoked};
@@ -86,11 +88,15 @@ async fn single_rotation_changes_the_password_and_the_old_one_fails() {
     // Taken over at registration: the password a human knew is dead.
     assert!(!logs_in(&pg, &role, "set-by-a-human-before-keyloop").await);
     let v1 = reveal(&env, id).await;
+    // A postgres credential's values are checksummed unless asked otherwise, and PostgreSQL
+    // takes them (through their SCRAM verifier) like any password.
+    assert!(is_valid_checksum(&v1), "the default format for postgres");
     assert!(logs_in(&pg, &role, &v1).await, "the first value works");
 
     let rotated = env.ok(&["rotate", id]).await;
     let v2 = reveal(&env, id).await;
     assert_ne!(v1, v2);
+    assert!(is_valid_checksum(&v2), "a rotation keeps the format");
     assert!(logs_in(&pg, &role, &v2).await, "the new password works");
     assert!(!logs_in(&pg, &role, &v1).await, "the old password fails");
 
@@ -312,13 +318,17 @@ async fn alternating_keeps_the_previous_role_working_until_it_is_retired() {
         "alternating",
         "--grace",
         "1h",
+        "--value-format",
+        "hex",
     ])
     .await;
     let v1 = reveal(&env, id).await;
+    assert_eq!(ValueFormat::recognize(&v1), Some(ValueFormat::Hex));
     assert!(logs_in(&pg, &role_a, &v1).await);
 
     env.ok(&["rotate", id]).await;
     let v2 = reveal(&env, id).await;
+    assert_eq!(ValueFormat::recognize(&v2), Some(ValueFormat::Hex));
     let cred = env.credential(id).await;
     assert_eq!(cred.versions[0].login.as_deref(), Some(role_a.as_str()));
     assert_eq!(cred.versions[1].login.as_deref(), Some(role_b.as_str()));
@@ -438,7 +448,7 @@ async fn jit_role_logs_in_until_dropped_and_its_valid_until_is_the_lease_expiry(
 
     let lease = uuid::Uuid::now_v7();
     let name = jit_role_name(lease);
-    let password = keyloop_backends::generate_value();
+    let password = keyloop_backends::generate_value(keyloop_core::ValueFormat::Hex);
     let expiry = time::OffsetDateTime::now_utc() + time::Duration::hours(1);
     let role = JitRole {
         name: &name,

@@ -16,7 +16,7 @@ pub mod target;
 
 use futures::future::BoxFuture;
 use keyloop_core::Retry;
-use keyloop_core::{Credential, RevokeReason, Secret};
+use keyloop_core::{Credential, RevokeReason, Secret, ValueFormat};
 use std::fmt;
 use uuid::Uuid;
 
@@ -24,24 +24,27 @@ pub use aws_sm::{AwsSecretsManager, AwsSmConfig};
 pub use local::{LocalStore, MasterKey, MasterKeyError};
 pub use postgres::{PostgresConfig, PostgresTarget};
 
-/// A fresh credential value from the OS CSPRNG: `kl_` and 64 hex characters (256 bits).
-pub fn generate_value() -> Secret {
-    random_with_prefix("kl_")
+/// A fresh credential value in `format` from the OS CSPRNG (see
+/// [`keyloop_core::value_format`]): `klc_` + 30 random base62 characters + their CRC32, or
+/// `kl_` + 64 hex characters. Callers pass the credential's own format
+/// (`settings.value_format()`), so every rotation keeps the format it was registered with.
+pub fn generate_value(format: ValueFormat) -> Secret {
+    format.generate(&mut os_random)
 }
 
 /// A fresh JIT token from the OS CSPRNG: `klt_` and 64 hex characters (256 bits).
 pub fn generate_token() -> Secret {
-    random_with_prefix("klt_")
-}
-
-fn random_with_prefix(prefix: &str) -> Secret {
-    use chacha20poly1305::aead::{OsRng, rand_core::RngCore};
     let mut bytes = zeroize::Zeroizing::new([0u8; 32]);
-    OsRng.fill_bytes(bytes.as_mut());
-    let mut text = String::with_capacity(prefix.len() + 64);
-    text.push_str(prefix);
+    os_random(bytes.as_mut());
+    let mut text = String::with_capacity(4 + 64);
+    text.push_str("klt_");
     text.push_str(&hex::encode(bytes.as_ref()));
     Secret::new(text)
+}
+
+fn os_random(buf: &mut [u8]) {
+    use chacha20poly1305::aead::{OsRng, rand_core::RngCore};
+    OsRng.fill_bytes(buf);
 }
 pub use resilience::{
     CallGuard, FaultSpecError, Faults, Resilient, ResilientStore, ResilientTarget,

@@ -1,10 +1,11 @@
 //! Command-line grammar. Global flags are accepted before or after the subcommand.
 
+use crate::cmd::rules::Tool;
 use clap::builder::{PossibleValue, TypedValueParser};
 use clap::{Args, Parser, Subcommand};
 use keyloop_core::duration::{DurationError, REPLAY_AGO};
 use keyloop_core::ingest::Format;
-use keyloop_core::{RotationStrategy, Secret, StoreKind, TargetKind};
+use keyloop_core::{RotationStrategy, Secret, StoreKind, TargetKind, ValueFormat};
 use keyloop_nats::Role;
 use std::ffi::OsStr;
 use std::path::PathBuf;
@@ -99,6 +100,12 @@ pub(crate) enum Command {
     Token(TokenCommand),
     /// Publish a schedule tick now (the sweeper acts on what is due).
     Tick,
+    /// Print rules that make a secret scanner find keyloop's values (`--json`: with usage).
+    Rules {
+        /// The scanner.
+        #[arg(value_parser = OneOf::new(&Tool::ALL, Tool::name, "scanner", "scanners"))]
+        tool: Tool,
+    },
     /// Write the JSON Schemas of every event into DIR.
     Schemas {
         /// Output directory.
@@ -286,6 +293,11 @@ pub(crate) struct RegisterArgs {
     /// Revoke every live version when unused for this long (e.g. 30d; from 1s to 3650d).
     #[arg(long)]
     pub(crate) idle_revoke_after: Option<String>,
+    /// How generated values are written, now and at every rotation: checksummed (klc_ + 30
+    /// base62 + CRC32, found by `keyloop rules` scanners) or hex (kl_ + 64 hex, the original).
+    /// Default: checksummed, which both targets accept.
+    #[arg(long, value_parser = OneOf::new(&ValueFormat::ALL, ValueFormat::name, "value format", "value formats"))]
+    pub(crate) value_format: Option<ValueFormat>,
 }
 
 #[derive(Debug, Args)]

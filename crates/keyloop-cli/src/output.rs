@@ -126,7 +126,8 @@ pub(crate) fn credential_detail(c: &Credential) -> String {
         ));
     }
     out.push_str(&format!(
-        "  grace: {}\n  versions (oldest first):\n",
+        "  values: {} (scanner rules: `keyloop rules TOOL`)\n  grace: {}\n  versions (oldest first):\n",
+        c.settings.value_format().name(),
         format_duration(Duration::from_secs(c.policy.grace_secs))
     ));
     for v in &c.versions {

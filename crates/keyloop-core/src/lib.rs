@@ -15,6 +15,7 @@ pub mod lease;
 pub mod retry;
 pub mod schema;
 pub mod secret;
+pub mod value_format;
 
 pub use credential::{
     AtTarget, BackendSettings, Claim, Credential, CredentialId, PendingUndo, Policy, Retired,
@@ -27,3 +28,4 @@ pub use leak::{LeakFinding, LeakLocation};
 pub use lease::{JitPolicy, Lease, LeaseState, Tier};
 pub use retry::Retry;
 pub use secret::Secret;
+pub use value_format::ValueFormat;

@@ -362,8 +362,9 @@ pub async fn run_rotation(
 
     // 1. create_pending. Stopping after the store write leaves a value no record names: the
     // retry stores under the same version id, and gets this value back.
+    let fresh = keyloop_backends::generate_value(cred.settings.value_format());
     let value = store
-        .put_new(&cred, new_version, keyloop_backends::generate_value())
+        .put_new(&cred, new_version, fresh)
         .await
         .map_err(|e| backend(e, "store the pending value"))?;
     *in_hand = Some(value.clone());

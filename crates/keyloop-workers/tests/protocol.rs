@@ -575,3 +575,101 @@ async fn every_fault_in_a_registration_leaves_the_role_as_it_was_or_taken_over()
     }
     assert!(broken.is_empty(), "{}", broken.join("\n"));
 }
+
+#[tokio::test]
+async fn a_registration_records_its_value_format_and_every_rotation_keeps_it() {
+    use keyloop_core::ValueFormat;
+    let w = World::new();
+    let formats = [
+        ("pg/default-format", None, ValueFormat::Checksummed),
+        ("pg/hex-format", Some(ValueFormat::Hex), ValueFormat::Hex),
+        (
+            "pg/checksummed-format",
+            Some(ValueFormat::Checksummed),
+            ValueFormat::Checksummed,
+        ),
+    ];
+    for (id, asked, expected) in formats {
+        let id: CredentialId = id.parse().unwrap();
+        let mut reg = w.registration(&id, RotationStrategy::Single);
+        reg.settings.value_format = asked;
+        ops::register(&w.process(None), reg, &cause())
+            .await
+            .unwrap();
+        let recorded = w.credential(&id).await.settings.value_format;
+        assert_eq!(
+            recorded,
+            Some(expected),
+            "{id}: recorded, whatever was asked"
+        );
+        let mut values = vec![w.working(&id, "registered").await.unwrap()];
+        for op in ["rotate/1", "rotate/2"] {
+            w.rotate_healthy(&id, op).await.unwrap();
+            values.push(w.working(&id, op).await.unwrap());
+        }
+        for v in &values {
+            assert_eq!(ValueFormat::recognize(v.expose()), Some(expected), "{id}");
+        }
+    }
+
+    // A record from before value formats existed has none: its rotations stay hex.
+    let id: CredentialId = "pg/default-format".parse().unwrap();
+    w.ctx
+        .inventory
+        .update(&id, |c| {
+            c.settings.value_format = None;
+            Ok(keyloop_nats::Change::Write(()))
+        })
+        .await
+        .unwrap();
+    w.rotate_healthy(&id, "rotate/old-record").await.unwrap();
+    let value = w.working(&id, "old record rotated").await.unwrap();
+    assert_eq!(
+        ValueFormat::recognize(value.expose()),
+        Some(ValueFormat::Hex)
+    );
+}
+
+#[tokio::test]
+async fn an_interrupted_registration_finishes_in_the_format_it_recorded_first() {
+    use keyloop_core::ValueFormat;
+    let w = World::new();
+    let id: CredentialId = "pg/interrupted-format".parse().unwrap();
+    let reg = w.registration(&id, RotationStrategy::Single);
+    let f = faults("apply", Fault::Crash);
+    let (ctx, first) = (w.process(Some(f.clone())), cause());
+    tokio::select! {
+        r = ops::register(&ctx, reg.clone(), &first) => {
+            panic!("the crash at apply did not happen: {r:?}")
+        }
+        () = f.crashed() => {}
+    }
+    let recorded = w.credential(&id).await;
+    assert_eq!(recorded.versions[0].stage, Stage::Pending);
+    assert_eq!(
+        recorded.settings.value_format,
+        Some(ValueFormat::Checksummed)
+    );
+
+    // Run again asking for another format: refused, nothing changed.
+    let mut other = reg.clone();
+    other.settings.value_format = Some(ValueFormat::Hex);
+    let e = ops::register(&w.process(None), other, &cause())
+        .await
+        .unwrap_err();
+    assert_eq!(e.kind(), keyloop_workers::ErrorKind::AlreadyExists, "{e}");
+    assert!(
+        e.to_string().contains("run it again with the same flags"),
+        "{e}"
+    );
+
+    // Run again as first (no format asked): it finishes in the recorded one.
+    ops::register(&w.process(None), reg, &cause())
+        .await
+        .unwrap();
+    let value = w.working(&id, "finished").await.unwrap();
+    assert_eq!(
+        ValueFormat::recognize(value.expose()),
+        Some(ValueFormat::Checksummed)
+    );
+}

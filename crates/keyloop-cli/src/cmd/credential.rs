@@ -63,6 +63,7 @@ async fn register(g: &Global, args: RegisterArgs) -> Result<ExitCode> {
         },
         role: args.role,
         strategy: args.strategy,
+        value_format: args.value_format,
     };
     settings
         .check(store, target)

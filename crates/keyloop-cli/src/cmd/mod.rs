@@ -8,6 +8,7 @@ mod init;
 mod replay;
 mod revoke;
 mod rotate;
+pub(crate) mod rules;
 mod schemas;
 mod task;
 mod tick;
@@ -38,6 +39,7 @@ pub(crate) async fn run(cli: Cli) -> Result<ExitCode> {
         Command::Task(c) => task::run(g, c).await,
         Command::Token(c) => token::run(g, c).await,
         Command::Tick => tick::run(g).await,
+        Command::Rules { tool } => rules::run(g.json, tool),
         Command::Schemas { dir } => schemas::run(&dir),
     }
 }

@@ -1,6 +1,7 @@
-//! Where a credential lives and what accepts it (store, target, strategy, their settings),
-//! and its rotation policy.
+//! Where a credential lives and what accepts it (store, target, strategy, their settings, the
+//! format of its values), and its rotation policy.
 
+use crate::value_format::ValueFormat;
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
@@ -67,7 +68,8 @@ impl RotationStrategy {
     }
 }
 
-/// Per-credential settings of its store and target. Empty for `local` + `none`.
+/// Per-credential settings of its store and target, and the format of its generated values.
+/// Empty for `local` + `none` registered before value formats existed.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct BackendSettings {
@@ -81,6 +83,11 @@ pub struct BackendSettings {
     /// `postgres`: how the role's password is rotated (default `single`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub strategy: Option<RotationStrategy>,
+    /// How every value generated for the credential is written (registration and each
+    /// rotation). Registration records one; a record without it (written before the field
+    /// existed) is `hex`, the format it was generated in.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub value_format: Option<ValueFormat>,
 }
 
 impl BackendSettings {
@@ -92,6 +99,11 @@ impl BackendSettings {
     /// The strategy, `single` unless set.
     pub fn strategy(&self) -> RotationStrategy {
         self.strategy.unwrap_or_default()
+    }
+
+    /// The format of the credential's generated values, `hex` unless set.
+    pub fn value_format(&self) -> ValueFormat {
+        self.value_format.unwrap_or_default()
     }
 
     /// The target accounts a credential's versions may belong to: `[role]` for `single`,
@@ -281,9 +293,9 @@ mod settings_tests {
                 owner: None,
             },
             settings: BackendSettings {
-                secret_id: None,
                 role: Some("app".into()),
                 strategy: Some(RotationStrategy::Alternating),
+                ..BackendSettings::default()
             },
             versions: versions
                 .iter()
@@ -340,9 +352,9 @@ mod settings_tests {
     #[test]
     fn settings_are_checked_against_store_and_target() {
         let pg = |role: &str, strategy| BackendSettings {
-            secret_id: None,
             role: Some(role.into()),
             strategy: Some(strategy),
+            ..BackendSettings::default()
         };
         let ok = pg("app", RotationStrategy::Alternating);
         assert!(ok.check(StoreKind::Local, TargetKind::Postgres).is_ok());
@@ -418,6 +430,25 @@ mod settings_tests {
                 "{key} is a valid KV key"
             );
         }
+    }
+
+    #[test]
+    fn records_without_a_value_format_are_hex_and_new_ones_keep_theirs() {
+        let old: BackendSettings = serde_json::from_str(r#"{"role":"app"}"#).unwrap();
+        assert_eq!(old.value_format, None);
+        assert_eq!(old.value_format(), ValueFormat::Hex);
+        let new = BackendSettings {
+            value_format: Some(ValueFormat::Checksummed),
+            ..old
+        };
+        let json = serde_json::to_value(&new).unwrap();
+        assert_eq!(json["value_format"], "checksummed");
+        let back: BackendSettings = serde_json::from_value(json).unwrap();
+        assert_eq!(back.value_format(), ValueFormat::Checksummed);
+        assert!(
+            serde_json::from_str::<BackendSettings>(r#"{"value_format":"base64"}"#).is_err(),
+            "an unknown format is refused, not read as hex"
+        );
     }
 
     #[test]

@@ -7,7 +7,7 @@ use crate::error::{Error, ErrorKind};
 use keyloop_backends::{Store, Target};
 use keyloop_core::{
     AtTarget, BackendSettings, Credential, CredentialId, Fingerprint, LifecycleData, LifecycleKind,
-    Policy, Stage, StoreKind, TargetKind, Version,
+    Policy, Stage, StoreKind, TargetKind, ValueFormat, Version,
 };
 use keyloop_nats::{Change, DueItem, FingerprintRef};
 use time::OffsetDateTime;
@@ -24,7 +24,8 @@ pub struct Registration {
     pub target: TargetKind,
     /// Rotation policy.
     pub policy: Policy,
-    /// Store and target settings (secret id, role, strategy).
+    /// Store and target settings (secret id, role, strategy) and the value format (absent:
+    /// the target's default, [`ValueFormat::default_for`]).
     pub settings: BackendSettings,
 }
 
@@ -68,7 +69,7 @@ pub struct Registered {
 /// says so, and running the same registration again finishes it.
 pub async fn register(
     ctx: &WorkerContext,
-    reg: Registration,
+    mut reg: Registration,
     cause: &Cause,
 ) -> Result<Registered, Error> {
     reg.settings
@@ -81,7 +82,13 @@ pub async fn register(
     let target = ctx.backends.target(reg.target)?;
     let (cred, resumed) = match ctx.inventory.get(&reg.id).await? {
         Some((existing, _)) => (resumable(existing, &reg)?, true),
-        None => (record_registration(ctx, &reg).await?, false),
+        None => {
+            // The record holds the format, so every rotation generates the same one: the
+            // format asked for, else the one that suits the target.
+            let format = ValueFormat::default_for(reg.target);
+            reg.settings.value_format.get_or_insert(format);
+            (record_registration(ctx, &reg).await?, false)
+        }
     };
     let version =
         cred.versions.first().map(|v| v.id).ok_or_else(|| {
@@ -192,9 +199,17 @@ fn resumable(existing: Credential, reg: &Registration) -> Result<Credential, Err
             ),
         ));
     }
+    // Run again without a value format, a registration finishes in the one recorded first.
+    let format = reg.settings.value_format;
+    let same_format = format.is_none_or(|f| f == existing.settings.value_format());
+    let without_format = |s: &BackendSettings| BackendSettings {
+        value_format: None,
+        ..s.clone()
+    };
     let same = existing.store == reg.store
         && existing.target == reg.target
-        && existing.settings == reg.settings
+        && without_format(&existing.settings) == without_format(&reg.settings)
+        && same_format
         && existing.policy == reg.policy;
     if !same && existing.versions[0].stage == Stage::Current {
         return Err(Error::msg(
@@ -334,8 +349,9 @@ async fn take_over(
             (e, TargetState::Unknown)
         }
     };
+    let generated = keyloop_backends::generate_value(cred.settings.value_format());
     let value = store
-        .put_new(cred, version, keyloop_backends::generate_value())
+        .put_new(cred, version, generated)
         .await
         .map_err(|e| before_target(backend(e, "store the first value")))?;
     let fingerprint = Fingerprint::of(&value);
