@@ -1,14 +1,18 @@
-//! TruffleHog v3 `--json` output: one JSON object per line. A finding's plaintext is `Raw`
-//! (`RawV2` adds context, such as the host of a URI, and is not hashed); its location is under
-//! `SourceMetadata.Data.<SourceKind>` (`Git`, `Github`, `Filesystem`, …), whose fields differ
-//! by source, so whichever of `repository`, `file`, `line`, `commit` and `link` are present
-//! are used. TruffleHog's own log lines (`level`, `msg`, no `Raw`) may be interleaved when
-//! stderr is captured too; they are skipped.
+//! TruffleHog v3 `--json` output: one JSON object per line. A finding's plaintext is `Raw`;
+//! `RawV2` (the secret with its identifier, or a URI whole) and `SecretParts` (the pieces of a
+//! multi-part secret, by name) are read too when present, each value a part of the finding. A
+//! URI or connection string in any of them yields its password as a part as well: TruffleHog's
+//! `URI` and `Postgres` detectors report the whole `postgres://app:<password>@db:5432`. Its
+//! location is under `SourceMetadata.Data.<SourceKind>` (`Git`, `Github`, `Filesystem`, …),
+//! whose fields differ by source, so whichever of `repository`, `file`, `line`, `commit` and
+//! `link` are present are used. TruffleHog's own log lines (`level`, `msg`, no `Raw`) may be
+//! interleaved when stderr is captured too; they are skipped. A clean scan prints nothing,
+//! which is a report without findings.
 
-use super::Sink;
 use super::json::{self, LineOutcome, SecretField};
-use crate::fingerprint::Fingerprint;
-use crate::leak::{LeakFinding, LeakLocation};
+use super::sink::{Hashed, Sink};
+use crate::leak::LeakLocation;
+use crate::secret::Secret;
 use serde_json::{Map, Value};
 use std::io::Read;
 
@@ -35,17 +39,36 @@ fn finding(object: &mut Map<String, Value>) -> LineOutcome {
             return LineOutcome::Rejected(format!("`Raw` is {found}, expected a string"));
         }
     };
-    let fingerprint = Fingerprint::of(&secret);
-    drop(secret);
     let detector = match json::text(object, "DetectorName") {
         Some(name) => format!("trufflehog:{name}"),
         None => "trufflehog".to_owned(),
     };
-    LineOutcome::Finding(LeakFinding {
-        fingerprint,
-        detector,
-        location: location(object),
-    })
+    let mut found = Hashed::of(&secret, detector, location(object));
+    drop(secret);
+    if let SecretField::Value(raw_v2) = json::take_secret(object, "RawV2") {
+        found.with_companion(&raw_v2);
+    }
+    for part in secret_parts(object) {
+        found.with_companion(&part);
+    }
+    LineOutcome::Finding(found)
+}
+
+/// The string values of `SecretParts` (an object of named parts, or an array of them), moved
+/// out of the line; anything else there is ignored (the finding stands on `Raw`).
+fn secret_parts(object: &mut Map<String, Value>) -> Vec<Secret> {
+    let values: Vec<&mut Value> = match object.get_mut("SecretParts") {
+        Some(Value::Object(parts)) => parts.values_mut().collect(),
+        Some(Value::Array(parts)) => parts.iter_mut().collect(),
+        _ => Vec::new(),
+    };
+    values
+        .into_iter()
+        .filter_map(|value| match value {
+            Value::String(s) if !s.trim().is_empty() => Some(Secret::new(std::mem::take(s))),
+            _ => None,
+        })
+        .collect()
 }
 
 fn is_log_line(object: &Map<String, Value>) -> bool {
@@ -74,6 +97,8 @@ fn location(object: &Map<String, Value>) -> LeakLocation {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::fingerprint::Fingerprint;
+    use crate::leak::LeakFinding;
     use crate::secret::Secret;
 
     const FIXTURE: &str = include_str!("../../../../tests/fixtures/ingest/trufflehog.jsonl");
