@@ -13,6 +13,9 @@ use tokio::io::AsyncWriteExt;
 
 const FLEET: [&str; 3] = ["leak-responder", "revoker", "rotator"];
 
+/// Writes a report of one finding of a value.
+type Report = fn(&str) -> Vec<u8>;
+
 /// `value` as a URI's user information may hold it: every byte but the unreserved ones
 /// percent-encoded.
 fn encoded(value: &str) -> String {
@@ -135,7 +138,7 @@ async fn a_value_found_by_each_new_format_is_revoked() {
     let env = Env::start().await;
     let _fleet = env.worker("fleet", &FLEET);
     let events = Events::subscribe(&env.bus).await;
-    let cases: [(&str, &str, fn(&str) -> Vec<u8>); 7] = [
+    let cases: [(&str, &str, Report); 7] = [
         ("kingfisher", "kf/json", |v| {
             let report = json!({"findings": [kingfisher_record(v, "a.sh")], "metadata": {}});
             serde_json::to_vec(&report).unwrap()

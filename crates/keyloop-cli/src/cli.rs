@@ -568,4 +568,16 @@ mod tests {
             "{help}"
         );
     }
+
+    #[test]
+    fn ingest_help_lists_every_exit_code_and_auto() {
+        let help = refusal(&["ingest", "--help"]);
+        for code in [
+            "  0  ", "  1  ", "  2  ", "  3  ", "  4  ", "  5  ", "  141  ",
+        ] {
+            assert!(help.contains(code), "{code:?} in {help}");
+        }
+        assert!(help.contains("--fail-on-unmatched"), "{help}");
+        assert!(help.contains("auto, gitleaks, betterleaks"), "{help}");
+    }
 }

@@ -245,4 +245,48 @@ mod tests {
         assert!(!truncated.contains("FAKE-gitleaks-0006"));
         assert!(parse("gitleaks found 2 leaks").is_err());
     }
+
+    #[test]
+    fn betterleaks_lines_and_attributes_are_read() {
+        let lines = include_str!("../../../../tests/fixtures/ingest/betterleaks.jsonl");
+        let parsed = crate::ingest::testing::collect(
+            |input, sink| super::parse(input, sink, "betterleaks"),
+            lines,
+        )
+        .expect("betterleaks lines");
+        assert!(parsed.rejected.is_empty(), "{:?}", parsed.rejected);
+        assert_eq!(parsed.findings[0].detector, "betterleaks:github-pat");
+        assert_eq!(
+            parsed.findings[0].location,
+            LeakLocation {
+                file: Some("ci/env.sh".into()),
+                line: Some(4),
+                commit: Some("9fceb02d0ae598e95dc970b74767f19372d61af8".into()),
+                url: Some(
+                    "https://github.com/acme/ci/blob/9fceb02d0ae598e95dc970b74767f19372d61af8/ci/env.sh#L4"
+                        .into()
+                ),
+                ..LeakLocation::default()
+            }
+        );
+        // gitleaks itself writes no JSON lines: an object is not a gitleaks report.
+        assert!(parse(lines).is_err());
+    }
+
+    #[test]
+    fn a_secret_that_is_a_connection_string_yields_its_password() {
+        let report =
+            r#"[{"RuleID":"x","Secret":"Server=db;User Id=app;Password=FAKE-gl-pw-0007;"}]"#;
+        let parsed = parse(report).expect("a report");
+        assert_eq!(parsed.parts.len(), 1);
+        assert_eq!(
+            parsed.parts[0].of,
+            crate::ingest::PartOf::ConnectionPassword
+        );
+        assert_eq!(
+            parsed.parts[0].finding.fingerprint,
+            fingerprint("FAKE-gl-pw-0007")
+        );
+        assert_eq!(parsed.parts[0].finding.detector, "gitleaks:x");
+    }
 }

@@ -98,6 +98,7 @@ fn location(object: &Map<String, Value>) -> LeakLocation {
 mod tests {
     use super::*;
     use crate::fingerprint::Fingerprint;
+    use crate::ingest::PartOf;
     use crate::leak::LeakFinding;
     use crate::secret::Secret;
 
@@ -204,5 +205,53 @@ mod tests {
             "no line is a JSON object; expected one JSON object per line (trufflehog --json)"
         );
         assert!(parse(r#"[{"Raw":"FAKE-trufflehog-0007"}]"#).is_err());
+    }
+
+    #[test]
+    fn a_postgres_uri_yields_its_password_and_raw_v2_and_secret_parts_are_read() {
+        let line = r#"{"DetectorName":"Postgres","Raw":"postgres://app:FAKE-th-pg-0008@db:5432","RawV2":"postgres://app:FAKE-th-pg-0008@db:5432/orders?sslmode=require","SecretParts":{"username":"app","password":"FAKE-th-pg-0008","key":"FAKE-th-part-0009"}}"#;
+        let parsed = parse(line).expect("a report");
+        assert_eq!(parsed.findings.len(), 1);
+        let parts: Vec<_> = parsed
+            .parts
+            .iter()
+            .map(|p| (p.of, p.finding.fingerprint.clone()))
+            .collect();
+        assert_eq!(
+            parts,
+            [
+                (PartOf::UriPassword, fingerprint("FAKE-th-pg-0008")),
+                (
+                    PartOf::Companion,
+                    fingerprint("postgres://app:FAKE-th-pg-0008@db:5432/orders?sslmode=require")
+                ),
+                // `SecretParts` in key order.
+                (PartOf::Companion, fingerprint("FAKE-th-part-0009")),
+                (PartOf::Companion, fingerprint("app")),
+            ]
+        );
+        // The fixture's URI detector line has RawV2 equal to Raw: one part, its password.
+        let fixture = parse(FIXTURE).expect("a report");
+        assert_eq!(fixture.parts.len(), 1);
+        assert_eq!(
+            fixture.parts[0].finding.fingerprint,
+            fingerprint("FAKE-trufflehog-uri-0001")
+        );
+        assert_eq!(
+            fixture.parts[0].finding.location,
+            fixture.findings[0].location
+        );
+        let odd = r#"{"Raw":"FAKE-th-0010","RawV2":7,"SecretParts":["FAKE-th-0011",3,""]}"#;
+        let parsed = parse(odd).expect("a report");
+        assert_eq!(parsed.parts.len(), 1);
+        assert!(!format!("{parsed:?}").contains("FAKE-th-0011"));
+    }
+
+    #[test]
+    fn an_empty_run_is_a_report_without_findings() {
+        for clean in ["", "\n", "  \n\n"] {
+            let parsed = parse(clean).expect("a clean run");
+            assert!(parsed.findings.is_empty() && parsed.rejected.is_empty());
+        }
     }
 }
