@@ -10,7 +10,8 @@
 //! not awaited: `already_ingested` unless its outcome happens to arrive now. No value, digest
 //! or tag is printed; the credential id, version and lease id are.
 //!
-//! Memory: one small record per finding and per published value, for the run.
+//! Memory: one small record per finding and per published value, for the run (leak ids and
+//! digests kept as 128-bit numbers; detectors and locations only for the findings listed).
 
 use anyhow::Result;
 use futures::StreamExt;
@@ -70,9 +71,23 @@ struct Leak {
     said: Option<Said>,
 }
 
+/// A leak id (`leak-` and 32 hex digits, [`LeakFinding::dedup_key`]) as a number.
+type LeakKey = u128;
+
+/// The key of leak id `id`; `None` for an id ingest does not make.
+fn leak_key(id: &str) -> Option<LeakKey> {
+    let hex = id.strip_prefix("leak-")?;
+    (hex.len() == 32).then(|| u128::from_str_radix(hex, 16).ok())?
+}
+
+/// The id of a leak key.
+fn leak_id(key: LeakKey) -> String {
+    format!("leak-{key:032x}")
+}
+
 #[derive(Debug, Default)]
 struct Board {
-    leaks: HashMap<String, Leak>,
+    leaks: HashMap<LeakKey, Leak>,
     /// Awaited leaks without an outcome yet.
     open: usize,
 }
@@ -127,8 +142,11 @@ impl Watch {
 
     /// Expects the outcome of leak `id`, about to be published.
     pub(crate) fn expect(&self, id: &str) {
+        let Some(key) = leak_key(id) else {
+            return;
+        };
         let mut board = self.board.lock().expect("board lock");
-        let leak = board.leaks.entry(id.to_owned()).or_default();
+        let leak = board.leaks.entry(key).or_default();
         if !leak.awaited && leak.said.is_none() {
             leak.awaited = true;
             board.open += 1;
@@ -138,7 +156,7 @@ impl Watch {
     /// Leak `id` was stored before: its outcome is not waited for.
     pub(crate) fn already_ingested(&self, id: &str) {
         let mut board = self.board.lock().expect("board lock");
-        if let Some(leak) = board.leaks.get_mut(id)
+        if let Some(leak) = leak_key(id).and_then(|key| board.leaks.get_mut(&key))
             && leak.awaited
         {
             leak.awaited = false;
@@ -162,10 +180,10 @@ impl Watch {
         }
     }
 
-    /// The state of leak `id`.
-    fn state(&self, id: &str) -> (Kind, Option<Said>) {
+    /// The state of leak `key`.
+    fn state(&self, key: LeakKey) -> (Kind, Option<Said>) {
         let board = self.board.lock().expect("board lock");
-        match board.leaks.get(id) {
+        match board.leaks.get(&key) {
             Some(Leak {
                 said: Some(said), ..
             }) => (said.kind, Some(said.clone())),
@@ -186,7 +204,8 @@ fn record(board: &mut Board, event: &LifecycleEvent) -> bool {
     let Some(leak) = event
         .causationid
         .as_deref()
-        .and_then(|id| board.leaks.get_mut(id))
+        .and_then(leak_key)
+        .and_then(|key| board.leaks.get_mut(&key))
     else {
         return false;
     };
@@ -208,15 +227,15 @@ fn record(board: &mut Board, event: &LifecycleEvent) -> bool {
 /// One value of a finding: the leak that carries it, and what part of the finding it is.
 #[derive(Debug)]
 struct Member {
-    leak: String,
+    leak: LeakKey,
     part: Option<PartOf>,
 }
 
 /// One finding of the report.
 #[derive(Debug)]
 struct Group {
-    detector: String,
-    location: LeakLocation,
+    /// Its detector and location, for the findings listed.
+    listed: Option<Box<(String, LeakLocation)>>,
     members: Vec<Member>,
 }
 
@@ -224,61 +243,57 @@ struct Group {
 #[derive(Debug, Default)]
 pub(crate) struct Tracker {
     groups: Vec<Group>,
-    /// The leak of each value published so far, by a prefix of each of its digests.
-    leaks_by_value: HashMap<String, String>,
+    /// The leak of each value published so far, by the first 128 bits of each of its digests.
+    leaks_by_value: HashMap<(bool, u128), LeakKey>,
 }
 
-/// Keys of a value: a prefix of each digest it has.
-fn keys(fingerprint: &Fingerprint) -> impl Iterator<Item = String> + '_ {
+/// Keys of a value: the first 128 bits of each digest it has (`true`: SHA-256).
+fn keys(fingerprint: &Fingerprint) -> impl Iterator<Item = (bool, u128)> + '_ {
+    let prefix = |hex: &str| u128::from_str_radix(hex.get(..32)?, 16).ok();
     let sha256 = fingerprint
         .sha256
         .as_deref()
-        .map(|d| format!("256:{}", &d[..32]));
+        .and_then(prefix)
+        .map(|k| (true, k));
     let sha1 = fingerprint
         .sha1
         .as_deref()
-        .map(|d| format!("1:{}", &d[..32]));
+        .and_then(prefix)
+        .map(|k| (false, k));
     sha256.into_iter().chain(sha1)
 }
 
 impl Tracker {
     /// A new finding starts.
     pub(crate) fn finding(&mut self, finding: &LeakFinding) {
-        let listed = self.groups.len() < super::LISTED;
+        let listed = (self.groups.len() < super::LISTED)
+            .then(|| Box::new((finding.detector.clone(), finding.location.clone())));
         self.groups.push(Group {
-            detector: if listed {
-                finding.detector.clone()
-            } else {
-                String::new()
-            },
-            location: if listed {
-                finding.location.clone()
-            } else {
-                LeakLocation::default()
-            },
+            listed,
             members: Vec::new(),
         });
     }
 
     /// A value of the current finding is published as leak `id`.
     pub(crate) fn value(&mut self, fingerprint: &Fingerprint, id: &str, part: Option<PartOf>) {
+        let Some(leak) = leak_key(id) else {
+            return;
+        };
         for key in keys(fingerprint) {
-            self.leaks_by_value
-                .entry(key)
-                .or_insert_with(|| id.to_owned());
+            self.leaks_by_value.entry(key).or_insert(leak);
         }
-        self.member(id.to_owned(), part);
+        self.member(leak, part);
     }
 
     /// A value of the current finding was published earlier in the report.
     pub(crate) fn repeat(&mut self, fingerprint: &Fingerprint, part: Option<PartOf>) {
-        let leak = keys(fingerprint).find_map(|key| self.leaks_by_value.get(&key).cloned());
+        let leak = keys(fingerprint).find_map(|key| self.leaks_by_value.get(&key).copied());
         if let Some(leak) = leak {
             self.member(leak, part);
         }
     }
 
-    fn member(&mut self, leak: String, part: Option<PartOf>) {
+    fn member(&mut self, leak: LeakKey, part: Option<PartOf>) {
         if let Some(group) = self.groups.last_mut()
             && !group.members.iter().any(|m| m.leak == leak)
         {
@@ -293,7 +308,7 @@ impl Tracker {
             let states: Vec<_> = group
                 .members
                 .iter()
-                .map(|m| (m, watch.state(&m.leak)))
+                .map(|m| (m, watch.state(m.leak)))
                 .collect();
             let first = |kind: Kind| states.iter().find(|(_, (k, _))| *k == kind);
             let decided = [
@@ -310,10 +325,11 @@ impl Tracker {
                 None => (Kind::Unmatched, None, None),
             };
             outcomes.count(kind);
-            if outcomes.findings.len() >= super::LISTED {
+            let Some(listed) = &group.listed else {
                 outcomes.findings_not_listed += 1;
                 continue;
-            }
+            };
+            let (detector, location) = listed.as_ref();
             let said = said.unwrap_or(Said {
                 kind,
                 credential: None,
@@ -323,15 +339,15 @@ impl Tracker {
             outcomes.findings.push(FindingOutcome {
                 finding: index as u64 + 1,
                 outcome: kind,
-                detector: group.detector.clone(),
-                location: group.location.clone(),
+                detector: detector.clone(),
+                location: location.clone(),
                 credential: said.credential,
                 version: said.version,
                 lease: said.lease,
                 matched_by: member
                     .filter(|_| matches!(kind, Kind::Matched | Kind::Inert))
                     .map(|m| m.part.map_or("the value", PartOf::describe)),
-                leak_ids: group.members.iter().map(|m| m.leak.clone()).collect(),
+                leak_ids: group.members.iter().map(|m| leak_id(m.leak)).collect(),
             });
         }
         outcomes
