@@ -10,7 +10,7 @@ use std::time::Duration;
 
 const FINDINGS: usize = 20_000;
 
-/// How many leak ids the summary lists (`cmd/ingest.rs`).
+/// How many leak ids the summary lists (`cmd/ingest/publish.rs`).
 const LISTED: usize = 1_000;
 
 #[tokio::test]

@@ -17,6 +17,7 @@ mod faults;
 mod fleet;
 mod harness;
 mod idle;
+mod ingest_formats;
 mod ingest_large;
 mod jit;
 mod jit_identity;

@@ -4,7 +4,7 @@ use crate::cmd::rules::Tool;
 use clap::builder::{PossibleValue, TypedValueParser};
 use clap::{Args, Parser, Subcommand};
 use keyloop_core::duration::{DurationError, REPLAY_AGO};
-use keyloop_core::ingest::Format;
+use keyloop_core::ingest::Choice;
 use keyloop_core::{RotationStrategy, Secret, StoreKind, TargetKind, ValueFormat};
 use keyloop_nats::Role;
 use std::ffi::OsStr;
@@ -300,13 +300,37 @@ pub(crate) struct RegisterArgs {
     pub(crate) value_format: Option<ValueFormat>,
 }
 
+/// What `keyloop ingest` exits with, for its help.
+const INGEST_EXIT_CODES: &str = "Exit codes:
+  0    every finding was published (and with --wait, every outcome came); an empty report
+       (no findings) is a clean scan in every format
+  1    error: the report is not of FORMAT (or, with auto, of any format), cannot be read,
+       or the leaks could not be published
+  2    usage error (unknown format or flag)
+  3    some findings were rejected (reasons on stderr); the others were published
+  4    --wait: some outcome did not arrive within --timeout
+  5    --fail-on-unmatched: some finding matched no credential keyloop manages
+  141  stdout was closed by its reader
+When several apply, the first in this list wins (3, then 4, then 5).";
+
 #[derive(Debug, Args)]
+#[command(after_help = INGEST_EXIT_CODES)]
 pub(crate) struct IngestArgs {
-    /// The tool that wrote the report.
-    #[arg(value_parser = OneOf::new(&Format::ALL, Format::name, "format", "formats"))]
-    pub(crate) format: Format,
+    /// The tool that wrote the report, or `auto` to tell it from the report's first bytes.
+    #[arg(value_parser = OneOf::new(&Choice::ALL, Choice::name, "format", "formats"))]
+    pub(crate) format: Choice,
     /// Report file; `-` or nothing reads stdin.
     pub(crate) file: Option<PathBuf>,
+    /// Wait for each finding's outcome (matched, inert, unmatched) and print it.
+    #[arg(long)]
+    pub(crate) wait: bool,
+    /// How long --wait waits for the outcomes, after the last leak is published (from 1s to
+    /// 24h).
+    #[arg(long, default_value = "30s")]
+    pub(crate) timeout: String,
+    /// Exit 5 when a finding matched no credential keyloop manages (implies --wait).
+    #[arg(long)]
+    pub(crate) fail_on_unmatched: bool,
 }
 
 #[derive(Debug, Args)]
@@ -464,6 +488,7 @@ fn parse_secret(text: &str) -> Result<Secret, std::convert::Infallible> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use keyloop_core::ingest::Format;
 
     fn parse(args: &[&str]) -> Result<Cli, clap::Error> {
         Cli::try_parse_from(std::iter::once("keyloop").chain(args.iter().copied()))
@@ -528,8 +553,8 @@ mod tests {
             ),
             (
                 &["ingest", "nessus"],
-                "unknown format `nessus`; formats: gitleaks, trufflehog, detect-secrets, \
-                 github, generic",
+                "unknown format `nessus`; formats: auto, gitleaks, betterleaks, trufflehog, \
+                 kingfisher, secretlint, sarif, detect-secrets, github, generic",
             ),
         ];
         for (args, expected) in cases {
@@ -547,13 +572,14 @@ mod tests {
             };
             assert_eq!(args.roles, [role]);
         }
-        for format in Format::ALL {
+        for format in Choice::ALL {
             let cli = parse(&["ingest", format.name()]).unwrap();
             let Command::Ingest(args) = cli.command else {
                 panic!("not an ingest: {cli:?}");
             };
             assert_eq!(args.format, format);
         }
+        assert_eq!(Choice::ALL.len(), Format::ALL.len() + 1);
     }
 
     #[test]
@@ -565,5 +591,17 @@ mod tests {
             ),
             "{help}"
         );
+    }
+
+    #[test]
+    fn ingest_help_lists_every_exit_code_and_auto() {
+        let help = refusal(&["ingest", "--help"]);
+        for code in [
+            "  0  ", "  1  ", "  2  ", "  3  ", "  4  ", "  5  ", "  141  ",
+        ] {
+            assert!(help.contains(code), "{code:?} in {help}");
+        }
+        assert!(help.contains("--fail-on-unmatched"), "{help}");
+        assert!(help.contains("auto, gitleaks, betterleaks"), "{help}");
     }
 }

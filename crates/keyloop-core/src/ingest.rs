@@ -8,19 +8,43 @@
 //! report's findings is ever built here; [`Repeats`] folds a value named many times in one
 //! report into its first finding, in bounded memory too.
 //!
+//! A value that holds a URI or a connection string is handed on whole and, right after it,
+//! each password in it as an [`Entry::Part`] of that finding (see `embedded.rs`): a managed
+//! credential's value is the password, which a digest of the whole string never matches.
+//!
+//! [`Choice::Auto`] reads the format from the first bytes of the report (`detect.rs`); a named
+//! format that does not fit is refused with the format the report looks like instead.
+//!
+//! One file per format (`gitleaks.rs`, `trufflehog.rs`, `kingfisher.rs`, `secretlint.rs`,
+//! `sarif.rs`, `detect_secrets.rs`, `github.rs`, `generic.rs`), the JSON walkers they share in
+//! `json/`, where entries go in `sink.rs`.
+//!
 //! [`Fingerprint`]: crate::Fingerprint
 
+mod detect;
 mod detect_secrets;
+mod embedded;
 mod generic;
 mod github;
 mod gitleaks;
 mod json;
+mod kingfisher;
 mod repeats;
+mod sarif;
+mod secretlint;
+mod sink;
+#[cfg(test)]
+pub(crate) mod testing;
+#[cfg(test)]
+mod tests;
 mod trufflehog;
 
+pub use embedded::Embedded;
 pub use repeats::Repeats;
 
 use crate::leak::LeakFinding;
+use detect::{Looks, Prefix};
+use sink::Sink;
 use std::fmt;
 use std::io::Read;
 use std::ops::ControlFlow;
@@ -31,8 +55,16 @@ use std::str::FromStr;
 pub enum Format {
     /// gitleaks JSON report (`gitleaks detect --report-format json`): an array of findings.
     Gitleaks,
+    /// betterleaks JSON (gitleaks' shape) or JSON lines (`--report-format jsonl`).
+    Betterleaks,
     /// TruffleHog v3 `--json`: one JSON object per line.
     Trufflehog,
+    /// Kingfisher `--format json` (one report object per line) or `--format jsonl`.
+    Kingfisher,
+    /// secretlint `--format json`: an array of file results.
+    Secretlint,
+    /// SARIF 2.1.0 (gitleaks, betterleaks and Kingfisher `--format sarif`).
+    Sarif,
     /// detect-secrets baseline JSON; carries only `hashed_secret` (SHA-1 hex).
     DetectSecrets,
     /// GitHub `secret_scanning_alert` webhook payload.
@@ -43,9 +75,13 @@ pub enum Format {
 
 impl Format {
     /// Every format, in the order the CLI lists them.
-    pub const ALL: [Format; 5] = [
+    pub const ALL: [Format; 9] = [
         Self::Gitleaks,
+        Self::Betterleaks,
         Self::Trufflehog,
+        Self::Kingfisher,
+        Self::Secretlint,
+        Self::Sarif,
         Self::DetectSecrets,
         Self::Github,
         Self::Generic,
@@ -55,11 +91,25 @@ impl Format {
     pub const fn name(self) -> &'static str {
         match self {
             Self::Gitleaks => "gitleaks",
+            Self::Betterleaks => "betterleaks",
             Self::Trufflehog => "trufflehog",
+            Self::Kingfisher => "kingfisher",
+            Self::Secretlint => "secretlint",
+            Self::Sarif => "sarif",
             Self::DetectSecrets => "detect-secrets",
             Self::Github => "github",
             Self::Generic => "generic",
         }
+    }
+
+    /// Whether a report that looks like `other` is one this format reads (betterleaks writes
+    /// gitleaks' JSON).
+    fn reads(self, other: Format) -> bool {
+        self == other
+            || matches!(
+                (self, other),
+                (Self::Gitleaks, Self::Betterleaks) | (Self::Betterleaks, Self::Gitleaks)
+            )
     }
 }
 
@@ -85,6 +135,45 @@ impl FromStr for Format {
     }
 }
 
+/// The format to read a report as: named, or read from the report itself.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Choice {
+    /// Read the format from the first bytes of the report.
+    Auto,
+    /// This format.
+    Named(Format),
+}
+
+impl Choice {
+    /// `auto` and every format, in the order the CLI lists them.
+    pub const ALL: [Choice; 10] = [
+        Self::Auto,
+        Self::Named(Format::Gitleaks),
+        Self::Named(Format::Betterleaks),
+        Self::Named(Format::Trufflehog),
+        Self::Named(Format::Kingfisher),
+        Self::Named(Format::Secretlint),
+        Self::Named(Format::Sarif),
+        Self::Named(Format::DetectSecrets),
+        Self::Named(Format::Github),
+        Self::Named(Format::Generic),
+    ];
+
+    /// The name used on the command line.
+    pub const fn name(self) -> &'static str {
+        match self {
+            Self::Auto => "auto",
+            Self::Named(format) => format.name(),
+        }
+    }
+}
+
+impl From<Format> for Choice {
+    fn from(format: Format) -> Self {
+        Self::Named(format)
+    }
+}
+
 /// A finding that could not be used, and why. Never contains the value.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Rejected {
@@ -94,11 +183,46 @@ pub struct Rejected {
     pub reason: String,
 }
 
+/// What a [`Part`] is of the finding before it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PartOf {
+    /// The password of a URI in the value.
+    UriPassword,
+    /// The password of a connection string in the value.
+    ConnectionPassword,
+    /// Another value the detector reported with the finding (TruffleHog's `RawV2`,
+    /// `SecretParts`).
+    Companion,
+}
+
+impl PartOf {
+    /// What the part is, in words.
+    pub const fn describe(self) -> &'static str {
+        match self {
+            Self::UriPassword => Embedded::UriPassword.describe(),
+            Self::ConnectionPassword => Embedded::ConnectionPassword.describe(),
+            Self::Companion => "another value reported with it",
+        }
+    }
+}
+
+/// A credential inside the value of the finding handed on just before it, with the same
+/// detector and location: published as a leak of its own.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Part {
+    /// The leak of the part.
+    pub finding: LeakFinding,
+    /// What it is.
+    pub of: PartOf,
+}
+
 /// One entry of a report, handed on as the parser reaches it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Entry {
     /// A usable finding.
     Finding(LeakFinding),
+    /// A credential inside the finding handed on just before.
+    Part(Part),
     /// An unusable entry, and why.
     Rejected(Rejected),
 }
@@ -106,20 +230,31 @@ pub enum Entry {
 /// What a parse went through. The entries themselves went to the callback.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct Summary {
+    /// The format the report was read as; `None` for an empty report read with
+    /// [`Choice::Auto`].
+    pub format: Option<Format>,
     /// Findings handed on.
     pub findings: u64,
+    /// Parts handed on (beside their findings).
+    pub parts: u64,
     /// Rejections handed on.
     pub rejected: u64,
     /// The callback asked to stop before the end of the report.
     pub stopped: bool,
+    /// Every entry of a report of a named format was rejected, and the report looks like
+    /// this other format.
+    pub looks_like: Option<Format>,
 }
 
-/// The whole input is not a report of the named format.
+/// The whole input is not a report of the named format (or, with [`Choice::Auto`], of any).
 #[derive(Debug, Clone, thiserror::Error, PartialEq, Eq)]
-#[error("not a valid {format} report: {reason}")]
+#[error("{}: {reason}", match format {
+    Some(format) => format!("not a valid {format} report"),
+    None => "not a report keyloop can read".to_owned(),
+})]
 pub struct IngestError {
-    /// The format that was expected.
-    pub format: Format,
+    /// The format that was expected; `None` when none could be told from the input.
+    pub format: Option<Format>,
     /// What is wrong, without any secret value.
     pub reason: String,
 }
@@ -127,7 +262,8 @@ pub struct IngestError {
 /// Parses a report read from `input`, handing each entry to `on_entry` as soon as it is
 /// reached, in input order; `on_entry` returns [`ControlFlow::Break`] to stop early (then
 /// [`Summary::stopped`] is set). Entries that are individually unusable are
-/// [`Entry::Rejected`]; an input that is not a report of `format` at all is an error.
+/// [`Entry::Rejected`]; an input that is not a report of the format at all is an error. An
+/// empty input (or only white space) is a report without findings, for every format.
 ///
 /// Because entries are handed on as they come, a document that turns out to be malformed
 /// further down (truncated, trailing text) has had its earlier entries handed on before the
@@ -136,310 +272,89 @@ pub struct IngestError {
 /// Plaintext values are hashed as they are read and held only in a [`crate::Secret`] until
 /// then; no rejection reason or error quotes the input.
 pub fn parse(
-    format: Format,
+    choice: impl Into<Choice>,
     input: impl Read,
+    on_entry: impl FnMut(Entry) -> ControlFlow<()>,
+) -> Result<Summary, IngestError> {
+    parse_choosing(choice, input, |_| {}, on_entry)
+}
+
+/// [`parse`], telling `on_format` which format the report is read as before the first entry
+/// (`None`: an empty report with [`Choice::Auto`]). With [`Choice::Auto`] the first bytes of
+/// the input are read until they tell the format (a key of the first object, most often in
+/// the first line).
+pub fn parse_choosing(
+    choice: impl Into<Choice>,
+    input: impl Read,
+    on_format: impl FnOnce(Option<Format>),
     mut on_entry: impl FnMut(Entry) -> ControlFlow<()>,
 ) -> Result<Summary, IngestError> {
+    let choice = choice.into();
+    let wrap = |format, reason| IngestError { format, reason };
+    let (format, input) = match choice {
+        Choice::Named(format) => (format, Prefix::recording(input)),
+        Choice::Auto => {
+            let input = Prefix::sniffing(input).map_err(|reason| wrap(None, reason))?;
+            match input.looks() {
+                Looks::Like(format) => (format, input),
+                Looks::Empty => {
+                    on_format(None);
+                    return Ok(Summary::default());
+                }
+                Looks::Unknown(what) => return Err(wrap(None, unknown(what))),
+            }
+        }
+    };
+    on_format(Some(format));
     let mut sink = Sink::new(&mut on_entry);
-    match format {
-        Format::Gitleaks => gitleaks::parse(input, &mut sink),
-        Format::Trufflehog => trufflehog::parse(input, &mut sink),
-        Format::DetectSecrets => detect_secrets::parse(input, &mut sink),
-        Format::Github => github::parse(input, &mut sink),
-        Format::Generic => generic::parse(input, &mut sink),
+    let mut input = input;
+    let result = parse_format(format, &mut input, &mut sink);
+    let looks_like = match input.looks() {
+        Looks::Like(other) if !format.reads(other) => Some(other),
+        _ => None,
+    };
+    if let Err(reason) = result {
+        let reason = match looks_like {
+            Some(other) => advice(other),
+            None => reason,
+        };
+        return Err(wrap(Some(format), reason));
     }
-    .map_err(|reason| IngestError { format, reason })?;
     Ok(Summary {
+        format: Some(format),
         findings: sink.findings,
+        parts: sink.parts,
         rejected: sink.rejected,
         stopped: sink.stopped,
+        looks_like: looks_like.filter(|_| sink.findings == 0 && sink.rejected > 0),
     })
 }
 
-/// Where the format parsers hand their entries: the caller's callback, with counts and the
-/// two ways a walk ends early (the callback stopped it; the document is not of the format).
-pub(crate) struct Sink<'a> {
-    emit: &'a mut dyn FnMut(Entry) -> ControlFlow<()>,
-    findings: u64,
-    rejected: u64,
-    /// The callback asked to stop.
-    stopped: bool,
-    /// Why the whole document is refused, set by a visitor before it unwinds the
-    /// deserializer (whose own message could quote the input).
-    refused: Option<String>,
-}
-
-impl<'a> Sink<'a> {
-    pub(crate) fn new(emit: &'a mut dyn FnMut(Entry) -> ControlFlow<()>) -> Self {
-        Self {
-            emit,
-            findings: 0,
-            rejected: 0,
-            stopped: false,
-            refused: None,
-        }
-    }
-
-    fn send(&mut self, entry: Entry) -> ControlFlow<()> {
-        let flow = (self.emit)(entry);
-        self.stopped |= flow.is_break();
-        flow
-    }
-
-    /// Hands on a finding.
-    pub(crate) fn finding(&mut self, finding: LeakFinding) -> ControlFlow<()> {
-        self.findings += 1;
-        self.send(Entry::Finding(finding))
-    }
-
-    /// Hands on a rejection.
-    pub(crate) fn reject(&mut self, position: String, reason: String) -> ControlFlow<()> {
-        self.rejected += 1;
-        self.send(Entry::Rejected(Rejected { position, reason }))
-    }
-
-    /// Hands on a finding, or its rejection at `position` (only formatted when needed).
-    pub(crate) fn outcome(
-        &mut self,
-        position: impl FnOnce() -> String,
-        outcome: Result<LeakFinding, String>,
-    ) -> ControlFlow<()> {
-        match outcome {
-            Ok(finding) => self.finding(finding),
-            Err(reason) => self.reject(position(), reason),
-        }
+fn parse_format(format: Format, input: impl Read, sink: &mut Sink<'_>) -> Result<(), String> {
+    match format {
+        Format::Gitleaks => gitleaks::parse(input, sink, "gitleaks"),
+        Format::Betterleaks => gitleaks::parse(input, sink, "betterleaks"),
+        Format::Trufflehog => trufflehog::parse(input, sink),
+        Format::Kingfisher => kingfisher::parse(input, sink),
+        Format::Secretlint => secretlint::parse(input, sink),
+        Format::Sarif => sarif::parse(input, sink),
+        Format::DetectSecrets => detect_secrets::parse(input, sink),
+        Format::Github => github::parse(input, sink),
+        Format::Generic => generic::parse(input, sink),
     }
 }
 
-/// Collecting parsers for tests, whose inputs are small.
-#[cfg(test)]
-pub(crate) mod testing {
-    use super::*;
-
-    /// Every entry of one report.
-    #[derive(Debug, Default)]
-    pub(crate) struct Parsed {
-        /// Usable findings, in input order.
-        pub(crate) findings: Vec<LeakFinding>,
-        /// Unusable entries, in input order.
-        pub(crate) rejected: Vec<Rejected>,
-    }
-
-    impl Parsed {
-        fn push(&mut self, entry: Entry) -> ControlFlow<()> {
-            match entry {
-                Entry::Finding(f) => self.findings.push(f),
-                Entry::Rejected(r) => self.rejected.push(r),
-            }
-            ControlFlow::Continue(())
-        }
-    }
-
-    /// Parses `input` with one format's `parse` and collects its entries.
-    pub(crate) fn collect(
-        parse: impl FnOnce(&[u8], &mut Sink<'_>) -> Result<(), String>,
-        input: &str,
-    ) -> Result<Parsed, String> {
-        let mut parsed = Parsed::default();
-        let mut push = |entry| parsed.push(entry);
-        let mut sink = Sink::new(&mut push);
-        parse(input.as_bytes(), &mut sink)?;
-        Ok(parsed)
-    }
-
-    /// [`super::parse`], collected.
-    pub(crate) fn parse_all(format: Format, input: &[u8]) -> Result<Parsed, IngestError> {
-        let mut parsed = Parsed::default();
-        super::parse(format, input, |entry| parsed.push(entry))?;
-        Ok(parsed)
-    }
+/// The words for a report of a named format that looks like `other`.
+fn advice(other: Format) -> String {
+    format!("this looks like a {other} report (use `keyloop ingest {other}`)")
 }
 
-#[cfg(test)]
-mod tests {
-    use super::testing::{Parsed, parse_all as parse};
-    use super::*;
-
-    /// Every fixture, with its format and the fake plaintext values it holds.
-    const FIXTURES: [(Format, &[u8], &[&str]); 6] = [
-        (
-            Format::Gitleaks,
-            include_bytes!("../../../tests/fixtures/ingest/gitleaks.json"),
-            &[
-                "FAKE-gitleaks-generic-0001-not-a-real-key",
-                "FAKE-gitleaks-webhook-0002-not-a-real-url",
-            ],
-        ),
-        (
-            Format::Trufflehog,
-            include_bytes!("../../../tests/fixtures/ingest/trufflehog.jsonl"),
-            &[
-                "FAKE-trufflehog-uri-0001",
-                "FAKE-trufflehog-github-0002-not-a-real-token",
-            ],
-        ),
-        (
-            Format::DetectSecrets,
-            include_bytes!("../../../tests/fixtures/ingest/detect-secrets.json"),
-            &[],
-        ),
-        (
-            Format::Github,
-            include_bytes!("../../../tests/fixtures/ingest/github-webhook.json"),
-            &["FAKE-github-adafruit-0001-not-a-real-key"],
-        ),
-        (
-            Format::Github,
-            include_bytes!("../../../tests/fixtures/ingest/github-alerts.json"),
-            &["FAKE-github-mailchimp-0002-not-a-real-key"],
-        ),
-        (
-            Format::Generic,
-            include_bytes!("../../../tests/fixtures/ingest/generic.jsonl"),
-            &["FAKE-generic-plaintext-0001"],
-        ),
-    ];
-
-    /// A value that the hostile inputs below put everywhere a parser might echo from.
-    const PLANTED: &str = "FAKE-planted-0000-must-never-be-printed";
-
-    /// Inputs that go wrong in every way we know, each with `PLANTED` in it.
-    fn hostile_inputs() -> Vec<(Format, Vec<u8>)> {
-        let p = PLANTED;
-        let inputs = vec![
-            (Format::Gitleaks, format!(r#"{{"Secret":"{p}"}}"#)),
-            (Format::Gitleaks, format!(r#"[{{"Secret":"{p}", "#)),
-            (
-                Format::Gitleaks,
-                format!(r#"[{{"Secret":"{p}"}}] trailing {p}"#),
-            ),
-            (
-                Format::Gitleaks,
-                format!(r#"["{p}", {{"Secret":["{p}"]}}, {{"Secret":"{p}..."}}]"#),
-            ),
-            (
-                Format::Gitleaks,
-                format!(r#"[{{"Secret":"{p}","StartLine":"{p}","File":{{"x":"{p}"}}}}]"#),
-            ),
-            (Format::Gitleaks, p.to_owned()),
-            (Format::Trufflehog, format!("{p}\n{{\"Raw\":\"{p}\"\n")),
-            (
-                Format::Trufflehog,
-                format!(r#"{{"Raw":"{p}"}}"#) + "\n" + p + "\n[\"" + p + "\"]",
-            ),
-            (
-                Format::Trufflehog,
-                format!(r#"{{"Raw":{{"v":"{p}"}},"RawV2":"{p}"}}"#),
-            ),
-            (
-                Format::DetectSecrets,
-                format!(r#"{{"results":{{"a":[{{"hashed_secret":"{p}"}},"{p}"]}}}}"#),
-            ),
-            (Format::DetectSecrets, format!(r#"{{"results":"{p}"}}"#)),
-            (Format::DetectSecrets, format!(r#"["{p}"]"#)),
-            (
-                Format::Github,
-                format!(r#"{{"alert":{{"secret":["{p}"],"secret_type":"x"}}}}"#),
-            ),
-            (Format::Github, format!(r#"{{"alert":"{p}"}}"#)),
-            (
-                Format::Github,
-                format!(r#"[{{"secret":"{p}"}}, "{p}", {{"note":"{p}"}}]"#),
-            ),
-            (Format::Github, format!(r#"{{"note":"{p}"}}"#)),
-            (
-                Format::Generic,
-                format!(r#"{{"secret":"{p}","sha1":"{p}"}}"#),
-            ),
-            (Format::Generic, format!(r#"{{"sha256":"{p}"}}"#)),
-            (
-                Format::Generic,
-                format!(r#"{{"secret":"{p}","line":"{p}","repo":1}}"#),
-            ),
-            (
-                Format::Generic,
-                format!(r#"{{"secret":"{p}","{p} and more words":"{p}"}}"#),
-            ),
-            (Format::Generic, format!(r#"{{"secret":"{p}"#)),
-            (Format::Generic, format!("secret={p}")),
-        ];
-        let mut inputs: Vec<_> = inputs
-            .into_iter()
-            .map(|(format, text)| (format, text.into_bytes()))
-            .collect();
-        for format in Format::ALL {
-            let mut not_utf8 = format!(r#"[{{"Secret":"{p}"}}]"#).into_bytes();
-            not_utf8.insert(3, 0xFF);
-            inputs.push((format, not_utf8));
-        }
-        inputs
-    }
-
-    /// Everything a parse result can show a person or a log.
-    fn everything_printed(result: &Result<Parsed, IngestError>) -> String {
-        match result {
-            Ok(parsed) => format!("{parsed:?}"),
-            Err(e) => format!("{e} {e:?}"),
-        }
-    }
-
-    #[test]
-    fn every_fixture_parses_into_findings() {
-        for (format, input, _) in FIXTURES {
-            let parsed = parse(format, input).unwrap_or_else(|e| panic!("{format}: {e}"));
-            assert!(!parsed.findings.is_empty(), "{format}");
-            if format != Format::Github {
-                assert!(
-                    parsed.rejected.is_empty(),
-                    "{format}: {:?}",
-                    parsed.rejected
-                );
-            }
-        }
-    }
-
-    #[test]
-    fn secret_never_appears_in_rejection_reasons() {
-        for (format, input, secrets) in FIXTURES {
-            let printed = everything_printed(&parse(format, input));
-            for secret in secrets {
-                assert!(!printed.contains(secret), "{format} printed a secret");
-            }
-        }
-        for (format, input) in hostile_inputs() {
-            let result = parse(format, &input);
-            let printed = everything_printed(&result);
-            // Any fragment long enough to identify the value counts as a leak.
-            assert!(
-                !printed.contains("planted"),
-                "{format} printed a secret: {printed}"
-            );
-        }
-    }
-
-    #[test]
-    fn empty_and_non_utf8_input_is_an_error_for_every_format() {
-        for format in Format::ALL {
-            let empty = parse(format, b" \n\r\n\t").expect_err("empty");
-            assert_eq!(
-                empty,
-                IngestError {
-                    format,
-                    reason: "empty input".into()
-                }
-            );
-            let binary = parse(format, b"\x1f\x8b\x08\x00\xff\xfe").expect_err("gzip");
-            assert!(binary.reason.contains("not UTF-8"), "{binary}");
-        }
-    }
-
-    #[test]
-    fn errors_name_the_format_and_what_was_expected() {
-        let err = parse(Format::Gitleaks, br#"{"findings": []}"#).expect_err("an object");
-        assert_eq!(
-            err.to_string(),
-            "not a valid gitleaks report: expected a JSON array of findings \
-             (gitleaks --report-format json), found an object"
-        );
-    }
+/// The words for a report whose format cannot be told, which looks like `what`.
+fn unknown(what: &str) -> String {
+    let names: Vec<_> = Format::ALL.iter().map(|f| f.name()).collect();
+    format!(
+        "cannot tell which tool wrote it ({what}); name its format: `keyloop ingest FORMAT` \
+         with one of {}",
+        names.join(", ")
+    )
 }

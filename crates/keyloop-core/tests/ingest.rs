@@ -36,6 +36,7 @@ const VALID_CASES: u32 = 256;
 #[derive(Debug, Default)]
 struct Parsed {
     findings: Vec<LeakFinding>,
+    parts: Vec<LeakFinding>,
     rejected: Vec<Rejected>,
 }
 
@@ -45,6 +46,7 @@ fn collect(format: Format, input: &[u8]) -> (Parsed, Result<Summary, IngestError
     let result = parse(format, input, |entry| {
         match entry {
             Entry::Finding(f) => parsed.findings.push(f),
+            Entry::Part(p) => parsed.parts.push(p.finding),
             Entry::Rejected(r) => parsed.rejected.push(r),
         }
         ControlFlow::Continue(())
@@ -63,7 +65,7 @@ fn check(format: Format, input: &[u8], planted: &Planted) -> Option<Parsed> {
     assert!(!planted.is_in(&shown), "{format} shows the secret: {shown}");
     match result {
         Err(e) => {
-            assert_eq!(e.format, format);
+            assert_eq!(e.format, Some(format));
             assert!(!e.reason.trim().is_empty(), "an error says why");
             let shown = format!("{e} {e:?}");
             assert!(!planted.is_in(&shown), "{format} shows the secret: {shown}");
@@ -71,6 +73,7 @@ fn check(format: Format, input: &[u8], planted: &Planted) -> Option<Parsed> {
         }
         Ok(summary) => {
             assert_eq!(summary.findings, parsed.findings.len() as u64);
+            assert_eq!(summary.parts, parsed.parts.len() as u64);
             assert_eq!(summary.rejected, parsed.rejected.len() as u64);
             Some(parsed)
         }
@@ -310,6 +313,195 @@ fn generic_line() -> BoxedStrategy<Json> {
     ])
 }
 
+fn betterleaks_report() -> BoxedStrategy<Json> {
+    prop_oneof![
+        3 => gitleaks_report(),
+        2 => lines(prop_oneof![8 => gitleaks_finding(), 1 => value()].boxed()),
+    ]
+    .boxed()
+}
+
+fn kingfisher_record() -> BoxedStrategy<Json> {
+    let git = object(vec![
+        ("repository_url", place()),
+        (
+            "commit",
+            mostly(object(vec![
+                ("id", place()),
+                ("url", place()),
+                ("date", place()),
+            ])),
+        ),
+        (
+            "file",
+            mostly(object(vec![
+                ("path", place()),
+                ("url", place()),
+                ("git_command", place()),
+            ])),
+        ),
+    ]);
+    let finding = object(vec![
+        ("snippet", secret_field()),
+        ("fingerprint", free_text()),
+        ("confidence", place()),
+        ("entropy", free_text()),
+        (
+            "validation",
+            mostly(object(vec![("status", place()), ("response", free_text())])),
+        ),
+        ("language", place()),
+        ("line", mostly(line_number())),
+        ("column_start", mostly(unsigned())),
+        ("path", place()),
+        ("git_metadata", mostly(git)),
+    ]);
+    object(vec![
+        (
+            "rule",
+            mostly(object(vec![("name", place()), ("id", place())])),
+        ),
+        ("finding", mostly(finding)),
+    ])
+}
+
+fn kingfisher_report() -> BoxedStrategy<Json> {
+    let records = || {
+        proptest::collection::vec(prop_oneof![8 => kingfisher_record(), 1 => value()], 0..4)
+            .prop_map(Json::Array)
+            .boxed()
+    };
+    let report = object(vec![
+        ("findings", mostly(records())),
+        ("access_map", value()),
+        ("metadata", value()),
+    ]);
+    prop_oneof![
+        4 => lines(report),
+        3 => lines(prop_oneof![6 => kingfisher_record(), 1 => exact_object(vec![("audit", value())])].boxed()),
+        2 => records(),
+        1 => value(),
+    ]
+    .boxed()
+}
+
+fn secretlint_message() -> BoxedStrategy<Json> {
+    let offset = || {
+        prop_oneof![4 => (0u64..80).prop_map(|n| Json::Raw(n.to_string())), 1 => value()].boxed()
+    };
+    object(vec![
+        ("ruleId", place()),
+        ("ruleParentId", place()),
+        ("messageId", place()),
+        ("message", free_text()),
+        (
+            "range",
+            mostly(
+                (offset(), offset())
+                    .prop_map(|(a, b)| Json::Array(vec![a, b]))
+                    .boxed(),
+            ),
+        ),
+        (
+            "loc",
+            mostly(object(vec![(
+                "start",
+                mostly(object(vec![("line", mostly(line_number()))])),
+            )])),
+        ),
+        ("data", mostly(object(vec![("TOKEN", secret_field())]))),
+        ("severity", place()),
+    ])
+}
+
+fn secretlint_report() -> BoxedStrategy<Json> {
+    let file = object(vec![
+        ("filePath", place()),
+        (
+            "sourceContent",
+            prop_oneof![3 => Just(Json::Planted), 1 => free_text(), 1 => value()].boxed(),
+        ),
+        ("sourceContentType", mostly(one_of(&["text", "binary"]))),
+        (
+            "messages",
+            mostly(
+                proptest::collection::vec(
+                    prop_oneof![8 => secretlint_message(), 1 => value()],
+                    0..4,
+                )
+                .prop_map(Json::Array)
+                .boxed(),
+            ),
+        ),
+    ]);
+    prop_oneof![
+        8 => proptest::collection::vec(prop_oneof![8 => file, 1 => value()], 0..3).prop_map(Json::Array),
+        1 => value(),
+    ]
+    .boxed()
+}
+
+fn sarif_result() -> BoxedStrategy<Json> {
+    let region = object(vec![
+        ("startLine", mostly(line_number())),
+        ("startColumn", mostly(unsigned())),
+        ("snippet", mostly(object(vec![("text", secret_field())]))),
+    ]);
+    let physical = object(vec![
+        ("artifactLocation", mostly(object(vec![("uri", place())]))),
+        ("region", mostly(region)),
+    ]);
+    let location = object(vec![
+        ("physicalLocation", mostly(physical)),
+        ("properties", value()),
+    ]);
+    object(vec![
+        ("ruleId", place()),
+        ("message", mostly(object(vec![("text", free_text())]))),
+        (
+            "locations",
+            mostly(
+                proptest::collection::vec(location, 0..3)
+                    .prop_map(Json::Array)
+                    .boxed(),
+            ),
+        ),
+        (
+            "partialFingerprints",
+            mostly(object(vec![("commitSha", place())])),
+        ),
+    ])
+}
+
+fn sarif_report() -> BoxedStrategy<Json> {
+    let run = object(vec![
+        (
+            "tool",
+            mostly(object(vec![(
+                "driver",
+                mostly(object(vec![("name", place())])),
+            )])),
+        ),
+        (
+            "results",
+            mostly(
+                proptest::collection::vec(prop_oneof![8 => sarif_result(), 1 => value()], 0..4)
+                    .prop_map(Json::Array)
+                    .boxed(),
+            ),
+        ),
+    ]);
+    prop_oneof![
+        8 => object(vec![
+            ("$schema", place()),
+            ("version", place()),
+            ("runs", mostly(proptest::collection::vec(run, 0..3).prop_map(Json::Array).boxed())),
+        ]),
+        1 => value(),
+    ]
+    .boxed()
+}
+
 fn generic_report() -> BoxedStrategy<Json> {
     lines(prop_oneof![8 => generic_line(), 1 => value()].boxed())
 }
@@ -411,6 +603,87 @@ fn valid_report(format: Format, secrets: &[String]) -> (Json, Vec<Fingerprint>) 
                 .collect(),
             true,
         ),
+        Format::Betterleaks => Json::Lines(
+            secrets
+                .iter()
+                .enumerate()
+                .map(|(i, v)| {
+                    obj(vec![
+                        ("RuleID", s("github-pat")),
+                        ("Secret", s(v)),
+                        ("Attributes", obj(vec![("path", s(&format!("f{i}.sh")))])),
+                    ])
+                })
+                .collect(),
+            false,
+        ),
+        Format::Kingfisher => obj(vec![(
+            "findings",
+            Json::Array(
+                secrets
+                    .iter()
+                    .map(|v| {
+                        obj(vec![
+                            ("rule", obj(vec![("id", s("kingfisher.x.1"))])),
+                            ("finding", obj(vec![("snippet", s(v)), ("line", raw("3"))])),
+                        ])
+                    })
+                    .collect(),
+            ),
+        )]),
+        Format::Secretlint => {
+            // One file holding every value, each message's range in UTF-16 code units.
+            let mut messages = Vec::new();
+            let mut at = 0usize;
+            for v in secrets {
+                let len = v.encode_utf16().count();
+                messages.push(obj(vec![
+                    ("ruleId", s("r")),
+                    (
+                        "range",
+                        Json::Array(vec![raw(&at.to_string()), raw(&(at + len).to_string())]),
+                    ),
+                ]));
+                at += len + 1;
+            }
+            Json::Array(vec![obj(vec![
+                ("filePath", s("a.env")),
+                ("sourceContent", s(&secrets.join("\n"))),
+                ("messages", Json::Array(messages)),
+            ])])
+        }
+        Format::Sarif => {
+            let results = secrets
+                .iter()
+                .map(|v| {
+                    let region = obj(vec![
+                        ("startLine", raw("2")),
+                        ("snippet", obj(vec![("text", s(v))])),
+                    ]);
+                    obj(vec![
+                        ("ruleId", s("generic-api-key")),
+                        (
+                            "locations",
+                            Json::Array(vec![obj(vec![(
+                                "physicalLocation",
+                                obj(vec![("region", region)]),
+                            )])]),
+                        ),
+                    ])
+                })
+                .collect();
+            let tool = obj(vec![("driver", obj(vec![("name", s("gitleaks"))]))]);
+            obj(vec![
+                ("version", s("2.1.0")),
+                (
+                    "runs",
+                    Json::Array(vec![obj(vec![
+                        ("tool", tool),
+                        ("results", Json::Array(results)),
+                    ])]),
+                ),
+            ])
+        }
     };
     (doc, expected)
 }
@@ -470,6 +743,10 @@ ingest_properties!(trufflehog, Format::Trufflehog, trufflehog_report);
 ingest_properties!(detect_secrets, Format::DetectSecrets, detect_secrets_report);
 ingest_properties!(github, Format::Github, github_report);
 ingest_properties!(generic, Format::Generic, generic_report);
+ingest_properties!(betterleaks, Format::Betterleaks, betterleaks_report);
+ingest_properties!(kingfisher, Format::Kingfisher, kingfisher_report);
+ingest_properties!(secretlint, Format::Secretlint, secretlint_report);
+ingest_properties!(sarif, Format::Sarif, sarif_report);
 
 /// Nesting far beyond serde_json's recursion limit is a clear error, not a stack overflow.
 #[test]
@@ -520,15 +797,35 @@ fn streamed_entry(format: Format, i: usize) -> String {
             100_000_000 + i
         ),
         Format::Generic => format!("{{\"secret\":\"{v}\",\"file\":\"f{i:09}\"}}\n"),
+        Format::Betterleaks => {
+            format!(
+                "{{\"Secret\":\"{v}\",\"File\":\"src/f{i:09}.py\",\"StartLine\":7,\"RuleID\":\"r\"}}\n"
+            )
+        }
+        Format::Kingfisher => format!(
+            r#"{sep}{{"rule":{{"id":"r"}},"finding":{{"snippet":"{v}","path":"f{i:09}","line":7}}}}"#
+        ),
+        Format::Secretlint => format!(
+            r#"{sep}{{"filePath":"f{i:09}","sourceContent":"{v}","messages":[{{"ruleId":"r","range":[0,{}]}}]}}"#,
+            v.len()
+        ),
+        Format::Sarif => format!(
+            r#"{sep}{{"ruleId":"r","locations":[{{"physicalLocation":{{"artifactLocation":{{"uri":"f{i:09}"}},"region":{{"startLine":7,"snippet":{{"text":"{v}"}}}}}}}}]}}"#
+        ),
     }
 }
 
 /// What a generated report of `format` opens and closes with.
 fn streamed_frame(format: Format) -> (&'static str, &'static str) {
     match format {
-        Format::Gitleaks | Format::Github => ("[", "]"),
+        Format::Gitleaks | Format::Github | Format::Secretlint => ("[", "]"),
         Format::DetectSecrets => (r#"{"version":"1.5.0","results":{"a.py":["#, "]}}"),
-        Format::Trufflehog | Format::Generic => ("", ""),
+        Format::Trufflehog | Format::Generic | Format::Betterleaks => ("", ""),
+        Format::Kingfisher => (r#"{"findings":["#, "]}"),
+        Format::Sarif => (
+            r#"{"version":"2.1.0","runs":[{"tool":{"driver":{"name":"gitleaks"}},"results":["#,
+            "]}]}",
+        ),
     }
 }
 

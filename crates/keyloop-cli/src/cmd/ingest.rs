@@ -1,98 +1,41 @@
 //! `keyloop ingest FORMAT [FILE|-]`: a detector's native report in, leak events out. Values are
 //! hashed by the parser before anything is published; the same finding ingested again has the
-//! same message id and is dropped by the stream's dedup window.
+//! same message id and is dropped by the stream's dedup window. `auto` reads the format from
+//! the report; an empty report is a clean scan (exit 0) in every format.
 //!
-//! The report is streamed end to end: a blocking thread parses it (see
-//! [`keyloop_core::ingest::parse`]) and hands each entry over a bounded channel to the
-//! publisher, which folds values already seen in this report into their first finding
-//! ([`Repeats`]) and keeps at most [`MAX_ACKS_IN_FLIGHT`] publish acks outstanding. Memory is
-//! bounded by those constants, whatever the size of the report.
+//! The report is streamed end to end (`publish.rs`); `--wait` follows each finding to its
+//! outcome (`wait.rs`). Exit codes are the `EXIT_*` constants below, listed in the help.
+
+mod publish;
+mod wait;
+
+pub(crate) use publish::{IngestReport, LISTED};
 
 use crate::cli::{Global, IngestArgs};
 use crate::output;
-use anyhow::{Context, Result, anyhow};
-use async_nats::jetstream::context::PublishAckFuture;
-use keyloop_core::event::{CloudEvent, LEAK_DETECTED_TYPE};
-use keyloop_core::ingest::{self, Entry, Format, IngestError, Repeats, Summary};
+use anyhow::{Context, Result};
+use keyloop_core::LeakLocation;
+use keyloop_core::ingest::{Choice, Format};
 use keyloop_nats::Bus;
-use serde::Serialize;
-use std::collections::VecDeque;
+use publish::{Options, Parsing, Waiting};
 use std::io::{IsTerminal, Read};
-use std::ops::ControlFlow;
 use std::path::Path;
 use std::process::ExitCode;
-use tokio::sync::mpsc;
-use tokio::task::JoinHandle;
+use wait::{Kind, Outcomes, Tracker, Watch};
 
 /// Exit code when the report was read but some findings were rejected: a rejected finding may be
 /// a live leak nobody acted on, so scripts must notice.
 const EXIT_SOME_REJECTED: u8 = 3;
 
-/// Publish acks awaited at most at once. async-nats lets a JetStream context have 5,000 acks
-/// outstanding (`max_ack_inflight`) and then waits in `send_publish` for one to be awaited;
-/// awaiting them only after publishing everything therefore hung any report of more than
-/// 5,000 findings. A window well below that keeps the connection busy and memory flat.
-const MAX_ACKS_IN_FLIGHT: usize = 256;
+/// Exit code of `--wait` when an outcome did not arrive within `--timeout`.
+const EXIT_TIMED_OUT: u8 = 4;
 
-/// Entries the parser may run ahead of the publisher.
-const PARSED_AHEAD: usize = 1_024;
-
-/// How many leak ids and rejections the summary lists; the rest are only counted, so the
-/// summary of a huge report stays small.
-pub(crate) const LISTED: usize = 1_000;
-
-/// When stderr is a terminal, a progress line every this many entries.
-const PROGRESS_EVERY: u64 = 10_000;
-
-/// What one ingest did.
-#[derive(Debug, Default, Serialize)]
-pub(crate) struct IngestReport {
-    pub(crate) format: String,
-    /// Usable findings in the report.
-    pub(crate) findings: u64,
-    /// Leak events stored.
-    pub(crate) published: u64,
-    /// Leak events the stream already had (the same finding ingested before).
-    pub(crate) deduplicated: u64,
-    /// Findings of a value found earlier in the same report: folded into that first finding's
-    /// leak event, not published.
-    pub(crate) repeated: u64,
-    /// The first [`LISTED`] rejected findings.
-    pub(crate) rejected: Vec<RejectedFinding>,
-    /// Rejected findings beyond those listed.
-    pub(crate) rejected_not_listed: u64,
-    /// Ids of the first [`LISTED`] published (or deduplicated) leak events, in report order:
-    /// the correlation ids to follow.
-    pub(crate) leak_ids: Vec<String>,
-    /// Leak ids beyond those listed.
-    pub(crate) leak_ids_not_listed: u64,
-}
-
-impl IngestReport {
-    /// Every rejected finding, listed or not.
-    pub(crate) fn rejected_total(&self) -> u64 {
-        self.rejected.len() as u64 + self.rejected_not_listed
-    }
-}
-
-#[derive(Debug, Serialize)]
-pub(crate) struct RejectedFinding {
-    pub(crate) position: String,
-    pub(crate) reason: String,
-}
-
-/// How an ingest talks to the person running it.
-pub(crate) struct Options {
-    /// The report's name in messages: its path, or `stdin`.
-    pub(crate) name: String,
-    /// Print each rejection to stderr as it is found.
-    pub(crate) show_rejections: bool,
-    /// Print a progress line every [`PROGRESS_EVERY`] entries to stderr.
-    pub(crate) progress: bool,
-}
+/// Exit code of `--fail-on-unmatched` when a finding matched no managed credential.
+const EXIT_UNMATCHED: u8 = 5;
 
 pub(crate) async fn run(g: &Global, args: IngestArgs) -> Result<ExitCode> {
-    let format = args.format;
+    let wait = args.wait || args.fail_on_unmatched;
+    let timeout = super::duration_arg(keyloop_core::duration::WAIT_TIMEOUT, &args.timeout)?;
     let (input, name): (Box<dyn Read + Send>, String) = match args.file.as_deref() {
         None => (Box::new(std::io::stdin()), "stdin".to_owned()),
         Some(p) if p.as_os_str() == "-" => (Box::new(std::io::stdin()), "stdin".to_owned()),
@@ -111,13 +54,33 @@ pub(crate) async fn run(g: &Global, args: IngestArgs) -> Result<ExitCode> {
     };
     // Parsing starts before connecting: a report that is not of the format fails at once,
     // with or without a server.
-    let parsing = Parsing::start(format, input);
+    let parsing = Parsing::start(args.format, input);
     let bus = match crate::config::connect(g).await {
         Ok(bus) => bus,
-        Err(e) => return Err(parsing.error_or(format, &options.name, e).await),
+        Err(e) => return Err(parsing.error_or(&options.name, e).await),
     };
-    let report = publish(&bus, format, parsing, &options).await?;
     let name = &options.name;
+    let report = if wait {
+        // Subscribed before the first leak is published.
+        let watch = match Watch::subscribe(&bus).await {
+            Ok(watch) => watch,
+            Err(e) => return Err(parsing.error_or(name, e).await),
+        };
+        let mut tracker = Tracker::default();
+        let waiting = Waiting {
+            watch: &watch,
+            tracker: &mut tracker,
+        };
+        let mut report = publish::publish(&bus, parsing, &options, Some(waiting)).await?;
+        announce(g, name, &report);
+        watch.wait(timeout).await;
+        report.outcomes = Some(tracker.outcomes(&watch));
+        report
+    } else {
+        let report = publish::publish(&bus, parsing, &options, None).await?;
+        announce(g, name, &report);
+        report
+    };
     if g.json {
         output::json_line(&report)?;
     } else {
@@ -125,22 +88,146 @@ pub(crate) async fn run(g: &Global, args: IngestArgs) -> Result<ExitCode> {
             0 => String::new(),
             n => format!(", {n} repeated in the report (folded into their first finding)"),
         };
+        let parts = match report.parts {
+            0 => String::new(),
+            n => format!("; {n} password(s) found inside findings' values went with them"),
+        };
         output::line(format_args!(
-            "{name}: {} published, {} deduplicated{repeated}, {} rejected",
+            "{name}: {} published, {} deduplicated{repeated}, {} rejected{parts}",
             report.published,
             report.deduplicated,
             report.rejected_total()
         ))?;
+        if let Some(outcomes) = &report.outcomes {
+            print_outcomes(name, outcomes, timeout)?;
+        }
     }
-    if report.rejected_total() == 0 {
-        Ok(ExitCode::SUCCESS)
+    if let Some(other) = &report.looks_like {
+        eprintln!(
+            "hint: every finding of {name} was rejected, and it looks like a {other} report \
+             (use `keyloop ingest {other}`)"
+        );
+    }
+    exit(name, &report, timeout, args.fail_on_unmatched)
+}
+
+/// Says on stderr which format `auto` chose.
+fn announce(g: &Global, name: &str, report: &IngestReport) {
+    if !report.format_detected || g.json {
+        return;
+    }
+    if report.format == "none" {
+        eprintln!("{name}: empty report (no findings)");
     } else {
         eprintln!(
-            "error: {} finding(s) in {name} were rejected and not acted on; fix the report (reasons above) and ingest it again",
+            "{name}: read as a {} report (format detected from its first bytes)",
+            report.format
+        );
+    }
+}
+
+/// The exit code, with what it means on stderr: rejected findings first, then outcomes that
+/// did not come, then findings that matched nothing (`--fail-on-unmatched`).
+fn exit(
+    name: &str,
+    report: &IngestReport,
+    timeout: std::time::Duration,
+    fail_on_unmatched: bool,
+) -> Result<ExitCode> {
+    if report.rejected_total() > 0 {
+        eprintln!(
+            "error: {} finding(s) in {name} were rejected and not acted on; fix the report \
+             (reasons above) and ingest it again",
             report.rejected_total()
         );
-        Ok(ExitCode::from(EXIT_SOME_REJECTED))
+        return Ok(ExitCode::from(EXIT_SOME_REJECTED));
     }
+    let Some(outcomes) = &report.outcomes else {
+        return Ok(ExitCode::SUCCESS);
+    };
+    if outcomes.timed_out > 0 {
+        eprintln!(
+            "error: no outcome within {}s for {} finding(s) of {name}; their leaks are stored \
+             and will be handled when a leak-responder runs (`keyloop worker leak-responder`); \
+             follow them with `keyloop replay --correlation LEAK_ID`. A detector user needs to \
+             subscribe to keyloop.lifecycle.leak_matched.*, leak_unmatched.* and leak_inert.* \
+             (deploy/nats/permissions.conf)",
+            timeout.as_secs(),
+            outcomes.timed_out
+        );
+        return Ok(ExitCode::from(EXIT_TIMED_OUT));
+    }
+    if fail_on_unmatched && outcomes.unmatched > 0 {
+        eprintln!(
+            "error: {} finding(s) of {name} matched no credential keyloop manages \
+             (--fail-on-unmatched): they are leaks nobody revoked; rotate them by hand, or \
+             register them with keyloop",
+            outcomes.unmatched
+        );
+        return Ok(ExitCode::from(EXIT_UNMATCHED));
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Prints each finding's outcome and the counts.
+fn print_outcomes(name: &str, outcomes: &Outcomes, timeout: std::time::Duration) -> Result<()> {
+    for f in &outcomes.findings {
+        let what = match (f.outcome, &f.credential, &f.lease) {
+            (Kind::Matched, Some(c), _) => format!(
+                ": {c}{} by {}, revoking",
+                version(f.version),
+                f.matched_by.unwrap_or("the value")
+            ),
+            (Kind::Matched, None, Some(l)) => format!(": JIT lease {l}, revoking"),
+            (Kind::Inert, Some(c), _) => format!(": {c}{}, already revoked", version(f.version)),
+            (Kind::Inert, None, Some(l)) => format!(": JIT lease {l}, already ended"),
+            (Kind::Unmatched, ..) => ": no managed credential has this value".to_owned(),
+            (Kind::TimedOut, ..) => format!(": no outcome within {}s", timeout.as_secs()),
+            (Kind::AlreadyIngested, ..) => {
+                ": published before, handled then (see `keyloop replay`)".to_owned()
+            }
+            _ => String::new(),
+        };
+        output::line(format_args!(
+            "  finding {} {}{what} ({}{})",
+            f.finding,
+            f.outcome.word(),
+            f.detector,
+            place(&f.location)
+        ))?;
+    }
+    if outcomes.findings_not_listed > 0 {
+        output::line(format_args!(
+            "  … and {} more finding(s) (counted below; --json lists the first {LISTED})",
+            outcomes.findings_not_listed
+        ))?;
+    }
+    output::line(format_args!(
+        "{name}: {} matched, {} inert, {} unmatched, {} timed out, {} already ingested",
+        outcomes.matched,
+        outcomes.inert,
+        outcomes.unmatched,
+        outcomes.timed_out,
+        outcomes.already_ingested
+    ))
+}
+
+fn version(version: Option<uuid::Uuid>) -> String {
+    version.map_or_else(String::new, |v| format!(" version {v}"))
+}
+
+/// ` at FILE:LINE` (or the repository, or the link), or nothing.
+fn place(location: &LeakLocation) -> String {
+    let at = match (&location.file, location.line) {
+        (Some(file), Some(line)) => format!("{file}:{line}"),
+        (Some(file), None) => file.clone(),
+        (None, _) => match (&location.repo, &location.url) {
+            (Some(repo), _) => repo.clone(),
+            (None, Some(url)) => url.clone(),
+            (None, None) => return String::new(),
+        },
+    };
+    format!(" at {at}")
 }
 
 /// Ingests a report file without printing anything (for `keyloop demo`).
@@ -152,174 +239,6 @@ pub(crate) async fn ingest_file(bus: &Bus, format: Format, path: &Path) -> Resul
         show_rejections: false,
         progress: false,
     };
-    publish(bus, format, Parsing::start(format, file), &options).await
-}
-
-/// A report being parsed on a blocking thread, its entries arriving on a bounded channel.
-pub(crate) struct Parsing {
-    entries: mpsc::Receiver<Entry>,
-    parser: JoinHandle<Result<Summary, IngestError>>,
-}
-
-impl Parsing {
-    /// Starts parsing `input`. The parser waits while [`PARSED_AHEAD`] entries are not taken,
-    /// and stops when the receiving side is dropped.
-    pub(crate) fn start(format: Format, input: impl Read + Send + 'static) -> Self {
-        let (tx, entries) = mpsc::channel(PARSED_AHEAD);
-        let parser = tokio::task::spawn_blocking(move || {
-            ingest::parse(format, input, |entry| match tx.blocking_send(entry) {
-                Ok(()) => ControlFlow::Continue(()),
-                Err(_) => ControlFlow::Break(()),
-            })
-        });
-        Self { entries, parser }
-    }
-
-    /// The error to report when the ingest cannot go on because of `other`: the report's own
-    /// error if the parser already found one (the more useful message), else `other`.
-    async fn error_or(self, format: Format, name: &str, other: anyhow::Error) -> anyhow::Error {
-        let Self { entries, parser } = self;
-        drop(entries);
-        match parser.await {
-            Ok(Err(e)) => not_a_report(format, name, &e, 0),
-            _ => other,
-        }
-    }
-}
-
-/// The error for a report that is not of `format`, saying what was already published.
-fn not_a_report(format: Format, name: &str, e: &IngestError, stored: u64) -> anyhow::Error {
-    let stored = match stored {
-        0 => String::new(),
-        n => format!(
-            "; the {n} finding(s) before that point were published (ingesting the fixed report \
-             again deduplicates them)"
-        ),
-    };
-    anyhow!(
-        "{name}: {e}{stored}; check that FORMAT ({format}) names the tool that wrote the report"
-    )
-}
-
-/// Publishes the findings of a report being parsed as `leak.detected` events, a window of acks
-/// at a time, and sums up what happened.
-pub(crate) async fn publish(
-    bus: &Bus,
-    format: Format,
-    parsing: Parsing,
-    options: &Options,
-) -> Result<IngestReport> {
-    let Parsing {
-        mut entries,
-        parser,
-    } = parsing;
-    let mut report = IngestReport {
-        format: format.to_string(),
-        ..Default::default()
-    };
-    let subject = bus.topology.leak_detected();
-    let source = format!("keyloop/ingest/{format}");
-    let mut repeats = Repeats::new();
-    let mut in_flight: VecDeque<(String, PublishAckFuture)> =
-        VecDeque::with_capacity(MAX_ACKS_IN_FLIGHT);
-    let mut read = 0u64;
-    while let Some(entry) = entries.recv().await {
-        read += 1;
-        if options.progress && read.is_multiple_of(PROGRESS_EVERY) {
-            eprintln!(
-                "{}: {read} entries read: {} published, {} repeated, {} rejected so far",
-                options.name,
-                report.published + report.deduplicated,
-                report.repeated,
-                report.rejected_total()
-            );
-        }
-        let finding = match entry {
-            Entry::Rejected(r) => {
-                if options.show_rejections {
-                    eprintln!("  rejected {}: {}", r.position, r.reason);
-                }
-                if report.rejected.len() < LISTED {
-                    report.rejected.push(RejectedFinding {
-                        position: r.position,
-                        reason: r.reason,
-                    });
-                } else {
-                    report.rejected_not_listed += 1;
-                }
-                continue;
-            }
-            Entry::Finding(finding) => finding,
-        };
-        report.findings += 1;
-        if repeats.seen_before(&finding.fingerprint) {
-            report.repeated += 1;
-            continue;
-        }
-        if in_flight.len() == MAX_ACKS_IN_FLIGHT
-            && let Some((id, ack)) = in_flight.pop_front()
-        {
-            settle(&mut report, &subject, id, ack).await?;
-        }
-        let id = finding.dedup_key();
-        let event = CloudEvent::new(id.clone(), &source, LEAK_DETECTED_TYPE, finding)
-            .caused_by(Some(id.clone()), None);
-        let payload = serde_json::to_vec(&event)?;
-        let publish = async_nats::jetstream::message::PublishMessage::build()
-            .payload(payload.into())
-            .message_id(&id);
-        let ack = bus
-            .js
-            .send_publish(subject.clone(), publish)
-            .await
-            .with_context(|| {
-                format!(
-                    "publish leak {id} to {subject} ({} stored before it)",
-                    report.published + report.deduplicated
-                )
-            })?;
-        in_flight.push_back((id, ack));
-    }
-    for (id, ack) in in_flight {
-        settle(&mut report, &subject, id, ack).await?;
-    }
-    match parser
-        .await
-        .context("the report parser stopped unexpectedly")?
-    {
-        Ok(_) => Ok(report),
-        Err(e) => Err(not_a_report(
-            format,
-            &options.name,
-            &e,
-            report.published + report.deduplicated,
-        )),
-    }
-}
-
-/// Waits for one publish ack and counts it.
-async fn settle(
-    report: &mut IngestReport,
-    subject: &str,
-    id: String,
-    ack: PublishAckFuture,
-) -> Result<()> {
-    let ack = ack.await.with_context(|| {
-        format!(
-            "leak {id} was not stored on {subject} (is `keyloop init` done?); {} leak(s) were \
-             stored before it: ingest the report again, they are deduplicated",
-            report.published + report.deduplicated
-        )
-    })?;
-    if ack.duplicate {
-        report.deduplicated += 1;
-    } else {
-        report.published += 1;
-    }
-    if report.leak_ids.len() < LISTED {
-        report.leak_ids.push(id);
-    } else {
-        report.leak_ids_not_listed += 1;
-    }
-    Ok(())
+    let parsing = Parsing::start(Choice::Named(format), file);
+    publish::publish(bus, parsing, &options, None).await
 }

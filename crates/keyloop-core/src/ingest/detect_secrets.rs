@@ -2,8 +2,8 @@
 //! `results` maps each file name to its findings. detect-secrets never writes the plaintext,
 //! only `hashed_secret`, the SHA-1 hex of it, so these findings carry a SHA-1 fingerprint only.
 
-use super::Sink;
 use super::json::{self, Document, Found, scalars_are_other};
+use super::sink::{Hashed, Sink};
 use crate::fingerprint::Fingerprint;
 use crate::leak::{LeakFinding, LeakLocation};
 use serde::de::{DeserializeSeed, Deserializer, IgnoredAny, MapAccess, SeqAccess, Visitor};
@@ -127,7 +127,7 @@ impl<'de> Visitor<'de> for Entries<'_, '_, '_> {
         json::each_element(seq, |index, entry| {
             sink.outcome(
                 || format!("{}[{index}]", position(file)),
-                finding(file, &entry),
+                finding(file, &entry).map(Hashed::digests),
             )
         })
     }

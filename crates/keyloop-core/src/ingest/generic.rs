@@ -4,10 +4,11 @@
 //! `commit`, `url` and `detector`. The format is ours, so it is strict: unknown fields and
 //! wrongly typed fields are rejected rather than ignored.
 
-use super::Sink;
 use super::json::{self, LineOutcome, SecretField};
+use super::sink::{Hashed, Sink};
 use crate::fingerprint::Fingerprint;
 use crate::leak::{LeakFinding, LeakLocation};
+use crate::secret::Secret;
 use serde_json::{Map, Value};
 use std::io::Read;
 
@@ -25,25 +26,35 @@ pub(crate) fn parse(input: impl Read, sink: &mut Sink<'_>) -> Result<(), String>
     })
 }
 
-fn finding(object: &mut Map<String, Value>) -> Result<LeakFinding, String> {
+fn finding(object: &mut Map<String, Value>) -> Result<Hashed, String> {
     if let Some(name) = object.keys().find(|key| !FIELDS.contains(&key.as_str())) {
         return Err(unknown_field(name));
     }
-    let fingerprint = fingerprint(object)?;
-    Ok(LeakFinding {
-        fingerprint,
-        detector: text(object, "detector")?.unwrap_or_else(|| "generic".to_owned()),
-        location: LeakLocation {
-            repo: text(object, "repo")?,
-            file: text(object, "file")?,
-            line: line(object)?,
-            commit: text(object, "commit")?,
-            url: text(object, "url")?,
-        },
+    let detector = text(object, "detector")?.unwrap_or_else(|| "generic".to_owned());
+    let location = LeakLocation {
+        repo: text(object, "repo")?,
+        file: text(object, "file")?,
+        line: line(object)?,
+        commit: text(object, "commit")?,
+        url: text(object, "url")?,
+    };
+    Ok(match value(object)? {
+        Reported::Plain(secret) => Hashed::of(&secret, detector, location),
+        Reported::Digests(fingerprint) => Hashed::digests(LeakFinding {
+            fingerprint,
+            detector,
+            location,
+        }),
     })
 }
 
-fn fingerprint(object: &mut Map<String, Value>) -> Result<Fingerprint, String> {
+/// What a line gives: the plaintext, or digests computed elsewhere.
+enum Reported {
+    Plain(Secret),
+    Digests(Fingerprint),
+}
+
+fn value(object: &mut Map<String, Value>) -> Result<Reported, String> {
     let has_secret = is_set(object, "secret");
     if has_secret && (is_set(object, "sha256") || is_set(object, "sha1")) {
         return Err(
@@ -54,7 +65,7 @@ fn fingerprint(object: &mut Map<String, Value>) -> Result<Fingerprint, String> {
     }
     if has_secret {
         return match json::take_secret(object, "secret") {
-            SecretField::Value(secret) => Ok(Fingerprint::of(&secret)),
+            SecretField::Value(secret) => Ok(Reported::Plain(secret)),
             SecretField::Missing | SecretField::Empty => Err("`secret` is empty".to_owned()),
             SecretField::NotAString(found) => {
                 Err(format!("`secret` is {found}, expected a string"))
@@ -71,7 +82,9 @@ fn fingerprint(object: &mut Map<String, Value>) -> Result<Fingerprint, String> {
     }
     // The error names the digest kind and lengths, never the text (which might be a value
     // pasted into the wrong field).
-    Fingerprint::from_digests(sha256.as_deref(), sha1.as_deref()).map_err(|e| e.to_string())
+    Fingerprint::from_digests(sha256.as_deref(), sha1.as_deref())
+        .map(Reported::Digests)
+        .map_err(|e| e.to_string())
 }
 
 fn is_set(object: &Map<String, Value>, key: &str) -> bool {

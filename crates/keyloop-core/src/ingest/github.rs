@@ -5,10 +5,9 @@
 //! organization-level lists). Webhook alerts usually omit the value; such an alert is rejected
 //! with the REST call that returns it.
 
-use super::Sink;
 use super::json::{self, Document, SecretField};
-use crate::fingerprint::Fingerprint;
-use crate::leak::{LeakFinding, LeakLocation};
+use super::sink::{Hashed, Sink};
+use crate::leak::LeakLocation;
 use serde::de::{MapAccess, SeqAccess};
 use serde_json::{Map, Value};
 use std::io::Read;
@@ -66,7 +65,7 @@ fn is_alert_like(object: &Map<String, Value>) -> bool {
 
 /// One payload or alert. A payload names the repository beside the alert (and, for
 /// `secret_scanning_alert_location` events, the location); a REST alert is the alert itself.
-fn finding(object: &mut Map<String, Value>) -> Result<LeakFinding, String> {
+fn finding(object: &mut Map<String, Value>) -> Result<Hashed, String> {
     let outer_repo = full_name(object);
     let outer_location = object
         .get("location")
@@ -89,8 +88,8 @@ fn finding(object: &mut Map<String, Value>) -> Result<LeakFinding, String> {
     }
     let repo = outer_repo.or_else(|| full_name(alert));
     let number = alert.get("number").and_then(Value::as_u64);
-    let fingerprint = match json::take_secret(alert, "secret") {
-        SecretField::Value(secret) => Fingerprint::of(&secret),
+    let secret = match json::take_secret(alert, "secret") {
+        SecretField::Value(secret) => secret,
         SecretField::Missing | SecretField::Empty => {
             return Err(no_secret(repo.as_deref(), number));
         }
@@ -103,15 +102,12 @@ fn finding(object: &mut Map<String, Value>) -> Result<LeakFinding, String> {
         None => "github".to_owned(),
     };
     let found_at = alert_location(alert).or(outer_location).unwrap_or_default();
-    Ok(LeakFinding {
-        fingerprint,
-        detector,
-        location: LeakLocation {
-            repo,
-            url: json::text(alert, "html_url"),
-            ..found_at
-        },
-    })
+    let location = LeakLocation {
+        repo,
+        url: json::text(alert, "html_url"),
+        ..found_at
+    };
+    Ok(Hashed::of(&secret, detector, location))
 }
 
 /// The advice for an alert without its value: the REST API returns it.
@@ -167,7 +163,9 @@ fn commit_location(details: &Map<String, Value>) -> LeakLocation {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::fingerprint::Fingerprint;
     use crate::ingest::Rejected;
+    use crate::leak::LeakFinding;
     use crate::secret::Secret;
 
     const WEBHOOK: &str = include_str!("../../../../tests/fixtures/ingest/github-webhook.json");

@@ -1,51 +1,77 @@
 //! gitleaks JSON reports (`gitleaks detect --report-format json`, and `gitleaks git|dir` in
-//! v8.19+): a top-level array of findings whose `Secret` is the plaintext. Only `Secret`, `File`,
-//! `StartLine`, `Commit`, `Link` and `RuleID` are read; every other field (including `Match`,
+//! v8.19+): a top-level array of findings whose `Secret` is the plaintext. betterleaks (a
+//! gitleaks fork) writes the same findings, as that array (`--report-format json`) or one per
+//! line (`--report-format jsonl`): a betterleaks input whose first character is `{` is read
+//! as lines.
+//! Only `Secret`, `File`, `StartLine`, `Commit`, `Link` and `RuleID` are read (and
+//! betterleaks' `Attributes` where those are empty); every other field (including `Match`,
 //! which also holds the value) is ignored, so reports from any v8 release parse.
 
-use super::Sink;
-use super::json::{self, Document, SecretField};
-use crate::fingerprint::Fingerprint;
-use crate::leak::{LeakFinding, LeakLocation};
+use super::json::{self, Document, LineOutcome, SecretField};
+use super::sink::{Hashed, Sink};
+use crate::leak::LeakLocation;
 use serde::de::SeqAccess;
-use serde_json::Value;
+use serde_json::{Map, Value};
 use std::io::Read;
 
-const EXPECTED: &str = "a JSON array of findings (gitleaks --report-format json)";
-
 const NO_SECRET: &str =
-    "finding has no `Secret` (gitleaks was run with --redact?); rerun without --redact";
+    "finding has no `Secret` (was the scan run with --redact?); rerun without --redact";
 
-const REDACTED: &str = "`Secret` is redacted (gitleaks was run with --redact); rerun without \
+const REDACTED: &str = "`Secret` is redacted (the scan was run with --redact); rerun without \
                         --redact so the value can be fingerprinted";
 
-/// Parses a gitleaks report, one finding of its array at a time.
-pub(crate) fn parse(input: impl Read, sink: &mut Sink<'_>) -> Result<(), String> {
-    json::walk::<Gitleaks>(input, sink)
+/// Parses a gitleaks or betterleaks report (`tool` names which, for the detector), one finding
+/// at a time.
+pub(crate) fn parse(
+    input: impl Read,
+    sink: &mut Sink<'_>,
+    tool: &'static str,
+) -> Result<(), String> {
+    if tool != "betterleaks" {
+        return json::walk::<Report<false>>(input, sink);
+    }
+    let (first, input) = json::first_byte(input)?;
+    if first != Some(b'{') {
+        return json::walk::<Report<true>>(input, sink);
+    }
+    let expected = "one finding object per line (betterleaks --report-format jsonl)";
+    json::lines(input, expected, sink, |object| {
+        match finding(object, tool) {
+            Ok(found) => LineOutcome::Finding(found),
+            Err(reason) => LineOutcome::Rejected(reason),
+        }
+    })
 }
 
-/// The top-level value: an array of findings, or `null`.
-struct Gitleaks;
+/// The top-level value: an array of findings, or `null`; of betterleaks when `B`.
+struct Report<const B: bool>;
 
-impl Document for Gitleaks {
-    const EXPECTED: &'static str = EXPECTED;
+impl<const B: bool> Document for Report<B> {
+    const EXPECTED: &'static str = if B {
+        "a JSON array of findings (betterleaks --report-format json) or one per line \
+         (--report-format jsonl)"
+    } else {
+        "a JSON array of findings (gitleaks --report-format json)"
+    };
 
     // gitleaks releases whose JSON writer lacks the empty-report guard encode a nil slice of
     // findings, that is a clean scan, as `null`.
     const NULL_IS_EMPTY: bool = true;
 
     fn array<'de, A: SeqAccess<'de>>(sink: &mut Sink<'_>, seq: A) -> Result<(), A::Error> {
+        let tool = if B { "betterleaks" } else { "gitleaks" };
         json::each_element(seq, |index, mut item| {
-            sink.outcome(|| format!("finding {}", index + 1), finding(&mut item))
+            let found = json::kind(&item);
+            let outcome = match item.as_object_mut() {
+                Some(object) => finding(object, tool),
+                None => Err(format!("expected a finding object, found {found}")),
+            };
+            sink.outcome(|| format!("finding {}", index + 1), outcome)
         })
     }
 }
 
-fn finding(item: &mut Value) -> Result<LeakFinding, String> {
-    let found = json::kind(item);
-    let Some(object) = item.as_object_mut() else {
-        return Err(format!("expected a finding object, found {found}"));
-    };
+fn finding(object: &mut Map<String, Value>, tool: &str) -> Result<Hashed, String> {
     let secret = match json::take_secret(object, "Secret") {
         SecretField::Value(secret) => secret,
         SecretField::Missing | SecretField::Empty => return Err(NO_SECRET.into()),
@@ -56,25 +82,23 @@ fn finding(item: &mut Value) -> Result<LeakFinding, String> {
     if is_redacted(secret.expose()) {
         return Err(REDACTED.into());
     }
-    let fingerprint = Fingerprint::of(&secret);
-    drop(secret);
     let detector = match json::text(object, "RuleID") {
-        Some(rule) => format!("gitleaks:{rule}"),
-        None => "gitleaks".to_owned(),
+        Some(rule) => format!("{tool}:{rule}"),
+        None => tool.to_owned(),
     };
-    Ok(LeakFinding {
-        fingerprint,
-        detector,
-        location: LeakLocation {
-            repo: None,
-            file: json::text(object, "File"),
-            line: json::line(object, "StartLine"),
-            // Empty when the scan was not of git history (`--no-git`, `gitleaks dir`).
-            commit: json::text(object, "Commit"),
-            // Set by gitleaks v8.19+ when the remote is a known platform.
-            url: json::text(object, "Link"),
-        },
-    })
+    // betterleaks keeps the location in `Attributes` too (and may leave the old fields empty).
+    let attributes = object.get("Attributes").and_then(Value::as_object);
+    let attribute = |key: &str| attributes.and_then(|a| json::text(a, key));
+    let location = LeakLocation {
+        repo: None,
+        file: json::text(object, "File").or_else(|| attribute("path")),
+        line: json::line(object, "StartLine"),
+        // Empty when the scan was not of git history (`--no-git`, `gitleaks dir`).
+        commit: json::text(object, "Commit").or_else(|| attribute("git.sha")),
+        // Set by gitleaks v8.19+ when the remote is a known platform.
+        url: json::text(object, "Link").or_else(|| attribute("url")),
+    };
+    Ok(Hashed::of(&secret, detector, location))
 }
 
 /// `--redact` replaces the value with `REDACTED` (`REDACT` before v8), and `--redact=N` keeps a
@@ -86,12 +110,14 @@ fn is_redacted(value: &str) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::fingerprint::Fingerprint;
+    use crate::leak::LeakFinding;
     use crate::secret::Secret;
 
     const FIXTURE: &str = include_str!("../../../../tests/fixtures/ingest/gitleaks.json");
 
     fn parse(text: &str) -> Result<crate::ingest::testing::Parsed, String> {
-        crate::ingest::testing::collect(|input, sink| super::parse(input, sink), text)
+        crate::ingest::testing::collect(|input, sink| super::parse(input, sink, "gitleaks"), text)
     }
 
     fn fingerprint(value: &str) -> Fingerprint {
@@ -218,5 +244,49 @@ mod tests {
         );
         assert!(!truncated.contains("FAKE-gitleaks-0006"));
         assert!(parse("gitleaks found 2 leaks").is_err());
+    }
+
+    #[test]
+    fn betterleaks_lines_and_attributes_are_read() {
+        let lines = include_str!("../../../../tests/fixtures/ingest/betterleaks.jsonl");
+        let parsed = crate::ingest::testing::collect(
+            |input, sink| super::parse(input, sink, "betterleaks"),
+            lines,
+        )
+        .expect("betterleaks lines");
+        assert!(parsed.rejected.is_empty(), "{:?}", parsed.rejected);
+        assert_eq!(parsed.findings[0].detector, "betterleaks:github-pat");
+        assert_eq!(
+            parsed.findings[0].location,
+            LeakLocation {
+                file: Some("ci/env.sh".into()),
+                line: Some(4),
+                commit: Some("9fceb02d0ae598e95dc970b74767f19372d61af8".into()),
+                url: Some(
+                    "https://github.com/acme/ci/blob/9fceb02d0ae598e95dc970b74767f19372d61af8/ci/env.sh#L4"
+                        .into()
+                ),
+                ..LeakLocation::default()
+            }
+        );
+        // gitleaks itself writes no JSON lines: an object is not a gitleaks report.
+        assert!(parse(lines).is_err());
+    }
+
+    #[test]
+    fn a_secret_that_is_a_connection_string_yields_its_password() {
+        let report =
+            r#"[{"RuleID":"x","Secret":"Server=db;User Id=app;Password=FAKE-gl-pw-0007;"}]"#;
+        let parsed = parse(report).expect("a report");
+        assert_eq!(parsed.parts.len(), 1);
+        assert_eq!(
+            parsed.parts[0].of,
+            crate::ingest::PartOf::ConnectionPassword
+        );
+        assert_eq!(
+            parsed.parts[0].finding.fingerprint,
+            fingerprint("FAKE-gl-pw-0007")
+        );
+        assert_eq!(parsed.parts[0].finding.detector, "gitleaks:x");
     }
 }

@@ -1,14 +1,18 @@
-//! TruffleHog v3 `--json` output: one JSON object per line. A finding's plaintext is `Raw`
-//! (`RawV2` adds context, such as the host of a URI, and is not hashed); its location is under
-//! `SourceMetadata.Data.<SourceKind>` (`Git`, `Github`, `Filesystem`, …), whose fields differ
-//! by source, so whichever of `repository`, `file`, `line`, `commit` and `link` are present
-//! are used. TruffleHog's own log lines (`level`, `msg`, no `Raw`) may be interleaved when
-//! stderr is captured too; they are skipped.
+//! TruffleHog v3 `--json` output: one JSON object per line. A finding's plaintext is `Raw`;
+//! `RawV2` (the secret with its identifier, or a URI whole) and `SecretParts` (the pieces of a
+//! multi-part secret, by name) are read too when present, each value a part of the finding. A
+//! URI or connection string in any of them yields its password as a part as well: TruffleHog's
+//! `URI` and `Postgres` detectors report the whole `postgres://app:<password>@db:5432`. Its
+//! location is under `SourceMetadata.Data.<SourceKind>` (`Git`, `Github`, `Filesystem`, …),
+//! whose fields differ by source, so whichever of `repository`, `file`, `line`, `commit` and
+//! `link` are present are used. TruffleHog's own log lines (`level`, `msg`, no `Raw`) may be
+//! interleaved when stderr is captured too; they are skipped. A clean scan prints nothing,
+//! which is a report without findings.
 
-use super::Sink;
 use super::json::{self, LineOutcome, SecretField};
-use crate::fingerprint::Fingerprint;
-use crate::leak::{LeakFinding, LeakLocation};
+use super::sink::{Hashed, Sink};
+use crate::leak::LeakLocation;
+use crate::secret::Secret;
 use serde_json::{Map, Value};
 use std::io::Read;
 
@@ -35,17 +39,36 @@ fn finding(object: &mut Map<String, Value>) -> LineOutcome {
             return LineOutcome::Rejected(format!("`Raw` is {found}, expected a string"));
         }
     };
-    let fingerprint = Fingerprint::of(&secret);
-    drop(secret);
     let detector = match json::text(object, "DetectorName") {
         Some(name) => format!("trufflehog:{name}"),
         None => "trufflehog".to_owned(),
     };
-    LineOutcome::Finding(LeakFinding {
-        fingerprint,
-        detector,
-        location: location(object),
-    })
+    let mut found = Hashed::of(&secret, detector, location(object));
+    drop(secret);
+    if let SecretField::Value(raw_v2) = json::take_secret(object, "RawV2") {
+        found.with_companion(&raw_v2);
+    }
+    for part in secret_parts(object) {
+        found.with_companion(&part);
+    }
+    LineOutcome::Finding(found)
+}
+
+/// The string values of `SecretParts` (an object of named parts, or an array of them), moved
+/// out of the line; anything else there is ignored (the finding stands on `Raw`).
+fn secret_parts(object: &mut Map<String, Value>) -> Vec<Secret> {
+    let values: Vec<&mut Value> = match object.get_mut("SecretParts") {
+        Some(Value::Object(parts)) => parts.values_mut().collect(),
+        Some(Value::Array(parts)) => parts.iter_mut().collect(),
+        _ => Vec::new(),
+    };
+    values
+        .into_iter()
+        .filter_map(|value| match value {
+            Value::String(s) if !s.trim().is_empty() => Some(Secret::new(std::mem::take(s))),
+            _ => None,
+        })
+        .collect()
 }
 
 fn is_log_line(object: &Map<String, Value>) -> bool {
@@ -74,6 +97,9 @@ fn location(object: &Map<String, Value>) -> LeakLocation {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::fingerprint::Fingerprint;
+    use crate::ingest::PartOf;
+    use crate::leak::LeakFinding;
     use crate::secret::Secret;
 
     const FIXTURE: &str = include_str!("../../../../tests/fixtures/ingest/trufflehog.jsonl");
@@ -179,5 +205,53 @@ mod tests {
             "no line is a JSON object; expected one JSON object per line (trufflehog --json)"
         );
         assert!(parse(r#"[{"Raw":"FAKE-trufflehog-0007"}]"#).is_err());
+    }
+
+    #[test]
+    fn a_postgres_uri_yields_its_password_and_raw_v2_and_secret_parts_are_read() {
+        let line = r#"{"DetectorName":"Postgres","Raw":"postgres://app:FAKE-th-pg-0008@db:5432","RawV2":"postgres://app:FAKE-th-pg-0008@db:5432/orders?sslmode=require","SecretParts":{"username":"app","password":"FAKE-th-pg-0008","key":"FAKE-th-part-0009"}}"#;
+        let parsed = parse(line).expect("a report");
+        assert_eq!(parsed.findings.len(), 1);
+        let parts: Vec<_> = parsed
+            .parts
+            .iter()
+            .map(|p| (p.of, p.finding.fingerprint.clone()))
+            .collect();
+        assert_eq!(
+            parts,
+            [
+                (PartOf::UriPassword, fingerprint("FAKE-th-pg-0008")),
+                (
+                    PartOf::Companion,
+                    fingerprint("postgres://app:FAKE-th-pg-0008@db:5432/orders?sslmode=require")
+                ),
+                // `SecretParts` in key order.
+                (PartOf::Companion, fingerprint("FAKE-th-part-0009")),
+                (PartOf::Companion, fingerprint("app")),
+            ]
+        );
+        // The fixture's URI detector line has RawV2 equal to Raw: one part, its password.
+        let fixture = parse(FIXTURE).expect("a report");
+        assert_eq!(fixture.parts.len(), 1);
+        assert_eq!(
+            fixture.parts[0].finding.fingerprint,
+            fingerprint("FAKE-trufflehog-uri-0001")
+        );
+        assert_eq!(
+            fixture.parts[0].finding.location,
+            fixture.findings[0].location
+        );
+        let odd = r#"{"Raw":"FAKE-th-0010","RawV2":7,"SecretParts":["FAKE-th-0011",3,""]}"#;
+        let parsed = parse(odd).expect("a report");
+        assert_eq!(parsed.parts.len(), 1);
+        assert!(!format!("{parsed:?}").contains("FAKE-th-0011"));
+    }
+
+    #[test]
+    fn an_empty_run_is_a_report_without_findings() {
+        for clean in ["", "\n", "  \n\n"] {
+            let parsed = parse(clean).expect("a clean run");
+            assert!(parsed.findings.is_empty() && parsed.rejected.is_empty());
+        }
     }
 }

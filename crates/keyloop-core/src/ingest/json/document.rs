@@ -5,7 +5,7 @@
 use super::input::{Input, Utf8, unreadable};
 use super::scrubbed::{Scrubbed, ScrubbedVisitor};
 use super::syntax_problem;
-use crate::ingest::Sink;
+use crate::ingest::sink::Sink;
 use serde::de::{self, Deserializer, IgnoredAny, MapAccess, SeqAccess, Visitor};
 use std::fmt;
 use std::io::{self, Read};
@@ -68,6 +68,23 @@ pub(crate) fn walk<D: Document>(input: impl Read, sink: &mut Sink<'_>) -> Result
             sink,
             format: PhantomData,
         })
+    })
+}
+
+/// Walks a report of document format `D` that may be several documents one after the other
+/// (Kingfisher writes one report object per repository, one per line), each as [`walk`] does.
+pub(crate) fn walk_each<D: Document>(input: impl Read, sink: &mut Sink<'_>) -> Result<(), String> {
+    document(input, D::EXPECTED, sink, |de, sink| {
+        loop {
+            de.deserialize_any(TopLevel::<D> {
+                sink: &mut *sink,
+                format: PhantomData,
+            })?;
+            // Only white space left (`document` checks that once more), or another document.
+            if de.end().is_ok() {
+                return Ok(());
+            }
+        }
     })
 }
 
@@ -144,7 +161,8 @@ pub(super) fn document<'s, R: Read>(
         ));
     }
     if !input.content {
-        return Err("empty input".into());
+        // An empty report: a clean scan.
+        return Ok(());
     }
     if e.classify() == serde_json::error::Category::Io {
         let e: io::Error = e.into();

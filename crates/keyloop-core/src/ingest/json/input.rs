@@ -188,6 +188,6 @@ impl<R> Drop for Input<R> {
 }
 
 /// A read error, in words: the OS's description of it, which never holds input.
-pub(super) fn unreadable(e: &io::Error) -> String {
+pub(crate) fn unreadable(e: &io::Error) -> String {
     format!("cannot read the input ({})", e.kind())
 }

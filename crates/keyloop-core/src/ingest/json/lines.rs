@@ -5,8 +5,8 @@ use super::fields::kind;
 use super::input::{Input, Utf8, unreadable};
 use super::scrubbed::Scrubbed;
 use super::syntax_problem;
-use crate::ingest::{Rejected, Sink};
-use crate::leak::LeakFinding;
+use crate::ingest::Rejected;
+use crate::ingest::sink::{Hashed, Sink};
 use serde_json::{Map, Value};
 use std::io::{self, BufRead, Read};
 use std::ops::ControlFlow;
@@ -19,7 +19,7 @@ pub(crate) const MAX_LINE_BYTES: usize = 1 << 20;
 /// What happened to one object of a JSON-lines input.
 pub(crate) enum LineOutcome {
     /// A usable finding.
-    Finding(LeakFinding),
+    Finding(Hashed),
     /// An unusable entry, with the reason.
     Rejected(String),
     /// Not a finding at all (a log line); dropped silently.
@@ -85,8 +85,7 @@ pub(crate) fn lines(
                     objects += u64::from(outcome.is_ok());
                     match outcome {
                         Ok(LineOutcome::Finding(finding)) => {
-                            if release(&mut held, sink).is_break()
-                                || sink.finding(finding).is_break()
+                            if release(&mut held, sink).is_break() || sink.found(finding).is_break()
                             {
                                 break Ok(());
                             }
@@ -120,7 +119,8 @@ pub(crate) fn lines(
         return Ok(());
     }
     if !content {
-        return Err("empty input".into());
+        // An empty report: a clean scan (TruffleHog prints nothing when it finds nothing).
+        return Ok(());
     }
     if objects == 0 {
         // What was held back is dropped: the whole input is refused instead.

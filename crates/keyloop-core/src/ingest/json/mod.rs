@@ -26,9 +26,37 @@ mod tests;
 
 pub(crate) use document::{
     Document, Found, collect_map, drain_map, each_element, refuse, scalars_are_other, stop, walk,
+    walk_each,
 };
 pub(crate) use fields::{SecretField, kind, line, take_secret, text};
+pub(crate) use input::unreadable;
 pub(crate) use lines::{LineOutcome, lines};
+pub(crate) use scrubbed::Scrubbed;
+
+use std::io::Read;
+
+/// The first byte of `input` that is not JSON white space (after a UTF-8 byte-order mark), and
+/// the whole input again from that byte on; `None` for an input of white space only. For
+/// formats that are a JSON document or JSON lines, told apart by that byte.
+pub(crate) fn first_byte(mut input: impl Read) -> Result<(Option<u8>, impl Read), String> {
+    let mut byte = [0u8; 1];
+    let mut at = 0u64;
+    let first = loop {
+        match input.read(&mut byte) {
+            Ok(0) => break None,
+            Ok(_) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+            Err(e) => return Err(unreadable(&e)),
+        }
+        let mark = at < 3 && byte[0] == b"\xEF\xBB\xBF"[at as usize];
+        at += 1;
+        if !mark && !matches!(byte[0], b' ' | b'\t' | b'\n' | b'\r') {
+            break Some(byte[0]);
+        }
+    };
+    let head = first.map_or(&[][..], |_| &byte[..]).to_vec();
+    Ok((first, std::io::Cursor::new(head).chain(input)))
+}
 
 /// serde_json's description of a parse failure, without its position. Syntax and end-of-input
 /// messages are fixed phrases ("expected value", "trailing characters"); data errors can quote

@@ -20,9 +20,25 @@ impl Scrubbed {
         serde_json::from_str(text)
     }
 
-    /// The value, leaving `Null` behind (so this wrapper has nothing left to scrub).
-    fn take(mut self) -> Value {
+    /// The value, leaving `Null` behind (so this wrapper has nothing left to scrub): for
+    /// moving it into another `Scrubbed`.
+    pub(crate) fn take(mut self) -> Value {
         std::mem::take(&mut self.0)
+    }
+
+    /// Sets `key` of this object to `value` (scrubbing a value it replaces); nothing when
+    /// this is not an object.
+    pub(crate) fn insert(&mut self, key: String, value: Scrubbed) {
+        if let Value::Object(fields) = &mut self.0
+            && let Some(mut replaced) = fields.insert(key, value.take())
+        {
+            scrub(&mut replaced);
+        }
+    }
+
+    /// An empty object.
+    pub(crate) fn object() -> Self {
+        Self(Value::Object(Map::new()))
     }
 }
 
