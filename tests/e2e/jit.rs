@@ -563,10 +563,12 @@ async fn on_sigterm_the_issuer_stops_taking_requests_and_still_answers_the_one_i
     );
 
     lock.commit().await.unwrap();
-    let reply = in_hand
-        .await
-        .unwrap()
-        .expect("the request in hand is answered");
+    let reply = in_hand.await.unwrap().unwrap_or_else(|e| {
+        panic!(
+            "the request in hand is answered: {e}\n{}",
+            worker.log_text()
+        )
+    });
     let reply: IssueReply = serde_json::from_slice(&reply.payload)
         .unwrap_or_else(|e| panic!("{e}: {}", String::from_utf8_lossy(&reply.payload)));
     let login = reply.login.clone().expect("a PostgreSQL lease");

@@ -113,6 +113,13 @@ pub async fn serve(
         take(request, &mut tasks);
     }
     while tasks.join_next().await.is_some() {}
+    // The replies are in the client's write buffer: send them before this process goes, or a
+    // request answered in its last moment never reaches its requester.
+    if let Some(bus) = &ctx.bus
+        && let Err(e) = bus.client.flush().await
+    {
+        warn!(error = %e, "could not flush the last replies before stopping");
+    }
     info!("api stopped serving");
     Ok(())
 }

@@ -321,6 +321,11 @@ pub async fn serve(
         hand.take(request, endpoint).await;
     }
     while hand.tasks.join_next().await.is_some() {}
+    // The replies are in the client's write buffer: send them before this process goes, or a
+    // request answered in its last moment never reaches its requester.
+    if let Err(e) = client.flush().await {
+        warn!(error = %e, "could not flush the last replies before stopping");
+    }
     info!("jit-issuer stopped serving");
     Ok(())
 }
