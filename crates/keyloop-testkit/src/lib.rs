@@ -6,10 +6,12 @@
 //! install made by `scripts/install-nats-server`; it must be 2.10 or newer.
 //!
 //! [`postgres`] starts a PostgreSQL cluster with password authentication and [`moto`] an AWS
-//! Secrets Manager emulator, each per test and stopped on drop.
+//! Secrets Manager emulator, each per test and stopped on drop; [`webhook`] plays a detector
+//! against `keyloop ingest serve` (GitHub's and GitGuardian's signatures, an HTTP client).
 
 pub mod moto;
 pub mod postgres;
+pub mod webhook;
 
 use keyloop_nats::server::{self, ServerOptions, ServerProcess};
 use keyloop_nats::{Bus, Topology};
