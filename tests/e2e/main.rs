@@ -18,6 +18,7 @@ mod fleet;
 mod harness;
 mod idle;
 mod ingest_large;
+mod ingest_serve;
 mod jit;
 mod leak_loop;
 mod least_privilege;

@@ -277,12 +277,15 @@ pub(crate) struct RegisterArgs {
 }
 
 #[derive(Debug, Args)]
+#[command(args_conflicts_with_subcommands = true, subcommand_negates_reqs = true)]
 pub(crate) struct IngestArgs {
     /// The tool that wrote the report.
-    #[arg(value_parser = OneOf::new(&Format::ALL, Format::name, "format", "formats"))]
-    pub(crate) format: Format,
+    #[arg(required = true, value_parser = OneOf::new(&Format::ALL, Format::name, "format", "formats"))]
+    pub(crate) format: Option<Format>,
     /// Report file; `-` or nothing reads stdin.
     pub(crate) file: Option<PathBuf>,
+    #[command(subcommand)]
+    pub(crate) serve: Option<crate::cmd::ingest_serve::IngestCommand>,
 }
 
 #[derive(Debug, Args)]
@@ -528,7 +531,7 @@ mod tests {
             let Command::Ingest(args) = cli.command else {
                 panic!("not an ingest: {cli:?}");
             };
-            assert_eq!(args.format, format);
+            assert_eq!(args.format, Some(format));
         }
     }
 

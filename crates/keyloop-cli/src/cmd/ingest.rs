@@ -92,7 +92,9 @@ pub(crate) struct Options {
 }
 
 pub(crate) async fn run(g: &Global, args: IngestArgs) -> Result<ExitCode> {
-    let format = args.format;
+    let format = args
+        .format
+        .context("name the report's FORMAT (see `keyloop ingest --help`)")?;
     let (input, name): (Box<dyn Read + Send>, String) = match args.file.as_deref() {
         None => (Box::new(std::io::stdin()), "stdin".to_owned()),
         Some(p) if p.as_os_str() == "-" => (Box::new(std::io::stdin()), "stdin".to_owned()),
@@ -173,6 +175,24 @@ impl Parsing {
             })
         });
         Self { entries, parser }
+    }
+
+    /// Entries parsed elsewhere (a webhook's body, checked whole before anything is published:
+    /// `ingest serve`), handed to [`publish`] as a running parser's would be.
+    pub(crate) fn of_entries(entries: Vec<Entry>) -> Self {
+        let (tx, rx) = mpsc::channel(PARSED_AHEAD);
+        let parser = tokio::spawn(async move {
+            for entry in entries {
+                if tx.send(entry).await.is_err() {
+                    break;
+                }
+            }
+            Ok(Summary::default())
+        });
+        Self {
+            entries: rx,
+            parser,
+        }
     }
 
     /// The error to report when the ingest cannot go on because of `other`: the report's own
