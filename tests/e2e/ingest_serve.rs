@@ -29,11 +29,20 @@ impl Serving {
     /// Starts `ingest serve` on a free loopback port with `args`, and waits for the line that
     /// says where it listens.
     async fn start(env: &Env, args: &[&str], vars: &[(&str, &str)]) -> Self {
+        Self::start_as(env, env.keyloop(), args, vars).await
+    }
+
+    /// [`Serving::start`] from `cmd` (`keyloop` as some user).
+    async fn start_as(
+        env: &Env,
+        mut cmd: tokio::process::Command,
+        args: &[&str],
+        vars: &[(&str, &str)],
+    ) -> Self {
         let log = env
             .dir
             .path()
             .join(format!("serve-{}.log", uuid::Uuid::now_v7().simple()));
-        let mut cmd = env.keyloop();
         cmd.args(["ingest", "serve", "--listen", "127.0.0.1:0", "--json"])
             .args(args)
             .env("RUST_LOG", "debug")
@@ -496,4 +505,60 @@ async fn a_stop_lets_the_request_in_hand_finish() {
     assert_eq!(leaks(&env).await.len(), 1);
     // Nothing listens any more.
     assert!(tokio::net::TcpStream::connect(serving.addr).await.is_err());
+}
+
+#[tokio::test]
+async fn the_detector_user_serves_the_endpoints_that_need_no_index_lookup() {
+    let env = Env::start_secured().await;
+    let vars = [
+        (
+            "KEYLOOP_INGEST_GENERIC_TOKEN",
+            "FAKE-generic-bearer-secured",
+        ),
+        ("KEYLOOP_GITGUARDIAN_TOKEN", "FAKE-gg-token-secured"),
+    ];
+    let mut serving = Serving::start_as(&env, env.keyloop_as("detector"), &[], &vars).await;
+    let auth = [(
+        "Authorization",
+        "Bearer FAKE-generic-bearer-secured".to_owned(),
+    )];
+    let line = b"{\"secret\":\"FAKE-generic-secured-0001\"}\n".to_vec();
+    let answer = serving.post("/generic", &auth, line).await;
+    assert_eq!(
+        answer.status,
+        200,
+        "{}",
+        String::from_utf8_lossy(&answer.body)
+    );
+    assert!(serving.stop().await.success());
+
+    // The partner endpoint labels its answers from the fingerprint index, which the detector
+    // user may not read: refused at start, with what the user lacks.
+    let signer = GithubSigner::generate("key-current", true);
+    let keys = env.file(
+        "github-keys.json",
+        GithubSigner::key_list(&[&signer]).as_bytes(),
+    );
+    let out = tokio::time::timeout(
+        Duration::from_secs(30),
+        env.keyloop_as("detector")
+            .args([
+                "ingest",
+                "serve",
+                "--listen",
+                "127.0.0.1:0",
+                "--github-keys",
+            ])
+            .arg(&keys)
+            .output(),
+    )
+    .await
+    .expect("ingest serve gives up within 30 s")
+    .unwrap();
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("$JS.API.DIRECT.GET.KV_keyloop_fingerprints.>"),
+        "{stderr}"
+    );
 }

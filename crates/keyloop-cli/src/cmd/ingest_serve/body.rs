@@ -4,26 +4,47 @@
 //! its read buffer is reused and freed by hyper.
 
 use super::reply::Reply;
-use axum::body::Bytes;
-use axum::extract::rejection::BytesRejection;
-use axum::http::StatusCode;
+use axum::http::{HeaderMap, StatusCode, header};
 use zeroize::Zeroizing;
 
 /// A request body, zeroized on drop.
 pub(crate) type Body = Zeroizing<Vec<u8>>;
 
-/// The body axum read, or the answer for one that could not be read: 413 over the limit.
-pub(crate) fn take(body: Result<Bytes, BytesRejection>, max_body_mib: u32) -> Result<Body, Reply> {
-    match body {
-        // Without a copy when the buffer is this request's alone, as it is here.
-        Ok(bytes) => Ok(Zeroizing::new(Vec::from(bytes))),
-        Err(e) if e.status() == StatusCode::PAYLOAD_TOO_LARGE => Err(Reply::error(
+/// Reads a request body of at most `max_body_mib` MiB, or gives the answer for one that
+/// cannot be read: 413 over the limit (told by `Content-Length` before anything is read, or
+/// found while reading), 400 when it breaks off. Called once the headers were checked, so a
+/// request its sender cannot authenticate is refused without its body being buffered.
+pub(crate) async fn read(
+    headers: &HeaderMap,
+    body: axum::body::Body,
+    max_body_mib: u32,
+) -> Result<Body, Reply> {
+    let limit = usize::try_from(max_body_mib).unwrap_or(usize::MAX) << 20;
+    let too_large = || {
+        Reply::error(
             StatusCode::PAYLOAD_TOO_LARGE,
             format!(
                 "the body is over the limit of {max_body_mib} MiB; send smaller batches, or \
                  raise --max-body-mib"
             ),
-        )),
+        )
+    };
+    let announced = headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    if announced.is_some_and(|n| n > limit as u64) {
+        return Err(too_large());
+    }
+    match axum::body::to_bytes(body, limit).await {
+        // Without a copy when the body came in one piece.
+        Ok(bytes) => Ok(Zeroizing::new(Vec::from(bytes))),
+        Err(e)
+            if std::error::Error::source(&e)
+                .is_some_and(|s| s.is::<http_body_util::LengthLimitError>()) =>
+        {
+            Err(too_large())
+        }
         Err(_) => Err(Reply::error(
             StatusCode::BAD_REQUEST,
             "the body could not be read to its end",
@@ -65,6 +86,20 @@ pub(crate) fn kind(value: &serde_json::Value) -> &'static str {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[tokio::test]
+    async fn bodies_over_the_limit_are_413_whether_announced_or_not() {
+        let mib = 1 << 20;
+        let fits = read(&HeaderMap::new(), vec![b'x'; mib].into(), 1).await;
+        assert_eq!(fits.unwrap().len(), mib);
+        let over = read(&HeaderMap::new(), vec![b'x'; mib + 1].into(), 1).await;
+        let reply = format!("{:?}", over.expect_err("over the limit"));
+        assert!(reply.contains("413"), "{reply}");
+        let mut announced = HeaderMap::new();
+        announced.insert(header::CONTENT_LENGTH, "99999999".parse().unwrap());
+        let refused = read(&announced, axum::body::Body::empty(), 1).await;
+        assert!(format!("{:?}", refused.expect_err("announced")).contains("413"));
+    }
 
     #[test]
     fn json_problems_name_the_position_and_never_the_text() {

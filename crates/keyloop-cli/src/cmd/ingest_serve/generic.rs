@@ -17,8 +17,6 @@ use super::body;
 use super::github::not_enabled;
 use super::github_keys::header;
 use super::reply::{Reply, Request};
-use axum::body::Bytes;
-use axum::extract::rejection::BytesRejection;
 use axum::extract::{ConnectInfo, State};
 use axum::http::{HeaderMap, StatusCode};
 use keyloop_core::Secret;
@@ -79,18 +77,18 @@ pub(crate) async fn handle(
     State(server): State<Arc<Server>>,
     ConnectInfo(client): ConnectInfo<SocketAddr>,
     headers: HeaderMap,
-    body: Result<Bytes, BytesRejection>,
+    body: axum::body::Body,
 ) -> Reply {
     let request = Request::new("generic", client);
     let Some(endpoint) = &server.generic else {
         return request.done(not_enabled(), 0, "not_enabled");
     };
-    // The token is checked before the body is looked at.
+    // The token is checked before the body is read.
     if let Err(refusal) = endpoint.authorize(&headers) {
         let reply = Reply::error(StatusCode::UNAUTHORIZED, refusal.message()).bearer_challenge();
         return request.done(reply, 0, "unauthorized");
     }
-    let body = match body::take(body, server.max_body_mib) {
+    let body = match body::read(&headers, body, server.max_body_mib).await {
         Ok(body) => body,
         Err(reply) => return request.done(reply, 0, "unreadable"),
     };

@@ -27,8 +27,6 @@ use super::body;
 use super::github::not_enabled;
 use super::github_keys::header;
 use super::reply::{Reply, Request};
-use axum::body::Bytes;
-use axum::extract::rejection::BytesRejection;
 use axum::extract::{ConnectInfo, State};
 use axum::http::{HeaderMap, StatusCode};
 use keyloop_core::ingest::{Entry, Rejected};
@@ -98,6 +96,15 @@ impl Endpoint {
         Self { token, max_skew }
     }
 
+    /// Whether a request carries both headers: checked before its body is read.
+    fn signed(headers: &HeaderMap) -> Result<(), Refusal> {
+        header(headers, TIMESTAMP_HEADER).ok_or(Refusal::MissingTimestamp)?;
+        header(headers, SIGNATURE_HEADER)
+            .or_else(|| header(headers, LEGACY_SIGNATURE_HEADER))
+            .ok_or(Refusal::MissingSignature)?;
+        Ok(())
+    }
+
     /// Checks the signature of `body` and its timestamp against `now`.
     pub(crate) fn verify(
         &self,
@@ -147,19 +154,26 @@ pub(crate) async fn handle(
     State(server): State<Arc<Server>>,
     ConnectInfo(client): ConnectInfo<SocketAddr>,
     headers: HeaderMap,
-    body: Result<Bytes, BytesRejection>,
+    body: axum::body::Body,
 ) -> Reply {
     let request = Request::new("gitguardian", client);
     let Some(endpoint) = &server.gitguardian else {
         return request.done(not_enabled(), 0, "not_enabled");
     };
-    let body = match body::take(body, server.max_body_mib) {
+    let refused = |refusal: Refusal| {
+        let reply = Reply::error(StatusCode::UNAUTHORIZED, refusal.message(endpoint.max_skew));
+        request.done(reply, 0, refusal.outcome())
+    };
+    // The headers first: an unsigned request is refused before its body is read.
+    if let Err(refusal) = Endpoint::signed(&headers) {
+        return refused(refusal);
+    }
+    let body = match body::read(&headers, body, server.max_body_mib).await {
         Ok(body) => body,
         Err(reply) => return request.done(reply, 0, "unreadable"),
     };
     if let Err(refusal) = endpoint.verify(&headers, &body, SystemTime::now()) {
-        let reply = Reply::error(StatusCode::UNAUTHORIZED, refusal.message(endpoint.max_skew));
-        return request.done(reply, 0, refusal.outcome());
+        return refused(refusal);
     }
     let payload = match read(&body) {
         Ok(payload) => payload,

@@ -27,13 +27,11 @@
 
 use super::Server;
 use super::body;
-use super::github_keys::GithubKeys;
+use super::github_keys::{GithubKeys, Refusal};
 use super::partner::{self, Match};
 use super::reply::{Reply, Request};
 use crate::cmd::ingest::{self, Options, Parsing};
 use anyhow::Result;
-use axum::body::Bytes;
-use axum::extract::rejection::BytesRejection;
 use axum::extract::{ConnectInfo, State};
 use axum::http::{HeaderMap, StatusCode};
 use futures::{StreamExt, TryStreamExt};
@@ -58,10 +56,15 @@ pub(crate) struct Endpoint {
 impl Endpoint {
     /// Opens the fingerprint index the labels come from.
     pub(crate) async fn open(bus: &Bus, keys: GithubKeys) -> Result<Self> {
-        Ok(Self {
-            keys,
-            fingerprints: bus.fingerprints().await?,
-        })
+        let fingerprints = bus.fingerprints().await.map_err(|e| {
+            let stream = format!("KV_{}", bus.topology.fingerprint_bucket());
+            anyhow::Error::new(e).context(format!(
+                "the GitHub endpoint reads the fingerprint index for its feedback labels: is \
+                 `keyloop init` done, and may this NATS user use $JS.API.STREAM.INFO.{stream} \
+                 and $JS.API.DIRECT.GET.{stream}.> ?"
+            ))
+        })?;
+        Ok(Self { keys, fingerprints })
     }
 }
 
@@ -84,22 +87,26 @@ pub(crate) async fn handle(
     State(server): State<Arc<Server>>,
     ConnectInfo(client): ConnectInfo<SocketAddr>,
     headers: HeaderMap,
-    body: Result<Bytes, BytesRejection>,
+    body: axum::body::Body,
 ) -> Reply {
     let request = Request::new("github", client);
     let Some(endpoint) = &server.github else {
         return request.done(not_enabled(), 0, "not_enabled");
     };
-    let body = match body::take(body, server.max_body_mib) {
+    let refused = |refusal: Refusal| {
+        let reply = Reply::error(StatusCode::UNAUTHORIZED, refusal.message());
+        request.done(reply, 0, refusal.outcome())
+    };
+    // The headers first: an unsigned request is refused before its body is read.
+    if let Err(refusal) = GithubKeys::signed(&headers) {
+        return refused(refusal);
+    }
+    let body = match body::read(&headers, body, server.max_body_mib).await {
         Ok(body) => body,
         Err(reply) => return request.done(reply, 0, "unreadable"),
     };
     if let Err(refusal) = endpoint.keys.verify(&headers, &body).await {
-        return request.done(
-            Reply::error(StatusCode::UNAUTHORIZED, refusal.message()),
-            0,
-            refusal.outcome(),
-        );
+        return refused(refusal);
     }
     let batch = match partner::parse(&body) {
         Ok(batch) => batch,

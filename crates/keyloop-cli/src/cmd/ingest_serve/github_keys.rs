@@ -198,8 +198,16 @@ impl GithubKeys {
         }
     }
 
+    /// Whether a delivery carries both signature headers: checked before its body is read.
+    pub(crate) fn signed(headers: &HeaderMap) -> Result<(), Refusal> {
+        header(headers, KEY_ID_HEADER).ok_or(Refusal::MissingKeyId)?;
+        header(headers, SIGNATURE_HEADER).ok_or(Refusal::MissingSignature)?;
+        Ok(())
+    }
+
     /// Checks the signature headers of a delivery against `body`, its raw bytes.
     pub(crate) async fn verify(&self, headers: &HeaderMap, body: &[u8]) -> Result<(), Refusal> {
+        Self::signed(headers)?;
         let key_id = header(headers, KEY_ID_HEADER).ok_or(Refusal::MissingKeyId)?;
         let signature = header(headers, SIGNATURE_HEADER).ok_or(Refusal::MissingSignature)?;
         let signature = STANDARD

@@ -7,6 +7,10 @@
 //! again (clients that went quiet) are dropped; if every one is still in use (a flood from many
 //! addresses), the table is cleared, which lets each address its burst again rather than
 //! refusing addresses never seen. `/healthz` is not limited.
+//!
+//! A request let through has [`REQUEST_LIMIT`](super::REQUEST_LIMIT) from its head to its
+//! answer, body included (408 after that), so a client sending its body slowly holds its
+//! connection no longer than that.
 
 use super::Server;
 use super::reply::Reply;
@@ -123,8 +127,22 @@ pub(crate) async fn middleware(
     }
     match server.limiter.check(client.ip()) {
         Ok(()) => {
-            tracing::debug!(client = %client.ip(), path = request.uri().path(), "request received");
-            next.run(request).await
+            let path = request.uri().path().to_owned();
+            tracing::debug!(client = %client.ip(), path, "request received");
+            match tokio::time::timeout(super::REQUEST_LIMIT, next.run(request)).await {
+                Ok(response) => response,
+                Err(_) => {
+                    tracing::warn!(client = %client.ip(), path, "request abandoned: over the time limit");
+                    Reply::error(
+                        StatusCode::REQUEST_TIMEOUT,
+                        format!(
+                            "the request took over {}s (a body sent too slowly?)",
+                            super::REQUEST_LIMIT.as_secs()
+                        ),
+                    )
+                    .into_response()
+                }
+            }
         }
         Err(wait) => {
             let secs = wait.as_secs() + u64::from(wait.subsec_nanos() > 0);

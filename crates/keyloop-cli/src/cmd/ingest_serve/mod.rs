@@ -46,7 +46,7 @@ use crate::cli::Global;
 use crate::output;
 use anyhow::{Context, Result, bail};
 use axum::Router;
-use axum::extract::{DefaultBodyLimit, State};
+use axum::extract::State;
 use axum::http::StatusCode;
 use axum::routing::{get, post};
 use keyloop_core::duration::Bounds;
@@ -64,9 +64,13 @@ use tokio_util::sync::CancellationToken;
 /// for an answer, so a request still running after that has been given up by its sender.
 const DRAIN: Duration = Duration::from_secs(30);
 
-/// The longest a request may take, body included: below GitHub's 30 s, so a stuck publish
-/// ends in a 503 its sender sees rather than in its own timeout.
+/// The longest an endpoint may take once the body is in (publishing, lookups): below GitHub's
+/// 30 s, so a stuck publish ends in a 503 its sender sees rather than in its own timeout.
 pub(crate) const REQUEST_DEADLINE: Duration = Duration::from_secs(25);
+
+/// The longest a request may take from its head to its answer, its body's upload included:
+/// longer than [`REQUEST_DEADLINE`], which bounds the work once the body is in.
+pub(crate) const REQUEST_LIMIT: Duration = Duration::from_secs(28);
 
 /// `--gitguardian-max-skew`: from 1 s to 1 h.
 const MAX_SKEW: Bounds = Bounds {
@@ -217,16 +221,15 @@ async fn serve(
     Ok(())
 }
 
-/// The routes, with the body limit and the rate limit around them.
+/// The routes, with the rate limit and the deadline around them (each endpoint reads its
+/// body within `--max-body-mib` once its sender's headers were checked).
 fn router(server: Arc<Server>) -> Router {
-    let max_body = usize::try_from(server.max_body_mib).unwrap_or(usize::MAX) << 20;
     Router::new()
         .route("/healthz", get(healthz))
         .route(github::PATH, post(github::handle))
         .route(gitguardian::PATH, post(gitguardian::handle))
         .route(generic::PATH, post(generic::handle))
         .fallback(|| async { Reply::error(StatusCode::NOT_FOUND, "no such endpoint") })
-        .layer(DefaultBodyLimit::max(max_body))
         .layer(axum::middleware::from_fn_with_state(
             server.clone(),
             limit::middleware,
