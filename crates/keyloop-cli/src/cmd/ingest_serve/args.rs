@@ -55,3 +55,50 @@ pub(crate) struct ServeArgs {
     #[arg(long, env = "KEYLOOP_INGEST_RATE_BURST", default_value_t = 40)]
     pub(crate) rate_burst: u32,
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::cli::{Cli, Command};
+    use clap::Parser;
+
+    fn parse(args: &[&str]) -> Result<Cli, clap::Error> {
+        Cli::try_parse_from(std::iter::once("keyloop").chain(args.iter().copied()))
+    }
+
+    #[test]
+    fn serve_is_a_subcommand_of_ingest_beside_the_report_formats() {
+        let cli = parse(&[
+            "ingest",
+            "serve",
+            "--listen",
+            "127.0.0.1:0",
+            "--github-keys",
+            "keys.json",
+            "--json",
+        ])
+        .unwrap();
+        let Command::Ingest(args) = cli.command else {
+            panic!("not an ingest: {cli:?}");
+        };
+        let Some(IngestCommand::Serve(serve)) = args.serve else {
+            panic!("not serve: {args:?}");
+        };
+        assert_eq!(serve.listen.port(), 0);
+        assert_eq!(serve.github_keys.as_deref(), Some("keys.json".as_ref()));
+        assert_eq!(
+            (serve.max_body_mib, serve.rate_limit, serve.rate_burst),
+            (10, 20, 40)
+        );
+        assert!(cli.global.json);
+
+        let report = parse(&["ingest", "gitleaks", "report.json"]).unwrap();
+        let Command::Ingest(args) = report.command else {
+            panic!("not an ingest");
+        };
+        assert!(args.serve.is_none());
+        assert!(parse(&["ingest"]).is_err(), "a FORMAT is still required");
+        assert!(parse(&["ingest", "serve"]).is_err(), "--listen is required");
+        assert!(parse(&["ingest", "serve", "--listen", "localhost"]).is_err());
+    }
+}

@@ -17,10 +17,12 @@
 //! only once its leak events are stored, so a 2xx means keyloop has them; a request that
 //! could not be stored gets 503 and may be sent again (its events are deduplicated).
 //!
-//! Around the endpoints (`limit.rs`, this file): a body limit (`--max-body-mib`, 413 beyond),
-//! a token bucket per client address (429 with `Retry-After`), a deadline per request, and a
-//! graceful stop on SIGTERM/SIGINT that finishes the requests in hand. Logs name the
-//! endpoint, the client address, the batch size, the outcome and the time taken; never a
+//! Around the endpoints: a token bucket per client address (429 with `Retry-After`) and a time
+//! limit per request (`limit.rs`); a body limit (`--max-body-mib`, 413 beyond), applied once
+//! the sender's headers were checked, so nobody unauthenticated makes keyloop buffer a body
+//! (`body.rs`); a deadline on the publishing under GitHub's 30 s; and a graceful stop on
+//! SIGTERM/SIGINT that finishes the requests in hand (this file). Logs name the endpoint, the
+//! client address, the batch size, the outcome and the time taken (`reply.rs`); never a
 //! value, a signature or a header's content.
 //!
 //! Hand-written where no crate in the tree fits: a P-256 SPKI is a fixed 26-byte prefix and
