@@ -18,6 +18,11 @@ bench *ARGS:
     cargo build --release -q -p keyloop-cli
     cargo run --release -q -p keyloop-bench -- {{ARGS}}
 
+# tokens/s through `keyloop ingest serve`'s GitHub partner endpoint, e.g. `just bench-serve --tokens 50000`
+bench-serve *ARGS:
+    cargo build --release -q -p keyloop-cli
+    cargo run --release -q -p keyloop-bench -- ingest-serve {{ARGS}}
+
 # formatting and lints, as CI runs them
 lint:
     cargo fmt --all --check

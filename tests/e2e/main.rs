@@ -19,6 +19,7 @@ mod harness;
 mod idle;
 mod ingest_formats;
 mod ingest_large;
+mod ingest_serve;
 mod jit;
 mod jit_identity;
 mod leak_loop;

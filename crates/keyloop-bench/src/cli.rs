@@ -61,9 +61,13 @@ pub(crate) struct BenchArgs {
     pub(crate) smoke: bool,
 }
 
-/// Processes the bench starts itself.
+/// Processes the bench starts itself, and the measurement of `keyloop ingest serve`.
 #[derive(Debug, Subcommand)]
 pub(crate) enum Process {
+    /// Tokens per second through `keyloop ingest serve`'s GitHub partner endpoint: signed
+    /// batches against its own nats-server and `ingest serve` process (prints a table, then
+    /// one JSON line).
+    IngestServe(crate::serve::ServeBench),
     /// The raw JetStream loop the bench compares keyloop with (started by the bench, against
     /// the streams and consumer it created; runs until SIGTERM or Ctrl-C).
     RawWorker {
@@ -118,6 +122,33 @@ mod tests {
         );
         assert_eq!(b.credentials, Some(9000));
         assert!(!b.smoke);
+    }
+
+    #[test]
+    fn ingest_serve_is_a_subcommand_with_its_own_flags() {
+        let cli = Cli::try_parse_from([
+            "keyloop-bench",
+            "ingest-serve",
+            "--tokens",
+            "500",
+            "--batch",
+            "100",
+            "--connections",
+            "2",
+        ])
+        .unwrap();
+        let Some(Process::IngestServe(args)) = cli.process else {
+            panic!("ingest-serve parsed as {:?}", cli.process);
+        };
+        assert_eq!(
+            (
+                args.tokens,
+                args.batch,
+                args.connections,
+                args.managed_every
+            ),
+            (500, 100, 2, 100)
+        );
     }
 
     #[test]

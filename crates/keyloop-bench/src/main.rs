@@ -25,6 +25,7 @@ mod plan;
 mod raw;
 mod report;
 mod run;
+mod serve;
 mod suites;
 mod sweep;
 
@@ -63,6 +64,7 @@ fn main() -> ExitCode {
             Some(cli::Process::RawWorker { nats, concurrency }) => {
                 raw::run_worker(&nats, &cli.global.prefix, concurrency).await
             }
+            Some(cli::Process::IngestServe(args)) => serve::run(&cli.global, &args).await,
             None => run::run(&cli.global, &cli.bench).await,
         }
     });

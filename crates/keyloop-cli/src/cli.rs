@@ -314,11 +314,15 @@ const INGEST_EXIT_CODES: &str = "Exit codes:
 When several apply, the first in this list wins (3, then 4, then 5).";
 
 #[derive(Debug, Args)]
-#[command(after_help = INGEST_EXIT_CODES)]
+#[command(
+    after_help = INGEST_EXIT_CODES,
+    args_conflicts_with_subcommands = true,
+    subcommand_negates_reqs = true
+)]
 pub(crate) struct IngestArgs {
     /// The tool that wrote the report, or `auto` to tell it from the report's first bytes.
-    #[arg(value_parser = OneOf::new(&Choice::ALL, Choice::name, "format", "formats"))]
-    pub(crate) format: Choice,
+    #[arg(required = true, value_parser = OneOf::new(&Choice::ALL, Choice::name, "format", "formats"))]
+    pub(crate) format: Option<Choice>,
     /// Report file; `-` or nothing reads stdin.
     pub(crate) file: Option<PathBuf>,
     /// Wait for each finding's outcome (matched, inert, unmatched) and print it.
@@ -331,6 +335,8 @@ pub(crate) struct IngestArgs {
     /// Exit 5 when a finding matched no credential keyloop manages (implies --wait).
     #[arg(long)]
     pub(crate) fail_on_unmatched: bool,
+    #[command(subcommand)]
+    pub(crate) serve: Option<crate::cmd::ingest_serve::IngestCommand>,
 }
 
 #[derive(Debug, Args)]
@@ -577,7 +583,7 @@ mod tests {
             let Command::Ingest(args) = cli.command else {
                 panic!("not an ingest: {cli:?}");
             };
-            assert_eq!(args.format, format);
+            assert_eq!(args.format, Some(format));
         }
         assert_eq!(Choice::ALL.len(), Format::ALL.len() + 1);
     }

@@ -18,6 +18,7 @@ use tracing_subscriber::EnvFilter;
 pub(crate) fn init_logging(cli: &Cli) {
     let default = match cli.command {
         Command::Up(_) | Command::Worker(_) => "info",
+        Command::Ingest(crate::cli::IngestArgs { serve: Some(_), .. }) => "info",
         _ => "warn",
     };
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default));

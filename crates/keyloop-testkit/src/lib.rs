@@ -7,11 +7,13 @@
 //!
 //! [`postgres`] starts a PostgreSQL cluster with password authentication and [`moto`] an AWS
 //! Secrets Manager emulator, each per test and stopped on drop. [`jwt`] is a workload identity
-//! issuer (a key, its JWKS, signed tokens).
+//! issuer (a key, its JWKS, signed tokens); [`webhook`] plays a detector against
+//! `keyloop ingest serve` (GitHub's and GitGuardian's signatures, an HTTP client).
 
 pub mod jwt;
 pub mod moto;
 pub mod postgres;
+pub mod webhook;
 
 use keyloop_nats::server::{self, ServerOptions, ServerProcess};
 use keyloop_nats::{Bus, Topology};

@@ -9,7 +9,7 @@
 mod publish;
 mod wait;
 
-pub(crate) use publish::{IngestReport, LISTED};
+pub(crate) use publish::{IngestReport, LISTED, Options, Parsing, publish};
 
 use crate::cli::{Global, IngestArgs};
 use crate::output;
@@ -17,7 +17,7 @@ use anyhow::{Context, Result};
 use keyloop_core::LeakLocation;
 use keyloop_core::ingest::{Choice, Format};
 use keyloop_nats::Bus;
-use publish::{Options, Parsing, Waiting};
+use publish::Waiting;
 use std::io::{IsTerminal, Read};
 use std::path::Path;
 use std::process::ExitCode;
@@ -34,6 +34,9 @@ const EXIT_TIMED_OUT: u8 = 4;
 const EXIT_UNMATCHED: u8 = 5;
 
 pub(crate) async fn run(g: &Global, args: IngestArgs) -> Result<ExitCode> {
+    let choice = args
+        .format
+        .context("name the report's FORMAT (see `keyloop ingest --help`)")?;
     let wait = args.wait || args.fail_on_unmatched;
     let timeout = super::duration_arg(keyloop_core::duration::WAIT_TIMEOUT, &args.timeout)?;
     let (input, name): (Box<dyn Read + Send>, String) = match args.file.as_deref() {
@@ -54,7 +57,7 @@ pub(crate) async fn run(g: &Global, args: IngestArgs) -> Result<ExitCode> {
     };
     // Parsing starts before connecting: a report that is not of the format fails at once,
     // with or without a server.
-    let parsing = Parsing::start(args.format, input);
+    let parsing = Parsing::start(choice, input);
     let bus = match crate::config::connect(g).await {
         Ok(bus) => bus,
         Err(e) => return Err(parsing.error_or(&options.name, e).await),

@@ -4,6 +4,7 @@
 mod credential;
 pub(crate) mod demo;
 mod ingest;
+pub(crate) mod ingest_serve;
 mod init;
 mod replay;
 mod revoke;
@@ -31,7 +32,10 @@ pub(crate) async fn run(cli: Cli) -> Result<ExitCode> {
         Command::Worker(args) => worker::run(g, args).await,
         Command::Init { replicas } => init::run(g, replicas).await,
         Command::Credential(c) => credential::run(g, c).await,
-        Command::Ingest(args) => ingest::run(g, args).await,
+        Command::Ingest(mut args) => match args.serve.take() {
+            Some(ingest_serve::IngestCommand::Serve(serve)) => ingest_serve::run(g, *serve).await,
+            None => ingest::run(g, args).await,
+        },
         Command::Rotate(args) => rotate::run(g, args).await,
         Command::Revoke(args) => revoke::run(g, args).await,
         Command::Replay(args) => replay::run(g, args).await,

@@ -127,6 +127,28 @@ impl Parsing {
         }
     }
 
+    /// Entries parsed elsewhere (a webhook's body, checked whole before anything is published:
+    /// `ingest serve`), handed to [`publish`] as a running parser's would be.
+    pub(crate) fn of_entries(format: Format, entries: Vec<Entry>) -> Self {
+        let (tx, rx) = mpsc::channel(PARSED_AHEAD);
+        let (chosen, chosen_rx) = oneshot::channel();
+        let _ = chosen.send(Some(format));
+        let parser = tokio::spawn(async move {
+            for entry in entries {
+                if tx.send(entry).await.is_err() {
+                    break;
+                }
+            }
+            Ok(Summary::default())
+        });
+        Self {
+            choice: Choice::Named(format),
+            format: chosen_rx,
+            entries: rx,
+            parser,
+        }
+    }
+
     /// The error to report when the ingest cannot go on because of `other`: the report's own
     /// error if the parser already found one (the more useful message), else `other`.
     pub(crate) async fn error_or(self, name: &str, other: anyhow::Error) -> anyhow::Error {
