@@ -61,8 +61,9 @@ fn asks_the_api(args: &[&str]) -> bool {
 }
 
 /// The NATS users of `deploy/nats/users.conf`.
-pub(crate) const NATS_USERS: [&str; 12] = [
+pub(crate) const NATS_USERS: [&str; 13] = [
     "detector",
+    "ingest",
     "orchestrator-a",
     "orchestrator-b",
     "leak-responder",

@@ -59,8 +59,9 @@ fn every_consuming_role_has_a_deployment_and_a_scaled_object_on_its_consumer() {
 
 /// The NATS users of `deploy/nats/users.conf`: one per worker role, the control plane, the
 /// clients.
-const CLIENT_USERS: [&str; 5] = [
+const CLIENT_USERS: [&str; 6] = [
     "detector",
+    "ingest",
     "orchestrator-a",
     "orchestrator-b",
     "ops",
