@@ -106,6 +106,9 @@ pub(crate) enum Command {
         #[arg(value_parser = OneOf::new(&Tool::ALL, Tool::name, "scanner", "scanners"))]
         tool: Tool,
     },
+    /// Print the default policy or the policy schema, or check a policy file (`--policy`).
+    #[command(subcommand)]
+    Policy(PolicyCommand),
     /// Write the JSON Schemas of every event into DIR.
     Schemas {
         /// Output directory.
@@ -141,6 +144,14 @@ pub(crate) struct RunArgs {
     /// subject exact or a prefix ending in `*`).
     #[arg(long, env = "KEYLOOP_JIT_POLICY")]
     pub(crate) jit_policy: Option<PathBuf>,
+    /// Policy file (Cedar) deciding every control-plane request and JIT issue: who may do
+    /// what, and whether it is done at once, announced, or only after an approval (annotations
+    /// @id, @outcome, @approvers, @group). Validated at start against the schema (`keyloop
+    /// policy schema`); an error stops the workers with its line. Default: `keyloop policy
+    /// default` (admins do everything, owners run their credentials, consumers read them, JIT
+    /// scopes per their tier).
+    #[arg(long, env = "KEYLOOP_POLICY")]
+    pub(crate) policy: Option<PathBuf>,
     /// Serve Prometheus metrics on this address (e.g. 127.0.0.1:9464).
     #[arg(long, env = "KEYLOOP_METRICS_ADDR")]
     pub(crate) metrics_addr: Option<std::net::SocketAddr>,
@@ -153,6 +164,23 @@ pub(crate) struct RunArgs {
     /// comma-separated.
     #[arg(long, env = "KEYLOOP_API_ADMINS", value_delimiter = ',', default_values_t = keyloop_workers::DEFAULT_API_ADMINS.map(str::to_owned))]
     pub(crate) api_admins: Vec<String>,
+}
+
+#[derive(Debug, Subcommand)]
+pub(crate) enum PolicyCommand {
+    /// Print the default policy (Cedar): what the workers decide without --policy.
+    Default,
+    /// Print the Cedar schema every policy file is validated against.
+    Schema,
+    /// Check a policy file as the workers do at start: exit 0 when valid, else every problem
+    /// with its line.
+    Check {
+        /// The policy file (Cedar).
+        file: PathBuf,
+        /// The admins, as the workers' --api-admins (the `admins` group).
+        #[arg(long, value_delimiter = ',', default_values_t = keyloop_workers::DEFAULT_API_ADMINS.map(str::to_owned))]
+        api_admins: Vec<String>,
+    },
 }
 
 #[derive(Debug, Subcommand)]

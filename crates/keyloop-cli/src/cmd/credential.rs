@@ -152,6 +152,7 @@ fn policy(args: &RegisterArgs) -> Result<Policy> {
             .map(|v| secs(IDLE_REVOKE_AFTER, v))
             .transpose()?,
         owner: args.owner.clone(),
+        ..Default::default()
     };
     policy.validate().map_err(|e| anyhow!("--{e}"))?;
     Ok(policy)

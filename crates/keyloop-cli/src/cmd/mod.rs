@@ -5,6 +5,7 @@ mod credential;
 pub(crate) mod demo;
 mod ingest;
 mod init;
+mod policy;
 mod replay;
 mod revoke;
 mod rotate;
@@ -41,6 +42,7 @@ pub(crate) async fn run(cli: Cli) -> Result<ExitCode> {
         Command::Tick => tick::run(g).await,
         Command::Rules { tool } => rules::run(g.json, tool),
         Command::Schemas { dir } => schemas::run(&dir),
+        Command::Policy(c) => policy::run(g.json, c),
     }
 }
 
