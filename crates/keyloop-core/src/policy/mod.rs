@@ -32,12 +32,14 @@
 //! verify it; anyone lists the inventory; a JIT scope is allowed per its tier (auto → allow,
 //! notify → notify, approve → one approver from `admins`).
 
+mod approval;
 mod engine;
 mod request;
 
 #[cfg(test)]
 mod tests;
 
+pub use approval::{Approval, ApprovalError, ApprovalState, Grant, Transition};
 pub use engine::{LoadError, LoadErrorKind, PolicyEngine};
 pub use request::{
     CredentialAttrs, PolicyRequest, Principal, RequestContext, Resource, Source, UNVERIFIED,
