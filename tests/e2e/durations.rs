@@ -236,6 +236,7 @@ async fn tampered(env: &Env, id: &str, max_age_secs: u64) -> keyloop_workers::Wo
             grace_secs: 0,
             idle_revoke_after_secs: None,
             owner: None,
+            ..Default::default()
         },
     )
     .await;

@@ -36,6 +36,7 @@ fn registration(id: &str, max_age: Option<u64>) -> Registration {
             grace_secs: 0,
             idle_revoke_after_secs: None,
             owner: None,
+            ..Default::default()
         },
         settings: BackendSettings::default(),
     }

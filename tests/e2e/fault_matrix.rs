@@ -188,6 +188,7 @@ async fn subject(bed: &Bed, case: &Case, kind: &str) -> Subject {
             grace_secs: 3600,
             idle_revoke_after_secs: None,
             owner: None,
+            ..Default::default()
         },
         settings: BackendSettings {
             secret_id: (case.store == StoreKind::AwsSm).then(|| format!("keyloop-fm/{base}")),

@@ -807,6 +807,7 @@ impl Env {
                             grace_secs: 0,
                             idle_revoke_after_secs: None,
                             owner: None,
+                            ..Default::default()
                         },
                         settings: Default::default(),
                     };

@@ -26,6 +26,7 @@ async fn an_idle_check_refiled_within_its_own_minute_is_kept_and_revokes_after_t
         grace_secs: 0,
         idle_revoke_after_secs: Some(2),
         owner: None,
+        ..Default::default()
     };
     let cred = crate::durations::register_with(&ctx, &id, policy).await;
     let window = Duration::from_secs(2);

@@ -301,14 +301,18 @@ async fn a_sweep_over_10000_live_leases_with_10_due_touches_about_10_items() {
             .unwrap(),
     );
     let policy = Arc::new(JitPolicy::default());
+    let engine = Arc::new(keyloop_core::policy::PolicyEngine::default_policy(
+        Default::default(),
+    ));
     let now = OffsetDateTime::now_utc();
     let started = Instant::now();
     let mut tasks = tokio::task::JoinSet::new();
     let permits = Arc::new(tokio::sync::Semaphore::new(64));
     for i in 0..10_000u32 {
-        let (ctx, policy, permit) = (
+        let (ctx, policy, engine, permit) = (
             ctx.clone(),
             policy.clone(),
+            engine.clone(),
             permits.clone().acquire_owned().await.unwrap(),
         );
         tasks.spawn(async move {
@@ -320,7 +324,7 @@ async fn a_sweep_over_10000_live_leases_with_10_due_touches_about_10_items() {
                 ttl_secs,
                 identity_token: None,
             };
-            jit_issuer::issue(&ctx, &policy, &Default::default(), &req, now)
+            jit_issuer::issue(&ctx, &engine, &policy, &Default::default(), &req, now)
                 .await
                 .unwrap();
             drop(permit);

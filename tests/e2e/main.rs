@@ -27,6 +27,7 @@ mod least_privilege;
 mod master_key;
 mod no_live_digests;
 mod no_plaintext;
+mod policy;
 mod postgres;
 mod replicas;
 mod scanner_rules;

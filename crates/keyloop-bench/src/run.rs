@@ -203,6 +203,7 @@ async fn register(ctx: &Arc<WorkerContext>, n: usize) -> Result<Vec<Fingerprint>
                         grace_secs: 0,
                         idle_revoke_after_secs: None,
                         owner: None,
+                        ..Default::default()
                     },
                     settings: Default::default(),
                 };

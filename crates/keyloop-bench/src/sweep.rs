@@ -18,9 +18,10 @@ pub(crate) async fn run(env: &Env<'_>, live_leases: usize) -> Result<SweepFigure
     let ctx = WorkerContext::open(env.bus.clone(), None).await?;
     let now = time::OffsetDateTime::now_utc();
     let policy = keyloop_core::JitPolicy::default();
+    let engine = keyloop_core::policy::PolicyEngine::default_policy(Default::default());
     for i in 0..DUE {
         let req = issue_request(format!("bench-due-{i}"), 1);
-        keyloop_workers::jit_issuer::issue(&ctx, &policy, &Default::default(), &req, now)
+        keyloop_workers::jit_issuer::issue(&ctx, &engine, &policy, &Default::default(), &req, now)
             .await
             .map_err(|e| anyhow::anyhow!("issue a lease due in 1 s: {}", e.message))?;
     }

@@ -6,6 +6,7 @@ use anyhow::{Context, Result, bail};
 use keyloop_backends::{AwsSecretsManager, AwsSmConfig, MasterKey, PostgresConfig, PostgresTarget};
 use keyloop_core::Secret;
 use keyloop_core::duration::{Bounds, DurationError, LEASE_TTL, TICK_INTERVAL};
+use keyloop_core::policy::{Groups, PolicyEngine};
 use keyloop_nats::bus::Connect;
 use keyloop_nats::{Bus, Topology};
 use keyloop_workers::{Backends, WorkerContext};
@@ -329,10 +330,45 @@ pub(crate) fn worker_config(args: &crate::cli::RunArgs) -> Result<keyloop_worker
         tick_interval,
         jit_policy,
         identity_verifier,
-        api_rules: keyloop_core::api::AccessRules {
-            admins: args.api_admins.clone(),
-        },
+        policy: Arc::new(policy_engine(args.policy.as_deref(), &args.api_admins)?),
     })
+}
+
+/// Largest policy file read.
+const MAX_POLICY_BYTES: u64 = 1024 * 1024;
+
+/// The policy engine of `--policy` (or the default policy), its `admins` group the api's
+/// admins. A file that does not load is refused with every problem as `FILE:LINE:COLUMN:
+/// what`, and what to do.
+pub(crate) fn policy_engine(file: Option<&Path>, admins: &[String]) -> Result<PolicyEngine> {
+    let groups = Groups::with_admins(admins.iter().cloned());
+    let Some(path) = file else {
+        return Ok(PolicyEngine::default_policy(groups));
+    };
+    let text = read_policy(path)?;
+    PolicyEngine::load(&text, &path.display().to_string(), groups).map_err(|errors| {
+        let lines: Vec<String> = errors.iter().map(ToString::to_string).collect();
+        anyhow::anyhow!(
+            "policy {} is refused:\n{}\nfix it (the schema: `keyloop policy schema`; a starting point: `keyloop policy default`)",
+            path.display(),
+            lines.join("\n")
+        )
+    })
+}
+
+/// The text of a policy file, at most [`MAX_POLICY_BYTES`].
+fn read_policy(path: &Path) -> Result<String> {
+    use std::io::Read;
+    let file = std::fs::File::open(path)
+        .with_context(|| format!("cannot read policy {}", path.display()))?;
+    let mut text = String::new();
+    file.take(MAX_POLICY_BYTES + 1)
+        .read_to_string(&mut text)
+        .with_context(|| format!("cannot read policy {} as UTF-8 text", path.display()))?;
+    if text.len() as u64 > MAX_POLICY_BYTES {
+        anyhow::bail!("policy {} is over {MAX_POLICY_BYTES} bytes", path.display());
+    }
+    Ok(text)
 }
 
 /// Largest JWKS file read: a few keys are a few KiB.
@@ -504,6 +540,24 @@ mod tests {
         std::fs::write(dir.path().join("keys/ci.json"), "<html>sign in</html>").unwrap();
         let e = jit_policy(Some(&file)).unwrap_err().to_string();
         assert!(e.contains("keys/ci.json is not a JWKS"), "{e}");
+    }
+
+    #[test]
+    fn a_policy_file_with_an_error_is_refused_naming_the_file_and_the_line() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("policy.cedar");
+        std::fs::write(
+            &file,
+            "@id(\"ok\")\npermit (principal, action, resource);\n@id(\"bad\")\npermit (principal, action == Keyloop::Action::\"delete\", resource);\n",
+        )
+        .unwrap();
+        let e = policy_engine(Some(&file), &["ops".into()])
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains(&format!("{}:4:", file.display())), "{e}");
+        assert!(e.contains("keyloop policy schema"), "{e}");
+        let engine = policy_engine(None, &["ops".into()]).unwrap();
+        assert!(engine.is_admin("ops"));
     }
 
     #[test]

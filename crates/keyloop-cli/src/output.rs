@@ -98,6 +98,13 @@ pub(crate) fn credential_detail(c: &Credential) -> String {
     if let Some(owner) = &c.policy.owner {
         out.push_str(&format!("  owner: {owner}\n"));
     }
+    out.push_str(&format!(
+        "  blast radius: {}\n",
+        c.policy.blast_radius.name()
+    ));
+    if !c.policy.tags.is_empty() {
+        out.push_str(&format!("  tags: {}\n", c.policy.tags.join(", ")));
+    }
     if let Some(secret) = &c.settings.secret_id {
         out.push_str(&format!("  secret: {secret}\n"));
     }

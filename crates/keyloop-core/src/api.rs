@@ -1,18 +1,14 @@
-//! The control plane's requests and replies, and who may do what: the rule table the `api`
-//! worker applies to every request (the approvals issue turns it into policies; it lives here,
-//! in one place).
+//! The control plane's requests and replies.
 //!
 //! A request arrives on `<prefix>.api.<actor>.<verb>`. The NATS server confines each user to
 //! publishing under its own `<actor>` token (see `deploy/nats/permissions.conf`), so the actor is
-//! proved by the subject, never by the payload. The rules:
-//! - an **admin** (the operators named in the api worker's configuration) may do everything;
-//! - a credential's **owner** (`policy.owner`) may show, fetch, update, rotate, revoke and retire
-//!   it;
-//! - a credential's **consumers** may show, fetch and verify it (the value a service uses, and
-//!   whether a value presented to it is one of the credential's live versions);
-//! - everyone else is refused (`forbidden`), and the refusal is recorded.
+//! proved by the subject, never by the payload. Who may do what is the policy engine's
+//! ([`crate::policy`]); its default policy is the rule table keyloop always had: admins do
+//! everything, a credential's owner shows, fetches, verifies, updates, rotates, revokes and
+//! retires it, its consumers show, fetch and verify it, everyone else is refused (`forbidden`,
+//! and the refusal is recorded).
 
-use crate::credential::{BackendSettings, Credential, CredentialId, Policy, StoreKind, TargetKind};
+use crate::credential::{BackendSettings, CredentialId, Policy, StoreKind, TargetKind};
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
@@ -260,82 +256,9 @@ impl<T> From<ApiReply<T>> for Result<T, ApiError> {
     }
 }
 
-/// Who may do what (see the module docs).
-#[derive(Debug, Clone, PartialEq, Eq, Default)]
-pub struct AccessRules {
-    /// Actors that may do everything (operators).
-    pub admins: Vec<String>,
-}
-
-impl AccessRules {
-    /// Whether `actor` may `verb` the credential `cred` (`None`: a verb about no credential,
-    /// `register` or `list`).
-    pub fn allows(&self, actor: &str, verb: Verb, cred: Option<&Credential>) -> bool {
-        if self.admins.iter().any(|a| a == actor) {
-            return true;
-        }
-        let Some(cred) = cred else {
-            // Anyone may list: the reply holds only what they may see.
-            return verb == Verb::List;
-        };
-        let owner = cred.policy.owner.as_deref() == Some(actor);
-        let consumer = cred.consumers.iter().any(|c| c == actor);
-        match verb {
-            Verb::Show | Verb::Fetch | Verb::Verify | Verb::List => owner || consumer,
-            Verb::Update | Verb::Rotate | Verb::Revoke | Verb::Retire => owner,
-            Verb::Register => false,
-        }
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn cred(owner: Option<&str>, consumers: &[&str]) -> Credential {
-        let mut c: Credential = serde_json::from_value(serde_json::json!({
-            "id": "svc/x", "store": "local", "target": "none",
-            "policy": {"grace_secs": 0}, "versions": [],
-            "created_at": "2026-01-01T00:00:00Z"
-        }))
-        .unwrap();
-        c.policy.owner = owner.map(str::to_owned);
-        c.consumers = consumers.iter().map(|c| (*c).to_owned()).collect();
-        c
-    }
-
-    #[test]
-    fn admins_do_everything_owners_run_their_credential_consumers_only_read_it() {
-        let rules = AccessRules {
-            admins: vec!["ops".into()],
-        };
-        let c = cred(Some("team-payments"), &["svc-billing"]);
-        for verb in Verb::ALL {
-            assert!(rules.allows("ops", verb, Some(&c)), "{verb:?}");
-        }
-        assert!(rules.allows("ops", Verb::Register, None));
-        assert!(!rules.allows("team-payments", Verb::Register, None));
-        for verb in [
-            Verb::Show,
-            Verb::Fetch,
-            Verb::Rotate,
-            Verb::Revoke,
-            Verb::Update,
-            Verb::Retire,
-        ] {
-            assert!(rules.allows("team-payments", verb, Some(&c)), "{verb:?}");
-        }
-        assert!(rules.allows("svc-billing", Verb::Fetch, Some(&c)));
-        assert!(rules.allows("svc-billing", Verb::Verify, Some(&c)));
-        assert!(rules.allows("svc-billing", Verb::Show, Some(&c)));
-        for verb in [Verb::Rotate, Verb::Revoke, Verb::Update, Verb::Retire] {
-            assert!(!rules.allows("svc-billing", verb, Some(&c)), "{verb:?}");
-        }
-        for verb in Verb::ALL {
-            assert!(!rules.allows("someone-else", verb, Some(&c)), "{verb:?}");
-        }
-        assert!(rules.allows("someone-else", Verb::List, None));
-    }
 
     #[test]
     fn verbs_are_their_subject_tokens() {

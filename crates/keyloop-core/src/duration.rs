@@ -439,6 +439,7 @@ mod tests {
             grace_secs: grace,
             idle_revoke_after_secs: idle,
             owner: None,
+            ..Default::default()
         }
     }
 

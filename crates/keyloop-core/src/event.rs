@@ -237,6 +237,14 @@ pub struct LifecycleData {
     /// same operation: the version's `revoked_by` once it is revoked.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub op_id: Option<String>,
+    /// The ids of the policies that decided a request (`denied`, `issued`, approvals), as the
+    /// workers' `--policy` names them (`@id`); empty on a deny no permit applied to.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub policies: Vec<String>,
+    /// What the policy decided for the request this event records: `allow`, `notify` (an
+    /// `issued` marked so is the notification the scope's tier asks for), `approve`, `deny`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub outcome: Option<String>,
 }
 
 impl LifecycleData {
@@ -261,6 +269,8 @@ impl LifecycleData {
             actor: None,
             lease: None,
             op_id: None,
+            policies: Vec::new(),
+            outcome: None,
         }
     }
 }

@@ -53,8 +53,9 @@ pub struct WorkerConfig {
     pub jit_policy: JitPolicy,
     /// The keys of `jit_policy.issuers`, loaded: what checks the requesters' identity tokens.
     pub identity_verifier: IdentityVerifier,
-    /// Who may do what through the control plane (the `api` role).
-    pub api_rules: keyloop_core::api::AccessRules,
+    /// Who may do what, with how much ceremony: decides every control-plane request (the `api`
+    /// role) and every JIT issue. Its `admins` group holds the api's admins.
+    pub policy: Arc<keyloop_core::policy::PolicyEngine>,
 }
 
 impl Default for WorkerConfig {
@@ -64,9 +65,9 @@ impl Default for WorkerConfig {
             tick_interval: Duration::from_secs(60),
             jit_policy: JitPolicy::default(),
             identity_verifier: IdentityVerifier::default(),
-            api_rules: keyloop_core::api::AccessRules {
-                admins: DEFAULT_API_ADMINS.iter().map(|a| (*a).to_owned()).collect(),
-            },
+            policy: Arc::new(keyloop_core::policy::PolicyEngine::default_policy(
+                keyloop_core::policy::Groups::with_admins(DEFAULT_API_ADMINS),
+            )),
         }
     }
 }
@@ -120,11 +121,12 @@ pub async fn run(
             )),
             Role::Api => set.spawn(api::serve(
                 ctx.clone(),
-                config.api_rules.clone(),
+                config.policy.clone(),
                 shutdown.clone(),
             )),
             Role::JitIssuer => set.spawn(jit_issuer::serve(
                 ctx.clone(),
+                config.policy.clone(),
                 config.jit_policy.clone(),
                 config.identity_verifier.clone(),
                 shutdown.clone(),

@@ -336,6 +336,7 @@ mod tests {
                 grace_secs: 0,
                 idle_revoke_after_secs: idle,
                 owner: None,
+                ..Default::default()
             },
             settings: BackendSettings::default(),
             versions: vec![Version {

@@ -213,6 +213,7 @@ impl World {
                 grace_secs: 3600,
                 idle_revoke_after_secs: None,
                 owner: None,
+                ..Default::default()
             },
             settings: BackendSettings {
                 role: Some(base),

@@ -19,6 +19,7 @@ fn credential(versions: &[(Stage, &str)]) -> Credential {
             grace_secs: 0,
             idle_revoke_after_secs: None,
             owner: None,
+            ..Default::default()
         },
         settings: BackendSettings {
             role: Some("app".into()),

@@ -152,6 +152,8 @@ fn policy(args: &RegisterArgs) -> Result<Policy> {
             .map(|v| secs(IDLE_REVOKE_AFTER, v))
             .transpose()?,
         owner: args.owner.clone(),
+        blast_radius: args.blast_radius,
+        tags: args.tags.clone(),
     };
     policy.validate().map_err(|e| anyhow!("--{e}"))?;
     Ok(policy)

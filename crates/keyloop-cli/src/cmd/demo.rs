@@ -75,6 +75,7 @@ pub(crate) async fn run(g: &Global) -> Result<ExitCode> {
                 grace_secs: 3_600,
                 idle_revoke_after_secs: None,
                 owner: Some("platform".into()),
+                ..Default::default()
             },
             settings: Default::default(),
         };

@@ -6,6 +6,7 @@ pub(crate) mod demo;
 mod ingest;
 pub(crate) mod ingest_serve;
 mod init;
+mod policy;
 mod replay;
 mod revoke;
 mod rotate;
@@ -45,6 +46,7 @@ pub(crate) async fn run(cli: Cli) -> Result<ExitCode> {
         Command::Tick => tick::run(g).await,
         Command::Rules { tool } => rules::run(g.json, tool),
         Command::Schemas { dir } => schemas::run(&dir),
+        Command::Policy(c) => policy::run(g.json, c),
     }
 }
 

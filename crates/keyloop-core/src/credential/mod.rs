@@ -11,6 +11,6 @@ mod version;
 pub use id::{CredentialId, CredentialIdError};
 pub use record::{Claim, Credential, PendingUndo, Promotion, Retired, RotationRetry};
 pub use settings::{
-    BackendSettings, Policy, RotationStrategy, SettingsError, StoreKind, TargetKind,
+    BackendSettings, BlastRadius, Policy, RotationStrategy, SettingsError, StoreKind, TargetKind,
 };
 pub use version::{AtTarget, RevokeReason, RotationReason, Stage, Version};

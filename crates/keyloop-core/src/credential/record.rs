@@ -331,6 +331,7 @@ mod stage_tests {
                 grace_secs: 0,
                 idle_revoke_after_secs: None,
                 owner: None,
+                ..Default::default()
             },
             settings: BackendSettings::default(),
             versions,

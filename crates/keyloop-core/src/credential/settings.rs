@@ -46,6 +46,33 @@ impl TargetKind {
     }
 }
 
+/// How much harm a misuse of the credential does: what policies test to ask for an approval
+/// before a manual action (`credential register --blast-radius`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum BlastRadius {
+    /// The default.
+    #[default]
+    Low,
+    /// Production data, money, externally visible actions.
+    High,
+}
+
+impl BlastRadius {
+    /// The name as it appears in JSON, on the command line and in policies.
+    pub const fn name(self) -> &'static str {
+        match self {
+            Self::Low => "low",
+            Self::High => "high",
+        }
+    }
+
+    /// Whether it is the default (kept out of JSON then).
+    pub fn is_low(&self) -> bool {
+        *self == Self::Low
+    }
+}
+
 /// How a target account's password is rotated, as AWS documents the two strategies.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "snake_case")]
@@ -235,7 +262,7 @@ fn secret_name(id: &str) -> &str {
 pub struct SettingsError(String);
 
 /// How a credential is kept fresh.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Policy {
     /// Rotate when the current version is this old (seconds). `None`: only on demand or leak.
@@ -250,6 +277,12 @@ pub struct Policy {
     /// Team or person to page about this credential.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub owner: Option<String>,
+    /// How much harm a misuse does; policies may ask approvals for manual actions on `high`.
+    #[serde(default, skip_serializing_if = "BlastRadius::is_low")]
+    pub blast_radius: BlastRadius,
+    /// Free labels policies may test (`resource.tags.contains("pci")`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub tags: Vec<String>,
 }
 
 impl Policy {
@@ -291,6 +324,7 @@ mod settings_tests {
                 grace_secs: 0,
                 idle_revoke_after_secs: None,
                 owner: None,
+                ..Default::default()
             },
             settings: BackendSettings {
                 role: Some("app".into()),

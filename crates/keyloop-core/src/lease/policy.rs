@@ -1,7 +1,9 @@
-//! The JIT policy: which scopes exist, how much ceremony each needs, how long its leases may
-//! live, and who may ask for it. [`JitPolicy::decide`] is the issuer's whole check, a pure
-//! function of the request, the identity verifier and the clock, so every refusal is
-//! unit-tested here and the jit-issuer only records and announces what was decided.
+//! The JIT policy: which scopes exist, their tier, how long their leases may live, and which
+//! workload identities may ask for them. [`JitPolicy::decide_under`] is the issuer's whole
+//! check, a pure function of the request, the identity verifier, the policy engine
+//! ([`crate::policy`], which turns the tier and the rest of the request into allow, notify,
+//! approval or deny) and the clock, so every refusal is unit-tested here and the jit-issuer
+//! only records and announces what was decided.
 //!
 //! Who may ask: a scope that lists `identities` is issued only to a requester that proves one
 //! of them with a workload identity token ([`crate::identity`]); a scope without `identities`
@@ -12,6 +14,10 @@ use super::{IssueRequest, ServiceError};
 use crate::identity::{
     DEFAULT_LEEWAY_SECS, IdentityError, IdentityToken, IdentityVerifier, TrustedIssuers,
     WorkloadIdentity,
+};
+use crate::policy::{
+    Action, Groups, Outcome, PolicyEngine, PolicyRequest, Principal, RequestContext, Resource,
+    Source,
 };
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
@@ -133,6 +139,8 @@ pub const MAX_ID_LEN: usize = 128;
 /// What the policy grants a [`IssueRequest`] it accepts.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct IssueDecision<'p> {
+    /// What the policy engine decided (allow or notify) and which policies decided it.
+    pub decision: crate::policy::Decision,
     /// The policy of the scope asked for (its tier, and its PostgreSQL group if any).
     pub scope: &'p ScopePolicy,
     /// When the lease stops working: the request's `ttl_secs` from `now`, never shortened.
@@ -186,13 +194,34 @@ pub enum Refusal {
         /// The scope asked for.
         scope: String,
     },
-    /// The scope's tier is `approve`, and approvals do not exist yet.
+    /// The policy engine refused the request.
     #[error(
-        "scope `{scope}` is of tier approve and needs an approval before issue; approvals are not available yet, so it is refused — request a lower scope or ask an operator"
+        "the policy refuses scope `{scope}` to {actor} ({}); ask an operator to change the workers' --policy",
+        if policies.is_empty() { "no permit applied".to_owned() } else { format!("policy {}", policies.join(", ")) }
+    )]
+    PolicyDenied {
+        /// Who asked (the proved identity, or `unverified`).
+        actor: String,
+        /// The scope asked for.
+        scope: String,
+        /// The forbid policies that decided (empty: no permit applied).
+        policies: Vec<String>,
+    },
+    /// The policy asks for an approval before issue (the scope's tier is `approve` under the
+    /// default policy).
+    #[error(
+        "scope `{scope}` needs {} approval(s){} before issue (policy {}); request a lower scope or ask an operator",
+        need.approvers,
+        need.group.as_ref().map(|g| format!(" from group {g}")).unwrap_or_default(),
+        policies.join(", ")
     )]
     ApprovalRequired {
         /// The scope asked for.
         scope: String,
+        /// What the approval needs.
+        need: crate::policy::ApprovalNeed,
+        /// The policies that asked for it.
+        policies: Vec<String>,
     },
     /// The TTL is zero or above the scope's maximum.
     #[error(
@@ -225,7 +254,7 @@ impl Refusal {
             Self::UnknownScope { .. } => "unknown_scope",
             Self::IdentityRequired { .. } => "identity_required",
             Self::IdentityInvalid { .. } => "identity_invalid",
-            Self::Forbidden { .. } => "forbidden",
+            Self::Forbidden { .. } | Self::PolicyDenied { .. } => "forbidden",
             Self::ApprovalRequired { .. } => "approval_required",
             Self::TtlOutOfRange { .. } | Self::ExpiryUnrepresentable { .. } => "ttl_too_long",
         }
@@ -239,6 +268,7 @@ impl Refusal {
             Self::IdentityRequired { .. } => Some("unverified (no identity token)".into()),
             Self::IdentityInvalid { reason, .. } => Some(format!("unverified ({})", reason.kind())),
             Self::Forbidden { identity, .. } => Some(identity.actor()),
+            Self::PolicyDenied { actor, .. } => Some(actor.clone()),
             _ => None,
         }
     }
@@ -300,14 +330,28 @@ fn check_id(field: &'static str, id: &str) -> Result<(), Refusal> {
 }
 
 impl JitPolicy {
+    /// [`Self::decide_under`] the default policy ([`crate::policy::DEFAULT_POLICY`]).
+    pub fn decide(
+        &self,
+        req: &IssueRequest,
+        verifier: &IdentityVerifier,
+        now: OffsetDateTime,
+    ) -> Result<IssueDecision<'_>, Refusal> {
+        static DEFAULT: std::sync::LazyLock<PolicyEngine> =
+            std::sync::LazyLock::new(|| PolicyEngine::default_policy(Groups::default()));
+        self.decide_under(&DEFAULT, req, verifier, now)
+    }
+
     /// Whether `req`, made at `now`, gets a lease as it stands, and on what terms. Checked in
     /// this order: the ids, the scope, who asks (a token, when one is sent, must prove an
-    /// identity; a scope with `identities` needs one of them), the tier, the TTL. Who asks
+    /// identity; a scope with `identities` needs one of them), what `engine` decides for that
+    /// principal, scope and context (deny, approval, or allow and notify), the TTL. Who asks
     /// comes before the terms, so a requester without the right learns nothing of them.
     /// Nothing is adjusted: a TTL above the scope's maximum is refused, never shortened, so an
     /// orchestrator always knows how long its credential lives.
-    pub fn decide(
+    pub fn decide_under(
         &self,
+        engine: &PolicyEngine,
         req: &IssueRequest,
         verifier: &IdentityVerifier,
         now: OffsetDateTime,
@@ -328,10 +372,38 @@ impl JitPolicy {
             verifier,
             now,
         )?;
-        if scope.tier == Tier::Approve {
-            return Err(Refusal::ApprovalRequired {
-                scope: req.scope.clone(),
-            });
+        let principal = identity
+            .as_ref()
+            .map_or_else(Principal::unverified, Principal::workload);
+        let mut context = RequestContext::new(now, Source::Jit);
+        context.task_id = Some(req.task_id.clone());
+        context.ttl_secs = Some(req.ttl_secs);
+        context.agent_id.clone_from(&req.agent_id);
+        let decision = engine.decide(&PolicyRequest {
+            principal: principal.clone(),
+            action: Action::Issue,
+            resource: Resource::Scope {
+                name: &req.scope,
+                policy: scope,
+            },
+            context,
+        });
+        match &decision.outcome {
+            Outcome::Allow | Outcome::Notify => {}
+            Outcome::Deny => {
+                return Err(Refusal::PolicyDenied {
+                    actor: principal.name,
+                    scope: req.scope.clone(),
+                    policies: decision.policies,
+                });
+            }
+            Outcome::Approve(need) => {
+                return Err(Refusal::ApprovalRequired {
+                    scope: req.scope.clone(),
+                    need: need.clone(),
+                    policies: decision.policies,
+                });
+            }
         }
         if req.ttl_secs == 0 || req.ttl_secs > scope.max_ttl_secs {
             return Err(Refusal::TtlOutOfRange {
@@ -347,6 +419,7 @@ impl JitPolicy {
                 ttl_secs: req.ttl_secs,
             })?;
         Ok(IssueDecision {
+            decision,
             scope,
             expires_at,
             identity,

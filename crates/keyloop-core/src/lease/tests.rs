@@ -87,16 +87,21 @@ fn a_zero_ttl_is_refused() {
 }
 
 #[test]
-fn an_approve_tier_scope_is_refused_until_approvals_exist_whatever_its_ttl() {
+fn an_approve_tier_scope_needs_an_approval_under_the_default_policy_whatever_its_ttl() {
     for ttl in [1, 900, 10_000] {
         assert_refused(
             &JitPolicy::default(),
             &request("admin", ttl),
             Refusal::ApprovalRequired {
                 scope: "admin".into(),
+                need: crate::policy::ApprovalNeed {
+                    approvers: 1,
+                    group: Some("admins".into()),
+                },
+                policies: vec!["jit-tier-approve".into()],
             },
             "approval_required",
-            "scope `admin` is of tier approve and needs an approval before issue; approvals are not available yet, so it is refused — request a lower scope or ask an operator",
+            "scope `admin` needs 1 approval(s) from group admins before issue (policy jit-tier-approve); request a lower scope or ask an operator",
         );
     }
 }

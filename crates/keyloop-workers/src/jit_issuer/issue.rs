@@ -11,6 +11,7 @@ use crate::error::Error;
 use keyloop_core::event::{LifecycleData, LifecycleKind, lease_event, lifecycle_event};
 use keyloop_core::identity::IdentityVerifier;
 use keyloop_core::lease::{IssueReply, IssueRequest, LeaseState, Refusal, ServiceError};
+use keyloop_core::policy::PolicyEngine;
 use keyloop_core::{Fingerprint, JitPolicy, Lease};
 use keyloop_nats::{DueItem, FingerprintRef};
 use std::time::Duration;
@@ -24,19 +25,21 @@ const DENIED_WINDOW_SECS: i64 = 60;
 /// How long a refusal waits for its `denied` event to be stored before it is answered anyway.
 const DENIED_RECORD_TIMEOUT: Duration = Duration::from_secs(1);
 
-/// Issues a lease for `req` under `policy`, the requester's identity token checked by
-/// `verifier`: decided by [`JitPolicy::decide`], recorded (lease, task index, fingerprint
+/// Issues a lease for `req` under `policy` and `engine`, the requester's identity token checked
+/// by `verifier`: decided by [`JitPolicy::decide_under`], recorded (lease, task index, fingerprint
 /// index, expiry), `issued` published (its actor the proved identity, else the agent label),
-/// and only then the token handed out. A refusal of who asked is recorded as `denied` before
+/// and only then the token handed out. The `issued` event carries the outcome (`notify`: the
+/// notification a notify-tier scope asks for) and the ids of the policies that decided. A refusal of who asked is recorded as `denied` before
 /// it is answered.
 pub async fn issue(
     ctx: &WorkerContext,
+    engine: &PolicyEngine,
     policy: &JitPolicy,
     verifier: &IdentityVerifier,
     req: &IssueRequest,
     now: OffsetDateTime,
 ) -> Result<IssueReply, ServiceError> {
-    let decision = match policy.decide(req, verifier, now) {
+    let decision = match policy.decide_under(engine, req, verifier, now) {
         Ok(decision) => decision,
         Err(refusal) => {
             record_denial(ctx, req, &refusal, now).await;
@@ -119,6 +122,8 @@ pub async fn issue(
     );
     let mut data = LifecycleData::new(LifecycleKind::Issued, None, None);
     data.actor = actor;
+    data.outcome = Some(decision.decision.outcome.name().to_owned());
+    data.policies = decision.decision.policies;
     let event = lease_event(SOURCE, &format!("issue/{}", lease.id), data, &lease)
         .caused_by(Some(req.task_id.clone()), None);
     let (indexed, by_task, scheduled, published) = tokio::join!(
@@ -168,6 +173,10 @@ async fn record_denial(
     );
     let mut data = LifecycleData::new(LifecycleKind::Denied, None, None);
     data.actor = Some(actor.clone());
+    if let Refusal::PolicyDenied { policies, .. } = refusal {
+        data.policies.clone_from(policies);
+        data.outcome = Some("deny".into());
+    }
     data.detail = Some(format!(
         "jit.issue of scope `{}` for task {} refused ({}): {refusal}",
         req.scope,

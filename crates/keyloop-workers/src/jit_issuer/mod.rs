@@ -4,7 +4,9 @@
 //! API), so `$SRV.PING`, `$SRV.INFO` and `$SRV.STATS` find every replica and count what it
 //! served. The role's other half, revoking the leases of a finished task, is
 //! [`crate::task_completed`]; what a request may get, and whether its workload identity token
-//! proves who may ask, is decided by [`JitPolicy::decide`](keyloop_core::JitPolicy::decide).
+//! proves who may ask, is decided by
+//! [`JitPolicy::decide_under`](keyloop_core::JitPolicy::decide_under) with the workers' policy
+//! engine.
 //!
 //! A lease's token is never stored anywhere: only its fingerprints, which is all verification
 //! needs. Its expiry is enforced twice — verification compares `expires_at` with the clock, and
@@ -31,6 +33,7 @@ use async_nats::service::{Request, ServiceExt};
 use futures::StreamExt;
 use keyloop_core::identity::{IdentityVerifier, MAX_TOKEN_BYTES};
 use keyloop_core::lease::{IssueRequest, ServiceError, VerifyRequest};
+use keyloop_core::policy::PolicyEngine;
 use keyloop_core::{JitPolicy, Secret};
 use keyloop_nats::Topology;
 use serde::Serialize;
@@ -139,6 +142,7 @@ impl Endpoint {
 /// Answers one request on `endpoint`: the reply's JSON, or the error to reply instead.
 async fn answer(
     ctx: &WorkerContext,
+    engine: &PolicyEngine,
     policy: &JitPolicy,
     verifier: &IdentityVerifier,
     limiter: &UseLimiter,
@@ -149,7 +153,7 @@ async fn answer(
     match endpoint {
         Endpoint::Issue => {
             let req = decode_issue_request(payload)?;
-            let result = issue(ctx, policy, verifier, &req, now).await;
+            let result = issue(ctx, engine, policy, verifier, &req, now).await;
             match &result {
                 Ok(r) => {
                     info!(lease = %r.lease_id, task = %req.task_id, agent = ?req.agent_id, scope = %req.scope, "lease issued")
@@ -189,6 +193,7 @@ fn warn_about_open_scopes(policy: &JitPolicy) {
 /// The requests a replica is answering, and what answering one needs.
 struct InHand {
     ctx: Arc<WorkerContext>,
+    engine: Arc<PolicyEngine>,
     policy: Arc<JitPolicy>,
     verifier: Arc<IdentityVerifier>,
     limiter: Arc<UseLimiter>,
@@ -212,8 +217,9 @@ impl InHand {
             .acquire_owned()
             .await
             .expect("semaphore is never closed");
-        let (ctx, policy, verifier, limiter, errors) = (
+        let (ctx, engine, policy, verifier, limiter, errors) = (
             self.ctx.clone(),
+            self.engine.clone(),
             self.policy.clone(),
             self.verifier.clone(),
             self.limiter.clone(),
@@ -221,7 +227,7 @@ impl InHand {
         );
         self.tasks.spawn(async move {
             let payload = &request.message.payload;
-            let reply = answer(&ctx, &policy, &verifier, &limiter, endpoint, payload)
+            let reply = answer(&ctx, &engine, &policy, &verifier, &limiter, endpoint, payload)
                 .await
                 .unwrap_or_else(|e| {
                     errors.count(endpoint, &e.code);
@@ -239,11 +245,12 @@ impl InHand {
 /// Serves issue and verify requests as the NATS service [`service_name`], its endpoints in the
 /// queue group [`QUEUE_GROUP`] on their usual subjects (a requester sees no difference), with
 /// PING, INFO and STATS discovery on `$SRV.<verb>.<name>` from the service API. Identity tokens
-/// are checked by `verifier` (loaded from `policy.issuers`). On `shutdown` it stops taking
+/// are checked by `verifier` (loaded from `policy.issuers`); `engine` decides each issue. On `shutdown` it stops taking
 /// requests and answering discovery, then answers the requests in hand and those the server
 /// had already delivered to it.
 pub async fn serve(
     ctx: Arc<WorkerContext>,
+    engine: Arc<PolicyEngine>,
     policy: JitPolicy,
     verifier: IdentityVerifier,
     shutdown: CancellationToken,
@@ -291,6 +298,7 @@ pub async fn serve(
     info!(issue = %topo.jit_issue(), verify = %topo.token_verify(), group = QUEUE_GROUP, service = %name, issuers = ?verifier.issuer_names(), "jit-issuer serving");
     let mut hand = InHand {
         ctx,
+        engine,
         policy: Arc::new(policy),
         verifier: Arc::new(verifier),
         limiter: Arc::default(),

@@ -76,6 +76,7 @@ impl Fixture {
     ) -> Result<keyloop_core::lease::IssueReply, ServiceError> {
         issue(
             &self.ctx,
+            &keyloop_core::policy::PolicyEngine::default_policy(Default::default()),
             &self.policy,
             &self.verifier,
             req,

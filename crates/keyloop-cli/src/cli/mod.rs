@@ -5,10 +5,14 @@ use clap::builder::{PossibleValue, TypedValueParser};
 use clap::{Args, Parser, Subcommand};
 use keyloop_core::duration::{DurationError, REPLAY_AGO};
 use keyloop_core::ingest::Choice;
-use keyloop_core::{RotationStrategy, Secret, StoreKind, TargetKind, ValueFormat};
+use keyloop_core::{RotationStrategy, Secret, StoreKind, TargetKind};
 use keyloop_nats::Role;
 use std::ffi::OsStr;
 use std::path::PathBuf;
+
+mod credential;
+
+pub(crate) use credential::{CredentialCommand, RegisterArgs};
 
 /// keyloop — leaked means dead within milliseconds. Rotates, revokes and issues
 /// non-human-identity credentials in one control loop on NATS JetStream.
@@ -106,6 +110,9 @@ pub(crate) enum Command {
         #[arg(value_parser = OneOf::new(&Tool::ALL, Tool::name, "scanner", "scanners"))]
         tool: Tool,
     },
+    /// Print the default policy or the policy schema, or check a policy file (`--policy`).
+    #[command(subcommand)]
+    Policy(PolicyCommand),
     /// Write the JSON Schemas of every event into DIR.
     Schemas {
         /// Output directory.
@@ -141,6 +148,14 @@ pub(crate) struct RunArgs {
     /// subject exact or a prefix ending in `*`).
     #[arg(long, env = "KEYLOOP_JIT_POLICY")]
     pub(crate) jit_policy: Option<PathBuf>,
+    /// Policy file (Cedar) deciding every control-plane request and JIT issue: who may do
+    /// what, and whether it is done at once, announced, or only after an approval (annotations
+    /// @id, @outcome, @approvers, @group). Validated at start against the schema (`keyloop
+    /// policy schema`); an error stops the workers with its line. Default: `keyloop policy
+    /// default` (admins do everything, owners run their credentials, consumers read them, JIT
+    /// scopes per their tier).
+    #[arg(long, env = "KEYLOOP_POLICY")]
+    pub(crate) policy: Option<PathBuf>,
     /// Serve Prometheus metrics on this address (e.g. 127.0.0.1:9464).
     #[arg(long, env = "KEYLOOP_METRICS_ADDR")]
     pub(crate) metrics_addr: Option<std::net::SocketAddr>,
@@ -153,6 +168,23 @@ pub(crate) struct RunArgs {
     /// comma-separated.
     #[arg(long, env = "KEYLOOP_API_ADMINS", value_delimiter = ',', default_values_t = keyloop_workers::DEFAULT_API_ADMINS.map(str::to_owned))]
     pub(crate) api_admins: Vec<String>,
+}
+
+#[derive(Debug, Subcommand)]
+pub(crate) enum PolicyCommand {
+    /// Print the default policy (Cedar): what the workers decide without --policy.
+    Default,
+    /// Print the Cedar schema every policy file is validated against.
+    Schema,
+    /// Check a policy file as the workers do at start: exit 0 when valid, else every problem
+    /// with its line.
+    Check {
+        /// The policy file (Cedar).
+        file: PathBuf,
+        /// The admins, as the workers' --api-admins (the `admins` group).
+        #[arg(long, value_delimiter = ',', default_values_t = keyloop_workers::DEFAULT_API_ADMINS.map(str::to_owned))]
+        api_admins: Vec<String>,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -188,116 +220,6 @@ pub(crate) enum TaskCommand {
 pub(crate) enum TokenCommand {
     /// Whether the JIT token on stdin works now (exit 0) or not (exit 2).
     Verify,
-}
-
-#[derive(Debug, Subcommand)]
-pub(crate) enum CredentialCommand {
-    /// Register a credential and give it its first value (through the control plane; or
-    /// --local, in this process, for bootstrapping).
-    Register(Box<RegisterArgs>),
-    /// List the credentials you may see.
-    List,
-    /// Show a credential's versions (stages, times; never values).
-    Show {
-        /// Credential id, e.g. pg/app.
-        id: String,
-    },
-    /// Print the current value on stdout, and nothing else; records `used` with who fetched it.
-    #[command(alias = "reveal")]
-    Fetch {
-        /// Credential id.
-        id: String,
-        /// The previous value (during its grace) instead of the current one.
-        #[arg(long)]
-        previous: bool,
-    },
-    /// Whether a value (read from stdin, never the command line) is a live version of the
-    /// credential: exit 0 if it works, 2 if not. A dead or unknown value is recorded
-    /// (`verify_denied`, with who asked). For its owner, consumers and admins.
-    Verify {
-        /// Credential id.
-        id: String,
-    },
-    /// Change a credential's owner or consumers (the actors allowed to fetch it).
-    Update {
-        /// Credential id.
-        id: String,
-        /// The owning actor (a NATS user); `""` removes it.
-        #[arg(long)]
-        owner: Option<String>,
-        /// Allow this actor to fetch the value (repeatable).
-        #[arg(long = "add-consumer")]
-        add_consumers: Vec<String>,
-        /// Stop allowing this actor (repeatable).
-        #[arg(long = "remove-consumer")]
-        remove_consumers: Vec<String>,
-    },
-    /// Offboard a credential: every version revoked, nothing scheduled, its history kept.
-    Retire {
-        /// Credential id.
-        id: String,
-        /// Why (recorded in the audit log).
-        #[arg(long)]
-        reason: String,
-    },
-    /// Print each lifecycle event of a credential as it happens (rotations, revocations):
-    /// how a service follows its secret. Runs until interrupted.
-    Watch {
-        /// Credential id.
-        id: String,
-    },
-}
-
-#[derive(Debug, Args)]
-pub(crate) struct RegisterArgs {
-    /// Credential id: path-like, e.g. pg/app or saas/stripe-payouts.
-    pub(crate) id: String,
-    /// Where values live: local (encrypted in NATS KV) or aws-sm (AWS Secrets Manager, from
-    /// the standard AWS environment and credential chain).
-    #[arg(long, default_value = "local", value_parser = OneOf::new(&STORES, StoreKind::name, "store", "stores"))]
-    pub(crate) store: StoreKind,
-    /// aws-sm: the secret's name or ARN; created when it does not exist, adopted when it does.
-    /// Default: keyloop/<ID>.
-    #[arg(long)]
-    pub(crate) secret_id: Option<String>,
-    /// The system that accepts the value: none, or postgres (a login role's password; needs
-    /// --postgres-dsn / KEYLOOP_POSTGRES_DSN).
-    #[arg(long, default_value = "none", value_parser = OneOf::new(&TARGETS, TargetKind::name, "target", "targets"))]
-    pub(crate) target: TargetKind,
-    /// postgres: the login role keyloop takes over (with --strategy alternating, the base
-    /// name of ROLE_a and ROLE_b).
-    #[arg(long)]
-    pub(crate) role: Option<String>,
-    /// postgres: single (one role, its password changed) or alternating (ROLE_a / ROLE_b in
-    /// turn; the previous one stays valid during grace).
-    #[arg(long, value_parser = OneOf::new(&STRATEGIES, RotationStrategy::name, "strategy", "strategies"))]
-    pub(crate) strategy: Option<RotationStrategy>,
-    /// Rotate when the current value is this old (e.g. 90d; from 1s to 3650d).
-    #[arg(long)]
-    pub(crate) max_age: Option<String>,
-    /// How long the previous value stays valid after a scheduled rotation (e.g. 1h; from 0s
-    /// to 365d, and no longer than --max-age).
-    #[arg(long, default_value = "0s")]
-    pub(crate) grace: String,
-    /// The owning actor (a NATS user): it may show, fetch, rotate, revoke, update and retire
-    /// the credential; also the team to page.
-    #[arg(long)]
-    pub(crate) owner: Option<String>,
-    /// An actor allowed to fetch the value (repeatable).
-    #[arg(long = "consumer")]
-    pub(crate) consumers: Vec<String>,
-    /// Register in this process instead of through the control plane (bootstrapping: needs the
-    /// master key and the backends' admin credentials here).
-    #[arg(long)]
-    pub(crate) local: bool,
-    /// Revoke every live version when unused for this long (e.g. 30d; from 1s to 3650d).
-    #[arg(long)]
-    pub(crate) idle_revoke_after: Option<String>,
-    /// How generated values are written, now and at every rotation: checksummed (klc_ + 30
-    /// base62 + CRC32, found by `keyloop rules` scanners) or hex (kl_ + 64 hex, the original).
-    /// Default: checksummed, which both targets accept.
-    #[arg(long, value_parser = OneOf::new(&ValueFormat::ALL, ValueFormat::name, "value format", "value formats"))]
-    pub(crate) value_format: Option<ValueFormat>,
 }
 
 /// What `keyloop ingest` exits with, for its help.
@@ -404,11 +326,12 @@ fn replay_time(text: &str) -> Result<String, String> {
 }
 
 /// Every store, in the order `--help` lists them.
-const STORES: [StoreKind; 2] = [StoreKind::Local, StoreKind::AwsSm];
+pub(super) const STORES: [StoreKind; 2] = [StoreKind::Local, StoreKind::AwsSm];
 /// Every target, in the order `--help` lists them.
-const TARGETS: [TargetKind; 2] = [TargetKind::None, TargetKind::Postgres];
+pub(super) const TARGETS: [TargetKind; 2] = [TargetKind::None, TargetKind::Postgres];
 /// Every rotation strategy, in the order `--help` lists them.
-const STRATEGIES: [RotationStrategy; 2] = [RotationStrategy::Single, RotationStrategy::Alternating];
+pub(super) const STRATEGIES: [RotationStrategy; 2] =
+    [RotationStrategy::Single, RotationStrategy::Alternating];
 
 /// Parses a value that is one of a fixed set of names (a store, target, strategy, worker role
 /// or report format) into its domain type: `--help` lists the names as possible values, and an

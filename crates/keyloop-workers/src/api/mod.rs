@@ -4,10 +4,13 @@
 //!
 //! The actor is the subject's `<actor>` token. A secured server confines each user to
 //! publishing under its own name (`deploy/nats/permissions.conf`), which makes the actor proved;
-//! on an open development server anyone can claim any name. Who may do what is
-//! `keyloop_core::api::AccessRules`; a refused request gets `forbidden` and a `denied` lifecycle
-//! event (who, what). Every command the api sends carries the actor, and so does every
-//! lifecycle event it causes.
+//! on an open development server anyone can claim any name. Who may do what is decided by the
+//! policy engine (`keyloop_core::policy`) for every request; a refused request gets `forbidden`
+//! and a `denied` lifecycle event (who, what, and the policies that decided). A request the
+//! policy allows only after an approval is refused with `approval_required` for now. Every
+//! command the api sends carries the actor, and so does every lifecycle event it causes.
+//!
+//! `uses.rs`: `verify` and the records of a use.
 //!
 //! Requests are idempotent where a retry can repeat them: registering again finishes the same
 //! registration; a retried rotate or revoke is a new operation id, which is harmless (a second
@@ -18,11 +21,17 @@ use crate::error::{Error, ErrorKind};
 use crate::ops::{self, Cause, Registration};
 use async_nats::service::{Request, ServiceExt};
 use futures::StreamExt;
+mod uses;
+
 use keyloop_core::api::{
-    AccessRules, ApiError, ApiReply, FetchReply, FetchRequest, IdRequest, Queued, RegisterRequest,
-    RetireRequest, RevokeRequest, UpdateRequest, Verb, VerifyReply, VerifyRequest,
+    ApiError, ApiReply, FetchReply, FetchRequest, IdRequest, Queued, RegisterRequest,
+    RetireRequest, RevokeRequest, UpdateRequest, Verb,
 };
 use keyloop_core::event::{RevokeCommand, RotateCommand};
+use keyloop_core::policy::{
+    CredentialAttrs, Decision, Outcome, PolicyEngine, PolicyRequest, Principal, RequestContext,
+    Resource, Source,
+};
 use keyloop_core::{
     Credential, CredentialId, LifecycleData, LifecycleKind, Retired, RevokeReason, RotationReason,
     Stage,
@@ -53,7 +62,7 @@ pub fn service_name(topology: &keyloop_nats::Topology) -> String {
 /// Serves the control plane until `shutdown`, then answers the requests in hand.
 pub async fn serve(
     ctx: Arc<WorkerContext>,
-    rules: AccessRules,
+    engine: Arc<PolicyEngine>,
     shutdown: CancellationToken,
 ) -> Result<(), Error> {
     let client = ctx.bus()?.client.clone();
@@ -82,16 +91,15 @@ pub async fn serve(
         warn!(error = %e, "could not confirm the subscription with the server; it is sent again on reconnect");
     }
     info!(%subject, group = QUEUE_GROUP, service = %name, "api serving");
-    let rules = Arc::new(rules);
     let permits = Arc::new(Semaphore::new(MAX_IN_FLIGHT));
     let mut tasks = tokio::task::JoinSet::new();
     let take = |request: Request, tasks: &mut tokio::task::JoinSet<()>| {
-        let (ctx, rules, permits) = (ctx.clone(), rules.clone(), permits.clone());
+        let (ctx, engine, permits) = (ctx.clone(), engine.clone(), permits.clone());
         tasks.spawn(async move {
             let Ok(_permit) = permits.acquire_owned().await else {
                 return;
             };
-            let reply = answer(&ctx, &rules, &request).await.unwrap_or_else(|e| e);
+            let reply = answer(&ctx, &engine, &request).await.unwrap_or_else(|e| e);
             if let Err(e) = request.respond(Ok(reply.into())).await {
                 warn!(error = %e, "could not send the reply; the requester will time out");
             }
@@ -128,7 +136,7 @@ pub async fn serve(
 /// of a request that could not even be read).
 async fn answer(
     ctx: &WorkerContext,
-    rules: &AccessRules,
+    engine: &PolicyEngine,
     request: &Request,
 ) -> Result<Vec<u8>, Vec<u8>> {
     let subject = request.message.subject.as_str();
@@ -157,7 +165,7 @@ async fn answer(
             ),
         ))));
     }
-    let api = Api { ctx, rules, actor };
+    let api = Api { ctx, engine, actor };
     Ok(match verb {
         Verb::Register => reply(api.register(decode(payload)?).await),
         Verb::Update => reply(api.update(decode(payload)?).await),
@@ -207,7 +215,7 @@ fn api_error(e: Error) -> ApiError {
 /// One request, by one proved actor.
 struct Api<'a> {
     ctx: &'a WorkerContext,
-    rules: &'a AccessRules,
+    engine: &'a PolicyEngine,
     actor: &'a str,
 }
 
@@ -221,49 +229,101 @@ impl Api<'_> {
         }
     }
 
-    /// `forbidden`, recorded as `denied` (who, what); the record names no value.
-    async fn refuse(&self, verb: Verb, credential: Option<&CredentialId>) -> ApiError {
+    /// What the policy says about the actor doing `verb` to `resource`.
+    fn decide(&self, verb: Verb, resource: Resource<'_>) -> Decision {
+        let decision = self.engine.decide(&PolicyRequest {
+            principal: Principal::actor(self.actor),
+            action: verb.into(),
+            resource,
+            context: RequestContext::new(OffsetDateTime::now_utc(), Source::Api),
+        });
+        if !decision.errors.is_empty() {
+            warn!(actor = self.actor, verb = verb.name(), errors = ?decision.errors, "policies skipped: they could not be evaluated for this request");
+        }
+        decision
+    }
+
+    /// Refuses what the policy does not allow now: `forbidden` for a deny, recorded as
+    /// `denied` (who, what, the deciding policies; never a value); `approval_required` for a
+    /// request the policy allows only after an approval.
+    async fn refuse(
+        &self,
+        verb: Verb,
+        credential: Option<&CredentialId>,
+        decision: Option<&Decision>,
+    ) -> ApiError {
+        let what = credential.map_or_else(|| "credentials".to_owned(), |c| c.to_string());
+        if let Some(Outcome::Approve(need)) = decision.map(|d| &d.outcome) {
+            return ApiError::new(
+                "approval_required",
+                format!(
+                    "{} {what} needs {} approval(s){} under policy {}; approvals are not available on this api yet",
+                    verb.name(),
+                    need.approvers,
+                    need.group
+                        .as_ref()
+                        .map(|g| format!(" from group {g}"))
+                        .unwrap_or_default(),
+                    decision.map(Decision::policies_text).unwrap_or_default()
+                ),
+            );
+        }
         let step = format!("denied/{}", uuid::Uuid::now_v7());
         let mut data = LifecycleData::new(LifecycleKind::Denied, credential.cloned(), None);
         data.detail = Some(format!("{} refused", verb.name()));
+        if let Some(d) = decision {
+            data.policies.clone_from(&d.policies);
+        }
         if let Err(e) = self.cause(None).publish(self.ctx, &step, data).await {
             warn!(error = %e, actor = self.actor, "could not record a denied request");
         }
-        warn!(actor = self.actor, verb = verb.name(), credential = ?credential, "request refused");
+        warn!(actor = self.actor, verb = verb.name(), credential = ?credential, policies = ?decision.map(|d| &d.policies), "request refused");
         ApiError::new(
             "forbidden",
             format!(
-                "{} may not {} {}; ask an operator (the owner and consumers of a credential are set with `keyloop credential update`)",
+                "{} may not {} {what}; ask an operator (the owner and consumers of a credential are set with `keyloop credential update`; who may do what is the workers' --policy)",
                 self.actor,
                 verb.name(),
-                credential.map_or_else(|| "credentials".to_owned(), |c| c.to_string())
             ),
         )
     }
 
-    /// The credential, once the actor may `verb` it. A credential the actor may not see is
-    /// refused the same way as one that does not exist would be to an admin: `forbidden`.
+    /// The credential, once the actor may `verb` it now. A credential that does not exist is
+    /// `not_found` to an admin and `forbidden` to anyone else, as one they may not see is.
     async fn authorized(&self, verb: Verb, id: &CredentialId) -> Result<Credential, ApiError> {
         match self.ctx.inventory.get(id).await.map_err(api_error)? {
-            Some((cred, _)) if self.rules.allows(self.actor, verb, Some(&cred)) => Ok(cred),
-            Some(_) => Err(self.refuse(verb, Some(id)).await),
-            None if self.rules.allows(self.actor, verb, None) || self.is_admin() => {
-                Err(ApiError::new(
-                    "not_found",
-                    format!("credential {id} is not registered (see `keyloop credential list`)"),
-                ))
+            Some((cred, _)) => {
+                let decision = self.decide(verb, Resource::Credential((&cred).into()));
+                if decision.allowed_now() {
+                    Ok(cred)
+                } else {
+                    Err(self.refuse(verb, Some(id), Some(&decision)).await)
+                }
             }
-            None => Err(self.refuse(verb, Some(id)).await),
+            None if self.engine.is_admin(self.actor) => Err(ApiError::new(
+                "not_found",
+                format!("credential {id} is not registered (see `keyloop credential list`)"),
+            )),
+            None => Err(self.refuse(verb, Some(id), None).await),
         }
     }
 
-    fn is_admin(&self) -> bool {
-        self.rules.admins.iter().any(|a| a == self.actor)
-    }
-
     async fn register(&self, req: RegisterRequest) -> Result<Credential, ApiError> {
-        if !self.rules.allows(self.actor, Verb::Register, None) {
-            return Err(self.refuse(Verb::Register, Some(&req.id)).await);
+        let to_be = CredentialAttrs {
+            id: &req.id,
+            owner: req.policy.owner.as_deref(),
+            consumers: &req.consumers,
+            blast_radius: req.policy.blast_radius,
+            tags: &req.policy.tags,
+            store: req.store,
+            target: req.target,
+            retired: false,
+        };
+        let decision = self.decide(Verb::Register, Resource::Credential(to_be));
+        if !decision.allowed_now() {
+            return Err(self
+                .refuse(Verb::Register, Some(&req.id), Some(&decision))
+                .await);
         }
         let registration = Registration {
             id: req.id.clone(),
@@ -308,11 +368,19 @@ impl Api<'_> {
         .map_err(api_error)
     }
 
+    /// The credentials the actor may `list`, once it may list the inventory at all.
     async fn list(&self) -> Result<Vec<Credential>, ApiError> {
+        let decision = self.decide(Verb::List, Resource::Inventory);
+        if !decision.allowed_now() {
+            return Err(self.refuse(Verb::List, None, Some(&decision)).await);
+        }
         let all = self.ctx.inventory.list().await.map_err(api_error)?;
         Ok(all
             .into_iter()
-            .filter(|c| self.rules.allows(self.actor, Verb::Show, Some(c)))
+            .filter(|c| {
+                self.decide(Verb::List, Resource::Credential(c.into()))
+                    .allowed_now()
+            })
             .collect())
     }
 
@@ -458,116 +526,6 @@ impl Api<'_> {
             version: version.id,
             value: value.expose().to_owned(),
         })
-    }
-}
-
-impl Api<'_> {
-    /// Whether `req.value` is a live version of `req.id`, for an actor who may use it. A live
-    /// one is a use (recorded as a fetch is); any other is recorded as `verify_denied` with the
-    /// actor and, when the value is one of this credential's dead versions, which one — so an
-    /// incident shows who still presents a revoked or leaked secret. A value that belongs to
-    /// nothing, or to something else, is "not one of its versions" and names nothing else.
-    async fn verify(&self, req: VerifyRequest) -> Result<VerifyReply, ApiError> {
-        let cred = self.authorized(Verb::Verify, &req.id).await?;
-        let value = keyloop_core::Secret::new(req.value);
-        let keys = keyloop_core::Fingerprint::of(&value).lookup_keys();
-        drop(value);
-        let found = self
-            .ctx
-            .fingerprints
-            .lookup(&keys)
-            .await
-            .map_err(api_error)?;
-        let version = match found {
-            Some(keyloop_nats::FingerprintRef::Version {
-                credential,
-                version,
-            }) if credential == req.id => cred.version(version),
-            _ => None,
-        };
-        match version {
-            Some(v) if matches!(v.stage, Stage::Current | Stage::Previous) => {
-                self.record_fetch(&req.id, v.id).await.map_err(api_error)?;
-                Ok(VerifyReply {
-                    valid: true,
-                    version: Some(v.id),
-                    stage: Some(v.stage),
-                })
-            }
-            Some(v) => {
-                let detail = format!(
-                    "a {} version was presented{}",
-                    v.stage.name(),
-                    v.revoke_reason
-                        .map(|r| format!(" (revoked: {})", r.name()))
-                        .unwrap_or_default()
-                );
-                self.record_verify_denied(&req.id, Some(v.id), Some(v.stage), detail)
-                    .await;
-                Ok(VerifyReply {
-                    valid: false,
-                    version: Some(v.id),
-                    stage: Some(v.stage),
-                })
-            }
-            None => {
-                let detail = "a value that is not one of its versions was presented".to_owned();
-                self.record_verify_denied(&req.id, None, None, detail).await;
-                Ok(VerifyReply {
-                    valid: false,
-                    version: None,
-                    stage: None,
-                })
-            }
-        }
-    }
-
-    /// `verify_denied` for a dead or unknown value, once per actor, version and
-    /// `USE_RECORD_INTERVAL_SECS` (the event id dedups a flood of the same attempt). Best
-    /// effort: the answer stands even when the record cannot be written, and that is logged.
-    async fn record_verify_denied(
-        &self,
-        id: &CredentialId,
-        version: Option<uuid::Uuid>,
-        stage: Option<Stage>,
-        detail: String,
-    ) {
-        let window = OffsetDateTime::now_utc()
-            .unix_timestamp()
-            .div_euclid(ops::USE_RECORD_INTERVAL_SECS);
-        let mut data = LifecycleData::new(LifecycleKind::VerifyDenied, Some(id.clone()), version);
-        data.stage = stage;
-        data.actor = Some(self.actor.to_owned());
-        data.detail = Some(detail);
-        let which = version.map_or_else(|| "unknown".to_owned(), |v| v.to_string());
-        let step = format!("verify_denied/{id}/{which}/{}/{window}", self.actor);
-        if let Err(e) = self.cause(None).publish(self.ctx, &step, data).await {
-            warn!(error = %e, actor = self.actor, credential = %id, "could not record a denied verification");
-        }
-        warn!(actor = self.actor, credential = %id, version = ?version, "a value that does not work was presented");
-    }
-
-    /// A fetch is a use: `last_used_at` moves (idle revocation counts from it) and `used` is
-    /// published with the actor and the version — once per actor, version and
-    /// `USE_RECORD_INTERVAL_SECS`, so a service fetching in a loop adds one event a minute and
-    /// "who still uses the old version" has an answer.
-    async fn record_fetch(&self, id: &CredentialId, version: uuid::Uuid) -> Result<(), Error> {
-        let now = OffsetDateTime::now_utc();
-        crate::claim::update_credential(self.ctx, id, |c| {
-            if c.last_used_at.is_some_and(|t| t >= now) {
-                return Ok(Change::Keep(()));
-            }
-            c.last_used_at = Some(now);
-            Ok(Change::Write(()))
-        })
-        .await?;
-        let window = now
-            .unix_timestamp()
-            .div_euclid(ops::USE_RECORD_INTERVAL_SECS);
-        let mut data = LifecycleData::new(LifecycleKind::Used, Some(id.clone()), Some(version));
-        data.actor = Some(self.actor.to_owned());
-        let step = format!("used/{id}/{version}/{}/{window}", self.actor);
-        self.cause(None).publish(self.ctx, &step, data).await
     }
 }
 
