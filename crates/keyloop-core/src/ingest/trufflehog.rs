@@ -225,9 +225,9 @@ mod tests {
                     PartOf::Companion,
                     fingerprint("postgres://app:FAKE-th-pg-0008@db:5432/orders?sslmode=require")
                 ),
-                // `SecretParts` in key order.
-                (PartOf::Companion, fingerprint("FAKE-th-part-0009")),
+                // `SecretParts` in the report's order (the password is already there).
                 (PartOf::Companion, fingerprint("app")),
+                (PartOf::Companion, fingerprint("FAKE-th-part-0009")),
             ]
         );
         // The fixture's URI detector line has RawV2 equal to Raw: one part, its password.
