@@ -412,6 +412,7 @@ async fn every_role_runs_the_loop_with_its_own_user_and_no_more() {
     let api_bus = connect_as(&url, "api").await;
     let lifecycle_writer = &api_bus.client;
     let mut detector = Probe::connect(&url, "detector").await;
+    let mut webhooks = Probe::connect(&url, "ingest").await;
     let mut orchestrator = Probe::connect(&url, "orchestrator-a").await;
     let mut other_orchestrator = Probe::connect(&url, "orchestrator-b").await;
     let mut responder = Probe::connect(&url, "leak-responder").await;
@@ -551,6 +552,35 @@ async fn every_role_runs_the_loop_with_its_own_user_and_no_more() {
         .cannot_publish("$JS.API.STREAM.MSG.GET.KEYLOOP_LIFECYCLE")
         .await;
     detector.cannot_publish("$SRV.PING.keyloop-jit").await;
+
+    // The webhook receiver (`ingest serve`) publishes leaks and looks tokens up in the
+    // fingerprint index by key; it cannot list or write the index, send a command, record a
+    // lifecycle event or read one.
+    webhooks
+        .js
+        .publish("keyloop.leak.detected", leak_event().into())
+        .await
+        .unwrap()
+        .await
+        .expect("a webhook's leak is stored");
+    webhooks.nothing_refused().await;
+    for subject in [
+        "keyloop.cmd.revoke",
+        "keyloop.lifecycle.revoked.svc",
+        "$KV.keyloop_fingerprints.v1.sha256.probe",
+        "$JS.API.CONSUMER.CREATE.KV_keyloop_fingerprints",
+        "$JS.API.DIRECT.GET.KV_keyloop_inventory.$KV.keyloop_inventory.cred.svc",
+        "$JS.API.DIRECT.GET.KV_keyloop_secrets.$KV.keyloop_secrets.probe",
+        "keyloop.api.ingest.list",
+    ] {
+        webhooks.cannot_publish(subject).await;
+    }
+    webhooks
+        .cannot_subscribe(
+            "keyloop.lifecycle.>",
+            lifecycle_published("keyloop.lifecycle.used.probe-w"),
+        )
+        .await;
 
     // An orchestrator reads no leak: not live, not from the stream.
     let leak_published = {
