@@ -28,6 +28,10 @@ mod generic;
 mod github;
 mod gitleaks;
 mod json;
+
+/// The JSON type of a value, with an article (`a number`, `an object`), for "expected …,
+/// found …" messages that never quote the value itself.
+pub use json::fields::kind as json_kind;
 mod kingfisher;
 mod repeats;
 mod sarif;

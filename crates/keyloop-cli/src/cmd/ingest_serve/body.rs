@@ -70,18 +70,8 @@ pub(crate) fn json_problem(err: &serde_json::Error) -> String {
     format!("the body is not valid JSON: {phrase}{position}")
 }
 
-/// The kind of a JSON value, for messages (`a number`, `an object`).
-pub(crate) fn kind(value: &serde_json::Value) -> &'static str {
-    use serde_json::Value;
-    match value {
-        Value::Null => "null",
-        Value::Bool(_) => "a boolean",
-        Value::Number(_) => "a number",
-        Value::String(_) => "a string",
-        Value::Array(_) => "an array",
-        Value::Object(_) => "an object",
-    }
-}
+/// The kind of a JSON value, for messages (`a number`, `an object`): the parsers' own.
+pub(crate) use keyloop_core::ingest::json_kind as kind;
 
 #[cfg(test)]
 mod tests {

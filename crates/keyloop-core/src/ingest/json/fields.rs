@@ -5,7 +5,7 @@ use crate::secret::Secret;
 use serde_json::{Map, Value};
 
 /// The JSON type of a value, with an article, for "expected …, found …" reasons.
-pub(crate) const fn kind(value: &Value) -> &'static str {
+pub const fn kind(value: &Value) -> &'static str {
     match value {
         Value::Null => "null",
         Value::Bool(_) => "a boolean",

@@ -17,7 +17,7 @@
 //! parse failure that the walkers share.
 
 mod document;
-mod fields;
+pub(crate) mod fields;
 mod input;
 mod lines;
 mod scrubbed;
