@@ -40,6 +40,8 @@ async fn issue(env: &Env, task: &str) -> IssueReply {
         scope: "read".into(),
         ttl_secs: 3_000,
         identity_token: None,
+        approval: None,
+        wait_secs: None,
     })
     .unwrap();
     for _ in 0..50 {

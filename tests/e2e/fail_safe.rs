@@ -84,6 +84,7 @@ async fn a_leaked_password_whose_stored_value_does_not_decrypt_is_still_killed_a
         leak_published_at: Some(OffsetDateTime::now_utc()),
         then_rotate: false,
         note: None,
+        released_by: None,
     };
     revoker::execute(&ctx, &cmd, &cause(), false)
         .await
@@ -227,6 +228,7 @@ async fn a_revocation_kept_out_by_a_busy_claim_on_its_last_delivery_reports_revo
         leak_published_at: None,
         then_rotate: false,
         note: None,
+        released_by: None,
     };
     let early = revoker::execute(&ctx, &cmd, &cause(), false).await;
     assert_eq!(early.unwrap_err().kind(), keyloop_workers::ErrorKind::Busy);
@@ -444,6 +446,7 @@ async fn a_leak_and_an_operator_revoking_the_same_version_ask_for_one_rotation()
         leak_published_at: None,
         then_rotate: true,
         note: None,
+        released_by: None,
     };
     // Whichever revokes first, the other finds the version revoked: both ask for the rotation
     // that replaces it, and that is one command.

@@ -278,7 +278,9 @@ impl Env {
         }
         let serving_as = self.user.map(|_| "api");
         let mut cmd = self.process(serving_as, true);
-        cmd.env("KEYLOOP_API_ADMINS", "ops,anonymous");
+        if !wanted.iter().any(|(k, _)| k == "KEYLOOP_API_ADMINS") {
+            cmd.env("KEYLOOP_API_ADMINS", "ops,anonymous");
+        }
         let name = format!("api-{}", uuid::Uuid::now_v7().simple());
         let worker = self.spawn_worker(cmd, &name, &["api"]);
         let deadline = std::time::Instant::now() + Duration::from_secs(30);

@@ -187,7 +187,14 @@ async fn refused_requests_say_why_and_issue_nothing() {
         assert!(stderr.contains(expect), "{stderr}");
         assert!(out.stdout.is_empty(), "no token printed");
     }
-    assert!(lifecycle(&env.bus).await.is_empty(), "nothing was issued");
+    // The approve-tier request is held for approvers (`approval_requested`); nothing is issued.
+    let events = lifecycle(&env.bus).await;
+    assert!(
+        events
+            .iter()
+            .all(|e| e.data.kind == keyloop_core::LifecycleKind::ApprovalRequested),
+        "nothing was issued: {events:?}"
+    );
 }
 
 /// Sends a service API request (`$SRV.<verb>.keyloop-jit`, or to one instance with
@@ -323,6 +330,8 @@ async fn a_sweep_over_10000_live_leases_with_10_due_touches_about_10_items() {
                 scope: "read".into(),
                 ttl_secs,
                 identity_token: None,
+                approval: None,
+                wait_secs: None,
             };
             jit_issuer::issue(&ctx, &engine, &policy, &Default::default(), &req, now)
                 .await
@@ -490,6 +499,8 @@ async fn on_sigterm_the_issuer_stops_taking_requests_and_still_answers_the_one_i
             scope: "db-read".into(),
             ttl_secs: 600,
             identity_token: None,
+            approval: None,
+            wait_secs: None,
         };
         // Longer than the default 10 s: the lock wait, the stop and the checks below all
         // happen while this request is in hand, and a loaded CI machine is slow.
@@ -554,6 +565,8 @@ async fn on_sigterm_the_issuer_stops_taking_requests_and_still_answers_the_one_i
         scope: "read".into(),
         ttl_secs: 60,
         identity_token: None,
+        approval: None,
+        wait_secs: None,
     };
     assert_eq!(
         request_or_no_responders(

@@ -454,6 +454,7 @@ async fn the_same_value_in_two_reports_of_two_formats_is_revoked_and_rotated_onc
         leak_published_at: Some(time::OffsetDateTime::now_utc()),
         then_rotate: true,
         note: None,
+        released_by: None,
     };
     let resend = CloudEvent::new(
         uuid::Uuid::now_v7().to_string(),

@@ -433,6 +433,8 @@ async fn every_role_runs_the_loop_with_its_own_user_and_no_more() {
             scope: "read".into(),
             ttl_secs: 60,
             identity_token: None,
+            approval: None,
+            wait_secs: None,
         };
         let client = orchestrator_client.clone();
         async move {
@@ -483,6 +485,8 @@ async fn every_role_runs_the_loop_with_its_own_user_and_no_more() {
                 scope: "read".into(),
                 ttl_secs: 60,
                 identity_token: None,
+                approval: None,
+                wait_secs: None,
             })
             .unwrap()
             .into(),

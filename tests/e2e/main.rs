@@ -3,6 +3,7 @@
 //! by `keyloop-testkit`.
 
 mod api;
+mod approvals;
 mod aws;
 mod bad_input;
 mod broker;

@@ -23,6 +23,8 @@ pub(crate) fn issue_request(task_id: String, ttl_secs: u64) -> IssueRequest {
         scope: "read".into(),
         ttl_secs,
         identity_token: None,
+        approval: None,
+        wait_secs: None,
     }
 }
 
@@ -75,8 +77,31 @@ pub(crate) async fn run(env: &Env<'_>) -> Result<JitFigures> {
     Ok(JitFigures {
         keyloop: Percentiles::of(issued),
         raw: Percentiles::of(raw),
+        decision: Percentiles::of(decisions(requests.max(1_000))),
         live_leases: requests,
     })
+}
+
+/// The policy decision of `n` issue requests as the jit-issuer makes it for each
+/// ([`keyloop_core::JitPolicy::decide_terms`] under the default Cedar policy), timed one by one:
+/// what the policy engine adds to every `jit.issue`.
+fn decisions(n: usize) -> Vec<Duration> {
+    let engine = keyloop_core::policy::PolicyEngine::default_policy(
+        keyloop_core::policy::Groups::with_admins(keyloop_workers::DEFAULT_API_ADMINS),
+    );
+    let policy = keyloop_core::JitPolicy::default();
+    let verifier = keyloop_core::identity::IdentityVerifier::default();
+    let now = time::OffsetDateTime::now_utc();
+    (0..n)
+        .map(|i| {
+            let req = issue_request(format!("bench-decide-{i}"), 60);
+            let t = Instant::now();
+            let decided = policy.decide_terms(&engine, &req, &verifier, now);
+            let spent = t.elapsed();
+            std::hint::black_box(decided.is_ok());
+            spent
+        })
+        .collect()
 }
 
 /// `requests` round trips to a queue subscription that replies at once, with a payload the

@@ -53,6 +53,8 @@ pub(crate) struct Report {
 pub(crate) struct JitFigures {
     pub(crate) keyloop: Percentiles,
     pub(crate) raw: Percentiles,
+    /// The policy decision each issue makes (Cedar, the default policy), timed in-process.
+    pub(crate) decision: Percentiles,
     /// Leases the JIT phase issued and left live (the sweep line's inventory).
     pub(crate) live_leases: usize,
 }
@@ -296,6 +298,7 @@ impl Report {
             for (name, q) in [
                 ("keyloop: jit.issue → reply", &j.keyloop),
                 ("raw NATS request/reply", &j.raw),
+                ("  of which: the policy decision", &j.decision),
             ] {
                 out.push(format!(
                     "  {:<44}{:>9.2} ms{:>9.2} ms{:>9.2} ms{:>9.2} ms",
@@ -422,6 +425,14 @@ impl Report {
         if let Some(j) = &self.jit {
             latency("jit_issue", &j.keyloop);
             latency("baseline_request_reply", &j.raw);
+            put(
+                "jit_policy_decision_p50_us",
+                json!((j.decision.p50.as_secs_f64() * 1e6 * 10.0).round() / 10.0),
+            );
+            put(
+                "jit_policy_decision_p99_us",
+                json!((j.decision.p99.as_secs_f64() * 1e6 * 10.0).round() / 10.0),
+            );
         }
         if let Some(s) = &self.sweep {
             put("sweep_live_leases", json!(s.live));

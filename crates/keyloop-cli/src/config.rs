@@ -2,11 +2,11 @@
 //! the master key and the data directory. Libraries get these as arguments.
 
 use crate::cli::{Cli, Command, Global};
+pub(crate) use crate::policy_config::{approval_settings, groups, policy_engine};
 use anyhow::{Context, Result, bail};
 use keyloop_backends::{AwsSecretsManager, AwsSmConfig, MasterKey, PostgresConfig, PostgresTarget};
 use keyloop_core::Secret;
 use keyloop_core::duration::{Bounds, DurationError, LEASE_TTL, TICK_INTERVAL};
-use keyloop_core::policy::{Groups, PolicyEngine};
 use keyloop_nats::bus::Connect;
 use keyloop_nats::{Bus, Topology};
 use keyloop_workers::{Backends, WorkerContext};
@@ -330,45 +330,11 @@ pub(crate) fn worker_config(args: &crate::cli::RunArgs) -> Result<keyloop_worker
         tick_interval,
         jit_policy,
         identity_verifier,
-        policy: Arc::new(policy_engine(args.policy.as_deref(), &args.api_admins)?),
+        policy: Arc::new(policy_engine(
+            args.policy.as_deref(),
+            &groups(&args.api_admins, &args.policy_groups)?,
+        )?),
     })
-}
-
-/// Largest policy file read.
-const MAX_POLICY_BYTES: u64 = 1024 * 1024;
-
-/// The policy engine of `--policy` (or the default policy), its `admins` group the api's
-/// admins. A file that does not load is refused with every problem as `FILE:LINE:COLUMN:
-/// what`, and what to do.
-pub(crate) fn policy_engine(file: Option<&Path>, admins: &[String]) -> Result<PolicyEngine> {
-    let groups = Groups::with_admins(admins.iter().cloned());
-    let Some(path) = file else {
-        return Ok(PolicyEngine::default_policy(groups));
-    };
-    let text = read_policy(path)?;
-    PolicyEngine::load(&text, &path.display().to_string(), groups).map_err(|errors| {
-        let lines: Vec<String> = errors.iter().map(ToString::to_string).collect();
-        anyhow::anyhow!(
-            "policy {} is refused:\n{}\nfix it (the schema: `keyloop policy schema`; a starting point: `keyloop policy default`)",
-            path.display(),
-            lines.join("\n")
-        )
-    })
-}
-
-/// The text of a policy file, at most [`MAX_POLICY_BYTES`].
-fn read_policy(path: &Path) -> Result<String> {
-    use std::io::Read;
-    let file = std::fs::File::open(path)
-        .with_context(|| format!("cannot read policy {}", path.display()))?;
-    let mut text = String::new();
-    file.take(MAX_POLICY_BYTES + 1)
-        .read_to_string(&mut text)
-        .with_context(|| format!("cannot read policy {} as UTF-8 text", path.display()))?;
-    if text.len() as u64 > MAX_POLICY_BYTES {
-        anyhow::bail!("policy {} is over {MAX_POLICY_BYTES} bytes", path.display());
-    }
-    Ok(text)
 }
 
 /// Largest JWKS file read: a few keys are a few KiB.
@@ -457,6 +423,7 @@ pub(crate) async fn apply_run_args(
         tracing::warn!(%spec, "injecting backend faults (tests and game days only)");
         ctx.backends.faults = Some(Arc::new(faults));
     }
+    ctx.approval_settings = approval_settings(args)?;
     if let Some(addr) = args.metrics_addr {
         crate::metrics_http::serve(addr).await?;
     }
@@ -551,12 +518,12 @@ mod tests {
             "@id(\"ok\")\npermit (principal, action, resource);\n@id(\"bad\")\npermit (principal, action == Keyloop::Action::\"delete\", resource);\n",
         )
         .unwrap();
-        let e = policy_engine(Some(&file), &["ops".into()])
+        let e = policy_engine(Some(&file), &groups(&["ops".into()], &[]).unwrap())
             .unwrap_err()
             .to_string();
         assert!(e.contains(&format!("{}:4:", file.display())), "{e}");
         assert!(e.contains("keyloop policy schema"), "{e}");
-        let engine = policy_engine(None, &["ops".into()]).unwrap();
+        let engine = policy_engine(None, &groups(&["ops".into()], &[]).unwrap()).unwrap();
         assert!(engine.is_admin("ops"));
     }
 

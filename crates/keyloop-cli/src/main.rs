@@ -8,6 +8,7 @@ mod cmd;
 mod config;
 mod metrics_http;
 mod output;
+mod policy_config;
 
 use clap::Parser;
 use std::process::ExitCode;

@@ -205,6 +205,15 @@ pub(crate) fn lifecycle_row(e: &LifecycleEvent) -> String {
     if let Some(a) = &d.actor {
         line.push_str(&format!(" actor={a}"));
     }
+    if let Some(a) = &d.approval {
+        line.push_str(&format!(
+            " approval={} grants={}/{}",
+            a.id, a.grants, a.approvers_needed
+        ));
+    }
+    if !d.policies.is_empty() {
+        line.push_str(&format!(" policies={}", d.policies.join(",")));
+    }
     if let Some(c) = &e.correlationid {
         line.push_str(&format!(" correlation={c}"));
     }

@@ -35,11 +35,19 @@ pub enum Verb {
     Fetch,
     /// Whether a presented value is a live version of the credential.
     Verify,
+    /// The approvals the actor asked for or may decide (pending ones unless `all`).
+    Approvals,
+    /// One approval.
+    Approval,
+    /// Approve a pending approval (never one's own).
+    Approve,
+    /// Deny a pending approval, with a reason.
+    Deny,
 }
 
 impl Verb {
     /// Every verb.
-    pub const ALL: [Verb; 9] = [
+    pub const ALL: [Verb; 13] = [
         Self::Register,
         Self::Update,
         Self::Retire,
@@ -49,6 +57,10 @@ impl Verb {
         Self::Revoke,
         Self::Fetch,
         Self::Verify,
+        Self::Approvals,
+        Self::Approval,
+        Self::Approve,
+        Self::Deny,
     ];
 
     /// The subject token.
@@ -63,6 +75,10 @@ impl Verb {
             Self::Revoke => "revoke",
             Self::Fetch => "fetch",
             Self::Verify => "verify",
+            Self::Approvals => "approvals",
+            Self::Approval => "approval",
+            Self::Approve => "approve",
+            Self::Deny => "deny",
         }
     }
 
@@ -70,6 +86,54 @@ impl Verb {
     pub fn parse(token: &str) -> Option<Self> {
         Self::ALL.into_iter().find(|v| v.name() == token)
     }
+
+    /// Whether it is about approvals rather than a credential: the policy decides those as
+    /// the `approve` action on what the approval holds, not as a verb of their own.
+    pub const fn is_approval(self) -> bool {
+        matches!(
+            self,
+            Self::Approvals | Self::Approval | Self::Approve | Self::Deny
+        )
+    }
+}
+
+/// `approvals`: pending approvals, or every one kept (`all`).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ApprovalsRequest {
+    /// Also the decided, used and expired ones.
+    #[serde(default)]
+    pub all: bool,
+}
+
+/// `approval`, `approve`: one approval by id.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ApprovalIdRequest {
+    /// The approval id.
+    pub id: String,
+}
+
+/// `deny`: refuse a pending approval.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct DenyRequest {
+    /// The approval id.
+    pub id: String,
+    /// Why: the requester and the audit log read it.
+    pub reason: String,
+}
+
+/// The reply to `approve` and `deny`: the approval as it stands now, and the operation its
+/// grant started (a held rotation, revocation, retirement or batch), if any.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Decided {
+    /// The approval.
+    pub approval: crate::policy::Approval,
+    /// The operation the grant released.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub op_id: Option<String>,
 }
 
 /// `register`.
@@ -205,6 +269,10 @@ pub struct FetchReply {
 pub struct Queued {
     /// The operation id (also the correlation id of its events).
     pub op_id: String,
+    /// Set when the policy holds the operation for an approval: its id. The operation runs
+    /// (with `op_id`) only once it is granted (`keyloop approvals approve ID`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub approval: Option<String>,
 }
 
 /// A refused or failed request.
@@ -270,7 +338,11 @@ mod tests {
 
     #[test]
     fn replies_are_ok_or_error_objects() {
-        let ok: ApiReply<Queued> = Ok(Queued { op_id: "x".into() }).into();
+        let ok: ApiReply<Queued> = Ok(Queued {
+            op_id: "x".into(),
+            approval: None,
+        })
+        .into();
         assert_eq!(
             serde_json::to_value(&ok).unwrap(),
             serde_json::json!({"ok": {"op_id": "x"}})

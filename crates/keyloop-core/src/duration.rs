@@ -130,6 +130,30 @@ pub const WAIT_TIMEOUT: Bounds = Bounds {
     capped_by: None,
 };
 
+/// `task start --wait-timeout`: how long to wait for approvers, from 1 s to 7 days.
+pub const APPROVAL_WAIT: Bounds = Bounds {
+    setting: "wait-timeout",
+    min_secs: 1,
+    max_secs: 7 * 86_400,
+    capped_by: None,
+};
+
+/// `--approval-ttl`: how long an approval waits for its approvers, from 1 s to 7 days.
+pub const APPROVAL_TTL: Bounds = Bounds {
+    setting: "approval-ttl",
+    min_secs: 1,
+    max_secs: 7 * 86_400,
+    capped_by: None,
+};
+
+/// The window of `--revocation-budget N/WINDOW`: from 1 s to 1 day.
+pub const BUDGET_WINDOW: Bounds = Bounds {
+    setting: "revocation-budget",
+    min_secs: 1,
+    max_secs: 86_400,
+    capped_by: None,
+};
+
 impl Bounds {
     /// These bounds with the maximum lowered to `max_secs` (never raised), for a setting
     /// limited by another one, `by`: `grace` by `max-age`.

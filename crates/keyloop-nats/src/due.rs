@@ -44,6 +44,11 @@ pub enum DueItem {
         /// The credential.
         credential: CredentialId,
     },
+    /// An approval reaches its deadline.
+    ApprovalDeadline {
+        /// The approval id.
+        approval: String,
+    },
 }
 
 impl DueItem {
@@ -57,6 +62,7 @@ impl DueItem {
             } => format!("retire.{credential}.{version}"),
             Self::Expire { lease } => format!("expire.{lease}"),
             Self::Idle { credential } => format!("idle.{credential}"),
+            Self::ApprovalDeadline { approval } => format!("approval.{approval}"),
         }
     }
 }

@@ -15,11 +15,11 @@ use uuid::Uuid;
 
 /// How many times a compare-and-set is tried in all before giving up after lost races
 /// (transiently: the message will be redelivered).
-const CAS_ATTEMPTS: usize = 32;
+pub(crate) const CAS_ATTEMPTS: usize = 32;
 
 /// The pause before trying a lost compare-and-set again: a few milliseconds, jittered so
 /// racing replicas fall out of step; [`CAS_ATTEMPTS`] tries in all, about half a second at most.
-fn cas_backoff() -> ExponentialBuilder {
+pub(crate) fn cas_backoff() -> ExponentialBuilder {
     ExponentialBuilder::default()
         .with_min_delay(Duration::from_millis(1))
         .with_max_delay(Duration::from_millis(10))
@@ -29,7 +29,7 @@ fn cas_backoff() -> ExponentialBuilder {
 
 /// Why one compare-and-set attempt did not finish.
 #[derive(Debug)]
-enum Attempt {
+pub(crate) enum Attempt {
     /// Another writer changed the entry between our read and our write: read and decide again.
     Raced,
     /// Anything else: returned as it is.
@@ -44,7 +44,10 @@ impl From<Error> for Attempt {
 
 /// The outcome of retried attempts as the caller's error:
 /// `exhausted` when every one of the [`CAS_ATTEMPTS`] lost its race.
-fn settle<T>(outcome: Result<T, Attempt>, exhausted: impl FnOnce() -> Error) -> Result<T, Error> {
+pub(crate) fn settle<T>(
+    outcome: Result<T, Attempt>,
+    exhausted: impl FnOnce() -> Error,
+) -> Result<T, Error> {
     outcome.map_err(|e| match e {
         Attempt::Raced => exhausted(),
         Attempt::Failed(e) => e,
@@ -81,7 +84,10 @@ pub enum Change<T> {
     Keep(T),
 }
 
-async fn read<T: DeserializeOwned>(kv: &kv::Store, key: &str) -> Result<Option<(T, u64)>, Error> {
+pub(crate) async fn read<T: DeserializeOwned>(
+    kv: &kv::Store,
+    key: &str,
+) -> Result<Option<(T, u64)>, Error> {
     let entry = kv
         .entry(key.to_owned())
         .await
@@ -101,7 +107,7 @@ async fn read<T: DeserializeOwned>(kv: &kv::Store, key: &str) -> Result<Option<(
     }
 }
 
-async fn create<T: Serialize>(
+pub(crate) async fn create<T: Serialize>(
     kv: &kv::Store,
     key: &str,
     value: &T,
@@ -121,7 +127,7 @@ async fn create<T: Serialize>(
     })
 }
 
-async fn update<R, T>(
+pub(crate) async fn update<R, T>(
     kv: &kv::Store,
     key: &str,
     missing: impl Fn() -> Error,
@@ -232,7 +238,7 @@ pub async fn scan(kv: &kv::Store, filter: &str) -> Result<Vec<(String, Vec<u8>)>
 /// Credentials and leases, one KV entry each.
 #[derive(Clone, Debug)]
 pub struct Inventory {
-    kv: kv::Store,
+    pub(crate) kv: kv::Store,
 }
 
 impl Inventory {

@@ -2,6 +2,7 @@
 //! publishing with dedup ids, the inventory with compare-and-set, the consume runtime shared by
 //! every worker, and the launcher for a child `nats-server`.
 
+pub mod approvals;
 pub mod bus;
 pub mod due;
 pub mod error;

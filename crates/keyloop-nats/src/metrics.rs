@@ -30,6 +30,10 @@ pub struct Metrics {
     pub rotation_failed: AtomicU64,
     /// Revocations that gave up (`revocation_failed`).
     pub revocation_failed: AtomicU64,
+    /// Revocation budgets tripped (`budget_tripped`).
+    pub budget_tripped: AtomicU64,
+    /// Tripped budgets released by an approval (`budget_released`).
+    pub budget_released: AtomicU64,
 }
 
 static METRICS: std::sync::LazyLock<Metrics> = std::sync::LazyLock::new(Metrics::default);
@@ -80,6 +84,16 @@ impl Metrics {
                 "keyloop_revocation_failed_total",
                 "Revocations that gave up.",
                 &self.revocation_failed,
+            ),
+            (
+                "keyloop_budget_tripped_total",
+                "Revocation budgets tripped (revocations held for an approval).",
+                &self.budget_tripped,
+            ),
+            (
+                "keyloop_budget_released_total",
+                "Tripped revocation budgets released by an approval.",
+                &self.budget_released,
             ),
         ] {
             let _ = writeln!(

@@ -5,7 +5,7 @@ use crate::claim::{ClaimWatch, claim_fence};
 use crate::error::{Error, ErrorKind};
 use crate::ops::Cause;
 use crate::records::memory::{MemoryDue, MemoryFingerprints, MemoryOutbox, MemoryRecords};
-use crate::records::{Due, Fingerprints, Outbox, Records};
+use crate::records::{ApprovalRecords, Due, Fingerprints, MemoryApprovals, Outbox, Records};
 use keyloop_backends::{
     LocalStore, MasterKey, NoneTarget, ResilientStore, ResilientTarget, Store, Target,
 };
@@ -100,6 +100,42 @@ pub struct WorkerContext {
     pub claim_ttl: std::time::Duration,
     /// Claims of other holders this process has seen, to tell when one stopped being renewed.
     pub claim_watch: Arc<ClaimWatch>,
+    /// Approvals, revocation budgets and their breakers.
+    pub approvals: Arc<dyn ApprovalRecords>,
+    /// How long an approval stays open, and the revocation budget.
+    pub approval_settings: ApprovalSettings,
+}
+
+/// How long an approval stays open, and how many revocations a target takes per window before
+/// the storm guard holds the rest for an approval.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ApprovalSettings {
+    /// How long a pending approval waits for its approvers.
+    pub open_for: std::time::Duration,
+    /// The revocation budget; `None`: no storm guard.
+    pub budget: Option<RevocationBudget>,
+}
+
+/// At most `max` revocations per target per `window` (leak-driven ones counted but never
+/// held).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RevocationBudget {
+    /// Revocations allowed per window.
+    pub max: u32,
+    /// The window.
+    pub window: std::time::Duration,
+}
+
+impl Default for ApprovalSettings {
+    fn default() -> Self {
+        Self {
+            open_for: std::time::Duration::from_secs(15 * 60),
+            budget: Some(RevocationBudget {
+                max: 100,
+                window: std::time::Duration::from_secs(60),
+            }),
+        }
+    }
 }
 
 impl WorkerContext {
@@ -107,6 +143,7 @@ impl WorkerContext {
     /// key is given; a key that is not the store's is refused ([`LocalStore::open_checked`]).
     pub async fn open(bus: Bus, master_key: Option<&MasterKey>) -> Result<Self, Error> {
         let inventory = bus.inventory().await?;
+        let approvals = inventory.clone();
         let fingerprints = bus.fingerprints().await?;
         let due = bus.due().await?;
         let local = match master_key {
@@ -138,6 +175,8 @@ impl WorkerContext {
             holder: new_holder(),
             claim_ttl: DEFAULT_CLAIM_TTL,
             claim_watch: Arc::default(),
+            approvals: Arc::new(approvals),
+            approval_settings: ApprovalSettings::default(),
         })
     }
 
@@ -155,6 +194,8 @@ impl WorkerContext {
             holder: new_holder(),
             claim_ttl: DEFAULT_CLAIM_TTL,
             claim_watch: Arc::default(),
+            approvals: Arc::new(MemoryApprovals::default()),
+            approval_settings: ApprovalSettings::default(),
         }
     }
 

@@ -141,6 +141,7 @@ async fn respond(ctx: &WorkerContext, delivery: &Delivery) -> Result<(), Handler
         // one: issue a fresh current right after. A leaked previous needs no replacement.
         then_rotate: matches!(version.stage, Stage::Current | Stage::Pending),
         note: None,
+        released_by: None,
     };
     cause.send(ctx, command).await?;
     Ok(())

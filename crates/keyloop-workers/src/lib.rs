@@ -13,6 +13,8 @@
 //! - [`task_completed`]: the jit-issuer role's `task.completed` → `cmd.lease.revoke` per lease.
 
 pub mod api;
+pub mod approvals;
+pub mod budget;
 pub mod claim;
 pub mod context;
 pub mod decode;
@@ -27,7 +29,7 @@ pub mod scheduler;
 pub mod sweeper;
 pub mod task_completed;
 
-pub use context::{Backends, WorkerContext};
+pub use context::{ApprovalSettings, Backends, RevocationBudget, WorkerContext};
 pub use error::{Error, ErrorKind};
 
 use keyloop_core::JitPolicy;
@@ -122,6 +124,7 @@ pub async fn run(
             Role::Api => set.spawn(api::serve(
                 ctx.clone(),
                 config.policy.clone(),
+                config.jit_policy.clone(),
                 shutdown.clone(),
             )),
             Role::JitIssuer => set.spawn(jit_issuer::serve(

@@ -7,7 +7,10 @@
 //! so a [`WorkerContext`](crate::WorkerContext) holds `Arc<dyn …>`; the generic conveniences
 //! (`update::<T>`, `require`, `send_command::<C>`) are inherent methods on the trait objects.
 
+mod approvals;
 pub mod memory;
+
+pub use approvals::{ApprovalRecords, MemoryApprovals};
 
 use crate::error::{Error, ErrorKind};
 use futures::future::BoxFuture;

@@ -32,6 +32,11 @@ async fn revoke(ctx: &WorkerContext, delivery: &Delivery) -> Result<(), HandlerE
     }
     let command = decode::command::<RevokeCommand>(&delivery.message.payload)?;
     let cause = Cause::of(SOURCE, &command);
+    let now = time::OffsetDateTime::now_utc();
+    if !crate::budget::admit(ctx, &command.data, &cause, now).await? {
+        info!(credential = %command.data.credential, op = %command.data.op_id, reason = command.data.reason.name(), "revocation held by the revocation budget for approval");
+        return Ok(());
+    }
     execute(ctx, &command.data, &cause, delivery.last_attempt)
         .await
         .map_err(HandlerError::from)

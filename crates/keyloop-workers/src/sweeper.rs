@@ -250,6 +250,7 @@ async fn act(ctx: &WorkerContext, entry: &DueEntry, now: OffsetDateTime) -> Resu
                 leak_published_at: None,
                 then_rotate: false,
                 note: None,
+                released_by: None,
             };
             send(ctx, &op_id, cmd).await?;
             Ok(Acted::Published)
@@ -293,9 +294,24 @@ async fn act(ctx: &WorkerContext, entry: &DueEntry, now: OffsetDateTime) -> Resu
                 leak_published_at: None,
                 then_rotate: false,
                 note: Some(format!("unused since {last}")),
+                released_by: None,
             };
             send(ctx, &op_id, cmd).await?;
             Ok(Acted::Published)
+        }
+        DueItem::ApprovalDeadline { approval } => {
+            let cause = Cause {
+                source: SOURCE.into(),
+                correlation: Some(format!("approval/{approval}")),
+                causation: None,
+                actor: None,
+            };
+            let expired = crate::approvals::expire(ctx, &cause, approval, now).await?;
+            Ok(if expired {
+                Acted::Published
+            } else {
+                Acted::Dropped
+            })
         }
     }
 }

@@ -113,6 +113,9 @@ pub(crate) enum Command {
     /// Print the default policy or the policy schema, or check a policy file (`--policy`).
     #[command(subcommand)]
     Policy(PolicyCommand),
+    /// List, show, approve and deny requests the policy holds for approval.
+    #[command(subcommand)]
+    Approvals(ApprovalsCommand),
     /// Write the JSON Schemas of every event into DIR.
     Schemas {
         /// Output directory.
@@ -168,6 +171,54 @@ pub(crate) struct RunArgs {
     /// comma-separated.
     #[arg(long, env = "KEYLOOP_API_ADMINS", value_delimiter = ',', default_values_t = keyloop_workers::DEFAULT_API_ADMINS.map(str::to_owned))]
     pub(crate) api_admins: Vec<String>,
+    /// A group of actors the policy can name (`@group("sre")`, `principal in
+    /// Keyloop::Group::"sre"`): `NAME=actor,actor`; repeat for more groups. `admins` is
+    /// --api-admins.
+    #[arg(
+        long = "policy-group",
+        env = "KEYLOOP_POLICY_GROUPS",
+        value_delimiter = ';'
+    )]
+    pub(crate) policy_groups: Vec<String>,
+    /// How long a request held for approval waits for its approvers (api, jit-issuer,
+    /// revoker).
+    #[arg(long, env = "KEYLOOP_APPROVAL_TTL", default_value = "15m")]
+    pub(crate) approval_ttl: String,
+    /// The storm guard: at most N revocations per target per window (`100/1m`), beyond
+    /// which idle, scheduled and manual revocations of that target are held as one approval
+    /// (leak-driven ones always go ahead); `off` to disable.
+    #[arg(long, env = "KEYLOOP_REVOCATION_BUDGET", default_value = "100/1m")]
+    pub(crate) revocation_budget: String,
+}
+
+#[derive(Debug, Subcommand)]
+pub(crate) enum ApprovalsCommand {
+    /// Pending approvals you asked for or may decide.
+    List {
+        /// Also the denied, used and expired ones.
+        #[arg(long)]
+        all: bool,
+    },
+    /// One approval: what it holds, who asked and why, until when, the grants so far.
+    Show {
+        /// The approval id.
+        id: String,
+    },
+    /// Approve (never your own request). The last grant needed runs a held rotation,
+    /// revocation, retirement or revocation batch; a JIT lease goes to its requester when it
+    /// asks again.
+    Approve {
+        /// The approval id.
+        id: String,
+    },
+    /// Deny, saying why: the request is dropped and the requester reads the reason.
+    Deny {
+        /// The approval id.
+        id: String,
+        /// Why (required).
+        #[arg(long)]
+        reason: String,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -208,6 +259,14 @@ pub(crate) enum TaskCommand {
         /// Lifetime (e.g. 15m; from 1s to 365d); at most the scope's maximum.
         #[arg(long)]
         ttl: String,
+        /// When the policy holds the request for an approval, wait for the decision (up to
+        /// --wait-timeout) and print the lease once it is granted. Without it, a held request
+        /// exits 3 with the approval id: run the same command again once it is granted.
+        #[arg(long)]
+        wait: bool,
+        /// How long --wait waits for approvers.
+        #[arg(long, default_value = "15m")]
+        wait_timeout: String,
     },
     /// Mark a task completed: every lease issued for it is revoked.
     Complete {

@@ -277,6 +277,9 @@ async fn retire(g: &Global, id: &str, reason: String) -> Result<ExitCode> {
         },
     )
     .await?;
+    if let Some(exit) = super::approvals::held(g, &format!("retirement of {id}"), &queued)? {
+        return Ok(exit);
+    }
     if g.json {
         output::json_line(&queued)?;
     } else {

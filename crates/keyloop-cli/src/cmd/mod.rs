@@ -1,6 +1,7 @@
 //! One file per subcommand, dispatched by a `match`, plus the helpers they share: shutdown on
 //! a signal, and waiting for lifecycle events after sending a command.
 
+mod approvals;
 mod credential;
 pub(crate) mod demo;
 mod ingest;
@@ -47,6 +48,7 @@ pub(crate) async fn run(cli: Cli) -> Result<ExitCode> {
         Command::Rules { tool } => rules::run(g.json, tool),
         Command::Schemas { dir } => schemas::run(&dir),
         Command::Policy(c) => policy::run(g.json, c),
+        Command::Approvals(c) => approvals::run(g, c).await,
     }
 }
 

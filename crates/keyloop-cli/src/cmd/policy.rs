@@ -13,7 +13,8 @@ pub(crate) fn run(json: bool, command: PolicyCommand) -> Result<ExitCode> {
         PolicyCommand::Default => print(json, "policy", DEFAULT_POLICY),
         PolicyCommand::Schema => print(json, "schema", SCHEMA),
         PolicyCommand::Check { file, api_admins } => {
-            let engine = crate::config::policy_engine(Some(&file), &api_admins)?;
+            let groups = crate::config::groups(&api_admins, &[])?;
+            let engine = crate::config::policy_engine(Some(&file), &groups)?;
             let ids = engine.policy_ids();
             if json {
                 output::json_line(&serde_json::json!({

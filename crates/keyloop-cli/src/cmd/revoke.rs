@@ -45,7 +45,11 @@ pub(crate) async fn run(g: &Global, args: RevokeArgs) -> Result<ExitCode> {
         reason: args.reason.clone(),
         rotate: args.rotate,
     };
-    let Queued { op_id } = api_client::call(g, &bus, Verb::Revoke, &req).await?;
+    let queued: Queued = api_client::call(g, &bus, Verb::Revoke, &req).await?;
+    if let Some(exit) = super::approvals::held(g, &format!("revocation of {id}"), &queued)? {
+        return Ok(exit);
+    }
+    let op_id = queued.op_id;
     if args.no_wait {
         output::line(format_args!(
             "revocation of {id} queued (correlation {op_id})"

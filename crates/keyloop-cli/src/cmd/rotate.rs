@@ -17,8 +17,12 @@ pub(crate) async fn run(g: &Global, args: RotateArgs) -> Result<ExitCode> {
     let bus = config::connect(g).await?;
     // Subscribed before the request: the first events may follow the reply at once.
     let mut watch = LifecycleWatch::credential(&bus, id.as_str()).await?;
-    let Queued { op_id } =
+    let queued: Queued =
         api_client::call(g, &bus, Verb::Rotate, &IdRequest { id: id.clone() }).await?;
+    if let Some(exit) = super::approvals::held(g, &format!("rotation of {id}"), &queued)? {
+        return Ok(exit);
+    }
+    let op_id = queued.op_id;
     if args.no_wait {
         output::line(format_args!(
             "rotation of {id} queued (correlation {op_id})"

@@ -22,12 +22,19 @@ pub(crate) async fn run(g: &Global, cmd: TaskCommand) -> Result<ExitCode> {
             identity_token_file,
             scope,
             ttl,
+            wait,
+            wait_timeout,
         } => {
             let request = Start {
                 task_id: task,
                 agent_id: agent,
                 identity_token_file,
                 scope,
+                wait: wait
+                    .then(|| {
+                        config::duration_flag(keyloop_core::duration::APPROVAL_WAIT, &wait_timeout)
+                    })
+                    .transpose()?,
             };
             start(g, request, &ttl).await
         }
@@ -41,9 +48,21 @@ pub(super) async fn request<T: DeserializeOwned>(
     subject: String,
     payload: Vec<u8>,
 ) -> Result<T> {
+    request_within(bus, subject, payload, Duration::from_secs(10))
+        .await?
+        .map_err(|e| anyhow::anyhow!("{} ({})", e.message, e.code))
+}
+
+/// [`request`] within `within`, the service's error given back as it came.
+async fn request_within<T: DeserializeOwned>(
+    bus: &Bus,
+    subject: String,
+    payload: Vec<u8>,
+    within: Duration,
+) -> Result<Result<T, ServiceError>> {
     // A jit-issuer that is restarting has no subscription for a moment: "no responders" is
     // retried until the deadline, like a timeout would be.
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    let deadline = tokio::time::Instant::now() + within;
     let hint = "is a jit-issuer running (`keyloop up` or `keyloop worker jit-issuer`)?";
     let reply = loop {
         let attempt = tokio::time::timeout_at(
@@ -52,7 +71,10 @@ pub(super) async fn request<T: DeserializeOwned>(
         )
         .await;
         match attempt {
-            Err(_) => bail!("no reply on {subject} within 10 s; {hint}"),
+            Err(_) => bail!(
+                "no reply on {subject} within {} s; {hint}",
+                within.as_secs()
+            ),
             Ok(Ok(reply)) => break reply,
             Ok(Err(e)) if e.kind() == async_nats::RequestErrorKind::NoResponders => {
                 if tokio::time::Instant::now() + Duration::from_millis(50) >= deadline {
@@ -68,9 +90,11 @@ pub(super) async fn request<T: DeserializeOwned>(
         error: ServiceError,
     }
     if let Ok(err) = serde_json::from_slice::<ErrorReply>(&reply.payload) {
-        bail!("{} ({})", err.error.message, err.error.code);
+        return Ok(Err(err.error));
     }
-    serde_json::from_slice(&reply.payload).with_context(|| format!("unexpected reply on {subject}"))
+    serde_json::from_slice(&reply.payload)
+        .map(Ok)
+        .with_context(|| format!("unexpected reply on {subject}"))
 }
 
 /// What `task start` asks for.
@@ -79,6 +103,8 @@ struct Start {
     agent_id: Option<String>,
     identity_token_file: Option<PathBuf>,
     scope: String,
+    /// `--wait`: how long to wait for approvers.
+    wait: Option<Duration>,
 }
 
 /// The identity token in `path` (`-`: stdin), read now: a projected token is refreshed in
@@ -124,15 +150,57 @@ async fn start(g: &Global, ask: Start, ttl: &str) -> Result<ExitCode> {
         .transpose()?;
     let bus = config::connect(g).await?;
     let task_id = ask.task_id;
-    let req = IssueRequest {
+    let mut req = IssueRequest {
         task_id: task_id.clone(),
         agent_id: ask.agent_id,
         scope: ask.scope,
         ttl_secs: ttl.as_secs(),
         identity_token,
+        approval: None,
+        wait_secs: None,
     };
-    let reply: IssueReply =
-        request(&bus, bus.topology.jit_issue(), serde_json::to_vec(&req)?).await?;
+    let subject = bus.topology.jit_issue();
+    let deadline = ask.wait.map(|w| tokio::time::Instant::now() + w);
+    let mut announced = false;
+    let reply: IssueReply = loop {
+        let within = Duration::from_secs(req.wait_secs.unwrap_or(0) + 10);
+        let error =
+            match request_within(&bus, subject.clone(), serde_json::to_vec(&req)?, within).await? {
+                Ok(reply) => break reply,
+                Err(e) => e,
+            };
+        let (Some(approval), "approval_pending") = (&error.approval, error.code.as_str()) else {
+            bail!("{} ({})", error.message, error.code);
+        };
+        let Some(deadline) = deadline else {
+            if g.json {
+                output::json_line(&serde_json::json!({
+                    "task_id": task_id,
+                    "scope": req.scope,
+                    "approval": approval,
+                    "state": "pending",
+                    "message": error.message,
+                }))?;
+            } else {
+                eprintln!("{}", error.message);
+            }
+            return Ok(ExitCode::from(super::approvals::EXIT_HELD));
+        };
+        let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+        if left.is_zero() {
+            bail!(
+                "approval {approval} for task {task_id} was not decided within --wait-timeout; it may still be granted: run the same command again (see `keyloop approvals show {approval}`)"
+            );
+        }
+        if !announced {
+            eprintln!(
+                "waiting for approval {approval} (an approver runs `keyloop approvals approve {approval}`)…"
+            );
+            announced = true;
+        }
+        req.approval = Some(approval.clone());
+        req.wait_secs = Some(left.as_secs().clamp(1, 25));
+    };
     if g.json {
         output::json_line(&serde_json::json!({
             "lease_id": reply.lease_id,

@@ -140,6 +140,10 @@ pub struct RevokeCommand {
     /// Free text for the audit log (the operator's `--reason`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub note: Option<String>,
+    /// The approval that released this revocation from a tripped revocation budget: it is
+    /// not held again.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub released_by: Option<String>,
 }
 
 /// The type of a lease revocation command.

@@ -126,6 +126,7 @@ mod tests {
             leak_published_at: leak,
             then_rotate: false,
             note: None,
+            released_by: None,
         };
         let first = revoke("leak-revoke/saas/x/v", Some(at(1_800_000_000))).event_id();
         assert_eq!(

@@ -127,6 +127,14 @@ pub struct IssueRequest {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(with = "Option<String>")]
     pub identity_token: Option<IdentityToken>,
+    /// The approval granted for this request (the id an `approval_pending` answer gave): the
+    /// lease is issued once, to the requester that asked, on the same terms.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub approval: Option<String>,
+    /// With `approval`: while it is still pending, wait up to this many seconds (at most 60)
+    /// for a decision before answering `approval_pending` again.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub wait_secs: Option<u64>,
 }
 
 /// `keyloop.jit.issue` reply: the token, once. Never stored in a stream. Its `Debug` redacts
@@ -159,6 +167,9 @@ pub struct ServiceError {
     pub code: String,
     /// What is wrong and what to do.
     pub message: String,
+    /// `approval_pending`: the approval to wait for (ask again with it once granted).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub approval: Option<String>,
 }
 
 /// `keyloop.token.verify` request. Its `Debug` redacts the token.

@@ -139,7 +139,8 @@ pub const MAX_ID_LEN: usize = 128;
 /// What the policy grants a [`IssueRequest`] it accepts.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct IssueDecision<'p> {
-    /// What the policy engine decided (allow or notify) and which policies decided it.
+    /// What the policy engine decided (allow or notify; or approve, from
+    /// [`JitPolicy::decide_terms`]) and which policies decided it.
     pub decision: crate::policy::Decision,
     /// The policy of the scope asked for (its tier, and its PostgreSQL group if any).
     pub scope: &'p ScopePolicy,
@@ -148,6 +149,15 @@ pub struct IssueDecision<'p> {
     /// Who asked, proved by the request's identity token (`None` on an open scope asked
     /// without one).
     pub identity: Option<WorkloadIdentity>,
+}
+
+impl IssueDecision<'_> {
+    /// The principal that asked: the proved identity, or the unverified requester.
+    pub fn requester(&self) -> Principal {
+        self.identity
+            .as_ref()
+            .map_or_else(Principal::unverified, Principal::workload)
+    }
 }
 
 /// Why the policy refuses a [`IssueRequest`]. The message says what to ask for instead, and
@@ -210,12 +220,13 @@ pub enum Refusal {
     /// The policy asks for an approval before issue (the scope's tier is `approve` under the
     /// default policy).
     #[error(
-        "scope `{scope}` needs {} approval(s){} before issue (policy {}); request a lower scope or ask an operator",
-        need.approvers,
-        need.group.as_ref().map(|g| format!(" from group {g}")).unwrap_or_default(),
+        "scope `{scope}` needs {} before issue (policy {}); the jit-issuer holds the request for approvers, or request a lower scope",
+        need.describe(),
         policies.join(", ")
     )]
     ApprovalRequired {
+        /// Who asks (the principal's name: a proved identity, or `unverified`).
+        requester: String,
         /// The scope asked for.
         scope: String,
         /// What the approval needs.
@@ -279,6 +290,7 @@ impl From<Refusal> for ServiceError {
         Self {
             code: refusal.code().into(),
             message: refusal.to_string(),
+            approval: None,
         }
     }
 }
@@ -342,14 +354,37 @@ impl JitPolicy {
         self.decide_under(&DEFAULT, req, verifier, now)
     }
 
+    /// [`Self::decide_terms`], with a request the policy allows only after an approval
+    /// refused as [`Refusal::ApprovalRequired`].
+    pub fn decide_under(
+        &self,
+        engine: &PolicyEngine,
+        req: &IssueRequest,
+        verifier: &IdentityVerifier,
+        now: OffsetDateTime,
+    ) -> Result<IssueDecision<'_>, Refusal> {
+        let decided = self.decide_terms(engine, req, verifier, now)?;
+        if let Outcome::Approve(need) = &decided.decision.outcome {
+            return Err(Refusal::ApprovalRequired {
+                requester: decided.requester().name,
+                scope: req.scope.clone(),
+                need: need.clone(),
+                policies: decided.decision.policies,
+            });
+        }
+        Ok(decided)
+    }
+
     /// Whether `req`, made at `now`, gets a lease as it stands, and on what terms. Checked in
     /// this order: the ids, the scope, who asks (a token, when one is sent, must prove an
     /// identity; a scope with `identities` needs one of them), what `engine` decides for that
     /// principal, scope and context (deny, approval, or allow and notify), the TTL. Who asks
     /// comes before the terms, so a requester without the right learns nothing of them.
     /// Nothing is adjusted: a TTL above the scope's maximum is refused, never shortened, so an
-    /// orchestrator always knows how long its credential lives.
-    pub fn decide_under(
+    /// orchestrator always knows how long its credential lives. An approval outcome comes back
+    /// as `Ok` with `decision.outcome` saying so, after the TTL is checked: a request held for
+    /// approvers is one that can be issued as asked once granted.
+    pub fn decide_terms(
         &self,
         engine: &PolicyEngine,
         req: &IssueRequest,
@@ -397,13 +432,7 @@ impl JitPolicy {
                     policies: decision.policies,
                 });
             }
-            Outcome::Approve(need) => {
-                return Err(Refusal::ApprovalRequired {
-                    scope: req.scope.clone(),
-                    need: need.clone(),
-                    policies: decision.policies,
-                });
-            }
+            Outcome::Approve(_) => {}
         }
         if req.ttl_secs == 0 || req.ttl_secs > scope.max_ttl_secs {
             return Err(Refusal::TtlOutOfRange {

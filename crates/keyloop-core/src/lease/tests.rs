@@ -15,6 +15,8 @@ fn request(scope: &str, ttl_secs: u64) -> IssueRequest {
         scope: scope.into(),
         ttl_secs,
         identity_token: None,
+        approval: None,
+        wait_secs: None,
     }
 }
 
@@ -87,12 +89,15 @@ fn a_zero_ttl_is_refused() {
 }
 
 #[test]
-fn an_approve_tier_scope_needs_an_approval_under_the_default_policy_whatever_its_ttl() {
-    for ttl in [1, 900, 10_000] {
+fn an_approve_tier_scope_needs_an_approval_under_the_default_policy_within_its_ttl() {
+    // Beyond the scope's TTL the request is refused on its terms before any approval is asked.
+    assert_eq!(refusal(&request("admin", 10_000)).code(), "ttl_too_long");
+    for ttl in [1, 900] {
         assert_refused(
             &JitPolicy::default(),
             &request("admin", ttl),
             Refusal::ApprovalRequired {
+                requester: "unverified".into(),
                 scope: "admin".into(),
                 need: crate::policy::ApprovalNeed {
                     approvers: 1,
@@ -101,7 +106,7 @@ fn an_approve_tier_scope_needs_an_approval_under_the_default_policy_whatever_its
                 policies: vec!["jit-tier-approve".into()],
             },
             "approval_required",
-            "scope `admin` needs 1 approval(s) from group admins before issue (policy jit-tier-approve); request a lower scope or ask an operator",
+            "scope `admin` needs 1 approval(s) from group admins before issue (policy jit-tier-approve); the jit-issuer holds the request for approvers, or request a lower scope",
         );
     }
 }
@@ -154,6 +159,8 @@ fn ids_are_checked_before_the_scope_and_the_scope_before_the_ttl() {
     req.task_id = "t".into();
     assert_eq!(refusal(&req).code(), "unknown_scope");
     req.scope = "admin".into();
+    assert_eq!(refusal(&req).code(), "ttl_too_long");
+    req.ttl_secs = 60;
     assert_eq!(refusal(&req).code(), "approval_required");
 }
 

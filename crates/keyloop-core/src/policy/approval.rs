@@ -10,6 +10,7 @@
 //! is redeemed once ([`Approval::redeem`]): a replayed grant does nothing.
 
 use super::ApprovalNeed;
+use crate::event::{ApprovalInfo, RevokeCommand, RotateCommand};
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 use time::OffsetDateTime;
@@ -76,6 +77,57 @@ pub struct Approval {
     /// The denial: who, and why.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub denied: Option<(String, String)>,
+    /// What is held until the grant.
+    pub held: Held,
+    /// The correlation id of the request that asked (its events carry it too).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub correlation: Option<String>,
+}
+
+/// What an approval holds: the request as it was asked, run (or redeemed) once after the
+/// grant, never before.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "snake_case", tag = "kind", content = "request")]
+pub enum Held {
+    /// A JIT lease: redeemed by the requester asking again with the approval id and the same
+    /// terms (the token goes to them only, so nothing runs on the grant itself).
+    Issue {
+        /// The scope.
+        scope: String,
+        /// The task.
+        task_id: String,
+        /// The TTL asked (seconds).
+        ttl_secs: u64,
+    },
+    /// A rotation, sent on the grant.
+    Rotate(RotateCommand),
+    /// A revocation, sent on the grant.
+    Revoke(RevokeCommand),
+    /// A retirement, run on the grant.
+    Retire {
+        /// The operator's reason.
+        reason: String,
+    },
+    /// Revocations held by a tripped revocation budget, sent together on the grant.
+    RevokeBatch {
+        /// The target whose budget was spent.
+        target: String,
+        /// The held commands, in the order they came.
+        commands: Vec<RevokeCommand>,
+    },
+}
+
+impl Held {
+    /// The action's name as approvals show it.
+    pub const fn action(&self) -> &'static str {
+        match self {
+            Self::Issue { .. } => "issue",
+            Self::Rotate(_) => "rotate",
+            Self::Revoke(_) => "revoke",
+            Self::Retire { .. } => "retire",
+            Self::RevokeBatch { .. } => "revoke-batch",
+        }
+    }
 }
 
 /// Why a transition is refused. Each message says what to do.
@@ -122,6 +174,13 @@ const fn state_name(state: ApprovalState) -> &'static str {
     }
 }
 
+impl ApprovalState {
+    /// The state's name: `pending`, `granted`, `used`, `denied`, `expired`.
+    pub const fn name(self) -> &'static str {
+        state_name(self)
+    }
+}
+
 /// What a transition did, for the event to publish (none: nothing changed).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Transition {
@@ -138,6 +197,62 @@ pub enum Transition {
 }
 
 impl Approval {
+    /// A pending approval of `held`, asked by `requester` at `now` about `resource` for
+    /// `reason`, needing `need` under `policies`, open for `open_for`.
+    #[allow(clippy::too_many_arguments)]
+    pub fn new(
+        id: String,
+        requester: &str,
+        resource: &str,
+        reason: &str,
+        need: ApprovalNeed,
+        policies: Vec<String>,
+        held: Held,
+        now: OffsetDateTime,
+        open_for: time::Duration,
+    ) -> Self {
+        Self {
+            id,
+            requester: requester.to_owned(),
+            action: held.action().to_owned(),
+            resource: resource.to_owned(),
+            reason: reason.to_owned(),
+            need,
+            policies,
+            requested_at: now,
+            expires_at: now + open_for,
+            state: ApprovalState::Pending,
+            grants: Vec::new(),
+            denied: None,
+            held,
+            correlation: None,
+        }
+    }
+
+    /// What a lifecycle event says of it.
+    pub fn info(&self) -> ApprovalInfo {
+        ApprovalInfo {
+            id: self.id.clone(),
+            action: self.action.clone(),
+            resource: self.resource.clone(),
+            requester: self.requester.clone(),
+            approvers_needed: self.need.approvers,
+            grants: u32::try_from(self.grants.len()).unwrap_or(u32::MAX),
+            expires_at: self.expires_at,
+        }
+    }
+
+    /// Marks a pending or granted approval found past its deadline as expired: `true` when it
+    /// changed (the caller publishes `approval_expired`).
+    pub fn expire(&mut self, now: OffsetDateTime) -> bool {
+        if self.state != ApprovalState::Expired && self.state_at(now) == ApprovalState::Expired {
+            self.state = ApprovalState::Expired;
+            true
+        } else {
+            false
+        }
+    }
+
     /// Where it stands at `now`: a pending or granted-but-unused approval past its deadline is
     /// expired.
     pub fn state_at(&self, now: OffsetDateTime) -> ApprovalState {
@@ -263,6 +378,12 @@ mod tests {
             state: ApprovalState::Pending,
             grants: Vec::new(),
             denied: None,
+            held: Held::Issue {
+                scope: "admin".into(),
+                task_id: "t-1".into(),
+                ttl_secs: 600,
+            },
+            correlation: None,
         }
     }
 

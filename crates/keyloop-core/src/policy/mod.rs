@@ -39,7 +39,7 @@ mod request;
 #[cfg(test)]
 mod tests;
 
-pub use approval::{Approval, ApprovalError, ApprovalState, Grant, Transition};
+pub use approval::{Approval, ApprovalError, ApprovalState, Grant, Held, Transition};
 pub use engine::{LoadError, LoadErrorKind, PolicyEngine};
 pub use request::{
     CredentialAttrs, PolicyRequest, Principal, RequestContext, Resource, Source, UNVERIFIED,
@@ -102,8 +102,13 @@ impl Action {
 }
 
 impl From<Verb> for Action {
+    /// The action a verb asks for: its own, but `approve` for every approval verb.
     fn from(verb: Verb) -> Self {
-        Self::Api(verb)
+        if verb.is_approval() {
+            Self::Approve
+        } else {
+            Self::Api(verb)
+        }
     }
 }
 
@@ -116,6 +121,16 @@ pub struct ApprovalNeed {
     /// The group every approver must belong to; `None`: anyone allowed `approve`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub group: Option<String>,
+}
+
+impl ApprovalNeed {
+    /// `N approval(s)`, and ` from group G` when it names one: for messages.
+    pub fn describe(&self) -> String {
+        match &self.group {
+            Some(g) => format!("{} approval(s) from group {g}", self.approvers),
+            None => format!("{} approval(s)", self.approvers),
+        }
+    }
 }
 
 /// How much ceremony an allowed request needs, or that it is refused.

@@ -42,6 +42,9 @@ fn rules_before_policies(admin: bool, actor: &str, verb: Verb, cred: Option<&Cre
         Verb::Show | Verb::Fetch | Verb::Verify | Verb::List => owner || consumer,
         Verb::Update | Verb::Rotate | Verb::Revoke | Verb::Retire => owner,
         Verb::Register => false,
+        Verb::Approvals | Verb::Approval | Verb::Approve | Verb::Deny => {
+            unreachable!("approval verbs are decided as `approve`")
+        }
     }
 }
 
@@ -60,7 +63,7 @@ fn the_default_policy_answers_every_verb_and_role_as_the_rules_before_policies_d
                 };
                 let c = cred(Some(if owner { actor } else { "team-x" }), consumers);
                 let unowned = cred(None, alone);
-                for verb in Verb::ALL {
+                for verb in Verb::ALL.into_iter().filter(|v| !v.is_approval()) {
                     // Only `list` is about no credential (`register` is decided on the
                     // credential to be registered).
                     let inventory = (verb == Verb::List).then_some(None);
@@ -312,6 +315,7 @@ fn the_default_policy_is_valid_and_names_its_policies() {
             "admins-do-everything",
             "anyone-lists",
             "consumers-read-their-credential",
+            "high-blast-radius-needs-approval",
             "jit-tier-approve",
             "jit-tier-auto",
             "jit-tier-notify",
@@ -328,5 +332,39 @@ fn every_action_is_in_the_schema() {
             "{action:?}"
         );
         assert_eq!(Action::parse(action.name()), Some(action));
+    }
+}
+
+#[test]
+fn under_the_default_policy_manual_destruction_of_a_high_blast_radius_credential_needs_an_admin_approval()
+ {
+    let engine = PolicyEngine::default_policy(Groups::with_admins(["ops"]));
+    let mut high = cred(Some("alice"), &["svc-y"]);
+    high.policy.blast_radius = crate::credential::BlastRadius::High;
+    let need = Outcome::Approve(crate::policy::ApprovalNeed {
+        approvers: 1,
+        group: Some("admins".into()),
+    });
+    for actor in ["ops", "alice"] {
+        for verb in [Verb::Rotate, Verb::Revoke, Verb::Retire] {
+            let d = engine.decide(&api_request(actor, verb, Some(&high)));
+            assert_eq!(d.outcome, need, "{actor} {}", verb.name());
+            assert!(
+                d.policies
+                    .contains(&"high-blast-radius-needs-approval".to_owned()),
+                "{:?}",
+                d.policies
+            );
+        }
+        // Reading and changing its record needs nothing more than before.
+        for verb in [Verb::Show, Verb::Fetch, Verb::Update] {
+            let d = engine.decide(&api_request(actor, verb, Some(&high)));
+            assert_eq!(d.outcome, Outcome::Allow, "{actor} {}", verb.name());
+        }
+    }
+    // A consumer or a stranger gains nothing: still refused, not offered an approval.
+    for actor in ["svc-y", "mallory"] {
+        let d = engine.decide(&api_request(actor, Verb::Revoke, Some(&high)));
+        assert_eq!(d.outcome, Outcome::Deny, "{actor}");
     }
 }

@@ -21,21 +21,19 @@ use crate::error::{Error, ErrorKind};
 use crate::ops::{self, Cause, Registration};
 use async_nats::service::{Request, ServiceExt};
 use futures::StreamExt;
+mod actions;
+mod approvals;
 mod uses;
 
+use keyloop_core::JitPolicy;
 use keyloop_core::api::{
-    ApiError, ApiReply, FetchReply, FetchRequest, IdRequest, Queued, RegisterRequest,
-    RetireRequest, RevokeRequest, UpdateRequest, Verb,
+    ApiError, ApiReply, FetchReply, FetchRequest, IdRequest, RegisterRequest, UpdateRequest, Verb,
 };
-use keyloop_core::event::{RevokeCommand, RotateCommand};
 use keyloop_core::policy::{
     CredentialAttrs, Decision, Outcome, PolicyEngine, PolicyRequest, Principal, RequestContext,
     Resource, Source,
 };
-use keyloop_core::{
-    Credential, CredentialId, LifecycleData, LifecycleKind, Retired, RevokeReason, RotationReason,
-    Stage,
-};
+use keyloop_core::{Credential, CredentialId, LifecycleData, LifecycleKind, Stage};
 use keyloop_nats::Change;
 use serde::Serialize;
 use serde::de::DeserializeOwned;
@@ -63,8 +61,10 @@ pub fn service_name(topology: &keyloop_nats::Topology) -> String {
 pub async fn serve(
     ctx: Arc<WorkerContext>,
     engine: Arc<PolicyEngine>,
+    scopes: JitPolicy,
     shutdown: CancellationToken,
 ) -> Result<(), Error> {
+    let scopes = Arc::new(scopes);
     let client = ctx.bus()?.client.clone();
     let name = service_name(&ctx.topology);
     let subject = ctx.topology.api_requests();
@@ -94,12 +94,18 @@ pub async fn serve(
     let permits = Arc::new(Semaphore::new(MAX_IN_FLIGHT));
     let mut tasks = tokio::task::JoinSet::new();
     let take = |request: Request, tasks: &mut tokio::task::JoinSet<()>| {
-        let (ctx, engine, permits) = (ctx.clone(), engine.clone(), permits.clone());
+        let (ctx, engine, scopes, permits) =
+            (ctx.clone(), engine.clone(), scopes.clone(), permits.clone());
         tasks.spawn(async move {
             let Ok(_permit) = permits.acquire_owned().await else {
                 return;
             };
-            let reply = answer(&ctx, &engine, &request).await.unwrap_or_else(|e| e);
+            let api = Shared {
+                ctx: &ctx,
+                engine: &engine,
+                scopes: &scopes,
+            };
+            let reply = answer(api, &request).await.unwrap_or_else(|e| e);
             if let Err(e) = request.respond(Ok(reply.into())).await {
                 warn!(error = %e, "could not send the reply; the requester will time out");
             }
@@ -134,11 +140,8 @@ pub async fn serve(
 
 /// The reply to one request, as JSON: `{"ok": …}` or `{"error": {code, message}}` (the `Err`
 /// of a request that could not even be read).
-async fn answer(
-    ctx: &WorkerContext,
-    engine: &PolicyEngine,
-    request: &Request,
-) -> Result<Vec<u8>, Vec<u8>> {
+async fn answer(shared: Shared<'_>, request: &Request) -> Result<Vec<u8>, Vec<u8>> {
+    let ctx = shared.ctx;
     let subject = request.message.subject.as_str();
     let Some((actor, verb)) = ctx.topology.api_parts(subject) else {
         return Err(reply::<()>(Err(ApiError::new(
@@ -165,7 +168,12 @@ async fn answer(
             ),
         ))));
     }
-    let api = Api { ctx, engine, actor };
+    let api = Api {
+        ctx,
+        engine: shared.engine,
+        scopes: shared.scopes,
+        actor,
+    };
     Ok(match verb {
         Verb::Register => reply(api.register(decode(payload)?).await),
         Verb::Update => reply(api.update(decode(payload)?).await),
@@ -176,6 +184,10 @@ async fn answer(
         Verb::Revoke => reply(api.revoke(decode(payload)?).await),
         Verb::Fetch => reply(api.fetch(decode(payload)?).await),
         Verb::Verify => reply(api.verify(decode(payload)?).await),
+        Verb::Approvals => reply(api.approvals(decode(payload)?).await),
+        Verb::Approval => reply(api.approval(decode(payload)?).await),
+        Verb::Approve => reply(api.approve(decode(payload)?).await),
+        Verb::Deny => reply(api.deny(decode(payload)?).await),
     })
 }
 
@@ -212,10 +224,20 @@ fn api_error(e: Error) -> ApiError {
     ApiError::new(code, e.to_string())
 }
 
+/// What every request of a replica shares.
+#[derive(Clone, Copy)]
+struct Shared<'a> {
+    ctx: &'a WorkerContext,
+    engine: &'a PolicyEngine,
+    scopes: &'a JitPolicy,
+}
+
 /// One request, by one proved actor.
 struct Api<'a> {
     ctx: &'a WorkerContext,
     engine: &'a PolicyEngine,
+    /// The JIT scopes, for deciding approvals of JIT issues.
+    scopes: &'a JitPolicy,
     actor: &'a str,
 }
 
@@ -257,14 +279,11 @@ impl Api<'_> {
             return ApiError::new(
                 "approval_required",
                 format!(
-                    "{} {what} needs {} approval(s){} under policy {}; approvals are not available on this api yet",
+                    "{} {what} needs {} under policy {}, and a {} request cannot be held for one (only rotate, revoke and retire are); ask an operator to change the workers' --policy",
                     verb.name(),
-                    need.approvers,
-                    need.group
-                        .as_ref()
-                        .map(|g| format!(" from group {g}"))
-                        .unwrap_or_default(),
-                    decision.map(Decision::policies_text).unwrap_or_default()
+                    need.describe(),
+                    decision.map(Decision::policies_text).unwrap_or_default(),
+                    verb.name()
                 ),
             );
         }
@@ -306,6 +325,22 @@ impl Api<'_> {
             )),
             None => Err(self.refuse(verb, Some(id), None).await),
         }
+    }
+
+    /// The credential, once the actor may `verb` it now or after an approval: with the
+    /// decision when the policy asks for one (the caller holds the request).
+    async fn authorized_or_held(
+        &self,
+        verb: Verb,
+        id: &CredentialId,
+    ) -> Result<(Credential, Option<Decision>), ApiError> {
+        if let Some((cred, _)) = self.ctx.inventory.get(id).await.map_err(api_error)? {
+            let decision = self.decide(verb, Resource::Credential((&cred).into()));
+            if let Outcome::Approve(_) = decision.outcome {
+                return Ok((cred, Some(decision)));
+            }
+        }
+        Ok((self.authorized(verb, id).await?, None))
     }
 
     async fn register(&self, req: RegisterRequest) -> Result<Credential, ApiError> {
@@ -386,103 +421,6 @@ impl Api<'_> {
 
     async fn show(&self, req: IdRequest) -> Result<Credential, ApiError> {
         self.authorized(Verb::Show, &req.id).await
-    }
-
-    async fn rotate(&self, req: IdRequest) -> Result<Queued, ApiError> {
-        let cred = self.authorized(Verb::Rotate, &req.id).await?;
-        if cred.retired.is_some() {
-            return Err(retired(&req.id));
-        }
-        let op_id = format!("manual-rotate/{}", uuid::Uuid::now_v7());
-        let cmd = RotateCommand {
-            credential: req.id,
-            reason: RotationReason::Manual,
-            op_id: op_id.clone(),
-        };
-        self.ctx
-            .send_command(&self.cause(Some(op_id.clone())), cmd)
-            .await
-            .map_err(api_error)?;
-        Ok(Queued { op_id })
-    }
-
-    async fn revoke(&self, req: RevokeRequest) -> Result<Queued, ApiError> {
-        let cred = self.authorized(Verb::Revoke, &req.id).await?;
-        if let Some(v) = req.version
-            && cred.version(v).is_none()
-        {
-            return Err(ApiError::new(
-                "not_found",
-                format!("credential {} has no version {v}", req.id),
-            ));
-        }
-        let op_id = format!("manual-revoke/{}", uuid::Uuid::now_v7());
-        let cmd = RevokeCommand {
-            credential: req.id,
-            version: req.version,
-            reason: RevokeReason::Manual,
-            op_id: op_id.clone(),
-            leak_published_at: None,
-            then_rotate: req.rotate,
-            note: Some(req.reason),
-        };
-        self.ctx
-            .send_command(&self.cause(Some(op_id.clone())), cmd)
-            .await
-            .map_err(api_error)?;
-        Ok(Queued { op_id })
-    }
-
-    /// Offboards: the record says retired (so nothing rotates or falls due again), the role or
-    /// secret is free for another credential, `retired` is published, and every live version
-    /// is revoked by the revoker. The history stays.
-    async fn retire(&self, req: RetireRequest) -> Result<Queued, ApiError> {
-        let cred = self.authorized(Verb::Retire, &req.id).await?;
-        let op_id = format!("retire/{}/{}", req.id, uuid::Uuid::now_v7());
-        let now = OffsetDateTime::now_utc();
-        let (actor, reason) = (self.actor.to_owned(), req.reason.clone());
-        crate::claim::update_credential(self.ctx, &req.id, |c| {
-            if c.retired.is_some() {
-                return Ok(Change::Keep(()));
-            }
-            c.retired = Some(Retired {
-                at: now,
-                by: actor.clone(),
-                reason: reason.clone(),
-            });
-            c.rotation_retry = None;
-            Ok(Change::Write(()))
-        })
-        .await
-        .map_err(api_error)?;
-        for key in cred.settings.bindings(cred.store, cred.target) {
-            self.ctx
-                .inventory
-                .unbind(&key, &req.id)
-                .await
-                .map_err(api_error)?;
-        }
-        let cause = self.cause(Some(op_id.clone()));
-        let mut data = LifecycleData::new(LifecycleKind::Retired, Some(req.id.clone()), None);
-        data.detail = Some(req.reason.clone());
-        cause
-            .publish(self.ctx, &op_id, data)
-            .await
-            .map_err(api_error)?;
-        let cmd = RevokeCommand {
-            credential: req.id,
-            version: None,
-            reason: RevokeReason::Manual,
-            op_id: op_id.clone(),
-            leak_published_at: None,
-            then_rotate: false,
-            note: Some(format!("retired: {}", req.reason)),
-        };
-        self.ctx
-            .send_command(&cause, cmd)
-            .await
-            .map_err(api_error)?;
-        Ok(Queued { op_id })
     }
 
     /// The value of the current version (or the previous one in its grace), once, in the

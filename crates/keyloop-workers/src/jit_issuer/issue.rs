@@ -11,7 +11,7 @@ use crate::error::Error;
 use keyloop_core::event::{LifecycleData, LifecycleKind, lease_event, lifecycle_event};
 use keyloop_core::identity::IdentityVerifier;
 use keyloop_core::lease::{IssueReply, IssueRequest, LeaseState, Refusal, ServiceError};
-use keyloop_core::policy::PolicyEngine;
+use keyloop_core::policy::{Outcome, PolicyEngine};
 use keyloop_core::{Fingerprint, JitPolicy, Lease};
 use keyloop_nats::{DueItem, FingerprintRef};
 use std::time::Duration;
@@ -39,13 +39,35 @@ pub async fn issue(
     req: &IssueRequest,
     now: OffsetDateTime,
 ) -> Result<IssueReply, ServiceError> {
-    let decision = match policy.decide_under(engine, req, verifier, now) {
+    let decision = match policy.decide_terms(engine, req, verifier, now) {
         Ok(decision) => decision,
         Err(refusal) => {
             record_denial(ctx, req, &refusal, now).await;
             return Err(refusal.into());
         }
     };
+    let approval = match &decision.decision.outcome {
+        Outcome::Approve(need) => {
+            Some(super::approval::redeem(ctx, req, &decision, need, now).await?)
+        }
+        _ => None,
+    };
+    let issued = lease_for(ctx, req, decision, approval.as_ref(), now).await;
+    if let (Err(_), Some(a)) = (&issued, &approval) {
+        super::approval::give_back(ctx, a).await;
+    }
+    issued
+}
+
+/// Issues the lease a decision (and, for an approve-tier request, its redeemed `approval`)
+/// allows.
+async fn lease_for(
+    ctx: &WorkerContext,
+    req: &IssueRequest,
+    decision: keyloop_core::lease::IssueDecision<'_>,
+    approval: Option<&keyloop_core::policy::Approval>,
+    now: OffsetDateTime,
+) -> Result<IssueReply, ServiceError> {
     let scope = decision.scope;
     let unavailable = |e: Error| {
         service_error(
@@ -124,6 +146,7 @@ pub async fn issue(
     data.actor = actor;
     data.outcome = Some(decision.decision.outcome.name().to_owned());
     data.policies = decision.decision.policies;
+    data.approval = approval.map(keyloop_core::policy::Approval::info);
     let event = lease_event(SOURCE, &format!("issue/{}", lease.id), data, &lease)
         .caused_by(Some(req.task_id.clone()), None);
     let (indexed, by_task, scheduled, published) = tokio::join!(

@@ -17,6 +17,7 @@
 //! One file per endpoint: [`issue()`] (`issue.rs`), [`verify()`] (`verify.rs`); error counts
 //! for STATS in `stats.rs`.
 
+mod approval;
 mod issue;
 mod stats;
 mod verify;
@@ -58,6 +59,7 @@ fn service_error(code: &str, message: impl Into<String>) -> ServiceError {
     ServiceError {
         code: code.into(),
         message: message.into(),
+        approval: None,
     }
 }
 

@@ -66,6 +66,8 @@ fn request(scope: &str, token: Option<String>) -> IssueRequest {
         scope: scope.into(),
         ttl_secs: 600,
         identity_token: token.map(keyloop_core::identity::IdentityToken::new),
+        approval: None,
+        wait_secs: None,
     }
 }
 
