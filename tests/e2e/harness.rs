@@ -61,7 +61,7 @@ fn asks_the_api(args: &[&str]) -> bool {
 }
 
 /// The NATS users of `deploy/nats/users.conf`.
-pub(crate) const NATS_USERS: [&str; 13] = [
+pub(crate) const NATS_USERS: [&str; 14] = [
     "detector",
     "ingest",
     "orchestrator-a",
@@ -73,6 +73,7 @@ pub(crate) const NATS_USERS: [&str; 13] = [
     "scheduler",
     "jit-issuer",
     "api",
+    "notifier",
     "ops",
     "admin",
 ];

@@ -334,6 +334,12 @@ pub(crate) fn worker_config(args: &crate::cli::RunArgs) -> Result<keyloop_worker
             args.policy.as_deref(),
             &groups(&args.api_admins, &args.policy_groups)?,
         )?),
+        notify_webhook: args
+            .notify_webhook
+            .as_deref()
+            .map(keyloop_workers::notifier::WebhookUrl::parse)
+            .transpose()
+            .map_err(|e| anyhow::anyhow!("--notify-webhook: {e}"))?,
     })
 }
 

@@ -33,6 +33,18 @@ pub const GIVE_UP_AFTER: u64 = 20;
 /// running the handler again.
 pub const MAX_DELIVER: i64 = -1;
 
+/// The lifecycle kinds the notifier reads: `issued` (it posts those whose outcome is
+/// `notify`), every approval and revocation-budget kind.
+pub const NOTIFIED_KINDS: [&str; 7] = [
+    "issued",
+    "approval_requested",
+    "approval_granted",
+    "approval_denied",
+    "approval_expired",
+    "budget_tripped",
+    "budget_released",
+];
+
 /// A worker role. Every role but the scheduler has one durable consumer shared by all its
 /// replicas; the JIT issuer also serves request/reply subjects in a queue group.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -53,11 +65,14 @@ pub enum Role {
     /// The control plane: registers, shows, rotates, revokes, retires and fetches credentials
     /// on behalf of proved actors (request/reply on `<prefix>.api.<actor>.<verb>`).
     Api,
+    /// Posts notifications (notify-tier outcomes, approvals, revocation budgets) to an
+    /// outgoing webhook.
+    Notifier,
 }
 
 impl Role {
     /// Every role, in pipeline order.
-    pub const ALL: [Role; 7] = [
+    pub const ALL: [Role; 8] = [
         Self::LeakResponder,
         Self::Rotator,
         Self::Revoker,
@@ -65,15 +80,17 @@ impl Role {
         Self::Sweeper,
         Self::JitIssuer,
         Self::Api,
+        Self::Notifier,
     ];
 
     /// The roles that consume a stream (all but the scheduler).
-    pub const CONSUMING: [Role; 5] = [
+    pub const CONSUMING: [Role; 6] = [
         Self::LeakResponder,
         Self::Rotator,
         Self::Revoker,
         Self::Sweeper,
         Self::JitIssuer,
+        Self::Notifier,
     ];
 
     /// The role's name on the command line and as its durable consumer's name.
@@ -86,6 +103,7 @@ impl Role {
             Self::Sweeper => "sweeper",
             Self::JitIssuer => "jit-issuer",
             Self::Api => "api",
+            Self::Notifier => "notifier",
         }
     }
 
@@ -282,6 +300,13 @@ impl Topology {
                 vec![self.schedule_tick(), self.credential_used()],
             ),
             Role::JitIssuer => (self.events_stream(), vec![self.task_completed()]),
+            Role::Notifier => (
+                self.lifecycle_stream(),
+                NOTIFIED_KINDS
+                    .iter()
+                    .map(|kind| format!("{}.lifecycle.{kind}.>", self.prefix))
+                    .collect(),
+            ),
             Role::Scheduler | Role::Api => (self.events_stream(), Vec::new()),
         }
     }

@@ -13,6 +13,7 @@
 pub mod jwt;
 pub mod moto;
 pub mod postgres;
+pub mod receiver;
 pub mod webhook;
 
 use keyloop_nats::server::{self, ServerOptions, ServerProcess};

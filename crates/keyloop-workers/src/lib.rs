@@ -21,6 +21,7 @@ pub mod decode;
 pub mod error;
 pub mod jit_issuer;
 pub mod leak_responder;
+pub mod notifier;
 pub mod ops;
 pub mod records;
 pub mod revoker;
@@ -58,6 +59,8 @@ pub struct WorkerConfig {
     /// Who may do what, with how much ceremony: decides every control-plane request (the `api`
     /// role) and every JIT issue. Its `admins` group holds the api's admins.
     pub policy: Arc<keyloop_core::policy::PolicyEngine>,
+    /// The notifier's outgoing webhook (the `notifier` role needs one).
+    pub notify_webhook: Option<notifier::WebhookUrl>,
 }
 
 impl Default for WorkerConfig {
@@ -70,11 +73,13 @@ impl Default for WorkerConfig {
             policy: Arc::new(keyloop_core::policy::PolicyEngine::default_policy(
                 keyloop_core::policy::Groups::with_admins(DEFAULT_API_ADMINS),
             )),
+            notify_webhook: None,
         }
     }
 }
 
-/// The message handler of a consuming role (`None` for the scheduler).
+/// The message handler of a consuming role (`None` for the scheduler and the api; the
+/// notifier's is [`notifier::handler`], made from its webhook).
 pub fn handler_for(role: Role, ctx: Arc<WorkerContext>) -> Option<Handler> {
     match role {
         Role::LeakResponder => Some(leak_responder::handler(ctx)),
@@ -82,7 +87,7 @@ pub fn handler_for(role: Role, ctx: Arc<WorkerContext>) -> Option<Handler> {
         Role::Revoker => Some(revoker::handler(ctx)),
         Role::Sweeper => Some(sweeper::handler(ctx)),
         Role::JitIssuer => Some(task_completed::handler(ctx)),
-        Role::Scheduler | Role::Api => None,
+        Role::Scheduler | Role::Api | Role::Notifier => None,
     }
 }
 
@@ -106,7 +111,17 @@ pub async fn run(
     let mut set = tokio::task::JoinSet::new();
     let mut names = std::collections::HashMap::new();
     for &role in roles {
-        if let Some(handler) = handler_for(role, ctx.clone()) {
+        let handler = match (role, &config.notify_webhook) {
+            (Role::Notifier, Some(url)) => Some(notifier::handler(url.clone())?),
+            (Role::Notifier, None) => {
+                return Err(Error::msg(
+                    ErrorKind::Permanent,
+                    "the notifier needs a webhook: pass --notify-webhook URL (env KEYLOOP_NOTIFY_WEBHOOK)",
+                ));
+            }
+            _ => handler_for(role, ctx.clone()),
+        };
+        if let Some(handler) = handler {
             let (bus, cfg, stop) = (bus.clone(), config.consume.clone(), shutdown.clone());
             let task = set.spawn(async move {
                 keyloop_nats::runtime::consume(bus, role, cfg, handler, stop)

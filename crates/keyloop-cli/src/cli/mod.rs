@@ -189,6 +189,10 @@ pub(crate) struct RunArgs {
     /// (leak-driven ones always go ahead); `off` to disable.
     #[arg(long, env = "KEYLOOP_REVOCATION_BUDGET", default_value = "100/1m")]
     pub(crate) revocation_budget: String,
+    /// notifier role: post notify-tier outcomes, approvals and revocation budgets to this
+    /// webhook (Slack-compatible JSON). The URL is a secret: only its host is ever logged.
+    #[arg(long, env = "KEYLOOP_NOTIFY_WEBHOOK", hide_env_values = true)]
+    pub(crate) notify_webhook: Option<String>,
 }
 
 #[derive(Debug, Subcommand)]
@@ -575,7 +579,7 @@ mod tests {
         let help = refusal(&["worker", "--help"]);
         assert!(
             help.contains(
-                "[possible values: leak-responder, rotator, revoker, scheduler, sweeper, jit-issuer, api]"
+                "[possible values: leak-responder, rotator, revoker, scheduler, sweeper, jit-issuer, api, notifier]"
             ),
             "{help}"
         );

@@ -23,6 +23,17 @@ use tokio_util::sync::CancellationToken;
 
 const LEAKED: &str = "saas/stripe-payouts";
 
+/// Every role but the notifier: the demo posts to no webhook.
+const DEMO_ROLES: [Role; 7] = [
+    Role::LeakResponder,
+    Role::Rotator,
+    Role::Revoker,
+    Role::Scheduler,
+    Role::Sweeper,
+    Role::JitIssuer,
+    Role::Api,
+];
+
 pub(crate) async fn run(g: &Global) -> Result<ExitCode> {
     let say = |text: &str| if g.json { Ok(()) } else { output::line(text) };
     let started = Instant::now();
@@ -47,7 +58,7 @@ pub(crate) async fn run(g: &Global) -> Result<ExitCode> {
     let shutdown = CancellationToken::new();
     let workers = tokio::spawn(keyloop_workers::run(
         ctx.clone(),
-        &Role::ALL,
+        &DEMO_ROLES,
         keyloop_workers::WorkerConfig::default(),
         shutdown.clone(),
     ));

@@ -94,7 +94,11 @@ async fn serve(
     };
     config::add_backends(&g, &mut ctx.backends)?;
     config::apply_run_args(&args, &mut ctx).await?;
-    let roles: Vec<_> = Role::ALL.to_vec();
+    // The notifier runs only where there is a webhook to post to.
+    let roles: Vec<_> = Role::ALL
+        .into_iter()
+        .filter(|r| *r != Role::Notifier || args.notify_webhook.is_some())
+        .collect();
     eprintln!(
         "keyloop up: workers {} on {url} (Ctrl-C to stop)",
         roles
