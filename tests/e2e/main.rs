@@ -10,6 +10,7 @@ mod broker;
 mod chaos;
 mod cli;
 mod closed_stdout;
+mod deploy_files;
 mod durable_dlq;
 mod durations;
 mod fail_safe;
