@@ -18,6 +18,7 @@ mod fault_matrix;
 mod faults;
 mod fleet;
 mod harness;
+mod health;
 mod idle;
 mod ingest_formats;
 mod ingest_large;

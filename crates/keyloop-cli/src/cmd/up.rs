@@ -93,8 +93,8 @@ async fn serve(
         }
     };
     config::add_backends(&g, &mut ctx.backends)?;
-    config::apply_run_args(&args, &mut ctx).await?;
     let roles: Vec<_> = Role::ALL.to_vec();
+    config::apply_run_args(&args, &mut ctx, &roles, &shutdown).await?;
     eprintln!(
         "keyloop up: workers {} on {url} (Ctrl-C to stop)",
         roles
