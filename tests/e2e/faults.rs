@@ -4,23 +4,19 @@
 //! its working current version.
 
 use crate::harness::{
-    Env, Events, Follower, free_port, gitleaks_report, lifecycle, path_str, stream_messages,
+    Env, Events, Follower, free_port, gitleaks_report, http_get, lifecycle, path_str,
+    stream_messages,
 };
 use keyloop_core::{LifecycleKind, Stage};
 use std::collections::HashSet;
 use std::time::Duration;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 /// The worker's Prometheus text, once its endpoint answers (polled while the process starts).
-async fn scrape(port: u16) -> String {
+pub(crate) async fn scrape(port: u16) -> String {
     for _ in 0..100 {
-        if let Ok(mut conn) = tokio::net::TcpStream::connect(("127.0.0.1", port)).await {
-            conn.write_all(b"GET /metrics HTTP/1.1\r\nHost: localhost\r\n\r\n")
-                .await
-                .unwrap();
-            let mut out = String::new();
-            conn.read_to_string(&mut out).await.unwrap();
-            return out;
+        if let Some(answer) = http_get(port, "/metrics").await {
+            assert_eq!(answer.status, 200);
+            return String::from_utf8(answer.body).unwrap();
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
@@ -40,7 +36,7 @@ async fn scrape_until(port: u16, name: &str, at_least: u64) -> String {
     panic!("{name} never reached {at_least}");
 }
 
-fn metric(text: &str, line_start: &str) -> u64 {
+pub(crate) fn metric(text: &str, line_start: &str) -> u64 {
     text.lines()
         .find(|l| l.starts_with(line_start))
         .and_then(|l| l.rsplit(' ').next())

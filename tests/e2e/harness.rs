@@ -562,6 +562,19 @@ pub(crate) fn gitleaks_report(secret: &str, file: &str) -> Vec<u8> {
     .unwrap()
 }
 
+/// `GET path` on a new connection to the loopback `port`: `None` while nothing accepts there
+/// (a process still starting, or gone).
+pub(crate) async fn http_get(
+    port: u16,
+    path: &str,
+) -> Option<keyloop_testkit::webhook::HttpResponse> {
+    let addr = std::net::SocketAddr::from(([127, 0, 0, 1], port));
+    let mut client = keyloop_testkit::webhook::HttpClient::connect(addr)
+        .await
+        .ok()?;
+    client.send("GET", path, &[], Vec::new()).await.ok()
+}
+
 /// A loopback port nothing listens on (at the time of the call).
 pub(crate) fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")

@@ -419,10 +419,13 @@ fn check_jit_policy(policy: &keyloop_core::JitPolicy, file: Option<&Path>) -> Re
     Ok(())
 }
 
-/// Fault injection and the metrics endpoint from `up`/`worker` flags.
+/// Fault injection and the metrics and health endpoint (with its probe of the consumers of
+/// `roles`, until `shutdown`) from `up`/`worker` flags.
 pub(crate) async fn apply_run_args(
     args: &crate::cli::RunArgs,
     ctx: &mut WorkerContext,
+    roles: &[keyloop_nats::Role],
+    shutdown: &tokio_util::sync::CancellationToken,
 ) -> Result<()> {
     if let Some(spec) = &args.inject_faults {
         let faults = keyloop_backends::Faults::parse(spec)?;
@@ -431,7 +434,9 @@ pub(crate) async fn apply_run_args(
     }
     ctx.approval_settings = approval_settings(args)?;
     if let Some(addr) = args.metrics_addr {
-        crate::metrics_http::serve(addr).await?;
+        let health = keyloop_nats::health::Health::new(ctx.bus()?.clone(), roles);
+        crate::http::serve(addr, health.clone()).await?;
+        tokio::spawn(health.run(shutdown.clone()));
     }
     Ok(())
 }

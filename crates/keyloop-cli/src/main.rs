@@ -6,7 +6,7 @@ mod api_client;
 mod cli;
 mod cmd;
 mod config;
-mod metrics_http;
+mod http;
 mod output;
 mod policy_config;
 

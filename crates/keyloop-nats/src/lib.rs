@@ -6,6 +6,7 @@ pub mod approvals;
 pub mod bus;
 pub mod due;
 pub mod error;
+pub mod health;
 pub mod inventory;
 pub mod metrics;
 pub mod runtime;

@@ -138,7 +138,17 @@ impl TestServer {
 
     /// Kills the server (SIGKILL) and starts it again on the same port and store directory.
     pub async fn restart(&mut self) {
+        self.kill().await;
+        self.resume().await;
+    }
+
+    /// Kills the server (SIGKILL); [`TestServer::resume`] starts it again.
+    pub async fn kill(&mut self) {
         self.process.kill().await;
+    }
+
+    /// Starts a killed server again on the same port and store directory.
+    pub async fn resume(&mut self) {
         let mut options = self.options.clone();
         options.port = Some(self.process.port());
         self.process = ServerProcess::start_with_env(&options, &self.env)

@@ -187,9 +187,7 @@ async fn trip(
         ));
     }
     let stored = ctx.approvals.approval(&id).await?.unwrap_or(approval);
-    keyloop_nats::metrics::global()
-        .budget_tripped
-        .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    keyloop_nats::metrics::global().budget_tripped();
     warn!(%target, approval = %id, max = budget.max, "revocation budget tripped: further idle, scheduled and manual revocations of this target are held for approval");
     approvals::announce(
         ctx,

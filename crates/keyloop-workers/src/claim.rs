@@ -322,6 +322,7 @@ where
     F: std::future::Future<Output = Result<T, Error>>,
 {
     let guard = claim(ctx, credential, op).await?;
+    let _held = keyloop_nats::metrics::global().claim_held();
     let renew = async {
         let mut every = tokio::time::interval(ctx.claim_ttl / 3);
         every.tick().await;

@@ -154,9 +154,7 @@ async fn revocation_failed(
     cause: &Cause,
     error: &crate::error::Error,
 ) {
-    keyloop_nats::metrics::global()
-        .revocation_failed
-        .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    keyloop_nats::metrics::global().revocation_failed();
     tracing::error!(credential = %cmd.credential, op = %cmd.op_id, reason = cmd.reason.name(), %error, "revocation failed; the version may still work at its target");
     let mut data = keyloop_core::LifecycleData::new(
         keyloop_core::LifecycleKind::RevocationFailed,

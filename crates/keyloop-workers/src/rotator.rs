@@ -210,9 +210,7 @@ async fn rotation_failed(
     error: &Error,
     outcome: &str,
 ) {
-    keyloop_nats::metrics::global()
-        .rotation_failed
-        .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    keyloop_nats::metrics::global().rotation_failed();
     tracing::error!(credential = %cmd.credential, op = %cmd.op_id, %error, outcome, "rotation failed");
     let mut data = LifecycleData::new(
         LifecycleKind::RotationFailed,
@@ -565,6 +563,12 @@ async fn finish(
         return Ok(());
     }
     ops::schedule_after_rotation(ctx, &promoted_cred, promotion.demoted, now).await?;
+    if let Some(v) = promoted_cred
+        .version(new_version)
+        .filter(|_| promotion.promoted)
+    {
+        keyloop_nats::metrics::global().rotated(cmd.reason.name(), now - v.created_at);
+    }
     publish_rotated(ctx, cmd, cause, new_version, promotion.demoted).await
 }
 

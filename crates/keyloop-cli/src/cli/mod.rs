@@ -159,7 +159,7 @@ pub(crate) struct RunArgs {
     /// scopes per their tier).
     #[arg(long, env = "KEYLOOP_POLICY")]
     pub(crate) policy: Option<PathBuf>,
-    /// Serve Prometheus metrics on this address (e.g. 127.0.0.1:9464).
+    /// Serve /metrics (Prometheus), /healthz and /readyz on this address (e.g. 127.0.0.1:9464).
     #[arg(long, env = "KEYLOOP_METRICS_ADDR")]
     pub(crate) metrics_addr: Option<std::net::SocketAddr>,
     /// Inject backend faults, for tests and game days only: `transient=0.3`,

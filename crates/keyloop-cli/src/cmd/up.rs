@@ -93,12 +93,12 @@ async fn serve(
         }
     };
     config::add_backends(&g, &mut ctx.backends)?;
-    config::apply_run_args(&args, &mut ctx).await?;
     // The notifier runs only where there is a webhook to post to.
     let roles: Vec<_> = Role::ALL
         .into_iter()
         .filter(|r| *r != Role::Notifier || args.notify_webhook.is_some())
         .collect();
+    config::apply_run_args(&args, &mut ctx, &roles, &shutdown).await?;
     eprintln!(
         "keyloop up: workers {} on {url} (Ctrl-C to stop)",
         roles

@@ -35,7 +35,7 @@ pub(crate) async fn run(g: &Global, args: WorkerArgs) -> Result<ExitCode> {
             open,
         )
         .await?;
-        config::apply_run_args(&args.run, &mut ctx).await?;
+        config::apply_run_args(&args.run, &mut ctx, &roles, &shutdown).await?;
         require_store(&ctx, &roles)?;
         anyhow::Ok(ctx)
     };

@@ -87,6 +87,18 @@ pub enum RotationReason {
     Initial,
 }
 
+impl RotationReason {
+    /// The reason's name as it appears in JSON.
+    pub const fn name(self) -> &'static str {
+        match self {
+            Self::Leak => "leak",
+            Self::Manual => "manual",
+            Self::Scheduled => "scheduled",
+            Self::Initial => "initial",
+        }
+    }
+}
+
 /// One value of a credential. The value itself lives only in the store.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
@@ -205,5 +217,21 @@ impl Version {
     /// (a pending one only once its `set` step began, and not after a rollback).
     pub fn may_work_at_target(&self) -> bool {
         self.stage.is_live() && self.at_target == AtTarget::Set
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_rotation_reasons_name_is_its_json_form() {
+        use RotationReason::*;
+        for reason in [Leak, Manual, Scheduled, Initial] {
+            assert_eq!(
+                serde_json::to_value(reason).unwrap(),
+                serde_json::json!(reason.name())
+            );
+        }
     }
 }

@@ -6,6 +6,7 @@ use crate::bus::{
     Bus, DLQ_DELIVERIES_HEADER, DLQ_REASON_HEADER, DLQ_SEQUENCE_HEADER, DLQ_SUBJECT_HEADER,
 };
 use crate::error::Error;
+use crate::metrics::Outcome;
 use crate::topology::{ACK_WAIT, Role};
 use async_nats::HeaderMap;
 use async_nats::jetstream::AckKind;
@@ -50,10 +51,7 @@ pub(super) async fn dead_letter_durably(
             .await
             .inspect_err(|dlq_err| {
                 let failures = failures.fetch_add(1, Ordering::Relaxed) + 1;
-                crate::metrics::global()
-                    .role(role)
-                    .dlq_write_failed
-                    .fetch_add(1, Ordering::Relaxed);
+                crate::metrics::global().message(role, Outcome::DlqWriteFailed);
                 // Loud at first, then every tenth failure: an unwritable DLQ is an incident, a
                 // line per retry would be noise.
                 if failures == 1 || failures.is_multiple_of(10) {

@@ -4,11 +4,11 @@
 use super::dlq::{DeadLetter, dead_letter_durably};
 use super::{ConsumeConfig, Delivery, Handler, HandlerError, MAX_MESSAGE_BYTES, STOP_IO_TIMEOUT};
 use crate::bus::Bus;
+use crate::metrics::Outcome;
 use crate::topology::{ACK_WAIT, Role};
 use async_nats::jetstream::{self, AckKind};
 use keyloop_core::Retry;
 use std::sync::Arc;
-use std::sync::atomic::Ordering;
 use std::time::Duration;
 use tokio_util::sync::CancellationToken;
 use tracing::{Instrument, debug, error, info_span, warn};
@@ -57,18 +57,21 @@ pub(super) async fn process(
         } else {
             // Tell JetStream the message is being worked on, so a short ack wait (fast
             // redelivery after a crash or failover) never redelivers a slow but live operation.
+            let started = std::time::Instant::now();
             let work = handler(delivery.clone());
             tokio::pin!(work);
             let mut progress = tokio::time::interval(ACK_WAIT / 3);
             progress.tick().await;
-            loop {
+            let outcome = loop {
                 tokio::select! {
                     outcome = &mut work => break outcome,
                     _ = progress.tick() => {
                         let _ = delivery.message.ack_with(AckKind::Progress).await;
                     }
                 }
-            }
+            };
+            crate::metrics::global().handler_ran(role, started.elapsed());
+            outcome
         };
         let message = &delivery.message;
         match outcome {
@@ -77,14 +80,14 @@ pub(super) async fn process(
                     // The effects are durable and idempotent; a lost ack only means a redelivery.
                     warn!(error = %e, "ack failed; the message will be redelivered and is idempotent");
                 }
-                crate::metrics::global().role(role).acked.fetch_add(1, Ordering::Relaxed);
+                crate::metrics::global().message(role, Outcome::Acked);
                 debug!("done");
             }
             Err(e) if e.kind == Retry::Transient && !delivery.last_attempt => {
                 let delay = retry_delay(config, attempt, stream_sequence);
                 warn!(reason = %e.reason, retry_in_ms = delay.as_millis() as u64, "transient failure; will retry");
                 let _ = message.ack_with(AckKind::Nak(Some(delay))).await;
-                crate::metrics::global().role(role).retried.fetch_add(1, Ordering::Relaxed);
+                crate::metrics::global().message(role, Outcome::Retried);
             }
             Err(e) => {
                 let reason = if e.kind == Retry::Transient {
@@ -102,7 +105,7 @@ pub(super) async fn process(
                         // Terminated only now that its copy is stored. A lost termination costs
                         // one more delivery, whose second DLQ copy the DLQ's dedup window drops.
                         let _ = message.ack_with(AckKind::Term).await;
-                        crate::metrics::global().role(role).dead_lettered.fetch_add(1, Ordering::Relaxed);
+                        crate::metrics::global().message(role, Outcome::DeadLettered);
                         None
                     }
                     DeadLetter::Shutdown => {
@@ -116,7 +119,7 @@ pub(super) async fn process(
                 };
                 if let Some(nak) = hand_back {
                     let _ = tokio::time::timeout(STOP_IO_TIMEOUT, message.ack_with(nak)).await;
-                    crate::metrics::global().role(role).dlq_handed_back.fetch_add(1, Ordering::Relaxed);
+                    crate::metrics::global().message(role, Outcome::DlqHandedBack);
                 }
             }
         }

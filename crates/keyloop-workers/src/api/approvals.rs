@@ -351,9 +351,7 @@ impl Api<'_> {
                     .release_breaker(target, &approval.id)
                     .await
                     .map_err(api_error)?;
-                keyloop_nats::metrics::global()
-                    .budget_released
-                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                keyloop_nats::metrics::global().budget_released();
                 announce(
                     self.ctx,
                     &cause,

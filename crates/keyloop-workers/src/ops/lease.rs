@@ -75,5 +75,9 @@ pub async fn end_lease(
     let event = lease_event(&cause.source, &format!("{op}/{lease_id}"), data, &lease)
         .caused_by(cause.correlation.clone(), cause.causation.clone());
     ctx.outbox.publish_lifecycle(&event).await?;
+    if let Some(leaked) = leak_published_at {
+        keyloop_nats::metrics::global()
+            .revoked_after_leak(keyloop_nats::metrics::Revoked::Lease, ended_at - leaked);
+    }
     Ok(true)
 }

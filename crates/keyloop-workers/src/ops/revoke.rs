@@ -170,6 +170,10 @@ pub async fn revoke_version(
     cause
         .publish(ctx, &format!("{}/{}", req.op, req.version), data)
         .await?;
+    if let Some(leaked) = req.leak_published_at {
+        keyloop_nats::metrics::global()
+            .revoked_after_leak(keyloop_nats::metrics::Revoked::Version, revoked_at - leaked);
+    }
     Ok(Revoked::ByThisOperation)
 }
 
