@@ -6,7 +6,7 @@
 
 use crate::error::{Error, ErrorKind};
 use crate::inventory::{
-    Attempt, CAS_ATTEMPTS, Change, Inventory, cas_backoff, create, read, scan, settle, update,
+    Attempt, Change, Inventory, cas_backoff, create, lost_races, read, scan, settle, update,
 };
 use async_nats::jetstream::kv;
 use backon::RetryableWithContext;
@@ -226,15 +226,7 @@ where
     .context(decide)
     .when(|e| matches!(e, Attempt::Raced))
     .await;
-    settle(outcome, || {
-        Error::msg(
-            ErrorKind::Transient,
-            format!(
-                "{}/{key}: compare-and-set lost {CAS_ATTEMPTS} races in a row",
-                kv.name
-            ),
-        )
-    })
+    settle(outcome, || lost_races(kv, key))
 }
 
 async fn upsert_once<R, T>(

@@ -146,15 +146,18 @@ where
     .context(decide)
     .when(|e| matches!(e, Attempt::Raced))
     .await;
-    settle(outcome, || {
-        Error::msg(
-            ErrorKind::Transient,
-            format!(
-                "{}/{key}: compare-and-set lost {CAS_ATTEMPTS} races in a row",
-                kv.name
-            ),
-        )
-    })
+    settle(outcome, || lost_races(kv, key))
+}
+
+/// The error of a compare-and-set on `key` that lost every one of its [`CAS_ATTEMPTS`].
+pub(crate) fn lost_races(kv: &kv::Store, key: &str) -> Error {
+    Error::msg(
+        ErrorKind::Transient,
+        format!(
+            "{}/{key}: compare-and-set lost {CAS_ATTEMPTS} races in a row",
+            kv.name
+        ),
+    )
 }
 
 /// One read, decision and compare-and-set write of [`update`].

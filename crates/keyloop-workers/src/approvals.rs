@@ -99,6 +99,15 @@ pub async fn announce_requested(
     .await
 }
 
+/// Releases the breaker a revocation batch held (decided, expired or released, it no longer
+/// waits, so later revocations count again). Nothing for any other approval.
+pub async fn release_batch(ctx: &WorkerContext, approval: &Approval) -> Result<(), Error> {
+    if let Held::RevokeBatch { target, .. } = &approval.held {
+        ctx.approvals.release_breaker(target, &approval.id).await?;
+    }
+    Ok(())
+}
+
 /// Expires approval `id` if it is past its deadline undecided (or granted and not used):
 /// `approval_expired` is published, and a tripped budget waiting for it is released without
 /// running what it held. `false` when there was nothing to expire.
@@ -124,9 +133,9 @@ pub async fn expire(
         Err(e) if e.kind() == ErrorKind::NotFound => return Ok(false),
         Err(e) => return Err(e),
     };
+    release_batch(ctx, &approval).await?;
     let detail = match &approval.held {
         Held::RevokeBatch { target, commands } => {
-            ctx.approvals.release_breaker(target, id).await?;
             format!(
                 "nobody decided in time: the {} held revocation(s) of target {target} are dropped (what falls due again is held again)",
                 commands.len()

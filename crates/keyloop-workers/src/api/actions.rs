@@ -41,14 +41,7 @@ impl Api<'_> {
                 )
                 .await;
         }
-        self.ctx
-            .send_command(&self.cause(Some(op_id.clone())), cmd)
-            .await
-            .map_err(api_error)?;
-        Ok(Queued {
-            op_id,
-            approval: None,
-        })
+        self.send_now(cmd, op_id).await
     }
 
     pub(super) async fn revoke(&self, req: RevokeRequest) -> Result<Queued, ApiError> {
@@ -77,14 +70,7 @@ impl Api<'_> {
                 .hold(&req.id, decision, Held::Revoke(cmd), op_id, &req.reason)
                 .await;
         }
-        self.ctx
-            .send_command(&self.cause(Some(op_id.clone())), cmd)
-            .await
-            .map_err(api_error)?;
-        Ok(Queued {
-            op_id,
-            approval: None,
-        })
+        self.send_now(cmd, op_id).await
     }
 
     /// Offboards (see [`retire_now`]), or holds the retirement for an approval.
@@ -113,6 +99,22 @@ impl Api<'_> {
         )
         .await
         .map_err(api_error)?;
+        Ok(Queued {
+            op_id,
+            approval: None,
+        })
+    }
+
+    /// Sends `cmd` at once under `op_id`, as this actor.
+    async fn send_now<C: keyloop_core::event::Command>(
+        &self,
+        cmd: C,
+        op_id: String,
+    ) -> Result<Queued, ApiError> {
+        self.ctx
+            .send_command(&self.cause(Some(op_id.clone())), cmd)
+            .await
+            .map_err(api_error)?;
         Ok(Queued {
             op_id,
             approval: None,

@@ -10,7 +10,7 @@
 //! commands are deduplicated by their operation ids, so nothing runs twice.
 
 use super::{Api, api_error};
-use crate::approvals::announce;
+use crate::approvals::{announce, release_batch};
 use keyloop_core::LifecycleKind;
 use keyloop_core::api::{
     ApiError, ApprovalIdRequest, ApprovalsRequest, Decided, DenyRequest, Verb,
@@ -228,13 +228,9 @@ impl Api<'_> {
                 return self.granted(approval).await;
             }
             Transition::Denied => {
-                if let Held::RevokeBatch { target, .. } = &approval.held {
-                    self.ctx
-                        .approvals
-                        .release_breaker(target, id)
-                        .await
-                        .map_err(api_error)?;
-                }
+                release_batch(self.ctx, &approval)
+                    .await
+                    .map_err(api_error)?;
                 let reason = approval
                     .denied
                     .as_ref()
@@ -245,13 +241,9 @@ impl Api<'_> {
                     .map_err(api_error)?;
             }
             Transition::Expired => {
-                if let Held::RevokeBatch { target, .. } = &approval.held {
-                    self.ctx
-                        .approvals
-                        .release_breaker(target, id)
-                        .await
-                        .map_err(api_error)?;
-                }
+                release_batch(self.ctx, &approval)
+                    .await
+                    .map_err(api_error)?;
                 announce(
                     self.ctx,
                     &cause,
@@ -346,11 +338,7 @@ impl Api<'_> {
                         .await
                         .map_err(api_error)?;
                 }
-                self.ctx
-                    .approvals
-                    .release_breaker(target, &approval.id)
-                    .await
-                    .map_err(api_error)?;
+                release_batch(self.ctx, approval).await.map_err(api_error)?;
                 keyloop_nats::metrics::global().budget_released();
                 announce(
                     self.ctx,
