@@ -30,6 +30,7 @@ mod least_privilege;
 mod master_key;
 mod no_live_digests;
 mod no_plaintext;
+mod notify;
 mod policy;
 mod postgres;
 mod replicas;

@@ -423,6 +423,13 @@ impl Topology {
             ack_wait: ACK_WAIT,
             max_deliver: MAX_DELIVER,
             max_ack_pending: 10_000,
+            // The notifier announces what happens from now on: a first deployment into an
+            // installation with history must not post a year of old approvals again.
+            deliver_policy: if role == Role::Notifier {
+                consumer::DeliverPolicy::New
+            } else {
+                consumer::DeliverPolicy::All
+            },
             ..Default::default()
         }
     }

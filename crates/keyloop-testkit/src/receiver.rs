@@ -1,18 +1,19 @@
 //! A local HTTP receiver for outgoing webhooks (the notifier's): records every POST (path,
-//! headers, body) and answers with the statuses it is told to, then 200. Started on a random
-//! loopback port; stopped on drop.
+//! headers, body, when) and answers with the statuses it is told to (optionally with a
+//! `Retry-After`), then 200. Started on a random or a given loopback port; stopped on drop.
 
 use axum::Router;
 use axum::body::Bytes;
 use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode, Uri};
+use axum::response::IntoResponse;
 use std::collections::VecDeque;
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use tokio::sync::Notify;
 
-/// One request received.
-#[derive(Debug, Clone)]
+/// One request received (its `Debug` shows the body as text).
+#[derive(Clone)]
 pub struct Received {
     /// Its path and query.
     pub path: String,
@@ -22,12 +23,45 @@ pub struct Received {
     pub body: Vec<u8>,
     /// The status it was answered.
     pub status: u16,
+    /// When it arrived.
+    pub at: std::time::Instant,
+}
+
+impl std::fmt::Debug for Received {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Received")
+            .field("path", &self.path)
+            .field("status", &self.status)
+            .field("idempotency_key", &self.header("idempotency-key"))
+            .field("body", &String::from_utf8_lossy(&self.body))
+            .finish()
+    }
+}
+
+impl Received {
+    /// The value of header `name` (lowercase), if sent.
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(k, _)| k == name)
+            .map(|(_, v)| v.as_str())
+    }
+
+    /// The body as JSON; panics when it is not.
+    pub fn json(&self) -> serde_json::Value {
+        serde_json::from_slice(&self.body).unwrap_or_else(|e| {
+            panic!(
+                "the webhook body is not JSON ({e}): {}",
+                String::from_utf8_lossy(&self.body)
+            )
+        })
+    }
 }
 
 #[derive(Default)]
 struct Shared {
     received: Mutex<Vec<Received>>,
-    answers: Mutex<VecDeque<u16>>,
+    answers: Mutex<VecDeque<(u16, Option<u64>)>>,
     changed: Notify,
 }
 
@@ -49,8 +83,14 @@ async fn record(
     uri: Uri,
     headers: HeaderMap,
     body: Bytes,
-) -> StatusCode {
-    let status = shared.answers.lock().unwrap().pop_front().unwrap_or(200);
+) -> axum::response::Response {
+    let at = std::time::Instant::now();
+    let (status, retry_after) = shared
+        .answers
+        .lock()
+        .unwrap()
+        .pop_front()
+        .unwrap_or((200, None));
     shared.received.lock().unwrap().push(Received {
         path: uri
             .path_and_query()
@@ -67,9 +107,14 @@ async fn record(
             .collect(),
         body: body.to_vec(),
         status,
+        at,
     });
     shared.changed.notify_waiters();
-    StatusCode::from_u16(status).unwrap_or(StatusCode::OK)
+    let code = StatusCode::from_u16(status).unwrap_or(StatusCode::OK);
+    match retry_after {
+        Some(secs) => (code, [("retry-after", secs.to_string())]).into_response(),
+        None => code.into_response(),
+    }
 }
 
 impl Receiver {
@@ -104,7 +149,20 @@ impl Receiver {
 
     /// The next requests are answered with these statuses, in order (then 200).
     pub fn answer(&self, statuses: &[u16]) {
-        self.shared.answers.lock().unwrap().extend(statuses);
+        self.shared
+            .answers
+            .lock()
+            .unwrap()
+            .extend(statuses.iter().map(|s| (*s, None)));
+    }
+
+    /// The next request is answered `status` with `Retry-After: secs`.
+    pub fn answer_retry_after(&self, status: u16, secs: u64) {
+        self.shared
+            .answers
+            .lock()
+            .unwrap()
+            .push_back((status, Some(secs)));
     }
 
     /// Every request so far.

@@ -122,7 +122,10 @@ pub async fn run(
             _ => handler_for(role, ctx.clone()),
         };
         if let Some(handler) = handler {
-            let (bus, cfg, stop) = (bus.clone(), config.consume.clone(), shutdown.clone());
+            let (bus, mut cfg, stop) = (bus.clone(), config.consume.clone(), shutdown.clone());
+            if role == Role::Notifier {
+                cfg.concurrency = cfg.concurrency.min(notifier::CONCURRENCY);
+            }
             let task = set.spawn(async move {
                 keyloop_nats::runtime::consume(bus, role, cfg, handler, stop)
                     .await

@@ -81,7 +81,13 @@ pub struct HandlerError {
     /// The underlying error, when there is one.
     #[source]
     pub source: Option<Box<dyn std::error::Error + Send + Sync>>,
+    /// The soonest a retry may come, when the other side said so (an HTTP `Retry-After`): the
+    /// nak delay is at least this, and at most [`MAX_RETRY_AFTER`].
+    pub retry_after: Option<Duration>,
 }
+
+/// The longest delay a [`HandlerError::retry_after`] may ask for.
+pub const MAX_RETRY_AFTER: Duration = Duration::from_secs(600);
 
 impl HandlerError {
     /// A failure that will not go away by retrying (malformed message, unknown type).
@@ -90,6 +96,7 @@ impl HandlerError {
             kind: Retry::Permanent,
             reason: reason.into(),
             source: None,
+            retry_after: None,
         }
     }
 
@@ -99,6 +106,7 @@ impl HandlerError {
             kind: Retry::Transient,
             reason: reason.into(),
             source: None,
+            retry_after: None,
         }
     }
 
@@ -108,7 +116,15 @@ impl HandlerError {
             kind,
             reason: error.to_string(),
             source: Some(Box::new(error)),
+            retry_after: None,
         }
+    }
+
+    /// The same failure, retried no sooner than `after`.
+    #[must_use]
+    pub fn retry_after(mut self, after: Duration) -> Self {
+        self.retry_after = Some(after.min(MAX_RETRY_AFTER));
+        self
     }
 }
 

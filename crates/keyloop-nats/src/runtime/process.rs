@@ -84,7 +84,8 @@ pub(super) async fn process(
                 debug!("done");
             }
             Err(e) if e.kind == Retry::Transient && !delivery.last_attempt => {
-                let delay = retry_delay(config, attempt, stream_sequence);
+                let delay = retry_delay(config, attempt, stream_sequence)
+                    .max(e.retry_after.unwrap_or_default());
                 warn!(reason = %e.reason, retry_in_ms = delay.as_millis() as u64, "transient failure; will retry");
                 let _ = message.ack_with(AckKind::Nak(Some(delay))).await;
                 crate::metrics::global().message(role, Outcome::Retried);

@@ -1,6 +1,7 @@
 //! notifier: posts notifications to an outgoing webhook (`--notify-webhook URL`, env
 //! `KEYLOOP_NOTIFY_WEBHOOK`), Slack-compatible JSON. It reads the lifecycle stream (its own
-//! durable consumer, filtered to [`keyloop_nats::topology::NOTIFIED_KINDS`]) after the fact, so
+//! durable consumer, filtered to [`keyloop_nats::topology::NOTIFIED_KINDS`], delivering only
+//! what is stored after it was created: never the history before it) after the fact, so
 //! nothing it does — a slow or dead receiver included — delays an issue, a rotation or a
 //! revocation.
 //!
@@ -14,7 +15,8 @@
 //!
 //! **Delivery is at least once**: each post carries the event id (`Idempotency-Key` header,
 //! `keyloop.event_id`), so a receiver can drop a repeat. A connection error, a timeout, `408`,
-//! `429` or a `5xx` is retried (the message is nak'ed with the runtime's backoff); any other
+//! `429` or a `5xx` is retried (the message is nak'ed with the runtime's backoff, and no sooner
+//! than a `Retry-After` in seconds asks); at most [`CONCURRENCY`] posts are in flight; any other
 //! `4xx` is permanent: the event goes to the DLQ with a reason naming the receiver's host. The
 //! URL is a secret (Slack's carry their token in the path): logs and errors name its scheme
 //! and host only.
@@ -36,6 +38,11 @@ use tracing::{debug, info};
 
 /// How long one post may take.
 const POST_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Posts in flight at once per notifier replica, whatever `--concurrency` says: chat webhooks
+/// rate-limit per URL (Slack's about one message a second), and a burst of 64 parallel posts
+/// would mostly come back 429.
+pub const CONCURRENCY: usize = 4;
 
 /// A webhook URL, shown as `scheme://host` only.
 #[derive(Clone)]
@@ -152,9 +159,23 @@ async fn notify(
         Ok(Ok(response)) => response,
     };
     let status = response.status();
+    let retry_after = response
+        .headers()
+        .get(hyper::header::RETRY_AFTER)
+        .and_then(|v| v.to_str().ok())
+        .and_then(retry_after_secs);
     // Drain the body so the connection can be reused; its content is not needed.
     let _ = tokio::time::timeout(POST_TIMEOUT, response.into_body().collect()).await;
-    outcome(status.as_u16(), url, &event.data)
+    outcome(status.as_u16(), url, &event.data).map_err(|e| match retry_after {
+        Some(after) if e.kind == keyloop_core::Retry::Transient => e.retry_after(after),
+        _ => e,
+    })
+}
+
+/// A `Retry-After` in seconds (the form chat webhooks send); an HTTP date is ignored, and the
+/// runtime's own growing delay applies.
+fn retry_after_secs(value: &str) -> Option<Duration> {
+    value.trim().parse::<u64>().ok().map(Duration::from_secs)
 }
 
 /// What a receiver's status means: done, retry, or give up.
@@ -192,6 +213,14 @@ mod tests {
             let e = WebhookUrl::parse(bad).unwrap_err();
             assert!(!e.contains(bad) || bad.len() < 4, "{e}");
         }
+    }
+
+    #[test]
+    fn retry_after_is_read_in_seconds_only() {
+        assert_eq!(retry_after_secs("7"), Some(Duration::from_secs(7)));
+        assert_eq!(retry_after_secs(" 0 "), Some(Duration::ZERO));
+        assert_eq!(retry_after_secs("Wed, 21 Oct 2026 07:28:00 GMT"), None);
+        assert_eq!(retry_after_secs("-1"), None);
     }
 
     #[test]
