@@ -321,11 +321,10 @@ async fn an_approve_tier_lease_is_issued_once_after_the_grant_to_a_requester_who
     );
     let out = as_user(&env, "ops", &["approvals", "approve", &approval, "--json"]).await;
     assert!(out.status.success(), "{}", stderr(&out));
-    assert_eq!(
-        json_line(&out)["approval"]["state"],
-        "granted",
-        "redeemed by the requester"
-    );
+    // Granted; the waiting requester may already have redeemed it (`used`) by the time the
+    // approver's reply reads it back.
+    let state = json_line(&out)["approval"]["state"].clone();
+    assert!(state == "granted" || state == "used", "{state}");
     let out = tokio::time::timeout(WAIT, waiting.wait_with_output())
         .await
         .expect("the waiting requester gets its answer")

@@ -20,6 +20,7 @@ mod fleet;
 mod harness;
 mod health;
 mod idle;
+mod incident;
 mod ingest_formats;
 mod ingest_large;
 mod ingest_serve;

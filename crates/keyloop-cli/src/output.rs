@@ -174,15 +174,27 @@ pub(crate) fn credential_detail(c: &Credential) -> String {
 
 /// One lifecycle event, for people.
 pub(crate) fn lifecycle_row(e: &LifecycleEvent) -> String {
+    format!("{}  {}", ts(e.time), lifecycle_columns(e))
+}
+
+/// A lifecycle event's kind, credential and details, aligned: [`lifecycle_row`] after its time.
+pub(crate) fn lifecycle_columns(e: &LifecycleEvent) -> String {
     let d = &e.data;
     let mut line = format!(
-        "{}  {:<17} {:<28}",
-        ts(e.time),
+        "{:<18} {:<28}",
         d.kind.name(),
         d.credential.as_ref().map_or("-", |c| c.as_str())
     );
     if let Some(v) = &d.version {
         line.push_str(&format!(" v={}", short(v)));
+    }
+    if let Some(l) = &d.lease {
+        line.push_str(&format!(
+            " lease={} scope={} task={}",
+            short(&l.lease_id),
+            l.scope,
+            l.task_id
+        ));
     }
     if let Some(r) = d.revoke_reason {
         line.push_str(&format!(" reason={}", r.name()));
@@ -216,6 +228,9 @@ pub(crate) fn lifecycle_row(e: &LifecycleEvent) -> String {
     }
     if let Some(c) = &e.correlationid {
         line.push_str(&format!(" correlation={c}"));
+    }
+    if let Some(b) = &e.batchid {
+        line.push_str(&format!(" batch={b}"));
     }
     line
 }

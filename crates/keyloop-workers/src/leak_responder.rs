@@ -72,6 +72,7 @@ async fn respond(ctx: &WorkerContext, delivery: &Delivery) -> Result<(), Handler
                 .unwrap_or_else(|| leak.id.clone()),
         ),
         causation: Some(leak.id.clone()),
+        batch: leak.batchid.clone(),
         actor: None,
     };
     let keys = finding.fingerprint.lookup_keys();

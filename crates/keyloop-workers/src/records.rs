@@ -386,7 +386,8 @@ impl dyn Outbox {
                 cause.correlation.clone(),
                 cause.causation.clone(),
             )
-            .by(cause.actor.clone());
+            .by(cause.actor.clone())
+            .in_batch(cause.batch.clone());
         let payload = serde_json::to_vec(&event).map_err(|e| {
             Error::new(
                 ErrorKind::Permanent,

@@ -304,6 +304,7 @@ async fn act(ctx: &WorkerContext, entry: &DueEntry, now: OffsetDateTime) -> Resu
                 source: SOURCE.into(),
                 correlation: Some(format!("approval/{approval}")),
                 causation: None,
+                batch: None,
                 actor: None,
             };
             let expired = crate::approvals::expire(ctx, &cause, approval, now).await?;
@@ -323,6 +324,7 @@ async fn send<C: Command>(ctx: &WorkerContext, op_id: &str, command: C) -> Resul
         source: SOURCE.into(),
         correlation: Some(op_id.to_owned()),
         causation: None,
+        batch: None,
         actor: None,
     };
     ctx.send_command(&cause, command).await

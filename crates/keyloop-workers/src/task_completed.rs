@@ -47,6 +47,7 @@ async fn task_completed(ctx: &WorkerContext, delivery: &Delivery) -> Result<(), 
             source: SOURCE.into(),
             correlation: Some(task.clone()),
             causation: Some(event.id.clone()),
+            batch: None,
             actor: None,
         };
         ctx.send_command(&cause, cmd).await?;

@@ -3,7 +3,6 @@
 use crate::cmd::rules::Tool;
 use clap::builder::{PossibleValue, TypedValueParser};
 use clap::{Args, Parser, Subcommand};
-use keyloop_core::duration::{DurationError, REPLAY_AGO};
 use keyloop_core::ingest::Choice;
 use keyloop_core::{RotationStrategy, Secret, StoreKind, TargetKind};
 use keyloop_nats::Role;
@@ -11,8 +10,12 @@ use std::ffi::OsStr;
 use std::path::PathBuf;
 
 mod credential;
+mod incident;
+mod replay;
 
 pub(crate) use credential::{CredentialCommand, RegisterArgs};
+pub(crate) use incident::IncidentArgs;
+pub(crate) use replay::{ReplayArgs, ReplayStream};
 
 /// keyloop — leaked means dead within milliseconds. Rotates, revokes and issues
 /// non-human-identity credentials in one control loop on NATS JetStream.
@@ -94,6 +97,10 @@ pub(crate) enum Command {
     Revoke(RevokeArgs),
     /// Print lifecycle and inbound events in order.
     Replay(ReplayArgs),
+    /// An incident report from the event log: detection, the matched credential, time to
+    /// revoke from the first detection, rotation, every later use or try of the leaked value,
+    /// the rest of the report, JIT leases (markdown; `--json`; `--html FILE`).
+    Incident(IncidentArgs),
     /// A self-contained tour: own nats-server, a leak, its revocation and rotation.
     Demo,
     /// Start and complete tasks: JIT credentials per task.
@@ -355,37 +362,6 @@ pub(crate) struct RevokeArgs {
     /// How long to wait for the outcome.
     #[arg(long, default_value = "30s")]
     pub(crate) timeout: String,
-}
-
-#[derive(Debug, Args, Default, Clone)]
-pub(crate) struct ReplayArgs {
-    /// Start at this time (RFC 3339, e.g. 2026-11-29T10:00:00Z) or this long ago (e.g. 1h,
-    /// at most 3650d).
-    #[arg(long, value_parser = replay_time)]
-    pub(crate) since: Option<String>,
-    /// Stop at this time (RFC 3339) or this long ago.
-    #[arg(long, value_parser = replay_time)]
-    pub(crate) until: Option<String>,
-    /// Only events about this credential (and the leaks that started them).
-    #[arg(long)]
-    pub(crate) credential: Option<String>,
-    /// Only events of this correlation id (a leak id or an operation id).
-    #[arg(long)]
-    pub(crate) correlation: Option<String>,
-}
-
-/// Checks `--since`/`--until` the way the replay reads them: RFC 3339, or a duration ago
-/// within [`REPLAY_AGO`] (a longer one would overflow the subtraction from now).
-fn replay_time(text: &str) -> Result<String, String> {
-    use time::format_description::well_known::Rfc3339;
-    if time::OffsetDateTime::parse(text, &Rfc3339).is_ok() {
-        return Ok(text.to_owned());
-    }
-    match REPLAY_AGO.parse(text) {
-        Ok(_) => Ok(text.to_owned()),
-        Err(DurationError::OutOfRange(e)) => Err(e.to_string()),
-        Err(_) => Err("expected RFC 3339 (2026-11-29T10:00:00Z) or a duration ago (1h)".into()),
-    }
 }
 
 /// Every store, in the order `--help` lists them.

@@ -94,6 +94,7 @@ async fn register(g: &Global, args: RegisterArgs) -> Result<ExitCode> {
         source: "keyloop/cli".into(),
         correlation: None,
         causation: None,
+        batch: None,
     };
     let registered = ops::register(
         &ctx,

@@ -71,6 +71,7 @@ pub(crate) async fn run(g: &Global) -> Result<ExitCode> {
         source: "keyloop/demo".into(),
         correlation: None,
         causation: None,
+        batch: None,
     };
     for (id, max_age) in [
         ("pg/app", Some(30 * 86_400)),

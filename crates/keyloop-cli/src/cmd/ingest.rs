@@ -101,6 +101,12 @@ pub(crate) async fn run(g: &Global, args: IngestArgs) -> Result<ExitCode> {
             report.deduplicated,
             report.rejected_total()
         ))?;
+        if report.published + report.deduplicated > 0 {
+            output::line(format_args!(
+                "{name}: batch {} (the whole report: `keyloop incident --report {}`)",
+                report.batch, report.batch
+            ))?;
+        }
         if let Some(outcomes) = &report.outcomes {
             print_outcomes(name, outcomes, timeout)?;
         }

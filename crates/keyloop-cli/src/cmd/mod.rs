@@ -4,6 +4,7 @@
 mod approvals;
 mod credential;
 pub(crate) mod demo;
+mod incident;
 mod ingest;
 pub(crate) mod ingest_serve;
 mod init;
@@ -41,6 +42,7 @@ pub(crate) async fn run(cli: Cli) -> Result<ExitCode> {
         Command::Rotate(args) => rotate::run(g, args).await,
         Command::Revoke(args) => revoke::run(g, args).await,
         Command::Replay(args) => replay::run(g, args).await,
+        Command::Incident(args) => incident::run(g, args).await,
         Command::Demo => demo::run(g).await,
         Command::Task(c) => task::run(g, c).await,
         Command::Token(c) => token::run(g, c).await,

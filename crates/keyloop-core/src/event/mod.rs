@@ -54,6 +54,10 @@ pub struct CloudEvent<T> {
     /// The id of the message that caused this one.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub causationid: Option<String>,
+    /// The report this chain belongs to (`batch-<uuid>`): `keyloop ingest` gives every report
+    /// one, carried by all its findings and everything they cause, so one incident has one id.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub batchid: Option<String>,
     /// The proved actor who asked for what this event starts (a command sent by the control
     /// plane on someone's request); absent for what keyloop does by itself.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -75,6 +79,7 @@ impl<T> CloudEvent<T> {
             datacontenttype: "application/json".into(),
             correlationid: None,
             causationid: None,
+            batchid: None,
             actor: None,
             data,
         }
@@ -89,6 +94,12 @@ impl<T> CloudEvent<T> {
     /// Sets the subject (credential id).
     pub fn with_subject(mut self, subject: impl Into<String>) -> Self {
         self.subject = Some(subject.into());
+        self
+    }
+
+    /// Sets the report (batch) id (see [`CloudEvent::batchid`]).
+    pub fn in_batch(mut self, batch: Option<String>) -> Self {
+        self.batchid = batch;
         self
     }
 

@@ -247,6 +247,7 @@ impl Api<'_> {
             source: SOURCE.into(),
             correlation,
             causation: None,
+            batch: None,
             actor: Some(self.actor.to_owned()),
         }
     }

@@ -84,6 +84,7 @@ pub(super) async fn redeem(
         source: SOURCE.into(),
         correlation: Some(req.task_id.clone()),
         causation: None,
+        batch: None,
         actor: Some(requester.clone()),
     };
     let wait = Duration::from_secs(req.wait_secs.unwrap_or(0)).min(MAX_WAIT);

@@ -14,6 +14,8 @@ pub struct Cause {
     pub correlation: Option<String>,
     /// The message that caused this step.
     pub causation: Option<String>,
+    /// The report (ingest batch) the chain belongs to, when it started from one.
+    pub batch: Option<String>,
     /// The proved actor who asked (through the control plane); absent for what keyloop does
     /// by itself. Carried into every command sent and every event published, unless an event
     /// names its own.
@@ -28,6 +30,7 @@ impl Cause {
             source: source.to_owned(),
             correlation: event.correlationid.clone(),
             causation: Some(event.id.clone()),
+            batch: event.batchid.clone(),
             actor: event.actor.clone(),
         }
     }
@@ -53,7 +56,8 @@ impl Cause {
             data.actor = self.actor.clone();
         }
         let event = lifecycle_event(&self.source, step, data)
-            .caused_by(self.correlation.clone(), self.causation.clone());
+            .caused_by(self.correlation.clone(), self.causation.clone())
+            .in_batch(self.batch.clone());
         ctx.outbox.publish_lifecycle(&event).await.map(|_| ())
     }
 }

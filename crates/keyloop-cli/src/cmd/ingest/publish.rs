@@ -38,6 +38,10 @@ const PROGRESS_EVERY: u64 = 10_000;
 /// What one ingest did.
 #[derive(Debug, Default, Serialize)]
 pub(crate) struct IngestReport {
+    /// This report's batch id (`batch-<uuid>`), carried by every finding and everything they
+    /// cause: `keyloop replay --correlation ID` and `keyloop incident --report ID` gather the
+    /// whole report.
+    pub(crate) batch: String,
     /// The format the report was read as (`none`: an empty report read with `auto`).
     pub(crate) format: String,
     /// The format was read from the report (`auto`).
@@ -227,6 +231,7 @@ pub(crate) async fn publish(
     let mut report = IngestReport {
         format: chosen.map_or("none", Format::name).to_owned(),
         format_detected: choice == Choice::Auto,
+        batch: format!("batch-{}", uuid::Uuid::now_v7().simple()),
         ..Default::default()
     };
     let subject = bus.topology.leak_detected();
@@ -324,7 +329,8 @@ async fn send(
     report: &IngestReport,
 ) -> Result<PublishAckFuture> {
     let event = CloudEvent::new(id.to_owned(), source, LEAK_DETECTED_TYPE, finding)
-        .caused_by(Some(id.to_owned()), None);
+        .caused_by(Some(id.to_owned()), None)
+        .in_batch(Some(report.batch.clone()));
     let payload = serde_json::to_vec(&event)?;
     let publish = async_nats::jetstream::message::PublishMessage::build()
         .payload(payload.into())
