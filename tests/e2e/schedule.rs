@@ -125,6 +125,30 @@ async fn scheduled_rotation_keeps_previous_valid_through_grace_then_retires_it()
         .trim_end()
         .to_owned();
     assert_ne!(v1_value, v2_value);
+    // `credential show` says what falls due, as the sweeper computes it.
+    let shown = env.ok(&["credential", "show", "svc/rotating"]).await;
+    let record = env.credential("svc/rotating").await;
+    let rfc = |t: time::OffsetDateTime| {
+        t.format(&time::format_description::well_known::Rfc3339)
+            .unwrap()
+    };
+    let demoted = record.version(v1).unwrap().demoted_at.unwrap();
+    let current = record.current().unwrap();
+    for line in [
+        format!(
+            "grace ends: {} (version {} stops working then)",
+            rfc(demoted + Duration::from_secs(2)),
+            &v1.to_string()[28..]
+        ),
+        format!(
+            "next rotation: {} (every 2s)",
+            rfc(current.activated_at.unwrap() + Duration::from_secs(2))
+        ),
+        format!("last use: {}", rfc(record.last_used_at.unwrap())),
+        "idle after: never (no idle policy)".to_owned(),
+    ] {
+        assert!(shown.contains(&line), "{line} in:\n{shown}");
+    }
     assert!(
         env.verify_value("svc/rotating", &v1_value).await,
         "previous version is valid during grace"

@@ -92,6 +92,57 @@ pub(crate) fn credential_row(c: &Credential) -> String {
     )
 }
 
+/// When the credential was last used and what falls due next: the scheduled rotation, the end
+/// of the previous version's grace, and the idle revocation, as the sweeper computes them.
+fn schedule_lines(c: &Credential) -> String {
+    use keyloop_core::duration::checked_after;
+    let p = &c.policy;
+    let when = |t: Option<OffsetDateTime>| t.map_or_else(|| "out of range".to_owned(), ts);
+    let mut out = format!(
+        "  last use: {}\n",
+        c.last_used_at.map_or_else(|| "never".to_owned(), ts)
+    );
+    let live = !c.live_versions().is_empty() && c.retired.is_none();
+    match (p.idle_revoke_after_secs, live) {
+        (Some(idle), true) => out.push_str(&format!(
+            "  idle after: {} unused: revoked at {} unless used before\n",
+            format_duration(Duration::from_secs(idle)),
+            when(checked_after(c.last_activity(), idle))
+        )),
+        (Some(idle), false) => out.push_str(&format!(
+            "  idle after: {} unused (nothing live to revoke)\n",
+            format_duration(Duration::from_secs(idle))
+        )),
+        (None, _) => out.push_str("  idle after: never (no idle policy)\n"),
+    }
+    let current = c.current();
+    match (p.max_age_secs, current, &c.rotation_retry, live) {
+        (_, _, Some(r), true) => out.push_str(&format!(
+            "  next rotation: {} (a retry)\n",
+            ts(r.next_attempt_at)
+        )),
+        (Some(max_age), Some(v), None, true) => out.push_str(&format!(
+            "  next rotation: {} (every {})\n",
+            when(checked_after(
+                v.activated_at.unwrap_or(v.created_at),
+                max_age
+            )),
+            format_duration(Duration::from_secs(max_age))
+        )),
+        _ => out.push_str("  next rotation: none scheduled\n"),
+    }
+    if let Some(prev) = c.in_stage(keyloop_core::Stage::Previous)
+        && let Some(demoted) = prev.demoted_at
+    {
+        out.push_str(&format!(
+            "  grace ends: {} (version {} stops working then)\n",
+            when(checked_after(demoted, p.grace_secs)),
+            short(&prev.id)
+        ));
+    }
+    out
+}
+
 /// A credential and its versions, for people.
 pub(crate) fn credential_detail(c: &Credential) -> String {
     let mut out = format!("{}\n", credential_row(c));
@@ -132,6 +183,7 @@ pub(crate) fn credential_detail(c: &Credential) -> String {
             registering.created_by, c.id
         ));
     }
+    out.push_str(&schedule_lines(c));
     out.push_str(&format!(
         "  values: {} (scanner rules: `keyloop rules TOOL`)\n  grace: {}\n  versions (oldest first):\n",
         c.settings.value_format().name(),
