@@ -322,6 +322,20 @@ async fn the_fleet_loses_nothing_while_workers_are_killed_every_second() {
         dlq.iter().map(|m| m.headers.clone()).collect::<Vec<_>>()
     );
 
+    // Invariant 5: the inventory rebuilt from the lifecycle alone equals the live one, and
+    // the fingerprint index agrees with it.
+    let rebuild = env
+        .ok(&["inventory", "rebuild", "--dry-run", "--json"])
+        .await;
+    let rebuild: serde_json::Value = serde_json::from_str(rebuild.trim()).unwrap();
+    assert_eq!(
+        rebuild["differences"],
+        serde_json::json!([]),
+        "the rebuild differs from the live inventory"
+    );
+    assert_eq!(rebuild["credentials"], CREDENTIALS as u64);
+    println!("inventory rebuild after chaos: {rebuild}");
+
     let published_on_wire = wire
         .messages()
         .await

@@ -374,3 +374,56 @@ async fn replay_filters_by_type_stream_and_lease_hides_ticks_and_follows() {
     assert!(next.contains(later["lease_id"].as_str().unwrap()), "{next}");
     follow.kill().await.unwrap();
 }
+
+#[tokio::test]
+async fn the_inventory_rebuilt_from_the_lifecycle_matches_and_a_tampered_record_is_found() {
+    let env = Env::start().await;
+    let _w = env.worker("worker", &["leak-responder", "revoker", "rotator"]);
+    let events = Events::subscribe(&env.bus).await;
+    let value = env.register_and_reveal("svc/rebuilt").await;
+    env.register_and_reveal("svc/untouched").await;
+    let path = env.file("r.json", &gitleaks_report(&value, "a.env"));
+    env.ok(&["ingest", "gitleaks", path_str(&path)]).await;
+    events
+        .wait("rotated", WAIT, |e| {
+            e.iter().any(|e| e.data.kind == LifecycleKind::Rotated)
+        })
+        .await;
+    let clean = json(
+        &env.ok(&["inventory", "rebuild", "--dry-run", "--json"])
+            .await,
+    );
+    assert_eq!(clean["differences"], serde_json::json!([]), "{clean}");
+    assert_eq!(clean["credentials"], 2);
+    assert_eq!(clean["versions"], 3, "two first versions and one rotation");
+
+    // A record changed behind the lifecycle's back: the current version made previous.
+    let id: keyloop_core::CredentialId = "svc/untouched".parse().unwrap();
+    let inventory = env.bus.inventory().await.unwrap();
+    let tampered = inventory
+        .update(&id, |c| {
+            let v = c.versions.iter_mut().next().unwrap();
+            v.stage = keyloop_core::Stage::Previous;
+            Ok(keyloop_nats::Change::Write(v.id))
+        })
+        .await
+        .unwrap();
+    let out = env.run(&["inventory", "rebuild", "--dry-run"]).await;
+    assert_eq!(out.status.code(), Some(3), "differences exit 3");
+    let text = String::from_utf8_lossy(&out.stdout);
+    let line = text
+        .lines()
+        .find(|l| l.starts_with("svc/untouched"))
+        .unwrap_or_else(|| panic!("the difference is listed: {text}"));
+    assert!(
+        line.contains(&tampered.to_string()[28..])
+            && line.contains("stage")
+            && line.contains("current")
+            && line.contains("previous"),
+        "{line}"
+    );
+    // Writing a rebuild back is refused: the lifecycle does not carry policies and settings.
+    let out = env.run(&["inventory", "rebuild"]).await;
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("--dry-run"));
+}

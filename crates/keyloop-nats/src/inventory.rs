@@ -497,6 +497,25 @@ impl FingerprintIndex {
         Ok(())
     }
 
+    /// Every entry: index key → where it points (for `keyloop inventory rebuild`'s check).
+    pub async fn entries(&self) -> Result<Vec<(String, FingerprintRef)>, Error> {
+        scan(&self.kv, ">")
+            .await?
+            .into_iter()
+            .map(|(key, bytes)| {
+                serde_json::from_slice(&bytes)
+                    .map(|target| (key.clone(), target))
+                    .map_err(|e| {
+                        Error::new(
+                            ErrorKind::Permanent,
+                            format!("fingerprint entry {key} is corrupt"),
+                            e,
+                        )
+                    })
+            })
+            .collect()
+    }
+
     /// The first of `keys` that is indexed.
     pub async fn lookup(&self, keys: &[String]) -> Result<Option<FingerprintRef>, Error> {
         for key in keys {

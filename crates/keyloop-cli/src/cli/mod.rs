@@ -11,10 +11,12 @@ use std::path::PathBuf;
 
 mod credential;
 mod incident;
+mod inventory;
 mod replay;
 
 pub(crate) use credential::{CredentialCommand, RegisterArgs};
 pub(crate) use incident::IncidentArgs;
+pub(crate) use inventory::InventoryCommand;
 pub(crate) use replay::{ReplayArgs, ReplayStream};
 
 /// keyloop — leaked means dead within milliseconds. Rotates, revokes and issues
@@ -101,6 +103,9 @@ pub(crate) enum Command {
     /// revoke from the first detection, rotation, every later use or try of the leaked value,
     /// the rest of the report, JIT leases (markdown; `--json`; `--html FILE`).
     Incident(IncidentArgs),
+    /// Rebuild the inventory from the lifecycle stream and compare it with the live one.
+    #[command(subcommand)]
+    Inventory(InventoryCommand),
     /// A self-contained tour: own nats-server, a leak, its revocation and rotation.
     Demo,
     /// Start and complete tasks: JIT credentials per task.

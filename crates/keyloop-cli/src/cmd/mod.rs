@@ -8,6 +8,7 @@ mod incident;
 mod ingest;
 pub(crate) mod ingest_serve;
 mod init;
+mod inventory;
 mod policy;
 mod replay;
 mod revoke;
@@ -43,6 +44,7 @@ pub(crate) async fn run(cli: Cli) -> Result<ExitCode> {
         Command::Revoke(args) => revoke::run(g, args).await,
         Command::Replay(args) => replay::run(g, args).await,
         Command::Incident(args) => incident::run(g, args).await,
+        Command::Inventory(c) => inventory::run(g, c).await,
         Command::Demo => demo::run(g).await,
         Command::Task(c) => task::run(g, c).await,
         Command::Token(c) => token::run(g, c).await,
