@@ -427,3 +427,50 @@ async fn the_inventory_rebuilt_from_the_lifecycle_matches_and_a_tampered_record_
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("--dry-run"));
 }
+
+#[tokio::test]
+async fn a_redrive_dry_run_says_what_would_happen_now_and_does_nothing() {
+    let env = Env::start().await;
+    // No leak-responder yet: the leaks are recorded and nothing acts on them.
+    let value = env.register_and_reveal("svc/late").await;
+    let path = env.file(
+        "r.json",
+        &report(&[(&value, "a.env"), ("not-managed-Qw3rty9", "b.env")]),
+    );
+    let ingested = json(
+        &env.ok(&["ingest", "gitleaks", path_str(&path), "--json"])
+            .await,
+    );
+    let batch = ingested["batch"].as_str().unwrap();
+    let before = lifecycle(&env.bus).await.len();
+
+    let out = env
+        .ok(&["redrive", "--dry-run", "--report", batch, "--json"])
+        .await;
+    let rows: Vec<serde_json::Value> = out.lines().map(json).collect();
+    assert_eq!(rows.len(), 2, "{out}");
+    let version = env.credential("svc/late").await.versions[0].id.to_string();
+    let managed = rows.iter().find(|r| r["credential"] == "svc/late").unwrap();
+    assert_eq!(managed["now"], "would_revoke");
+    assert_eq!(managed["version"], version.as_str());
+    assert_eq!(managed["stage"], "current");
+    assert_eq!(managed["then"], "none");
+    let other = rows.iter().find(|r| r["credential"].is_null()).unwrap();
+    assert_eq!(other["now"], "unmatched");
+    assert!(!out.contains(&value));
+
+    // Nothing happened: no event, and the value still works.
+    assert_eq!(
+        lifecycle(&env.bus).await.len(),
+        before,
+        "a dry run publishes nothing"
+    );
+    assert!(env.verify_value("svc/late", &value).await);
+    let human = env.ok(&["redrive", "--dry-run", "--report", batch]).await;
+    assert!(
+        human.contains("would_revoke") && human.contains("1 would be revoked now"),
+        "{human}"
+    );
+    let out = env.run(&["redrive", "--report", batch]).await;
+    assert!(!out.status.success(), "only --dry-run");
+}

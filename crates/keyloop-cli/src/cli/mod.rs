@@ -106,6 +106,9 @@ pub(crate) enum Command {
     /// Rebuild the inventory from the lifecycle stream and compare it with the live one.
     #[command(subcommand)]
     Inventory(InventoryCommand),
+    /// Run recorded leaks through today's fingerprint index and inventory and say what would
+    /// happen now (`--dry-run`: no effect).
+    Redrive(crate::cmd::redrive::RedriveArgs),
     /// A self-contained tour: own nats-server, a leak, its revocation and rotation.
     Demo,
     /// Start and complete tasks: JIT credentials per task.

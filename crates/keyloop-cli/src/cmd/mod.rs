@@ -10,6 +10,7 @@ pub(crate) mod ingest_serve;
 mod init;
 mod inventory;
 mod policy;
+pub(crate) mod redrive;
 mod replay;
 mod revoke;
 mod rotate;
@@ -45,6 +46,7 @@ pub(crate) async fn run(cli: Cli) -> Result<ExitCode> {
         Command::Replay(args) => replay::run(g, args).await,
         Command::Incident(args) => incident::run(g, args).await,
         Command::Inventory(c) => inventory::run(g, c).await,
+        Command::Redrive(args) => redrive::run(g, args).await,
         Command::Demo => demo::run(g).await,
         Command::Task(c) => task::run(g, c).await,
         Command::Token(c) => token::run(g, c).await,
