@@ -274,6 +274,14 @@ async fn replay_filters_by_type_stream_and_lease_hides_ticks_and_follows() {
         )
         .await
         .unwrap();
+    env.bus
+        .client
+        .publish(
+            "keyloop.leak.detected",
+            "{\"specversion\": \"1.0\", \"data\": {\"token\": \"planted-t0ken\"}}".into(),
+        )
+        .await
+        .unwrap();
     events
         .wait("rotated", WAIT, |e| {
             e.iter().any(|e| e.data.kind == LifecycleKind::Rotated)
@@ -283,8 +291,9 @@ async fn replay_filters_by_type_stream_and_lease_hides_ticks_and_follows() {
     while env
         .ok(&["replay", "--stream", "dlq", "--json"])
         .await
-        .trim()
-        .is_empty()
+        .lines()
+        .count()
+        < 2
     {
         assert!(
             std::time::Instant::now() < deadline,
@@ -333,7 +342,51 @@ async fn replay_filters_by_type_stream_and_lease_hides_ticks_and_follows() {
         entry["reason"].as_str().unwrap().contains("malformed"),
         "{entry}"
     );
-    assert!(!dlq.contains("planted-5ecret"), "no DLQ payload is shown");
+    assert!(
+        !dlq.contains("planted-5ecret") && !dlq.contains("planted-t0ken"),
+        "no DLQ payload is shown"
+    );
+
+    // `dlq list` and `dlq show`: the entries, and each with its secrets redacted.
+    let listed: Vec<serde_json::Value> = env
+        .ok(&["dlq", "list", "--role", "leak-responder", "--json"])
+        .await
+        .lines()
+        .map(json)
+        .collect();
+    assert_eq!(listed.len(), 2, "{listed:?}");
+    let human = env.ok(&["dlq", "list"]).await;
+    assert!(
+        human.starts_with("SEQ") && human.contains("keyloop.leak.detected"),
+        "{human}"
+    );
+    assert!(
+        env.ok(&["dlq", "list", "--role", "revoker"])
+            .await
+            .trim()
+            .is_empty()
+    );
+    for entry in &listed {
+        let seq = entry["sequence"].to_string();
+        let shown = env.ok(&["dlq", "show", &seq, "--json"]).await;
+        assert!(
+            !shown.contains("planted-5ecret") && !shown.contains("planted-t0ken"),
+            "{shown}"
+        );
+        let shown = json(&shown);
+        assert_eq!(
+            shown["headers"]["Keyloop-Original-Subject"],
+            "keyloop.leak.detected"
+        );
+        let payload = &shown["payload"];
+        assert!(
+            payload["data"]["token"] == "[redacted]" || payload["not_json"]["bytes"].is_u64(),
+            "{payload}"
+        );
+    }
+    let out = env.run(&["dlq", "show", "999999"]).await;
+    assert_eq!(out.status.code(), Some(4));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("no DLQ entry 999999"));
 
     // A lease by its full id and by the 8 hex the human output prints.
     let short = &lease_id[lease_id.len() - 8..];

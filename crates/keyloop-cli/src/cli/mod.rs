@@ -10,11 +10,13 @@ use std::ffi::OsStr;
 use std::path::PathBuf;
 
 mod credential;
+mod dlq;
 mod incident;
 mod inventory;
 mod replay;
 
 pub(crate) use credential::{CredentialCommand, RegisterArgs};
+pub(crate) use dlq::DlqCommand;
 pub(crate) use incident::IncidentArgs;
 pub(crate) use inventory::InventoryCommand;
 pub(crate) use replay::{ReplayArgs, ReplayStream};
@@ -109,6 +111,9 @@ pub(crate) enum Command {
     /// Run recorded leaks through today's fingerprint index and inventory and say what would
     /// happen now (`--dry-run`: no effect).
     Redrive(crate::cmd::redrive::RedriveArgs),
+    /// Read the dead-letter queue: what could not be processed, and why.
+    #[command(subcommand)]
+    Dlq(DlqCommand),
     /// A self-contained tour: own nats-server, a leak, its revocation and rotation.
     Demo,
     /// Start and complete tasks: JIT credentials per task.

@@ -4,6 +4,7 @@
 mod approvals;
 mod credential;
 pub(crate) mod demo;
+mod dlq;
 mod incident;
 mod ingest;
 pub(crate) mod ingest_serve;
@@ -47,6 +48,7 @@ pub(crate) async fn run(cli: Cli) -> Result<ExitCode> {
         Command::Incident(args) => incident::run(g, args).await,
         Command::Inventory(c) => inventory::run(g, c).await,
         Command::Redrive(args) => redrive::run(g, args).await,
+        Command::Dlq(c) => dlq::run(g, c).await,
         Command::Demo => demo::run(g).await,
         Command::Task(c) => task::run(g, c).await,
         Command::Token(c) => token::run(g, c).await,

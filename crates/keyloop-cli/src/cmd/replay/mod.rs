@@ -5,7 +5,7 @@
 //! Lines: one CloudEvent per line, and for a DLQ entry its metadata (never its payload).
 
 pub(crate) mod filter;
-mod read;
+pub(crate) mod read;
 pub(crate) mod row;
 
 pub(crate) use filter::Filter;
