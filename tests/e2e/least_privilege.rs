@@ -13,6 +13,7 @@
 
 use crate::harness::{Env, Events, connect_as, gitleaks_report, nats_password, path_str};
 use async_nats::jetstream;
+use futures::StreamExt;
 use keyloop_core::LifecycleKind;
 use keyloop_core::lease::IssueRequest;
 use std::time::Duration;
@@ -389,6 +390,49 @@ async fn every_role_runs_the_loop_with_its_own_user_and_no_more() {
     assert!(listed.contains("svc/least-privilege"), "{listed}");
     env.ok(&["credential", "show", "svc/least-privilege"]).await;
 
+    // The DLQ by hand: a detector's garbage is given up by the leak-responder; ops retries it
+    // (it is given up again) and purges what is left, through the control plane serving as its
+    // own user.
+    let mut given_up = {
+        use async_nats::jetstream::consumer::{DeliverPolicy, pull::OrderedConfig};
+        let dlq = env.bus.js.get_stream("KEYLOOP_DLQ").await.unwrap();
+        dlq.create_consumer(OrderedConfig {
+            deliver_policy: DeliverPolicy::New,
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .messages()
+        .await
+        .unwrap()
+    };
+    let mut next_given_up = async || {
+        let m = tokio::time::timeout(Duration::from_secs(10), given_up.next())
+            .await
+            .expect("a DLQ entry")
+            .unwrap()
+            .unwrap();
+        m.info().unwrap().stream_sequence
+    };
+    let detector_bus = connect_as(&url, "detector").await;
+    detector_bus
+        .client
+        .publish("keyloop.leak.detected", "{\"not\": \"a leak\"".into())
+        .await
+        .unwrap();
+    detector_bus.client.flush().await.unwrap();
+    let first = next_given_up().await;
+    let out = env.ok(&["dlq", "retry", &first.to_string()]).await;
+    assert!(out.starts_with(&format!("retried {first}")), "{out}");
+    let second = next_given_up().await;
+    assert_ne!(first, second);
+    let out = env.ok(&["dlq", "purge", "--all", "--yes"]).await;
+    assert_eq!(
+        out.trim(),
+        format!("purged {second} (leak-responder, keyloop.leak.detected)")
+    );
+    assert!(env.ok(&["dlq", "list"]).await.trim().is_empty());
+
     // All of it ran without a single refusal.
     let server_log =
         std::fs::read_to_string(env.server.as_ref().unwrap().dir().join("nats-server.log"))
@@ -719,6 +763,10 @@ async fn every_role_runs_the_loop_with_its_own_user_and_no_more() {
         "$JS.API.STREAM.PURGE.KEYLOOP_LIFECYCLE",
         "$JS.API.STREAM.MSG.DELETE.KEYLOOP_LIFECYCLE",
         "$JS.API.STREAM.MSG.GET.KEYLOOP_LIFECYCLE",
+        // The DLQ is changed through the control plane only (`dlq retry | purge`).
+        "$JS.API.STREAM.MSG.DELETE.KEYLOOP_DLQ",
+        "$JS.API.STREAM.PURGE.KEYLOOP_DLQ",
+        "keyloop.cmd.rotate",
     ] {
         operator.cannot_publish(subject).await;
     }

@@ -11,6 +11,7 @@ mod chaos;
 mod cli;
 mod closed_stdout;
 mod deploy_files;
+mod dlq;
 mod durable_dlq;
 mod durations;
 mod fail_safe;

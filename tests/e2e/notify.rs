@@ -333,6 +333,31 @@ async fn a_refused_post_goes_to_the_dlq_with_a_reason_naming_the_host_only() {
         "one DLQ copy per refusal, each with its status"
     );
     assert_no_secret_path(&worker);
+
+    // The notifier reads the audit log: its entries are never published again, only purged.
+    env.api().await;
+    let listed = env
+        .ok(&["dlq", "list", "--role", "notifier", "--json"])
+        .await;
+    let seq = serde_json::from_str::<serde_json::Value>(listed.lines().next().unwrap()).unwrap()
+        ["sequence"]
+        .to_string();
+    let out = env.run(&["dlq", "retry", &seq]).await;
+    assert_eq!(out.status.code(), Some(3));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("never written twice")
+            && err.contains(&format!("keyloop dlq purge {seq} --yes")),
+        "{err}"
+    );
+    let purged = env
+        .ok(&["dlq", "purge", "--all", "--role", "notifier", "--yes"])
+        .await;
+    assert_eq!(purged.lines().count(), refusals.len(), "{purged}");
+    assert!(
+        env.ok(&["dlq", "list"]).await.trim().is_empty(),
+        "the DLQ is empty"
+    );
 }
 
 #[tokio::test]

@@ -43,11 +43,15 @@ pub enum Verb {
     Approve,
     /// Deny a pending approval, with a reason.
     Deny,
+    /// Publish a DLQ entry again to the subject it came from, then remove it from the DLQ.
+    DlqRetry,
+    /// Remove a DLQ entry.
+    DlqPurge,
 }
 
 impl Verb {
     /// Every verb.
-    pub const ALL: [Verb; 13] = [
+    pub const ALL: [Verb; 15] = [
         Self::Register,
         Self::Update,
         Self::Retire,
@@ -61,6 +65,8 @@ impl Verb {
         Self::Approval,
         Self::Approve,
         Self::Deny,
+        Self::DlqRetry,
+        Self::DlqPurge,
     ];
 
     /// The subject token.
@@ -79,12 +85,19 @@ impl Verb {
             Self::Approval => "approval",
             Self::Approve => "approve",
             Self::Deny => "deny",
+            Self::DlqRetry => "dlq_retry",
+            Self::DlqPurge => "dlq_purge",
         }
     }
 
     /// The verb named `token`.
     pub fn parse(token: &str) -> Option<Self> {
         Self::ALL.into_iter().find(|v| v.name() == token)
+    }
+
+    /// Whether it acts on the DLQ (its resource is the inventory, never a credential).
+    pub const fn is_dlq(self) -> bool {
+        matches!(self, Self::DlqRetry | Self::DlqPurge)
     }
 
     /// Whether it is about approvals rather than a credential: the policy decides those as
@@ -134,6 +147,44 @@ pub struct Decided {
     /// The operation the grant released.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub op_id: Option<String>,
+}
+
+/// `dlq_retry`, `dlq_purge`: one DLQ entry, by its sequence in the DLQ stream.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct DlqEntryRequest {
+    /// The entry's sequence (`keyloop dlq list` prints it).
+    pub seq: u64,
+}
+
+/// The reply to `dlq_retry` and `dlq_purge`: the entry, and where a retry put it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct DlqHandled {
+    /// The entry's sequence in the DLQ stream.
+    pub seq: u64,
+    /// The worker role that gave the message up.
+    pub role: String,
+    /// The subject it was consumed from.
+    pub original_subject: String,
+    /// Why it was given up.
+    pub reason: String,
+    /// `dlq_retry`: the stream it was published to again, and its sequence there.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub republished: Option<Republished>,
+}
+
+/// Where a retried DLQ entry was published again.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Republished {
+    /// The stream (`KEYLOOP_EVENTS`, `KEYLOOP_COMMANDS`).
+    pub stream: String,
+    /// The message's sequence in it.
+    pub sequence: u64,
+    /// The stream already held this retry (the same entry retried within its dedup window):
+    /// it was not stored twice.
+    pub duplicate: bool,
 }
 
 /// `register`.

@@ -4,6 +4,7 @@
 
 pub mod approvals;
 pub mod bus;
+pub mod dlq;
 pub mod due;
 pub mod error;
 pub mod health;

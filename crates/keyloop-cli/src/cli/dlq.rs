@@ -20,4 +20,34 @@ pub(crate) enum DlqCommand {
         /// The DLQ sequence (`keyloop dlq list` prints it).
         seq: u64,
     },
+    /// Publish entries again to the subject each came from, so the role that gave it up gets
+    /// it again (fix the cause first), and remove them from the DLQ. Through the control plane:
+    /// the policy decides who may (admins by default), `dlq_retried` records it. Retrying an
+    /// entry twice stores it once. Entries of the notifier (the audit log) are refused.
+    /// Exit 3 when some entry was not retried.
+    Retry(DlqPick),
+    /// Remove entries without processing them; `dlq_purged` records each with its reason.
+    /// Without --yes, shows what would be removed and exits 2. Exit 3 when some entry was not
+    /// removed.
+    Purge {
+        #[command(flatten)]
+        pick: DlqPick,
+        /// Remove them (without it, nothing is removed).
+        #[arg(long)]
+        yes: bool,
+    },
+}
+
+/// Which DLQ entries a retry or purge acts on.
+#[derive(Debug, clap::Args)]
+#[command(group(clap::ArgGroup::new("which").required(true).args(["seqs", "all"])))]
+pub(crate) struct DlqPick {
+    /// DLQ sequences (`keyloop dlq list` prints them).
+    pub(crate) seqs: Vec<u64>,
+    /// Every entry (of --role, when given).
+    #[arg(long, conflicts_with = "seqs")]
+    pub(crate) all: bool,
+    /// With --all: only the entries of this worker role.
+    #[arg(long, requires = "all")]
+    pub(crate) role: Option<String>,
 }

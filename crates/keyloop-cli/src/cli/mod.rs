@@ -16,7 +16,7 @@ mod inventory;
 mod replay;
 
 pub(crate) use credential::{CredentialCommand, RegisterArgs};
-pub(crate) use dlq::DlqCommand;
+pub(crate) use dlq::{DlqCommand, DlqPick};
 pub(crate) use incident::IncidentArgs;
 pub(crate) use inventory::InventoryCommand;
 pub(crate) use replay::{ReplayArgs, ReplayStream};

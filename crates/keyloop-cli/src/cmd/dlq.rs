@@ -1,20 +1,27 @@
-//! `keyloop dlq list | show`: the dead-letter queue read without hand-written JetStream calls.
-//! `list` is `keyloop replay --stream dlq` with a role filter; `show` prints one entry's headers
-//! and its payload. A DLQ payload is whatever someone published, a plaintext secret included,
+//! `keyloop dlq list | show | retry | purge`: the dead-letter queue without hand-written
+//! JetStream calls. `list` is `keyloop replay --stream dlq` with a role filter; `show` prints
+//! one entry's headers and its payload; `retry` and `purge` ask the control plane, entry by
+//! entry (see `keyloop_workers::api::dlq`). A DLQ payload is whatever someone published, a plaintext secret included,
 //! so `show` redacts the values of keys that can hold one, at any depth, and shows a payload
 //! that is not JSON as its length and tag only.
 
-use crate::cli::{DlqCommand, Global, ReplayArgs, ReplayStream};
+use crate::cli::{DlqCommand, DlqPick, Global, ReplayArgs, ReplayStream};
 use crate::cmd::replay::filter::Filter;
-use crate::{config, output};
+use crate::cmd::replay::row::Replayed;
+use crate::{api_client, config, output};
 use anyhow::{Context, Result, anyhow};
 use async_nats::jetstream::consumer::{DeliverPolicy, pull::OrderedConfig};
 use futures::StreamExt;
+use keyloop_core::api::{DlqEntryRequest, DlqHandled, Verb};
 use serde_json::{Value, json};
 use std::process::ExitCode;
 
 /// Exit code when the entry asked for is not in the DLQ.
 const EXIT_NOT_FOUND: u8 = 4;
+/// Exit code of a purge without `--yes`.
+const EXIT_NOT_CONFIRMED: u8 = 2;
+/// Exit code when some entry of a retry or purge was not done.
+const EXIT_SOME_NOT_DONE: u8 = 3;
 
 /// Keys whose values may be a secret (compared case-insensitively).
 const SECRET_KEYS: [&str; 7] = [
@@ -70,23 +77,7 @@ pub(crate) async fn run(g: &Global, command: DlqCommand) -> Result<ExitCode> {
     let bus = config::connect(g).await?;
     match command {
         DlqCommand::List { role, since } => {
-            let args = ReplayArgs {
-                stream: ReplayStream::Dlq,
-                since,
-                ..Default::default()
-            };
-            let filter = Filter::from_args(&args)?;
-            let progress = crate::cmd::replay::read::Progress::off();
-            let entries: Vec<_> =
-                crate::cmd::replay::read::history(&bus, &args, &filter, &progress)
-                    .await?
-                    .events
-                    .into_iter()
-                    .filter(|e| {
-                        role.as_ref()
-                            .is_none_or(|r| e.dlq.as_ref().is_some_and(|d| &d.role == r))
-                    })
-                    .collect();
+            let entries = listed(&bus, role.as_deref(), since).await?;
             if !g.json {
                 if entries.is_empty() {
                     eprintln!(
@@ -117,6 +108,13 @@ pub(crate) async fn run(g: &Global, command: DlqCommand) -> Result<ExitCode> {
                 }
             }
             Ok(ExitCode::SUCCESS)
+        }
+        DlqCommand::Retry(pick) => act(g, &bus, Verb::DlqRetry, pick).await,
+        DlqCommand::Purge { pick, yes } => {
+            if !yes {
+                return unconfirmed(g, &bus, pick).await;
+            }
+            act(g, &bus, Verb::DlqPurge, pick).await
         }
         DlqCommand::Show { seq } => {
             let stream = bus.topology.dlq_stream();
@@ -200,6 +198,136 @@ pub(crate) async fn run(g: &Global, command: DlqCommand) -> Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
     }
+}
+
+/// The DLQ entries, oldest first, of `role` when given.
+async fn listed(
+    bus: &keyloop_nats::Bus,
+    role: Option<&str>,
+    since: Option<String>,
+) -> Result<Vec<Replayed>> {
+    let args = ReplayArgs {
+        stream: ReplayStream::Dlq,
+        since,
+        ..Default::default()
+    };
+    let filter = Filter::from_args(&args)?;
+    let progress = crate::cmd::replay::read::Progress::off();
+    Ok(
+        crate::cmd::replay::read::history(bus, &args, &filter, &progress)
+            .await?
+            .events
+            .into_iter()
+            .filter(|e| role.is_none_or(|r| e.dlq.as_ref().is_some_and(|d| d.role == r)))
+            .collect(),
+    )
+}
+
+/// The sequences `pick` names: the given ones, or every listed entry (of its role).
+async fn picked(bus: &keyloop_nats::Bus, pick: &DlqPick) -> Result<Vec<u64>> {
+    if !pick.all {
+        return Ok(pick.seqs.clone());
+    }
+    Ok(listed(bus, pick.role.as_deref(), None)
+        .await?
+        .iter()
+        .map(|e| e.sequence)
+        .collect())
+}
+
+/// A purge without `--yes`: what it would remove, and how to.
+async fn unconfirmed(g: &Global, bus: &keyloop_nats::Bus, pick: DlqPick) -> Result<ExitCode> {
+    let seqs = picked(bus, &pick).await?;
+    let wanted: std::collections::HashSet<u64> = seqs.iter().copied().collect();
+    let entries: Vec<Replayed> = listed(bus, None, None)
+        .await?
+        .into_iter()
+        .filter(|e| wanted.contains(&e.sequence))
+        .collect();
+    for e in &entries {
+        let d = e.dlq.clone().unwrap_or_default();
+        if g.json {
+            output::json_line(&e.json())?;
+        } else {
+            eprintln!(
+                "would purge {} ({}, {}): {}",
+                e.sequence, d.role, d.original_subject, d.reason
+            );
+        }
+    }
+    eprintln!(
+        "error: nothing removed: {} DLQ entr{} would be purged; run the same command with --yes to remove {} (each is recorded as dlq_purged)",
+        entries.len(),
+        if entries.len() == 1 { "y" } else { "ies" },
+        if entries.len() == 1 { "it" } else { "them" }
+    );
+    Ok(ExitCode::from(EXIT_NOT_CONFIRMED))
+}
+
+/// Asks the control plane to retry or purge each picked entry, one line each.
+async fn act(g: &Global, bus: &keyloop_nats::Bus, verb: Verb, pick: DlqPick) -> Result<ExitCode> {
+    let seqs = picked(bus, &pick).await?;
+    let done_word = if verb == Verb::DlqRetry {
+        "retried"
+    } else {
+        "purged"
+    };
+    if seqs.is_empty() {
+        eprintln!(
+            "the DLQ holds nothing{}: nothing {done_word}",
+            pick.role.map(|r| format!(" of {r}")).unwrap_or_default()
+        );
+        return Ok(ExitCode::SUCCESS);
+    }
+    let mut failed = 0usize;
+    for seq in &seqs {
+        let result: Result<DlqHandled> =
+            api_client::call(g, bus, verb, &DlqEntryRequest { seq: *seq }).await;
+        match result {
+            Ok(h) => {
+                if g.json {
+                    output::json_line(&json!({"seq": seq, "done": done_word, "entry": h}))?;
+                } else {
+                    let to = h
+                        .republished
+                        .as_ref()
+                        .map(|r| {
+                            format!(
+                                " -> {} #{}{}",
+                                r.stream,
+                                r.sequence,
+                                if r.duplicate {
+                                    " (retried before: stored once)"
+                                } else {
+                                    ""
+                                }
+                            )
+                        })
+                        .unwrap_or_default();
+                    output::line(format_args!(
+                        "{done_word} {seq} ({}, {}){to}",
+                        h.role, h.original_subject
+                    ))?;
+                }
+            }
+            Err(e) => {
+                failed += 1;
+                if g.json {
+                    output::json_line(&json!({"seq": seq, "error": e.to_string()}))?;
+                }
+                eprintln!("error: DLQ entry {seq} not {done_word}: {e}");
+            }
+        }
+    }
+    if failed == 0 {
+        return Ok(ExitCode::SUCCESS);
+    }
+    eprintln!(
+        "{failed} of {} DLQ entr{} not {done_word} (see above); `keyloop dlq list` shows what is left",
+        seqs.len(),
+        if seqs.len() == 1 { "y" } else { "ies" }
+    );
+    Ok(ExitCode::from(EXIT_SOME_NOT_DONE))
 }
 
 #[cfg(test)]

@@ -57,6 +57,11 @@ pub enum LifecycleKind {
     /// A value was presented for verification and does not work: a revoked or leaked
     /// version, or no version of that credential at all (who tried it, which version).
     VerifyDenied,
+    /// A DLQ entry was published again to the subject it came from (who, which entry, where
+    /// it went).
+    DlqRetried,
+    /// A DLQ entry was removed without being processed (who, which entry, its reason).
+    DlqPurged,
 }
 
 impl LifecycleKind {
@@ -84,6 +89,8 @@ impl LifecycleKind {
             Self::Denied => "denied",
             Self::Retired => "retired",
             Self::VerifyDenied => "verify_denied",
+            Self::DlqRetried => "dlq_retried",
+            Self::DlqPurged => "dlq_purged",
         }
     }
 

@@ -72,7 +72,7 @@ pub enum Action {
 
 impl Action {
     /// Every action.
-    pub const ALL: [Action; 11] = [
+    pub const ALL: [Action; 13] = [
         Self::Issue,
         Self::Api(Verb::Register),
         Self::Api(Verb::Update),
@@ -83,6 +83,8 @@ impl Action {
         Self::Api(Verb::Revoke),
         Self::Api(Verb::Fetch),
         Self::Api(Verb::Verify),
+        Self::Api(Verb::DlqRetry),
+        Self::Api(Verb::DlqPurge),
         Self::Approve,
     ];
 

@@ -41,7 +41,7 @@ fn rules_before_policies(admin: bool, actor: &str, verb: Verb, cred: Option<&Cre
     match verb {
         Verb::Show | Verb::Fetch | Verb::Verify | Verb::List => owner || consumer,
         Verb::Update | Verb::Rotate | Verb::Revoke | Verb::Retire => owner,
-        Verb::Register => false,
+        Verb::Register | Verb::DlqRetry | Verb::DlqPurge => false,
         Verb::Approvals | Verb::Approval | Verb::Approve | Verb::Deny => {
             unreachable!("approval verbs are decided as `approve`")
         }
@@ -66,8 +66,10 @@ fn the_default_policy_answers_every_verb_and_role_as_the_rules_before_policies_d
                 for verb in Verb::ALL.into_iter().filter(|v| !v.is_approval()) {
                     // Only `list` is about no credential (`register` is decided on the
                     // credential to be registered).
-                    let inventory = (verb == Verb::List).then_some(None);
-                    for resource in [Some(&c), Some(&unowned)].into_iter().chain(inventory) {
+                    // The DLQ verbs are about the inventory only.
+                    let inventory = (verb == Verb::List || verb.is_dlq()).then_some(None);
+                    let credentials = (!verb.is_dlq()).then_some([Some(&c), Some(&unowned)]);
+                    for resource in credentials.into_iter().flatten().chain(inventory) {
                         let d = engine.decide(&api_request(actor, verb, resource));
                         let expected = rules_before_policies(admin, actor, verb, resource);
                         assert_eq!(

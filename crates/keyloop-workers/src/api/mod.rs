@@ -23,6 +23,7 @@ use async_nats::service::{Request, ServiceExt};
 use futures::StreamExt;
 mod actions;
 mod approvals;
+mod dlq;
 mod uses;
 
 use keyloop_core::JitPolicy;
@@ -188,6 +189,8 @@ async fn answer(shared: Shared<'_>, request: &Request) -> Result<Vec<u8>, Vec<u8
         Verb::Approval => reply(api.approval(decode(payload)?).await),
         Verb::Approve => reply(api.approve(decode(payload)?).await),
         Verb::Deny => reply(api.deny(decode(payload)?).await),
+        Verb::DlqRetry => reply(api.dlq_retry(decode(payload)?).await),
+        Verb::DlqPurge => reply(api.dlq_purge(decode(payload)?).await),
     })
 }
 
