@@ -53,6 +53,8 @@ async fn a_fetch_by_a_non_consumer_is_refused_and_recorded_and_a_consumer_fetch_
         crate::harness::nats_password("orchestrator-a"),
     )
     .custom_inbox_prefix("_INBOX_orchestrator-a")
+    .add_root_certificates(crate::harness::test_certs().ca())
+    .require_tls(true)
     .connect(env.server.as_ref().unwrap().url())
     .await
     .unwrap();

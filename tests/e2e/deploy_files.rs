@@ -2,7 +2,9 @@
 //! `deploy/nats/` (with its includes) sets JetStream `sync_interval: always` — Jepsen's 2025
 //! analysis of NATS 2.12 lost acknowledged writes on power loss with the default fsync interval
 //! — the Kubernetes StatefulSet and the compose file run such a config, and the Kubernetes init
-//! job creates R3 streams and buckets. That the same files still boot a real nats-server is
+//! job creates R3 streams and buckets; every config serves clients over TLS only and a
+//! cluster's routes speak mutual TLS, and every client in the manifests connects with
+//! `tls://` and the servers' CA. That the same files still boot a real nats-server is
 //! proved by the tests that start them (`least_privilege.rs`, `Env::start_secured`).
 
 use std::path::{Path, PathBuf};
@@ -59,30 +61,81 @@ fn sync_always_problem(text: &str) -> Option<String> {
         ));
     };
     let rest = text[start + "jetstream".len()..].trim_start();
-    let Some(body) = rest.strip_prefix('{') else {
+    if !rest.starts_with('{') {
         return Some(format!(
             "`jetstream` is not a block (`{}`): set `jetstream {{ sync_interval: always }}`",
             rest.lines().next().unwrap_or_default().trim()
         ));
-    };
-    let mut depth = 1;
-    let end = body.char_indices().find_map(|(i, c)| {
-        match c {
-            '{' => depth += 1,
-            '}' => depth -= 1,
-            _ => {}
-        }
-        (depth == 0).then_some(i)
-    });
-    let Some(end) = end else {
+    }
+    let Some(body) = blocks(text, "jetstream").into_iter().next() else {
         return Some("the `jetstream` block is not closed".to_owned());
     };
-    let always = body[..end].lines().any(|line| {
+    let always = sets(body, "sync_interval", Some("always"));
+    (!always).then(|| "the `jetstream` block does not set `sync_interval: always`".to_owned())
+}
+
+/// The bodies of every `key { … }` block of `text` (at any depth), in order.
+fn blocks<'a>(text: &'a str, key: &str) -> Vec<&'a str> {
+    text.match_indices(key)
+        .filter(|(i, _)| text[..*i].chars().last().is_none_or(char::is_whitespace))
+        .filter_map(|(i, _)| {
+            let rest = text[i + key.len()..].trim_start();
+            let body = rest.strip_prefix('{')?;
+            let mut depth = 1;
+            let end = body.char_indices().find_map(|(j, c)| {
+                match c {
+                    '{' => depth += 1,
+                    '}' => depth -= 1,
+                    _ => {}
+                }
+                (depth == 0).then_some(j)
+            })?;
+            Some(&body[..end])
+        })
+        .collect()
+}
+
+/// Whether a block body sets `key` (to `value`, when given).
+fn sets(body: &str, key: &str, value: Option<&str>) -> bool {
+    body.lines().any(|line| {
         let line = line.trim().replace([':', '='], " ");
         let words: Vec<&str> = line.split_whitespace().collect();
-        matches!(words[..], ["sync_interval", value] if value.trim_matches(['"', '\'']) == "always")
-    });
-    (!always).then(|| "the `jetstream` block does not set `sync_interval: always`".to_owned())
+        matches!(words[..], [k, v] if k == key && value.is_none_or(|want| v.trim_matches(['"', '\'']) == want))
+    })
+}
+
+/// Why the resolved config `text` lets a client or a route speak plain text, or `None`.
+fn tls_problem(text: &str) -> Option<String> {
+    let clusters = blocks(text, "cluster");
+    let mut outside = text.to_owned();
+    for c in &clusters {
+        outside = outside.replace(c, "");
+    }
+    let client_tls = blocks(&outside, "tls");
+    let [tls] = client_tls[..] else {
+        return Some(format!(
+            "expected one client `tls {{ cert_file, key_file }}` block, found {}",
+            client_tls.len()
+        ));
+    };
+    if !(sets(tls, "cert_file", None) && sets(tls, "key_file", None)) {
+        return Some("the client `tls` block lacks cert_file or key_file".to_owned());
+    }
+    for cluster in clusters {
+        let route_tls = blocks(cluster, "tls");
+        let ok = route_tls.len() == 1
+            && ["cert_file", "key_file", "ca_file"]
+                .iter()
+                .all(|k| sets(route_tls[0], k, None))
+            && sets(route_tls[0], "verify", Some("true"));
+        if !ok {
+            return Some(
+                "the `cluster` block needs `tls { cert_file, key_file, ca_file, verify: true }`"
+                    .to_owned(),
+            );
+        }
+    }
+    None
 }
 
 /// Every file of `deploy/nats/` that configures a server (it, or a file it includes, sets
@@ -130,6 +183,68 @@ fn every_deploy_nats_config_fsyncs_each_jetstream_write() {
         .filter_map(|(name, text)| sync_always_problem(text).map(|p| format!("{name}: {p}")))
         .collect();
     assert!(problems.is_empty(), "deploy/nats: {problems:#?}");
+}
+
+#[test]
+fn every_deploy_nats_config_serves_tls_only_and_routes_verify_each_other() {
+    let problems: Vec<String> = server_configs()
+        .iter()
+        .filter_map(|(name, text)| tls_problem(text).map(|p| format!("{name}: {p}")))
+        .collect();
+    assert!(problems.is_empty(), "deploy/nats: {problems:#?}");
+}
+
+#[test]
+fn every_client_in_the_manifests_connects_with_tls_and_the_servers_ca() {
+    let dir = deploy_dir();
+    for file in ["k8s/workers.yaml", "k8s/init-job.yaml", "compose.yaml"] {
+        // YAML comments are whole `#` lines here (a URL's `//` is not one).
+        let text: String = read(&dir.join(file))
+            .lines()
+            .filter(|l| !l.trim_start().starts_with('#'))
+            .collect::<Vec<_>>()
+            .join("\n");
+        let urls: Vec<&str> = text
+            .lines()
+            .filter(|l| l.contains("://") && (l.contains("nats") || l.contains("4222")))
+            .filter(|l| !l.contains("http://"))
+            .collect();
+        assert!(!urls.is_empty(), "{file}: no NATS URL");
+        for url in &urls {
+            assert!(
+                url.contains("tls://"),
+                "{file}: a plain NATS URL: {}",
+                url.trim()
+            );
+        }
+        assert_eq!(
+            text.matches("KEYLOOP_NATS_CA").count(),
+            urls.len(),
+            "{file}: every client with a NATS URL is given the CA"
+        );
+    }
+}
+
+#[test]
+fn tls_check_refuses_plain_text_clients_and_routes() {
+    let good = "tls {\n cert_file: a\n key_file: b\n}\ncluster {\n tls {\n cert_file: a\n key_file: b\n ca_file: c\n verify: true\n }\n}\n";
+    assert_eq!(tls_problem(good), None);
+    assert!(tls_problem("listen: 1\n").is_some(), "no tls at all");
+    assert!(
+        tls_problem(
+            "cluster {\n tls {\n cert_file: a\n key_file: b\n ca_file: c\n verify: true\n }\n}\n"
+        )
+        .is_some(),
+        "routes only"
+    );
+    assert!(
+        tls_problem("tls {\n cert_file: a\n key_file: b\n}\ncluster {\n listen: 1\n}\n").is_some(),
+        "plain routes"
+    );
+    assert!(
+        tls_problem(&good.replace("verify: true", "verify: false")).is_some(),
+        "unverified routes"
+    );
 }
 
 #[test]

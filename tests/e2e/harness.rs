@@ -88,8 +88,16 @@ pub(crate) fn deploy_nats_dir() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../../deploy/nats")
 }
 
-/// The environment a server started from `deploy/nats/` needs: each user's password.
+/// The certificates of this test process's secured servers (made once per process).
+pub(crate) fn test_certs() -> &'static keyloop_testkit::tls::TestCerts {
+    static CERTS: std::sync::OnceLock<keyloop_testkit::tls::TestCerts> = std::sync::OnceLock::new();
+    CERTS.get_or_init(keyloop_testkit::tls::TestCerts::new)
+}
+
+/// The environment a server started from `deploy/nats/` needs: each user's password, and
+/// its TLS certificate, key and CA.
 pub(crate) fn nats_password_env() -> Vec<(String, String)> {
+    let certs = test_certs();
     NATS_USERS
         .iter()
         .map(|u| {
@@ -101,7 +109,26 @@ pub(crate) fn nats_password_env() -> Vec<(String, String)> {
                 nats_password(u),
             )
         })
+        .chain([
+            (
+                "KEYLOOP_NATS_TLS_CERT".to_owned(),
+                certs.server_cert().display().to_string(),
+            ),
+            (
+                "KEYLOOP_NATS_TLS_KEY".to_owned(),
+                certs.server_key().display().to_string(),
+            ),
+            (
+                "KEYLOOP_NATS_TLS_CA".to_owned(),
+                certs.ca().display().to_string(),
+            ),
+        ])
         .collect()
+}
+
+/// `nats://…` of a server started from `deploy/nats/` as its clients are given it: `tls://…`.
+pub(crate) fn tls_url(url: &str) -> String {
+    url.replacen("nats://", "tls://", 1)
 }
 
 /// A connection as `user` of a secured server, with its own inbox prefix.
@@ -111,6 +138,10 @@ pub(crate) async fn connect_as(url: &str, user: &str) -> Bus {
         user: Some(user.to_owned()),
         password: Some(keyloop_core::Secret::new(nats_password(user))),
         inbox_prefix: None,
+        tls: keyloop_nats::bus::Tls {
+            ca: Some(test_certs().ca()),
+            ..Default::default()
+        },
     };
     Bus::connect_with(&connect, keyloop_nats::Topology::default())
         .await
@@ -148,13 +179,15 @@ impl Env {
             .await
             .unwrap_or_else(|e| panic!("init as admin: {e}"));
         let bus = connect_as(server.url(), "ops").await;
-        let url = server.url().to_owned();
+        // Every client of a deploy config speaks TLS, trusting the test's CA.
+        let url = tls_url(server.url());
         let secured = Secured {
             api: connect_as(&url, "api").await,
             admin,
         };
         let mut env = Self::around(Some(server), None, url, bus, Some("ops")).await;
         env.secured = Some(secured);
+        env.set_env("KEYLOOP_NATS_CA", test_certs().ca().display().to_string());
         env
     }
 

@@ -37,6 +37,8 @@ impl Probe {
             nats_password(user),
         )
         .custom_inbox_prefix(format!("_INBOX_{user}"))
+        .add_root_certificates(crate::harness::test_certs().ca())
+        .require_tls(true)
         .event_callback(move |event| {
             let tx = tx.clone();
             async move {

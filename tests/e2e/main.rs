@@ -39,3 +39,4 @@ mod replicas;
 mod scanner_rules;
 mod schedule;
 mod stopping;
+mod tls;

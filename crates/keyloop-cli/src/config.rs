@@ -57,10 +57,15 @@ pub(crate) async fn connect(global: &Global) -> Result<Bus> {
 
 fn connect_options(global: &Global) -> Connect {
     Connect {
-        url: global.nats.clone(),
-        user: global.nats_user.clone(),
+        url: global.conn.nats.clone(),
+        user: global.conn.nats_user.clone(),
         password: std::env::var("KEYLOOP_NATS_PASSWORD").ok().map(Secret::new),
-        inbox_prefix: global.nats_inbox_prefix.clone(),
+        inbox_prefix: global.conn.nats_inbox_prefix.clone(),
+        tls: keyloop_nats::bus::Tls {
+            ca: global.conn.nats_ca.clone(),
+            cert: global.conn.nats_cert.clone(),
+            key: global.conn.nats_key.clone(),
+        },
     }
 }
 
@@ -73,7 +78,7 @@ pub(crate) fn actor(global: &Global) -> String {
 
 /// `--nats` as it may be shown: without its password.
 pub(crate) fn shown_url(global: &Global) -> String {
-    keyloop_nats::bus::redact_url(&global.nats)
+    keyloop_nats::bus::redact_url(&global.conn.nats)
 }
 
 /// Where the master key of this process came from, named in messages (never the key).

@@ -78,6 +78,68 @@ pub struct Connect {
     /// allow each user its own replies only (see `deploy/nats/permissions.conf`): replies carry
     /// JIT tokens, which no other user may read.
     pub inbox_prefix: Option<String>,
+    /// TLS beyond what a `tls://` URL asks for: a CA and a client certificate.
+    pub tls: Tls,
+}
+
+/// The PEM files of a TLS connection to NATS. Any of them (or a `tls://` URL) makes TLS
+/// required: the client never falls back to plain text.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Tls {
+    /// The CA that signed the server's certificate, trusted instead of the system's roots.
+    pub ca: Option<std::path::PathBuf>,
+    /// This client's certificate, for a server that verifies clients.
+    pub cert: Option<std::path::PathBuf>,
+    /// The private key of `cert`.
+    pub key: Option<std::path::PathBuf>,
+}
+
+impl Tls {
+    /// Whether a connection to `url` must be TLS.
+    pub fn required(&self, url: &str) -> bool {
+        self.ca.is_some()
+            || self.cert.is_some()
+            || url
+                .split(',')
+                .any(|u| u.trim().to_ascii_lowercase().starts_with("tls://"))
+    }
+
+    /// `options` with these files, each checked to be readable first (a missing file is named
+    /// here rather than as a TLS failure).
+    fn apply(
+        &self,
+        url: &str,
+        mut options: async_nats::ConnectOptions,
+    ) -> Result<async_nats::ConnectOptions, Error> {
+        let readable = |flag: &str, path: &std::path::Path| {
+            std::fs::metadata(path).map(|_| ()).map_err(|e| {
+                Error::new(
+                    ErrorKind::Permanent,
+                    format!("cannot read {flag} {}", path.display()),
+                    e,
+                )
+            })
+        };
+        if let Some(ca) = &self.ca {
+            readable("--nats-ca", ca)?;
+            options = options.add_root_certificates(ca.clone());
+        }
+        match (&self.cert, &self.key) {
+            (Some(cert), Some(key)) => {
+                readable("--nats-cert", cert)?;
+                readable("--nats-key", key)?;
+                options = options.add_client_certificate(cert.clone(), key.clone());
+            }
+            (None, None) => {}
+            _ => {
+                return Err(Error::msg(
+                    ErrorKind::Permanent,
+                    "--nats-cert and --nats-key go together (KEYLOOP_NATS_CERT, KEYLOOP_NATS_KEY)",
+                ));
+            }
+        }
+        Ok(options.require_tls(self.required(url)))
+    }
 }
 
 impl fmt::Debug for Connect {
@@ -199,6 +261,7 @@ impl Bus {
             .connection_timeout(Duration::from_secs(5))
             .custom_inbox_prefix(&inbox)
             .event_callback(|event| async move { log_event(event) });
+        options = connect.tls.apply(&url, options)?;
         options = match (user.clone(), password) {
             (Some(user), Some(password)) => options.user_and_password(user, password),
             (Some(token), None) => options.token(token),
@@ -206,12 +269,30 @@ impl Bus {
         };
         let client = options.connect(Self::server_addrs(&url)?).await.map_err(|e| {
             use async_nats::ConnectErrorKind as K;
+            // A certificate the client refuses (or the server refuses) ends the handshake
+            // with an I/O error that says so.
+            let text = e.to_string().to_ascii_lowercase();
+            let tls_refused = text.contains("certificate") || text.contains("tls") || text.contains("handshake");
             match e.kind() {
+                K::Io if tls_refused => Error::new(
+                    ErrorKind::Permanent,
+                    format!(
+                        "TLS with the NATS server at {shown} failed; check --nats-ca (the CA that signed the server's certificate, for its host name) and, when the server verifies clients, --nats-cert and --nats-key"
+                    ),
+                    e,
+                ),
                 K::AuthorizationViolation | K::Authentication => Error::new(
                     ErrorKind::Permanent,
                     format!(
                         "the NATS server at {shown} refused {}; check --nats-user / KEYLOOP_NATS_USER and KEYLOOP_NATS_PASSWORD (or the credentials in --nats)",
                         user.as_deref().map_or_else(|| "an anonymous connection".to_owned(), |u| format!("user {u}"))
+                    ),
+                    e,
+                ),
+                K::Tls => Error::new(
+                    ErrorKind::Permanent,
+                    format!(
+                        "TLS with the NATS server at {shown} failed; check --nats-ca (the CA that signed the server's certificate, for its host name) and, when the server verifies clients, --nats-cert and --nats-key"
                     ),
                     e,
                 ),

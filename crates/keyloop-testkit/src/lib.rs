@@ -14,6 +14,7 @@ pub mod jwt;
 pub mod moto;
 pub mod postgres;
 pub mod receiver;
+pub mod tls;
 pub mod webhook;
 
 use keyloop_nats::server::{self, ServerOptions, ServerProcess};

@@ -13,12 +13,14 @@ mod credential;
 mod dlq;
 mod incident;
 mod inventory;
+mod nats;
 mod replay;
 
 pub(crate) use credential::{CredentialCommand, RegisterArgs};
 pub(crate) use dlq::{DlqCommand, DlqPick};
 pub(crate) use incident::IncidentArgs;
 pub(crate) use inventory::InventoryCommand;
+pub(crate) use nats::NatsArgs;
 pub(crate) use replay::{ReplayArgs, ReplayStream};
 
 /// keyloop — leaked means dead within milliseconds. Rotates, revokes and issues
@@ -35,22 +37,8 @@ pub(crate) struct Cli {
 /// Flags every subcommand accepts.
 #[derive(Debug, Args, Clone)]
 pub(crate) struct Global {
-    /// NATS server URL.
-    #[arg(
-        long,
-        global = true,
-        env = "KEYLOOP_NATS_URL",
-        default_value = "nats://127.0.0.1:4222"
-    )]
-    pub(crate) nats: String,
-    /// NATS user. Its password comes from the KEYLOOP_NATS_PASSWORD variable (never a flag,
-    /// so it stays out of process listings); `nats://user:password@host` in --nats works too.
-    #[arg(long, global = true, env = "KEYLOOP_NATS_USER")]
-    pub(crate) nats_user: Option<String>,
-    /// Prefix of this client's reply subjects. Default: `_INBOX_<user>` when connecting as a
-    /// user, else `_INBOX`; the shipped server permissions let each user read only its own.
-    #[arg(long, global = true, env = "KEYLOOP_NATS_INBOX_PREFIX")]
-    pub(crate) nats_inbox_prefix: Option<String>,
+    #[command(flatten)]
+    pub(crate) conn: NatsArgs,
     /// Machine-readable output (JSON) wherever the output is data.
     #[arg(long, global = true)]
     pub(crate) json: bool,

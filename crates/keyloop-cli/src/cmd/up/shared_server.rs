@@ -56,7 +56,7 @@ struct Record {
 /// directory (started now or joined), `None` when `up` is only a client of a server found at
 /// `--nats`, and the global flags pointing at the server in use.
 pub(crate) async fn acquire(g: &Global, data_dir: &Path) -> Result<(Option<SharedServer>, Global)> {
-    let (host, port) = host_port(&g.nats)?;
+    let (host, port) = host_port(&g.conn.nats)?;
     let store_dir = data_dir.join("nats");
     std::fs::create_dir_all(&store_dir)
         .with_context(|| format!("cannot create {}", store_dir.display()))?;
@@ -130,7 +130,7 @@ pub(crate) async fn acquire(g: &Global, data_dir: &Path) -> Result<(Option<Share
         store_dir.display()
     );
     let mut g = g.clone();
-    g.nats.clone_from(&record.url);
+    g.conn.nats.clone_from(&record.url);
     let server = SharedServer {
         store_dir,
         record,
