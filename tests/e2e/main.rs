@@ -35,6 +35,7 @@ mod no_plaintext;
 mod notify;
 mod policy;
 mod postgres;
+mod postgres_tls;
 mod replicas;
 mod scanner_rules;
 mod schedule;

@@ -105,6 +105,16 @@ fn as_cluster_owner(cmd: &mut Command, owner: Option<(u32, u32)>) {
 impl TestPostgres {
     /// `initdb`, start, and wait until the superuser `postgres` can log in with its password.
     pub async fn start() -> Self {
+        Self::start_with(None).await
+    }
+
+    /// As [`TestPostgres::start`], serving TLS with `certs`' server certificate and refusing
+    /// every session that is not TLS (`hostssl` only in `pg_hba.conf`).
+    pub async fn start_with_tls(certs: &crate::tls::TestCerts) -> Self {
+        Self::start_with(Some(certs)).await
+    }
+
+    async fn start_with(tls: Option<&crate::tls::TestCerts>) -> Self {
         let bin = bin_dir();
         let owner = is_root().then(postgres_user);
         let dir = tempfile::Builder::new()
@@ -148,6 +158,35 @@ impl TestPostgres {
             String::from_utf8_lossy(&out.stderr)
         );
         std::fs::remove_file(&pwfile).unwrap();
+        let mut tls_args = Vec::new();
+        if let Some(certs) = tls {
+            // The server reads its key as the cluster's owner, and refuses one others may read.
+            for (from, to) in [
+                (certs.server_cert(), "server.crt"),
+                (certs.server_key(), "server.key"),
+            ] {
+                let path = dir.path().join(to);
+                std::fs::copy(&from, &path).expect("copy the server's certificate");
+                if let Some((uid, gid)) = owner {
+                    std::os::unix::fs::chown(&path, Some(uid), Some(gid)).unwrap();
+                }
+                tls_args.push(path);
+            }
+            let hba = data.join("pg_hba.conf");
+            let rules: String = std::fs::read_to_string(&hba)
+                .expect("read pg_hba.conf")
+                .lines()
+                .filter(|l| !l.trim_start().starts_with("host"))
+                .map(|l| format!("{l}\n"))
+                .collect();
+            std::fs::write(
+                &hba,
+                format!(
+                    "{rules}hostssl all all 127.0.0.1/32 scram-sha-256\nhostnossl all all all reject\n"
+                ),
+            )
+            .expect("write pg_hba.conf");
+        }
 
         // A port picked here may be taken before the server binds it: try a few.
         let mut last_log = String::new();
@@ -184,6 +223,17 @@ impl TestPostgres {
                     "-c",
                     "log_min_error_statement=error",
                 ])
+                .args(match &tls_args[..] {
+                    [cert, key] => vec![
+                        "-c".to_owned(),
+                        "ssl=on".to_owned(),
+                        "-c".to_owned(),
+                        format!("ssl_cert_file={}", cert.display()),
+                        "-c".to_owned(),
+                        format!("ssl_key_file={}", key.display()),
+                    ],
+                    _ => Vec::new(),
+                })
                 .stdin(Stdio::null())
                 .stdout(Stdio::null())
                 .stderr(log_file);
@@ -289,7 +339,11 @@ async fn connect(
         .password(password)
         .dbname(db)
         .connect_timeout(Duration::from_secs(5));
-    let (client, connection) = config.connect(tokio_postgres::NoTls).await?;
+    // TLS when the server offers it (a cluster of `start_with_tls`), unverified: the tests'
+    // own sessions prove logins, not the server.
+    let tls = keyloop_backends::postgres::tls::MakeRustls::new(&Default::default())
+        .expect("a TLS client without files");
+    let (client, connection) = config.connect(tls).await?;
     tokio::spawn(async move {
         let _ = connection.await;
     });

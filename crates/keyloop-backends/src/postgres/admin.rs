@@ -11,17 +11,27 @@ use keyloop_core::Retry;
 use std::str::FromStr;
 use std::sync::Arc;
 use tokio::sync::Mutex;
+use tokio_postgres::Client;
 use tokio_postgres::config::Host;
 use tokio_postgres::error::SqlState;
-use tokio_postgres::{Client, NoTls};
-use tracing::debug;
+use tracing::{debug, warn};
 
 impl PostgresTarget {
     /// Parses the DSN; connects at first use. A DSN that does not parse is an error that does
     /// not repeat it.
     pub fn new(config: &PostgresConfig) -> Result<Self, BackendError> {
         let dsn = config.dsn.expose();
-        let mut parsed = tokio_postgres::Config::from_str(dsn).map_err(|e| {
+        let bad_tls = |e: String| {
+            BackendError::permanent(redact(
+                format!(
+                    "postgres target: the TLS settings of the admin DSN (--postgres-dsn / KEYLOOP_POSTGRES_DSN): {e}"
+                ),
+                &[dsn],
+            ))
+        };
+        let (rest, ssl) = super::tls::split(dsn).map_err(bad_tls)?;
+        let tls = super::tls::MakeRustls::new(&ssl).map_err(bad_tls)?;
+        let mut parsed = tokio_postgres::Config::from_str(&rest).map_err(|e| {
             BackendError::permanent(redact(
                 format!(
                     "postgres target: the admin DSN (--postgres-dsn / KEYLOOP_POSTGRES_DSN) does not parse: {e}; expected postgres://USER:PASSWORD@HOST:PORT/DBNAME or key=value pairs"
@@ -33,11 +43,16 @@ impl PostgresTarget {
             parsed.connect_timeout(config.timeout);
         }
         parsed.application_name("keyloop");
+        parsed.ssl_mode(ssl.mode.for_tokio_postgres());
         let server = describe_config(&parsed);
+        if ssl.mode == super::tls::SslMode::Require && ssl.unverified() {
+            warn!(server = %server, "postgres target: sslmode=require encrypts but does not verify the server; give sslrootcert, or sslmode=verify-full, to verify it");
+        }
         Ok(Self {
             config: parsed,
             server,
             timeout: config.timeout,
+            tls,
             admin: Mutex::new(None),
         })
     }
@@ -80,7 +95,7 @@ impl PostgresTarget {
         &self,
         config: &tokio_postgres::Config,
     ) -> Result<Client, tokio_postgres::Error> {
-        let (client, connection) = config.connect(NoTls).await?;
+        let (client, connection) = config.connect(self.tls.clone()).await?;
         tokio::spawn(async move {
             if let Err(e) = connection.await {
                 debug!(error = %e, "postgres connection ended");
@@ -106,13 +121,16 @@ impl PostgresTarget {
             return Ok(admin.clone());
         }
         let client = self.connect(&self.config).await.map_err(|e| {
-            let kind = if is_auth_refusal(&e) {
+            let tls = super::tls::is_tls_refusal(&e);
+            let kind = if is_auth_refusal(&e) || tls {
                 Retry::Permanent
             } else {
                 Retry::Transient
             };
-            let hint = if kind == Retry::Permanent {
-                "check the user and password in --postgres-dsn / KEYLOOP_POSTGRES_DSN"
+            let hint = if tls {
+                "TLS was refused: check sslmode and sslrootcert (the CA that signed the server's certificate; verify-full also checks the host name) in --postgres-dsn / KEYLOOP_POSTGRES_DSN"
+            } else if kind == Retry::Permanent {
+                "check the user and password in --postgres-dsn / KEYLOOP_POSTGRES_DSN (a server that refuses sessions without TLS needs sslmode=require or stronger)"
             } else {
                 "is the server up and reachable from here?"
             };

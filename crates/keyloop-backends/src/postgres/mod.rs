@@ -27,6 +27,7 @@ mod login;
 mod target;
 #[cfg(test)]
 mod tests;
+pub mod tls;
 
 use crate::BackendError;
 use keyloop_core::Secret;
@@ -75,6 +76,8 @@ pub struct PostgresTarget {
     /// The DSN as printed in messages: password replaced.
     server: String,
     timeout: Duration,
+    /// TLS as the DSN's `sslmode` asks (see [`tls`]).
+    tls: tls::MakeRustls,
     admin: Mutex<Option<Arc<Admin>>>,
 }
 
