@@ -3,6 +3,7 @@
 //! every worker, and the launcher for a child `nats-server`.
 
 pub mod approvals;
+pub mod asyncapi;
 pub mod bus;
 pub mod dlq;
 pub mod due;

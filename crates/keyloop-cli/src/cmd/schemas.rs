@@ -1,4 +1,5 @@
-//! `keyloop schemas DIR`: write the JSON Schema of every event (generated from the Rust types).
+//! `keyloop schemas DIR`: write the JSON Schema of every event (generated from the Rust types),
+//! and the AsyncAPI document of every subject (`asyncapi.yaml`).
 
 use crate::output;
 use anyhow::{Context, Result};
@@ -13,5 +14,9 @@ pub(crate) fn run(dir: &Path) -> Result<ExitCode> {
             .with_context(|| format!("cannot write {}", path.display()))?;
         output::line(format_args!("wrote {}", path.display()))?;
     }
+    let path = dir.join("asyncapi.yaml");
+    std::fs::write(&path, keyloop_nats::asyncapi::yaml())
+        .with_context(|| format!("cannot write {}", path.display()))?;
+    output::line(format_args!("wrote {}", path.display()))?;
     Ok(ExitCode::SUCCESS)
 }

@@ -65,6 +65,33 @@ pub enum LifecycleKind {
 }
 
 impl LifecycleKind {
+    /// Every kind.
+    pub const ALL: [LifecycleKind; 23] = [
+        Self::Created,
+        Self::Issued,
+        Self::Used,
+        Self::RotationStarted,
+        Self::Rotated,
+        Self::RotationFailed,
+        Self::Revoked,
+        Self::RevocationFailed,
+        Self::Expired,
+        Self::LeakMatched,
+        Self::LeakUnmatched,
+        Self::LeakInert,
+        Self::ApprovalRequested,
+        Self::ApprovalGranted,
+        Self::ApprovalDenied,
+        Self::ApprovalExpired,
+        Self::BudgetTripped,
+        Self::BudgetReleased,
+        Self::Denied,
+        Self::Retired,
+        Self::VerifyDenied,
+        Self::DlqRetried,
+        Self::DlqPurged,
+    ];
+
     /// The name used in subjects and JSON (`rotation_started`).
     pub fn name(self) -> &'static str {
         match self {
@@ -258,4 +285,24 @@ pub fn lifecycle_event(source: &str, step: &str, data: LifecycleData) -> Lifecyc
     let mut ev = CloudEvent::new(id.to_string(), source, ty, data);
     ev.subject = subject;
     ev
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn all_holds_every_kind_once() {
+        let names: std::collections::HashSet<&str> =
+            LifecycleKind::ALL.iter().map(|k| k.name()).collect();
+        assert_eq!(names.len(), LifecycleKind::ALL.len());
+        let schema = serde_json::to_value(schemars::schema_for!(LifecycleKind)).unwrap();
+        let in_schema = schema.to_string().matches("\"const\"").count()
+            + schema["enum"].as_array().map_or(0, Vec::len);
+        assert_eq!(in_schema, LifecycleKind::ALL.len(), "{schema}");
+        for kind in LifecycleKind::ALL {
+            let json = serde_json::to_value(kind).unwrap();
+            assert_eq!(json, kind.name());
+        }
+    }
 }

@@ -139,7 +139,7 @@ pub struct IssueRequest {
 
 /// `keyloop.jit.issue` reply: the token, once. Never stored in a stream. Its `Debug` redacts
 /// the token.
-#[derive(Clone, Serialize, Deserialize)]
+#[derive(Clone, Serialize, Deserialize, JsonSchema)]
 pub struct IssueReply {
     /// The lease.
     pub lease_id: Uuid,
@@ -147,6 +147,7 @@ pub struct IssueReply {
     pub secret: String,
     /// When it stops working.
     #[serde(with = "time::serde::rfc3339")]
+    #[schemars(with = "String")]
     pub expires_at: OffsetDateTime,
     /// The scope's tier.
     pub tier: Tier,
@@ -173,7 +174,7 @@ pub struct ServiceError {
 }
 
 /// `keyloop.token.verify` request. Its `Debug` redacts the token.
-#[derive(Clone, Serialize, Deserialize)]
+#[derive(Clone, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct VerifyRequest {
     /// The token (or credential value) to check.
