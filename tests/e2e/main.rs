@@ -41,3 +41,4 @@ mod scanner_rules;
 mod schedule;
 mod stopping;
 mod tls;
+mod traces;

@@ -15,24 +15,38 @@ use std::sync::Arc;
 use tracing_subscriber::EnvFilter;
 
 /// Logs go to stderr. Long-running commands log at info, one-shot commands at warn, so their
-/// stdout stays data. `RUST_LOG` overrides; `KEYLOOP_LOG_FORMAT=json` gives JSON lines.
-pub(crate) fn init_logging(cli: &Cli) {
+/// stdout stays data. `RUST_LOG` overrides; `KEYLOOP_LOG_FORMAT=json` gives JSON lines. With
+/// `OTEL_EXPORTER_OTLP_ENDPOINT`, spans at info and above of keyloop's crates are also
+/// exported as traces whatever the log level (see `telemetry`). Runs inside the tokio runtime.
+pub(crate) fn init_logging(cli: &Cli) -> crate::telemetry::Telemetry {
+    use tracing_subscriber::Layer as _;
+    use tracing_subscriber::layer::SubscriberExt as _;
+    use tracing_subscriber::util::SubscriberInitExt as _;
     let default = match cli.command {
         Command::Up(_) | Command::Worker(_) => "info",
         Command::Ingest(crate::cli::IngestArgs { serve: Some(_), .. }) => "info",
         _ => "warn",
     };
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default));
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr);
-    if std::env::var("KEYLOOP_LOG_FORMAT").as_deref() == Ok("json") {
-        builder.json().init();
+    let fmt = tracing_subscriber::fmt::layer().with_writer(std::io::stderr);
+    let fmt = if std::env::var("KEYLOOP_LOG_FORMAT").as_deref() == Ok("json") {
+        fmt.json().with_filter(filter).boxed()
     } else {
-        builder
-            .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-            .init();
-    }
+        fmt.with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+            .with_filter(filter)
+            .boxed()
+    };
+    let (otel, telemetry) = crate::telemetry::layer(cli);
+    let traced = tracing_subscriber::filter::Targets::new()
+        .with_target("keyloop", tracing::Level::INFO)
+        .with_target("keyloop_nats", tracing::Level::INFO)
+        .with_target("keyloop_workers", tracing::Level::INFO)
+        .with_target("keyloop_backends", tracing::Level::INFO);
+    tracing_subscriber::registry()
+        .with(fmt)
+        .with(otel.map(|l| l.with_filter(traced)))
+        .init();
+    telemetry
 }
 
 /// The data directory: `--data-dir`, else `$XDG_DATA_HOME/keyloop`, else `~/.local/share/keyloop`.

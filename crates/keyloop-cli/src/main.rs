@@ -9,6 +9,7 @@ mod config;
 mod http;
 mod output;
 mod policy_config;
+mod telemetry;
 
 use clap::Parser;
 use std::process::ExitCode;
@@ -21,7 +22,6 @@ const RUNTIME_SHUTDOWN_TIMEOUT: Duration = Duration::from_secs(1);
 
 fn main() -> ExitCode {
     let cli = cli::Cli::parse();
-    config::init_logging(&cli);
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -32,7 +32,13 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
+    let telemetry = {
+        let _inside = runtime.enter();
+        config::init_logging(&cli)
+    };
     let result = runtime.block_on(cmd::run(cli));
+    // The last spans go out before the runtime their exporter runs on stops.
+    telemetry.shutdown();
     runtime.shutdown_timeout(RUNTIME_SHUTDOWN_TIMEOUT);
     match result {
         Ok(code) => code,

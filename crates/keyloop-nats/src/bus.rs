@@ -359,7 +359,15 @@ impl Bus {
         subject: &str,
         event: &CloudEvent<T>,
     ) -> Result<PublishAck, Error> {
-        let payload = serde_json::to_vec(event).map_err(|e| {
+        let encoded = match crate::trace::current().filter(|_| event.traceparent.is_none()) {
+            // Inside a recorded trace the event carries it (the CloudEvents extension).
+            Some(tp) => serde_json::to_value(event).and_then(|mut v| {
+                v[crate::trace::TRACEPARENT] = serde_json::Value::String(tp);
+                serde_json::to_vec(&v)
+            }),
+            None => serde_json::to_vec(event),
+        };
+        let payload = encoded.map_err(|e| {
             Error::new(
                 ErrorKind::Permanent,
                 format!("cannot encode event {}", event.id),
@@ -378,6 +386,8 @@ impl Bus {
         headers: HeaderMap,
         payload: Vec<u8>,
     ) -> Result<PublishAck, Error> {
+        let mut headers = headers;
+        crate::trace::inject(&mut headers);
         let publish = PublishMessage::build()
             .payload(payload.into())
             .headers(headers)

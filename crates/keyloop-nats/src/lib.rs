@@ -14,6 +14,7 @@ pub mod metrics;
 pub mod runtime;
 pub mod server;
 pub mod topology;
+pub mod trace;
 
 pub use bus::Bus;
 pub use due::{DueIndex, DueItem};

@@ -12,6 +12,7 @@
 
 pub mod jwt;
 pub mod moto;
+pub mod otlp;
 pub mod postgres;
 pub mod receiver;
 pub mod tls;

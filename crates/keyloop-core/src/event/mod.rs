@@ -62,6 +62,11 @@ pub struct CloudEvent<T> {
     /// plane on someone's request); absent for what keyloop does by itself.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub actor: Option<String>,
+    /// The W3C trace context of the span that published it (the CloudEvents
+    /// distributed-tracing extension), when traces are recorded; the same as the message's
+    /// `traceparent` header.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub traceparent: Option<String>,
     /// The payload.
     pub data: T,
 }
@@ -81,6 +86,7 @@ impl<T> CloudEvent<T> {
             causationid: None,
             batchid: None,
             actor: None,
+            traceparent: None,
             data,
         }
     }

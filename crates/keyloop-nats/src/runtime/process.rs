@@ -33,6 +33,8 @@ pub(super) async fn process(
     };
     let subject = message.subject.to_string();
     let span = info_span!("message", role = role.name(), %subject, seq = stream_sequence, attempt);
+    // The span continues the trace of whoever published the message.
+    crate::trace::continue_from(&span, message.headers.as_ref());
     async move {
         let size = message.payload.len();
         let delivery = Arc::new(Delivery {

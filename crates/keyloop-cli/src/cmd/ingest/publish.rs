@@ -328,12 +328,23 @@ async fn send(
     finding: LeakFinding,
     report: &IngestReport,
 ) -> Result<PublishAckFuture> {
-    let event = CloudEvent::new(id.to_owned(), source, LEAK_DETECTED_TYPE, finding)
+    // Each leak starts its own trace (when traces are exported): the leak-responder, revoker
+    // and rotator continue it from the `traceparent` this publish carries.
+    let span = tracing::info_span!(parent: None, "leak", leak = id, batch = %report.batch);
+    let (traceparent, headers) = {
+        let _in = span.enter();
+        let mut headers = async_nats::HeaderMap::new();
+        keyloop_nats::trace::inject(&mut headers);
+        (keyloop_nats::trace::current(), headers)
+    };
+    let mut event = CloudEvent::new(id.to_owned(), source, LEAK_DETECTED_TYPE, finding)
         .caused_by(Some(id.to_owned()), None)
         .in_batch(Some(report.batch.clone()));
+    event.traceparent = traceparent;
     let payload = serde_json::to_vec(&event)?;
     let publish = async_nats::jetstream::message::PublishMessage::build()
         .payload(payload.into())
+        .headers(headers)
         .message_id(id);
     bus.js
         .send_publish(subject.to_owned(), publish)
