@@ -127,6 +127,58 @@ async fn one_leak_is_one_trace_across_ingest_and_every_worker() {
 }
 
 #[tokio::test]
+async fn a_jit_issue_continues_the_requesters_trace_and_the_leases_revocation_links_to_it() {
+    let env = Env::start().await;
+    let receiver = Receiver::start().await;
+    env.set_env("OTEL_EXPORTER_OTLP_ENDPOINT", receiver.url(""));
+    env.set_env("OTEL_BSP_SCHEDULE_DELAY", "100");
+    let _jit = env.worker("jit-issuer", &["jit-issuer"]);
+    let _revoker = env.worker("revoker", &["revoker"]);
+    let events = Events::subscribe(&env.bus).await;
+    env.ok(&[
+        "task", "start", "t-traced", "--agent", "a", "--scope", "read", "--ttl", "5m",
+    ])
+    .await;
+    env.ok(&["task", "complete", "t-traced"]).await;
+    events
+        .wait("the lease revoked", WAIT, |e| {
+            e.iter()
+                .any(|e| e.data.kind == LifecycleKind::Revoked && e.data.lease.is_some())
+        })
+        .await;
+    let issued = |spans: &[otlp::Span]| {
+        spans
+            .iter()
+            .find(|s| {
+                s.service == "keyloop-worker-jit-issuer"
+                    && s.name == "request"
+                    && s.attributes.iter().any(|a| a.contains("keyloop.jit.issue"))
+            })
+            .cloned()
+    };
+    let spans = otlp::wait_for(&receiver, "the issue and the revocation", WAIT, |spans| {
+        issued(spans).is_some_and(|issue| {
+            let target = format!("{}-{}", issue.trace_id, issue.span_id);
+            spans.iter().any(|s| s.links.contains(&target))
+        })
+    })
+    .await;
+    let issue = issued(&spans).unwrap();
+    let requester = spans
+        .iter()
+        .find(|s| s.span_id == issue.parent_id)
+        .expect("the issue's parent is exported");
+    assert_eq!(requester.service, "keyloop-task", "{requester:?}");
+    assert_eq!(requester.trace_id, issue.trace_id);
+    let target = format!("{}-{}", issue.trace_id, issue.span_id);
+    let revocation = spans.iter().find(|s| s.links.contains(&target)).unwrap();
+    assert_eq!(
+        revocation.service, "keyloop-worker-revoker",
+        "{revocation:?}"
+    );
+}
+
+#[tokio::test]
 async fn without_an_endpoint_nothing_is_exported_and_no_event_carries_a_trace() {
     let env = Env::start().await;
     let _w = env.worker("worker", &["leak-responder", "revoker", "rotator"]);

@@ -24,7 +24,12 @@ pub(crate) async fn call<B: Serialize, R: DeserializeOwned>(
     let actor = crate::config::actor(g);
     let subject = bus.topology.api(&actor, verb.name());
     let payload = serde_json::to_vec(body)?;
-    let request = bus.client.request(subject, payload.into());
+    let (span, headers) = keyloop_nats::trace::request_headers(&subject);
+    let request = tracing::Instrument::instrument(
+        bus.client
+            .request_with_headers(subject, headers, payload.into()),
+        span,
+    );
     let message = match tokio::time::timeout(REQUEST_TIMEOUT, request).await {
         Err(_) => bail!(
             "the keyloop api did not answer {} within {} s; is it overloaded, or is a backend slow? See its log",

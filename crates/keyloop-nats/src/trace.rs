@@ -75,6 +75,34 @@ pub fn continue_from(span: &tracing::Span, headers: Option<&HeaderMap>) {
     let _ = span.set_parent(cx);
 }
 
+/// Links the current span to the span `traceparent` names (a lease's revocation to the
+/// request that issued it: another trace, so a link rather than a parent).
+pub fn link_to(traceparent: &str) {
+    if let Some(sc) = parse(traceparent) {
+        tracing::Span::current().add_link(sc);
+    }
+}
+
+/// A span for a request served on `subject` (request/reply: JIT, the control plane) that
+/// continues the requester's trace.
+pub fn request_span(subject: &str, headers: Option<&HeaderMap>) -> tracing::Span {
+    let span = tracing::info_span!("request", %subject);
+    continue_from(&span, headers);
+    span
+}
+
+/// The headers a request should carry: the `traceparent` of a new root span for it, when
+/// traces are recorded. The span is returned to keep the request inside it.
+pub fn request_headers(subject: &str) -> (tracing::Span, HeaderMap) {
+    let span = tracing::info_span!(parent: None, "request", %subject);
+    let mut headers = HeaderMap::new();
+    {
+        let _in = span.enter();
+        inject(&mut headers);
+    }
+    (span, headers)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

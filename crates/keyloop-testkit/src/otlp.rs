@@ -21,6 +21,8 @@ pub struct Span {
     pub service: String,
     /// Its attributes, as `key=value` text.
     pub attributes: Vec<String>,
+    /// The spans it links to, as `<trace id>-<span id>`.
+    pub links: Vec<String>,
 }
 
 fn hex(bytes: &[u8]) -> String {
@@ -58,6 +60,11 @@ pub fn spans(received: &[Received]) -> Vec<Span> {
                             .attributes
                             .iter()
                             .map(|a| format!("{}={:?}", a.key, a.value))
+                            .collect(),
+                        links: span
+                            .links
+                            .iter()
+                            .map(|l| format!("{}-{}", hex(&l.trace_id), hex(&l.span_id)))
                             .collect(),
                     });
                 }

@@ -64,10 +64,18 @@ async fn request_within<T: DeserializeOwned>(
     // retried until the deadline, like a timeout would be.
     let deadline = tokio::time::Instant::now() + within;
     let hint = "is a jit-issuer running (`keyloop up` or `keyloop worker jit-issuer`)?";
+    let (span, headers) = keyloop_nats::trace::request_headers(&subject);
     let reply = loop {
         let attempt = tokio::time::timeout_at(
             deadline,
-            bus.client.request(subject.clone(), payload.clone().into()),
+            tracing::Instrument::instrument(
+                bus.client.request_with_headers(
+                    subject.clone(),
+                    headers.clone(),
+                    payload.clone().into(),
+                ),
+                span.clone(),
+            ),
         )
         .await;
         match attempt {

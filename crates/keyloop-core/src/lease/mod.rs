@@ -92,6 +92,10 @@ pub struct Lease {
     /// The PostgreSQL login role of a lease on a `postgres_group` scope.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub login: Option<String>,
+    /// The W3C trace context of the request that issued it (when traces are recorded): its
+    /// revocation links back to it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub traceparent: Option<String>,
 }
 
 impl Lease {

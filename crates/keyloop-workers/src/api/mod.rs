@@ -97,20 +97,27 @@ pub async fn serve(
     let take = |request: Request, tasks: &mut tokio::task::JoinSet<()>| {
         let (ctx, engine, scopes, permits) =
             (ctx.clone(), engine.clone(), scopes.clone(), permits.clone());
-        tasks.spawn(async move {
-            let Ok(_permit) = permits.acquire_owned().await else {
-                return;
-            };
-            let api = Shared {
-                ctx: &ctx,
-                engine: &engine,
-                scopes: &scopes,
-            };
-            let reply = answer(api, &request).await.unwrap_or_else(|e| e);
-            if let Err(e) = request.respond(Ok(reply.into())).await {
-                warn!(error = %e, "could not send the reply; the requester will time out");
-            }
-        });
+        let span = keyloop_nats::trace::request_span(
+            request.message.subject.as_str(),
+            request.message.headers.as_ref(),
+        );
+        tasks.spawn(tracing::Instrument::instrument(
+            async move {
+                let Ok(_permit) = permits.acquire_owned().await else {
+                    return;
+                };
+                let api = Shared {
+                    ctx: &ctx,
+                    engine: &engine,
+                    scopes: &scopes,
+                };
+                let reply = answer(api, &request).await.unwrap_or_else(|e| e);
+                if let Err(e) = request.respond(Ok(reply.into())).await {
+                    warn!(error = %e, "could not send the reply; the requester will time out");
+                }
+            },
+            span,
+        ));
     };
     loop {
         tokio::select! {

@@ -116,6 +116,7 @@ async fn lease_for(
         end_reason: None,
         ended_by: None,
         login: login.clone(),
+        traceparent: keyloop_nats::trace::current(),
     };
     // The lease is recorded, indexed and its expiry scheduled before any role exists, so a
     // crash in between leaves a lease whose expiry drops the role, never a role nobody tracks.

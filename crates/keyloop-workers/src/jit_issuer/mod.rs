@@ -227,7 +227,11 @@ impl InHand {
             self.limiter.clone(),
             self.errors.clone(),
         );
-        self.tasks.spawn(async move {
+        let span = keyloop_nats::trace::request_span(
+            request.message.subject.as_str(),
+            request.message.headers.as_ref(),
+        );
+        self.tasks.spawn(tracing::Instrument::instrument(async move {
             let payload = &request.message.payload;
             let reply = answer(&ctx, &engine, &policy, &verifier, &limiter, endpoint, payload)
                 .await
@@ -240,7 +244,7 @@ impl InHand {
                 warn!(error = %e, "could not send the reply; the requester will time out and retry");
             }
             drop(permit);
-        });
+        }, span));
     }
 }
 

@@ -59,6 +59,10 @@ pub async fn end_lease(
             Ok(Change::Write(l.clone()))
         })
         .await?;
+    // The revocation's span links to the request that issued the lease (another trace).
+    if let Some(tp) = &lease.traceparent {
+        keyloop_nats::trace::link_to(tp);
+    }
     if lease.ended_by.as_deref() != Some(op) {
         return Ok(false);
     }
