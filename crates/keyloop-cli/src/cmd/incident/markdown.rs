@@ -15,15 +15,19 @@ fn cell(text: &str) -> String {
 
 fn place(f: &Finding) -> String {
     let l = &f.location;
-    let mut s = l.repo.clone().unwrap_or_else(|| "?".into());
+    // What the detector said: the repository when it named one, the file, the line.
+    let mut s = l.repo.clone().unwrap_or_default();
     if let Some(file) = &l.file {
-        let _ = write!(s, " `{file}`");
+        let _ = write!(s, "{}`{file}`", if s.is_empty() { "" } else { " " });
         if let Some(line) = l.line {
             let _ = write!(s, " line {line}");
         }
     }
     if let Some(c) = &l.commit {
         let _ = write!(s, ", commit `{}`", &c[..c.len().min(12)]);
+    }
+    if s.is_empty() {
+        s.push_str("an unnamed place");
     }
     if let Some(u) = &l.url {
         let _ = write!(s, " ({u})");

@@ -309,14 +309,14 @@ pub(crate) fn build(
             kind: "leak.detected".into(),
             about: about.clone(),
             text: format!(
-                "{} found {} in {}{}{}",
+                "{} found {} in {}{}",
                 leak.data.detector,
                 leak.data.fingerprint,
-                loc.repo.as_deref().unwrap_or("?"),
-                loc.file
-                    .as_deref()
-                    .map(|f| format!(":{f}"))
-                    .unwrap_or_default(),
+                [loc.repo.as_deref(), loc.file.as_deref()]
+                    .into_iter()
+                    .flatten()
+                    .collect::<Vec<_>>()
+                    .join(":"),
                 loc.line.map(|l| format!(":{l}")).unwrap_or_default()
             ),
         });
