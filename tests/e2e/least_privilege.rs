@@ -452,6 +452,25 @@ async fn every_role_runs_the_loop_with_its_own_user_and_no_more() {
         let log = worker.log_text();
         assert!(!log.contains("Permissions Violation"), "{log}");
     }
+    // Every worker user reads the DLQ's depth (the keyloop_dlq_messages gauge), never a message.
+    for user in [
+        "leak-responder",
+        "revoker",
+        "rotator",
+        "sweeper",
+        "scheduler",
+        "jit-issuer",
+        "api",
+        "notifier",
+    ] {
+        let bus = connect_as(&url, user).await;
+        let mut dlq = bus
+            .js
+            .get_stream("KEYLOOP_DLQ")
+            .await
+            .unwrap_or_else(|e| panic!("{user} reads the DLQ's info: {e}"));
+        dlq.info().await.unwrap();
+    }
 
     // Lifecycle traffic for the subscriptions below to miss: the control plane may publish
     // any kind (it records manual actions).

@@ -14,7 +14,7 @@
 //! | `keyloop_budget_released_total` | counter | | tripped revocation budgets released by an approval (`budget_released`) |
 //! | `keyloop_consumer_pending` | gauge | `role` | messages of the role's durable consumer not yet delivered |
 //! | `keyloop_consumer_ack_pending` | gauge | `role` | messages delivered to the role's replicas and not yet acked |
-//! | `keyloop_dlq_messages` | gauge | | messages in `KEYLOOP_DLQ` (set only where the process's NATS user may read the stream's info) |
+//! | `keyloop_dlq_messages` | gauge | | messages in `KEYLOOP_DLQ` (every worker user of `deploy/nats/` may read the stream's info; a process whose user may not stops asking after 3 refusals) |
 //! | `keyloop_claims_held` | gauge | | credential claims this process holds now (operations in flight) |
 //! | `keyloop_nats_connected` | gauge | | 1 while the NATS connection is up, else 0 |
 //! | `keyloop_build_info` | gauge | `version` | always 1; the version of the running binary |
