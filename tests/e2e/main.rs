@@ -36,6 +36,7 @@ mod notify;
 mod policy;
 mod postgres;
 mod postgres_tls;
+mod rekey;
 mod replicas;
 mod scanner_rules;
 mod schedule;

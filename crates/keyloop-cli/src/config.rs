@@ -173,9 +173,27 @@ const PASS_THE_KEY: &str = "Pass it with --master-key-file FILE (mode 0600) or K
 /// store refuses gives a message with both key ids, where the given key came from and how to
 /// pass the right one.
 pub(crate) async fn open_context(bus: Bus, key: Option<&GivenKey>) -> Result<WorkerContext> {
-    WorkerContext::open(bus, key.map(|k| &k.key))
+    let previous = previous_master_key()?;
+    WorkerContext::open_with_previous(bus, key.map(|k| &k.key), previous.as_ref())
         .await
         .map_err(|e| explain_key_refusal(e, key))
+}
+
+/// While the master key itself is rotated (`keyloop store rekey`): the store's previous key,
+/// from `KEYLOOP_MASTER_KEY_PREVIOUS` (64 hex characters) or the file named by
+/// `KEYLOOP_MASTER_KEY_PREVIOUS_FILE`. Values open under it too; nothing is sealed under it.
+pub(crate) fn previous_master_key() -> Result<Option<MasterKey>> {
+    if let Some(path) =
+        std::env::var_os("KEYLOOP_MASTER_KEY_PREVIOUS_FILE").filter(|p| !p.is_empty())
+    {
+        return read_key_file(Path::new(&path)).map(Some);
+    }
+    match std::env::var("KEYLOOP_MASTER_KEY_PREVIOUS") {
+        Ok(hex) if !hex.is_empty() => MasterKey::from_hex(&hex)
+            .context("KEYLOOP_MASTER_KEY_PREVIOUS is set but is not a master key")
+            .map(Some),
+        _ => Ok(None),
+    }
 }
 
 /// The refusal inside `e` when the local store refused the key (not when it could not be

@@ -142,6 +142,17 @@ impl WorkerContext {
     /// Opens the buckets (they must exist: `keyloop init`) and the local store when a master
     /// key is given; a key that is not the store's is refused ([`LocalStore::open_checked`]).
     pub async fn open(bus: Bus, master_key: Option<&MasterKey>) -> Result<Self, Error> {
+        Self::open_with_previous(bus, master_key, None).await
+    }
+
+    /// As [`WorkerContext::open`], while the master key itself is rotated: values open under
+    /// `master_key` or `previous` and are sealed under `master_key` (see
+    /// `LocalStore::rekey`).
+    pub async fn open_with_previous(
+        bus: Bus,
+        master_key: Option<&MasterKey>,
+        previous: Option<&MasterKey>,
+    ) -> Result<Self, Error> {
         let inventory = bus.inventory().await?;
         let approvals = inventory.clone();
         let fingerprints = bus.fingerprints().await?;
@@ -149,14 +160,16 @@ impl WorkerContext {
         let local = match master_key {
             Some(key) => {
                 let kv = bus.kv(&bus.topology.secrets_bucket()).await?;
-                let local = LocalStore::open_checked(kv, key).await.map_err(|e| {
-                    let kind = if e.is_transient() {
-                        ErrorKind::Transient
-                    } else {
-                        ErrorKind::Permanent
-                    };
-                    Error::new(kind, "open the local store", e)
-                })?;
+                let local = LocalStore::open_checked_with(kv, key, previous)
+                    .await
+                    .map_err(|e| {
+                        let kind = if e.is_transient() {
+                            ErrorKind::Transient
+                        } else {
+                            ErrorKind::Permanent
+                        };
+                        Error::new(kind, "open the local store", e)
+                    })?;
                 Some(Arc::new(local) as Arc<dyn Store>)
             }
             None => None,

@@ -201,13 +201,26 @@ impl LocalStore {
     /// Concurrent first opens are safe: the check value is created at most once, and a loser
     /// checks its key against the winner's.
     pub async fn open_checked(kv: kv::Store, key: &MasterKey) -> Result<Self, KeyCheckError> {
+        Self::open_checked_with(kv, key, None).await
+    }
+
+    /// As [`LocalStore::open_checked`], while the master key itself is rotated: `key` is the
+    /// new key, `previous` the store's key until [`LocalStore::rekey`] has re-sealed every
+    /// value. The store's check value may name either (before the re-key, or after it); values
+    /// open under either, and are sealed under `key`.
+    pub async fn open_checked_with(
+        kv: kv::Store,
+        key: &MasterKey,
+        previous: Option<&MasterKey>,
+    ) -> Result<Self, KeyCheckError> {
         let store = Self {
             cipher: cipher(key),
+            previous: previous.map(cipher),
             kv,
         };
         // A lost race to create the check value means another process just recorded one:
         // read it again, at most a few times.
-        let outcome = (|| store.check_key(key))
+        let outcome = (|| store.check_key(key, previous))
             .retry(race::backoff())
             .when(Attempt::is_raced)
             .await;
@@ -219,7 +232,11 @@ impl LocalStore {
 
     /// One try of [`LocalStore::open_checked`]: checks `key` against the recorded check
     /// value, or records one.
-    async fn check_key(&self, key: &MasterKey) -> Result<(), Attempt<KeyCheckError>> {
+    async fn check_key(
+        &self,
+        key: &MasterKey,
+        previous: Option<&MasterKey>,
+    ) -> Result<(), Attempt<KeyCheckError>> {
         let given = KeyId::of(key);
         let mismatch = |expected| {
             KeyCheckError::from(KeyMismatch {
@@ -238,6 +255,12 @@ impl LocalStore {
                 KeyCheck::decode(&bytes).ok_or_else(|| mismatch(Expected::UnreadableCheck))?;
             return match check.verify(key) {
                 Ok(()) => Ok(()),
+                // Being re-keyed: the store is still the previous key's.
+                Err(CheckRefusal::OtherKey(_))
+                    if previous.is_some_and(|p| check.verify(p).is_ok()) =>
+                {
+                    Ok(())
+                }
                 Err(CheckRefusal::OtherKey(id)) => Err(mismatch(Expected::Key(id)).into()),
                 Err(CheckRefusal::DoesNotOpen) => Err(mismatch(Expected::CheckDoesNotOpen).into()),
             };
@@ -323,7 +346,7 @@ impl LocalStore {
 /// bucket's stream as its stream info lists them. Not `kv.keys()`: that creates a consumer,
 /// which the shipped permissions do not let workers do on this bucket. A destroyed value's key
 /// may still be listed (its purge marker); reading it finds nothing.
-async fn value_keys(kv: &kv::Store) -> Result<Vec<String>, KeyCheckError> {
+pub(super) async fn value_keys(kv: &kv::Store) -> Result<Vec<String>, KeyCheckError> {
     let unavailable = |e: &dyn fmt::Display| KeyCheckError::Unavailable {
         bucket: kv.name.clone(),
         message: e.to_string(),

@@ -19,6 +19,7 @@
 
 mod key;
 mod key_check;
+mod rekey;
 #[cfg(test)]
 mod tests;
 
@@ -34,6 +35,7 @@ use zeroize::Zeroize;
 
 pub use key::{KeyId, MasterKey, MasterKeyError};
 pub use key_check::{Expected, KeyCheckError, KeyMismatch, Sealing};
+pub use rekey::RekeyReport;
 
 const FORMAT_V1: u8 = 1;
 const NONCE_LEN: usize = 24;
@@ -50,6 +52,9 @@ fn cipher(key: &MasterKey) -> XChaCha20Poly1305 {
 pub struct LocalStore {
     kv: kv::Store,
     cipher: XChaCha20Poly1305,
+    /// While the master key itself is rotated: the key the store had, which still opens the
+    /// values not yet re-sealed (see [`LocalStore::rekey`]). Nothing is sealed under it.
+    previous: Option<XChaCha20Poly1305>,
 }
 
 impl fmt::Debug for LocalStore {
@@ -84,17 +89,33 @@ impl LocalStore {
         Ok(out)
     }
 
+    /// The plaintext of `entry` under `cipher`, if it opens.
+    fn unseal(cipher: &XChaCha20Poly1305, key: &str, entry: &[u8]) -> Option<Vec<u8>> {
+        let nonce = XNonce::from_slice(&entry[1..=NONCE_LEN]);
+        cipher
+            .decrypt(
+                nonce,
+                Payload {
+                    msg: &entry[1 + NONCE_LEN..],
+                    aad: key.as_bytes(),
+                },
+            )
+            .ok()
+    }
+
     fn open(&self, key: &str, entry: &[u8]) -> Result<Secret, BackendError> {
         if entry.len() < 1 + NONCE_LEN || entry[0] != FORMAT_V1 {
             return Err(BackendError::permanent(format!(
                 "local store: entry {key} is not a keyloop v1 ciphertext"
             )));
         }
-        let nonce = XNonce::from_slice(&entry[1..=NONCE_LEN]);
-        let mut plain = self
-            .cipher
-            .decrypt(nonce, Payload { msg: &entry[1 + NONCE_LEN..], aad: key.as_bytes() })
-            .map_err(|_| {
+        let mut plain = Self::unseal(&self.cipher, key, entry)
+            .or_else(|| {
+                self.previous
+                    .as_ref()
+                    .and_then(|previous| Self::unseal(previous, key, entry))
+            })
+            .ok_or_else(|| {
                 BackendError::permanent(format!(
                     "local store: entry {key} does not decrypt: wrong master key (KEYLOOP_MASTER_KEY / --master-key-file) or a tampered entry"
                 ))

@@ -102,6 +102,9 @@ pub(crate) enum Command {
     /// Read the dead-letter queue: what could not be processed, and why.
     #[command(subcommand)]
     Dlq(DlqCommand),
+    /// The local store itself: rotate its master key (`store rekey`).
+    #[command(subcommand)]
+    Store(crate::cmd::store::StoreCommand),
     /// A self-contained tour: own nats-server, a leak, its revocation and rotation.
     Demo,
     /// Start and complete tasks: JIT credentials per task.

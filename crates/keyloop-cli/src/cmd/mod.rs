@@ -17,6 +17,7 @@ mod revoke;
 mod rotate;
 pub(crate) mod rules;
 mod schemas;
+pub(crate) mod store;
 mod task;
 mod tick;
 mod token;
@@ -49,6 +50,7 @@ pub(crate) async fn run(cli: Cli) -> Result<ExitCode> {
         Command::Inventory(c) => inventory::run(g, c).await,
         Command::Redrive(args) => redrive::run(g, args).await,
         Command::Dlq(c) => dlq::run(g, c).await,
+        Command::Store(c) => store::run(g, c).await,
         Command::Demo => demo::run(g).await,
         Command::Task(c) => task::run(g, c).await,
         Command::Token(c) => token::run(g, c).await,
