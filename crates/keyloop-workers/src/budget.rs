@@ -88,13 +88,28 @@ pub async fn admit(
         .count_revocation(&target, window, &key, budget.max)
         .await?;
     if within || !holdable {
-        if !within {
-            warn!(credential = %cmd.credential, %target, reason = cmd.reason.name(), "revocation budget spent; a leak-driven revocation goes ahead anyway");
+        if !within && first_overrun_of_window(&target, window) {
+            warn!(credential = %cmd.credential, %target, reason = cmd.reason.name(), "revocation budget spent; a leak-driven revocation goes ahead anyway (the next ones of this target in this window go ahead without a line each)");
         }
         return Ok(true);
     }
     trip(ctx, cmd, cause, &target, window, budget, now).await?;
     Ok(false)
+}
+
+/// Whether this is the first revocation past the budget of `target` in `window` that this
+/// process lets through: a leak storm past the budget logs one line per target and window, not
+/// one per leak.
+fn first_overrun_of_window(target: &str, window: i64) -> bool {
+    static WARNED: std::sync::Mutex<Option<std::collections::HashMap<String, i64>>> =
+        std::sync::Mutex::new(None);
+    let mut warned = WARNED
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
+    let last = warned
+        .get_or_insert_with(Default::default)
+        .insert(target.to_owned(), window);
+    last != Some(window)
 }
 
 /// Adds `cmd` to the pending batch `approval`: `false` when that approval no longer waits
@@ -208,6 +223,15 @@ async fn trip(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn an_overrun_is_logged_once_per_target_and_window() {
+        assert!(first_overrun_of_window("t-unit", 7));
+        assert!(!first_overrun_of_window("t-unit", 7));
+        assert!(first_overrun_of_window("t-unit-other", 7));
+        assert!(first_overrun_of_window("t-unit", 8));
+        assert!(!first_overrun_of_window("t-unit", 8));
+    }
 
     #[test]
     fn only_idle_scheduled_and_manual_revocations_are_held() {
