@@ -133,10 +133,19 @@ async fn bench(g: &Global, plan: Plan, keyloop: PathBuf, dir: &Path) -> Result<R
     // The raw loop runs first, on the emptier server: if the order favours anyone, it favours
     // the baseline, never keyloop's ratios. Each suite stops its processes before the next, so
     // suites never share the machine.
-    let raw = suites::raw(&env).await?;
-    let keyloop = suites::keyloop(&env).await?;
-    let jit = jit::run(&env).await?;
-    let sweep = sweep::run(&env, jit.live_leases).await?;
+    // A failed phase says which (the errors inside say what: a request, a wait).
+    let raw = suites::raw(&env)
+        .await
+        .context("phase: raw JetStream loop (latency, then throughput)")?;
+    let keyloop = suites::keyloop(&env)
+        .await
+        .context("phase: keyloop (latency, then throughput)")?;
+    let jit = jit::run(&env)
+        .await
+        .context("phase: JIT (raw request/reply, then jit.issue)")?;
+    let sweep = sweep::run(&env, jit.live_leases)
+        .await
+        .context("phase: sweep of live leases")?;
     env.bus.close().await;
     server.kill().await;
     Ok(Report {
