@@ -453,16 +453,10 @@ async fn every_role_runs_the_loop_with_its_own_user_and_no_more() {
         assert!(!log.contains("Permissions Violation"), "{log}");
     }
     // Every worker user reads the DLQ's depth (the keyloop_dlq_messages gauge), never a message.
-    for user in [
-        "leak-responder",
-        "revoker",
-        "rotator",
-        "sweeper",
-        "scheduler",
-        "jit-issuer",
-        "api",
-        "notifier",
-    ] {
+    let worker_users = crate::harness::NATS_USERS
+        .iter()
+        .filter(|u| keyloop_nats::Role::from_name(u).is_some());
+    for user in worker_users {
         let bus = connect_as(&url, user).await;
         let mut dlq = bus
             .js

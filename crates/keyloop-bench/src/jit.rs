@@ -126,31 +126,17 @@ async fn raw_round_trips(
     });
     // The responder's subscription was flushed, and still the first request has been seen to
     // find no responder on a loaded machine: wait until it answers, as for the jit-issuer.
-    let deadline = Instant::now() + SERVE_TIMEOUT;
-    let mut tries = 0u32;
-    loop {
-        tries += 1;
-        match client.request(echo_subject.clone(), "probe".into()).await {
-            Ok(_) => {
-                if tries > 1 {
-                    say(&format!(
-                        "jit: the echo responder answered after {tries} tries"
-                    ));
-                }
-                break;
-            }
-            Err(e)
-                if e.kind() == async_nats::RequestErrorKind::NoResponders
-                    && Instant::now() < deadline =>
-            {
-                tokio::time::sleep(Duration::from_millis(20)).await;
-            }
-            Err(e) => {
-                return Err(anyhow::anyhow!(
-                    "the bench's own echo responder does not answer on {echo_subject}: {e}"
-                ));
-            }
-        }
+    let tries = wait_answering(
+        client,
+        &echo_subject,
+        "probe".into(),
+        "the bench's own echo responder",
+    )
+    .await?;
+    if tries > 1 {
+        say(&format!(
+            "jit: the echo responder answered after {tries} tries"
+        ));
     }
     let mut raw = Vec::with_capacity(requests);
     for i in 0..requests {
@@ -169,23 +155,32 @@ async fn raw_round_trips(
 /// Pulling is not serving: waits until the issuer's request subscription answers (a process's
 /// start-up has no event to await).
 async fn wait_serving(env: &Env<'_>, client: &async_nats::Client) -> Result<()> {
+    let probe = issue_body("bench-probe".into())?;
+    wait_answering(client, &env.topology.jit_issue(), probe, "the jit-issuer").await?;
+    Ok(())
+}
+
+/// Sends `body` to `subject` until `who` answers (no responders is retried until
+/// [`SERVE_TIMEOUT`]); returns how many tries it took.
+async fn wait_answering(
+    client: &async_nats::Client,
+    subject: &str,
+    body: bytes::Bytes,
+    who: &str,
+) -> Result<u32> {
     let deadline = Instant::now() + SERVE_TIMEOUT;
+    let mut tries = 0;
     loop {
-        let probe = issue_body("bench-probe".into())?;
-        match client.request(env.topology.jit_issue(), probe).await {
-            Ok(_) => return Ok(()),
+        tries += 1;
+        match client.request(subject.to_owned(), body.clone()).await {
+            Ok(_) => return Ok(tries),
             Err(e)
                 if e.kind() == async_nats::RequestErrorKind::NoResponders
                     && Instant::now() < deadline =>
             {
                 tokio::time::sleep(Duration::from_millis(20)).await;
             }
-            Err(e) => {
-                return Err(anyhow::anyhow!(
-                    "the jit-issuer does not answer on {}: {e}",
-                    env.topology.jit_issue()
-                ));
-            }
+            Err(e) => return Err(anyhow::anyhow!("{who} does not answer on {subject}: {e}")),
         }
     }
 }

@@ -359,8 +359,14 @@ impl Bus {
         subject: &str,
         event: &CloudEvent<T>,
     ) -> Result<PublishAck, Error> {
-        let encoded = match crate::trace::current().filter(|_| event.traceparent.is_none()) {
-            // Inside a recorded trace the event carries it (the CloudEvents extension).
+        // Inside a recorded trace the event carries it (the CloudEvents extension) and so does
+        // the message's header; the span's context is looked up once.
+        let traceparent = crate::trace::current();
+        let mut headers = HeaderMap::new();
+        if let Some(tp) = &traceparent {
+            headers.insert(crate::trace::TRACEPARENT, tp.as_str());
+        }
+        let encoded = match traceparent.filter(|_| event.traceparent.is_none()) {
             Some(tp) => serde_json::to_value(event).and_then(|mut v| {
                 v[crate::trace::TRACEPARENT] = serde_json::Value::String(tp);
                 serde_json::to_vec(&v)
@@ -374,8 +380,7 @@ impl Bus {
                 e,
             )
         })?;
-        self.publish_raw(subject, &event.id, HeaderMap::new(), payload)
-            .await
+        self.publish_raw(subject, &event.id, headers, payload).await
     }
 
     /// Publishes bytes with a message id and extra headers, waiting for the acknowledgement.
