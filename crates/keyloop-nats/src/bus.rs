@@ -359,8 +359,17 @@ impl Bus {
         subject: &str,
         event: &CloudEvent<T>,
     ) -> Result<PublishAck, Error> {
-        // Inside a recorded trace the event carries it (the CloudEvents extension) and so does
-        // the message's header; the span's context is looked up once.
+        let (headers, payload) = self.encode_event(event)?;
+        self.publish_raw(subject, &event.id, headers, payload).await
+    }
+
+    /// An event's headers and payload. Inside a recorded trace the event carries it (the
+    /// CloudEvents extension) and so does the message's header; the span's context is looked
+    /// up once.
+    fn encode_event<T: Serialize>(
+        &self,
+        event: &CloudEvent<T>,
+    ) -> Result<(HeaderMap, Vec<u8>), Error> {
         let traceparent = crate::trace::current();
         let mut headers = HeaderMap::new();
         if let Some(tp) = &traceparent {
@@ -380,7 +389,7 @@ impl Bus {
                 e,
             )
         })?;
-        self.publish_raw(subject, &event.id, headers, payload).await
+        Ok((headers, payload))
     }
 
     /// Publishes bytes with a message id and extra headers, waiting for the acknowledgement.
@@ -391,31 +400,53 @@ impl Bus {
         headers: HeaderMap,
         payload: Vec<u8>,
     ) -> Result<PublishAck, Error> {
+        let ack = self.send_raw(subject, msg_id, headers, payload).await?;
+        self.settle_publish(subject, ack.await)
+    }
+
+    /// Writes a publish to the connection; the returned future is its acknowledgement.
+    pub(crate) async fn send_raw(
+        &self,
+        subject: &str,
+        msg_id: &str,
+        headers: HeaderMap,
+        payload: Vec<u8>,
+    ) -> Result<jetstream::context::PublishAckFuture, Error> {
         let mut headers = headers;
         crate::trace::inject(&mut headers);
         let publish = PublishMessage::build()
             .payload(payload.into())
             .headers(headers)
             .message_id(msg_id);
-        // "No stream" is what a publish gets while a cluster elects a new stream leader, so it
-        // is retried like any transient fault; a stream that is really missing still ends in
-        // the DLQ after the bounded deliveries, with the hint below.
-        let classify = |kind: PublishErrorKind| match kind {
-            PublishErrorKind::MaxPayloadExceeded => ErrorKind::Permanent,
-            _ => ErrorKind::Transient,
-        };
-        let ack = self
-            .js
+        self.js
             .send_publish(subject.to_owned(), publish)
             .await
-            .map_err(|e| Error::new(classify(e.kind()), format!("publish to {subject}"), e))?;
-        ack.await.map_err(|e| {
+            .map_err(|e| {
+                Error::new(
+                    publish_error_kind(e.kind()),
+                    format!("publish to {subject}"),
+                    e,
+                )
+            })
+    }
+
+    /// A publish's acknowledgement as keyloop's result.
+    pub(crate) fn settle_publish(
+        &self,
+        subject: &str,
+        ack: Result<PublishAck, jetstream::context::PublishError>,
+    ) -> Result<PublishAck, Error> {
+        ack.map_err(|e| {
             let hint = if e.kind() == PublishErrorKind::StreamNotFound {
                 " (no stream answers for this subject: a leader election in progress, or `keyloop init` was never run)"
             } else {
                 ""
             };
-            Error::new(classify(e.kind()), format!("publish to {subject}{hint}"), e)
+            Error::new(
+                publish_error_kind(e.kind()),
+                format!("publish to {subject}{hint}"),
+                e,
+            )
         })
     }
 
@@ -424,6 +455,15 @@ impl Bus {
         let token = keyloop_core::event::subject_token(event);
         let subject = self.topology.lifecycle(event.data.kind.name(), &token);
         self.publish_event(&subject, event).await
+    }
+
+    /// [`Self::publish_lifecycle`], pipelined (see `crate::pipeline`).
+    pub async fn publish_lifecycle_pipelined(&self, event: &LifecycleEvent) -> Result<(), Error> {
+        let token = keyloop_core::event::subject_token(event);
+        let subject = self.topology.lifecycle(event.data.kind.name(), &token);
+        let (headers, payload) = self.encode_event(event)?;
+        self.publish_pipelined(&subject, &event.id, headers, payload)
+            .await
     }
 
     /// The inventory bucket.
@@ -458,6 +498,16 @@ impl Bus {
                 e,
             )
         })
+    }
+}
+
+/// "No stream" is what a publish gets while a cluster elects a new stream leader, so it is
+/// retried like any transient fault; a stream that is really missing still ends in the DLQ
+/// after the bounded deliveries, with the hint of `Bus::settle_publish`.
+fn publish_error_kind(kind: PublishErrorKind) -> ErrorKind {
+    match kind {
+        PublishErrorKind::MaxPayloadExceeded => ErrorKind::Permanent,
+        _ => ErrorKind::Transient,
     }
 }
 

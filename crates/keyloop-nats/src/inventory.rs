@@ -134,16 +134,36 @@ pub(crate) async fn update<R, T>(
     decide: impl FnMut(&mut R) -> Result<Change<T>, Error>,
 ) -> Result<T, Error>
 where
-    R: Serialize + DeserializeOwned,
+    R: Serialize + DeserializeOwned + Clone,
+{
+    update_from(kv, key, missing, None, decide)
+        .await
+        .map(|(value, _)| value)
+}
+
+/// [`update`], whose first attempt decides on `known` (a record and its revision the caller
+/// already holds: what its last write returned) instead of reading it: a compare-and-set
+/// without a read when nothing changed since, and a read and a new decision when something
+/// did. Returns the decision's value with the record as written (or kept) and its revision.
+pub(crate) async fn update_from<R, T>(
+    kv: &kv::Store,
+    key: &str,
+    missing: impl Fn() -> Error,
+    known: Option<(R, u64)>,
+    decide: impl FnMut(&mut R) -> Result<Change<T>, Error>,
+) -> Result<(T, (R, u64)), Error>
+where
+    R: Serialize + DeserializeOwned + Clone,
 {
     let missing = &missing;
-    // `decide` is FnMut: backon hands it from one attempt to the next as their context.
-    let (_, outcome) = (|mut decide| async move {
-        let outcome = update_once(kv, key, missing, &mut decide).await;
-        (decide, outcome)
+    // `decide` is FnMut: backon hands it from one attempt to the next as their context, with
+    // the known record, which only the first attempt uses.
+    let (_, outcome) = (|(mut decide, known)| async move {
+        let outcome = update_once(kv, key, missing, known, &mut decide).await;
+        ((decide, None), outcome)
     })
     .retry(cas_backoff())
-    .context(decide)
+    .context((decide, known))
     .when(|e| matches!(e, Attempt::Raced))
     .await;
     settle(outcome, || lost_races(kv, key))
@@ -160,25 +180,33 @@ pub(crate) fn lost_races(kv: &kv::Store, key: &str) -> Error {
     )
 }
 
-/// One read, decision and compare-and-set write of [`update`].
+/// One read (unless `known` gives the record), decision and compare-and-set write of
+/// [`update_from`].
 async fn update_once<R, T>(
     kv: &kv::Store,
     key: &str,
     missing: &impl Fn() -> Error,
+    known: Option<(R, u64)>,
     decide: &mut impl FnMut(&mut R) -> Result<Change<T>, Error>,
-) -> Result<T, Attempt>
+) -> Result<(T, (R, u64)), Attempt>
 where
-    R: Serialize + DeserializeOwned,
+    R: Serialize + DeserializeOwned + Clone,
 {
-    let (mut record, revision) = read::<R>(kv, key).await?.ok_or_else(missing)?;
+    let (mut record, revision) = match known {
+        Some(known) => known,
+        None => read::<R>(kv, key).await?.ok_or_else(missing)?,
+    };
+    // What is kept is the record as it was: a decision that changed it and then kept it must
+    // not leave its change in what the caller holds.
+    let before = record.clone();
     let value = match decide(&mut record)? {
-        Change::Keep(v) => return Ok(v),
+        Change::Keep(v) => return Ok((v, (before, revision))),
         Change::Write(v) => v,
     };
     let bytes = serde_json::to_vec(&record)
         .map_err(|e| Error::new(ErrorKind::Permanent, format!("encode {key}"), e))?;
     match kv.update(key, bytes.into(), revision).await {
-        Ok(_) => Ok(value),
+        Ok(written) => Ok((value, (record, written))),
         Err(e) if e.kind() == kv::UpdateErrorKind::WrongLastRevision => Err(Attempt::Raced),
         Err(e) => {
             Err(Error::new(ErrorKind::Transient, format!("update {}/{key}", kv.name), e).into())
@@ -278,6 +306,18 @@ impl Inventory {
         decide: impl FnMut(&mut Credential) -> Result<Change<T>, Error>,
     ) -> Result<T, Error> {
         update(&self.kv, &credential_key(id), || not_registered(id), decide).await
+    }
+
+    /// [`Self::update`] from a record and revision the caller holds (see [`update_from`]):
+    /// no read unless the record changed since. Returns the record as written or kept.
+    pub async fn update_from<T>(
+        &self,
+        id: &CredentialId,
+        known: Option<(Credential, u64)>,
+        decide: impl FnMut(&mut Credential) -> Result<Change<T>, Error>,
+    ) -> Result<(T, (Credential, u64)), Error> {
+        let missing = || not_registered(id);
+        update_from(&self.kv, &credential_key(id), missing, known, decide).await
     }
 
     /// Removes a credential's record: only for a registration that took nothing over (its

@@ -11,6 +11,7 @@ pub mod error;
 pub mod health;
 pub mod inventory;
 pub mod metrics;
+pub mod pipeline;
 pub mod runtime;
 pub mod server;
 pub mod topology;

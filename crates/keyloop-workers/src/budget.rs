@@ -52,11 +52,15 @@ fn same(a: &RevokeCommand, b: &RevokeCommand) -> bool {
 
 /// Whether the revoker goes ahead with `cmd` now (`true`), or it is held for the batch's
 /// approval (`false`: stored in the approval, so the command can be acked).
+///
+/// `known` is the credential's record when the caller has just read it (its store and target,
+/// which never change, are all this needs).
 pub async fn admit(
     ctx: &WorkerContext,
     cmd: &RevokeCommand,
     cause: &Cause,
     now: OffsetDateTime,
+    known: Option<&Credential>,
 ) -> Result<bool, Error> {
     let Some(budget) = ctx.approval_settings.budget else {
         return Ok(true);
@@ -64,10 +68,18 @@ pub async fn admit(
     if cmd.released_by.is_some() {
         return Ok(true);
     }
-    let Some((cred, _)) = ctx.inventory.get(&cmd.credential).await? else {
-        return Ok(true);
+    let read;
+    let cred = match known {
+        Some(cred) => cred,
+        None => match ctx.inventory.get(&cmd.credential).await? {
+            Some((cred, _)) => {
+                read = cred;
+                &read
+            }
+            None => return Ok(true),
+        },
     };
-    let target = target_of(&cred);
+    let target = target_of(cred);
     let holdable = holdable(cmd.reason);
     if holdable
         && let Some(waiting) = ctx.approvals.breaker(&target).await?
@@ -77,6 +89,12 @@ pub async fn admit(
     }
     let window_secs = i64::try_from(budget.window.as_secs().max(1)).unwrap_or(i64::MAX);
     let window = now.unix_timestamp().div_euclid(window_secs);
+    if !holdable && ctx.budget_spent.seen(&target, window) {
+        // This window's count is full (it only grows): a revocation that is never held has
+        // nothing to count and nothing to decide, so a leak storm past the budget costs no
+        // read of the count per leak.
+        return Ok(true);
+    }
     let key = format!(
         "{}/{}",
         cmd.op_id,
@@ -88,7 +106,7 @@ pub async fn admit(
         .count_revocation(&target, window, &key, budget.max)
         .await?;
     if within || !holdable {
-        if !within && first_overrun_of_window(&target, window) {
+        if !within && ctx.budget_spent.first_overrun(&target, window) {
             warn!(credential = %cmd.credential, %target, reason = cmd.reason.name(), "revocation budget spent; a leak-driven revocation goes ahead anyway (the next ones of this target in this window go ahead without a line each)");
         }
         return Ok(true);
@@ -97,19 +115,32 @@ pub async fn admit(
     Ok(false)
 }
 
-/// Whether this is the first revocation past the budget of `target` in `window` that this
-/// process lets through: a leak storm past the budget logs one line per target and window, not
-/// one per leak.
-fn first_overrun_of_window(target: &str, window: i64) -> bool {
-    static WARNED: std::sync::Mutex<Option<std::collections::HashMap<String, i64>>> =
-        std::sync::Mutex::new(None);
-    let mut warned = WARNED
-        .lock()
-        .unwrap_or_else(std::sync::PoisonError::into_inner);
-    let last = warned
-        .get_or_insert_with(Default::default)
-        .insert(target.to_owned(), window);
-    last != Some(window)
+/// The windows this process has seen spent, per target (the last one each): a leak storm past
+/// the budget logs one line per target and window, not one per leak, and its revocations skip
+/// the count, which cannot change any more in that window.
+#[derive(Debug, Default)]
+pub struct Spent {
+    last: std::sync::Mutex<std::collections::HashMap<String, i64>>,
+}
+
+impl Spent {
+    /// Whether `window` of `target` is known to be spent.
+    fn seen(&self, target: &str, window: i64) -> bool {
+        let last = self
+            .last
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        last.get(target) == Some(&window)
+    }
+
+    /// Records `window` of `target` as spent: true the first time.
+    fn first_overrun(&self, target: &str, window: i64) -> bool {
+        let mut last = self
+            .last
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        last.insert(target.to_owned(), window) != Some(window)
+    }
 }
 
 /// Adds `cmd` to the pending batch `approval`: `false` when that approval no longer waits
@@ -225,12 +256,18 @@ mod tests {
     use super::*;
 
     #[test]
-    fn an_overrun_is_logged_once_per_target_and_window() {
-        assert!(first_overrun_of_window("t-unit", 7));
-        assert!(!first_overrun_of_window("t-unit", 7));
-        assert!(first_overrun_of_window("t-unit-other", 7));
-        assert!(first_overrun_of_window("t-unit", 8));
-        assert!(!first_overrun_of_window("t-unit", 8));
+    fn an_overrun_is_logged_once_per_target_and_window_and_then_known_spent() {
+        let spent = Spent::default();
+        assert!(!spent.seen("t-unit", 7));
+        assert!(spent.first_overrun("t-unit", 7));
+        assert!(spent.seen("t-unit", 7));
+        assert!(!spent.first_overrun("t-unit", 7));
+        assert!(!spent.seen("t-unit-other", 7));
+        assert!(spent.first_overrun("t-unit-other", 7));
+        // A new window starts unspent.
+        assert!(!spent.seen("t-unit", 8));
+        assert!(spent.first_overrun("t-unit", 8));
+        assert!(!spent.first_overrun("t-unit", 8));
     }
 
     #[test]

@@ -45,6 +45,11 @@ pub struct Fence {
     token: u64,
     ttl: Duration,
     state: Mutex<FenceState>,
+    /// The record as this holder last wrote or read it, with its revision: while the claim is
+    /// held nothing else changes its versions, so the next read is this and the next write a
+    /// compare-and-set on this revision, with no read first (a change by someone else — a
+    /// use's `last_used_at`, an owner — fails that write, which then reads and decides again).
+    known: Mutex<Option<(Credential, u64)>>,
 }
 
 #[derive(Debug)]
@@ -65,7 +70,17 @@ impl Fence {
                 valid_until: Instant::now(),
                 lost: None,
             }),
+            known: Mutex::new(None),
         }
+    }
+
+    fn known(&self) -> Option<(Credential, u64)> {
+        self.known.lock().expect("fence lock").clone()
+    }
+
+    /// Keeps `record` (as written or read) for the next read and write; `None` forgets it.
+    fn remember(&self, record: Option<(Credential, u64)>) {
+        *self.known.lock().expect("fence lock") = record;
     }
 
     /// The claim was written (taken or renewed) by a request sent at `sent`: other workers
@@ -138,21 +153,52 @@ impl Fence {
 
 /// Applies `decide` to the credential's record with compare-and-set, like
 /// `Inventory::update`; when the calling task holds the credential's claim, the write is fenced:
-/// it fails (and nothing is written) once the record's claim is no longer this holder's.
+/// it fails (and nothing is written) once the record's claim is no longer this holder's. Under
+/// a claim, it starts from the record as the holder last saw it (no read unless it changed).
 pub async fn update_credential<T: Send>(
     ctx: &WorkerContext,
     id: &CredentialId,
     mut decide: impl FnMut(&mut Credential) -> Result<Change<T>, Error> + Send,
 ) -> Result<T, Error> {
     let fence = Fence::current(id);
-    ctx.inventory
-        .update(id, |c| {
+    let known = fence.as_ref().and_then(|f| f.known());
+    let result = ctx
+        .inventory
+        .update_from(id, known, |c| {
             if let Some(f) = &fence {
                 f.check_record(c)?;
             }
             decide(c)
         })
-        .await
+        .await;
+    match result {
+        Ok((value, record)) => {
+            if let Some(f) = &fence {
+                f.remember(Some(record));
+            }
+            Ok(value)
+        }
+        Err(e) => {
+            if let Some(f) = &fence {
+                f.remember(None);
+            }
+            Err(e)
+        }
+    }
+}
+
+/// The credential's record: under its claim, as the holder last wrote or read it (nothing
+/// else changes its versions meanwhile), else read.
+pub async fn read_credential(ctx: &WorkerContext, id: &CredentialId) -> Result<Credential, Error> {
+    let fence = Fence::current(id);
+    if let Some((cred, _)) = fence.as_ref().and_then(|f| f.known()) {
+        return Ok(cred);
+    }
+    let (cred, revision) = ctx.inventory.require(id).await?;
+    if let Some(f) = &fence {
+        f.remember(Some((cred.clone(), revision)));
+    }
+    Ok(cred)
 }
 
 /// What waiting workers in this process have seen of claims held by others: when each
@@ -196,16 +242,19 @@ async fn claim(
     ctx: &WorkerContext,
     credential: &CredentialId,
     op: &str,
+    how: Take,
 ) -> Result<ClaimGuard, Error> {
     use backon::{ExponentialBuilder, Retryable};
+    let known = std::sync::Mutex::new(how.known);
     let attempt = || async {
         let sent = Instant::now();
         let deadline = OffsetDateTime::now_utc() + ctx.claim_ttl;
-        let token = ctx
+        let known = known.lock().expect("claim lock").take();
+        let (token, record) = ctx
             .inventory
-            .update(credential, |c| {
+            .update_from(credential, known, |c| {
                 if let Some(existing) = &c.claim
-                    && existing.op != op
+                    && (how.at_once || existing.op != op)
                     && !ctx.claim_watch.lapsed(credential, existing, ctx.claim_ttl)
                 {
                     return Err(Error::msg(
@@ -227,14 +276,19 @@ async fn claim(
                 Ok(Change::Write(c.claim_epoch))
             })
             .await?;
-        Ok::<_, Error>((token, sent))
+        Ok::<_, Error>((token, sent, record))
     };
-    let (token, sent) = attempt
+    let wait = if how.at_once {
+        Duration::ZERO
+    } else {
+        CLAIM_WAIT
+    };
+    let (token, sent, record) = attempt
         .retry(
             ExponentialBuilder::default()
                 .with_min_delay(Duration::from_millis(2))
                 .with_max_delay(Duration::from_millis(250))
-                .with_total_delay(Some(CLAIM_WAIT))
+                .with_total_delay(Some(wait))
                 .without_max_times()
                 .with_jitter(),
         )
@@ -249,7 +303,19 @@ async fn claim(
         ctx.claim_ttl,
     ));
     fence.confirmed(sent);
+    fence.remember(Some(record));
     Ok(ClaimGuard { fence })
+}
+
+/// How [`with_claim_from`] takes a claim.
+#[derive(Debug, Default)]
+pub struct Take {
+    /// The record as the caller just read it, with its revision: the claim is written on it by
+    /// compare-and-set with no read first (a stale one costs a read).
+    pub known: Option<(Credential, u64)>,
+    /// Only if nobody holds it, now: any claim, also one of the same operation (which a
+    /// redelivery would take over at once), makes it fail with `Busy` without waiting.
+    pub at_once: bool,
 }
 
 impl ClaimGuard {
@@ -262,7 +328,7 @@ impl ClaimGuard {
         let deadline = OffsetDateTime::now_utc() + ctx.claim_ttl;
         let result = ctx
             .inventory
-            .update(&f.credential, |c| match &mut c.claim {
+            .update_from(&f.credential, f.known(), |c| match &mut c.claim {
                 Some(k) if k.holder == f.holder && k.token == f.token => {
                     k.beat += 1;
                     k.deadline = deadline;
@@ -270,7 +336,11 @@ impl ClaimGuard {
                 }
                 _ => Ok(Change::Keep(false)),
             })
-            .await;
+            .await
+            .map(|(renewed, record)| {
+                f.remember(Some(record));
+                renewed
+            });
         match result {
             Ok(true) => f.confirmed(sent),
             Ok(false) => {
@@ -288,14 +358,15 @@ impl ClaimGuard {
         let f = &self.fence;
         let result = ctx
             .inventory
-            .update(&f.credential, |c| match &c.claim {
+            .update_from(&f.credential, f.known(), |c| match &c.claim {
                 Some(k) if k.holder == f.holder && k.token == f.token => {
                     c.claim = None;
                     Ok(Change::Write(()))
                 }
                 _ => Ok(Change::Keep(())),
             })
-            .await;
+            .await
+            .map(|_| ());
         match result {
             // A failed registration removed its record, claim and all.
             Err(e) if e.kind() == ErrorKind::NotFound => {}
@@ -321,7 +392,21 @@ pub async fn with_claim<T, F>(
 where
     F: std::future::Future<Output = Result<T, Error>>,
 {
-    let guard = claim(ctx, credential, op).await?;
+    with_claim_from(ctx, credential, op, Take::default(), operation).await
+}
+
+/// [`with_claim`], taking the claim as `how` says.
+pub async fn with_claim_from<T, F>(
+    ctx: &WorkerContext,
+    credential: &CredentialId,
+    op: &str,
+    how: Take,
+    operation: F,
+) -> Result<T, Error>
+where
+    F: std::future::Future<Output = Result<T, Error>>,
+{
+    let guard = claim(ctx, credential, op, how).await?;
     let _held = keyloop_nats::metrics::global().claim_held();
     let renew = async {
         let mut every = tokio::time::interval(ctx.claim_ttl / 3);

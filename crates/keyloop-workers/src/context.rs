@@ -100,6 +100,8 @@ pub struct WorkerContext {
     pub claim_ttl: std::time::Duration,
     /// Claims of other holders this process has seen, to tell when one stopped being renewed.
     pub claim_watch: Arc<ClaimWatch>,
+    /// The revocation budget's windows this process has seen spent (see `budget::Spent`).
+    pub budget_spent: Arc<crate::budget::Spent>,
     /// Approvals, revocation budgets and their breakers.
     pub approvals: Arc<dyn ApprovalRecords>,
     /// How long an approval stays open, and the revocation budget.
@@ -188,6 +190,7 @@ impl WorkerContext {
             holder: new_holder(),
             claim_ttl: DEFAULT_CLAIM_TTL,
             claim_watch: Arc::default(),
+            budget_spent: Arc::default(),
             approvals: Arc::new(approvals),
             approval_settings: ApprovalSettings::default(),
         })
@@ -207,6 +210,7 @@ impl WorkerContext {
             holder: new_holder(),
             claim_ttl: DEFAULT_CLAIM_TTL,
             claim_watch: Arc::default(),
+            budget_spent: Arc::default(),
             approvals: Arc::new(MemoryApprovals::default()),
             approval_settings: ApprovalSettings::default(),
         }
@@ -218,6 +222,7 @@ impl WorkerContext {
         Self {
             holder: new_holder(),
             claim_watch: Arc::default(),
+            budget_spent: Arc::default(),
             ..self.clone()
         }
     }

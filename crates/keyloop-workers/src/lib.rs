@@ -82,7 +82,7 @@ impl Default for WorkerConfig {
 /// notifier's is [`notifier::handler`], made from its webhook).
 pub fn handler_for(role: Role, ctx: Arc<WorkerContext>) -> Option<Handler> {
     match role {
-        Role::LeakResponder => Some(leak_responder::handler(ctx)),
+        Role::LeakResponder => Some(leak_responder::handler(ctx, Default::default())),
         Role::Rotator => Some(rotator::handler(ctx)),
         Role::Revoker => Some(revoker::handler(ctx)),
         Role::Sweeper => Some(sweeper::handler(ctx)),
@@ -119,6 +119,11 @@ pub async fn run(
                     "the notifier needs a webhook: pass --notify-webhook URL (env KEYLOOP_NOTIFY_WEBHOOK)",
                 ));
             }
+            // A leak-responder also running the revoker (and rotator) revokes in-process.
+            (Role::LeakResponder, _) => Some(leak_responder::handler(
+                ctx.clone(),
+                leak_responder::InProcess::of(roles),
+            )),
             _ => handler_for(role, ctx.clone()),
         };
         if let Some(handler) = handler {

@@ -40,12 +40,15 @@ pub trait Records: Send + Sync + fmt::Debug {
     fn list(&self) -> BoxFuture<'_, Result<Vec<Credential>, Error>>;
     /// Removes a credential that took nothing over.
     fn remove<'a>(&'a self, id: &'a CredentialId) -> BoxFuture<'a, Result<(), Error>>;
-    /// Compare-and-set on the credential: `decide` may run again after a lost race.
+    /// Compare-and-set on the credential: `decide` may run again after a lost race. Its first
+    /// attempt decides on `known` (a record and revision the caller holds) instead of reading,
+    /// where the implementation saves a read by it. Returns the record as written or kept.
     fn update_with<'a>(
         &'a self,
         id: &'a CredentialId,
+        known: Option<(Credential, u64)>,
         decide: Decide<'a, Credential>,
-    ) -> BoxFuture<'a, Result<(), Error>>;
+    ) -> BoxFuture<'a, Result<(Credential, u64), Error>>;
     /// Binds an account or secret to a credential (see `Inventory::bind`).
     fn bind<'a>(
         &'a self,
@@ -105,12 +108,25 @@ impl dyn Records {
     pub async fn update<T: Send>(
         &self,
         id: &CredentialId,
-        mut decide: impl FnMut(&mut Credential) -> Result<Change<T>, Error> + Send,
+        decide: impl FnMut(&mut Credential) -> Result<Change<T>, Error> + Send,
     ) -> Result<T, Error> {
+        self.update_from(id, None, decide)
+            .await
+            .map(|(value, _)| value)
+    }
+
+    /// [`Self::update`] from a record and revision the caller holds (what its last write
+    /// returned): no read when nothing changed since. Returns the record as written or kept.
+    pub async fn update_from<T: Send>(
+        &self,
+        id: &CredentialId,
+        known: Option<(Credential, u64)>,
+        mut decide: impl FnMut(&mut Credential) -> Result<Change<T>, Error> + Send,
+    ) -> Result<(T, (Credential, u64)), Error> {
         let mut out = None;
         let mut step = |c: &mut Credential| Ok(keep(decide(c)?, &mut out));
-        self.update_with(id, &mut step).await?;
-        decided(out)
+        let record = self.update_with(id, known, &mut step).await?;
+        Ok((decided(out)?, record))
     }
 
     /// Applies `decide` to the lease with compare-and-set.
@@ -165,12 +181,14 @@ impl Records for Inventory {
     fn update_with<'a>(
         &'a self,
         id: &'a CredentialId,
+        known: Option<(Credential, u64)>,
         decide: Decide<'a, Credential>,
-    ) -> BoxFuture<'a, Result<(), Error>> {
+    ) -> BoxFuture<'a, Result<(Credential, u64), Error>> {
         Box::pin(async move {
             let mut refused = None;
-            let result = Inventory::update(self, id, through_nats(decide, &mut refused)).await;
-            refused.map_or_else(|| result.map_err(Error::from), Err)
+            let result =
+                Inventory::update_from(self, id, known, through_nats(decide, &mut refused)).await;
+            refused.map_or_else(|| result.map(|((), r)| r).map_err(Error::from), Err)
         })
     }
     fn bind<'a>(
@@ -358,12 +376,14 @@ impl Due for DueIndex {
 /// Where workers publish: the audit log (lifecycle events) and the command queue, both
 /// deduplicated by message id.
 pub trait Outbox: Send + Sync + fmt::Debug {
-    /// Publishes a lifecycle event (its id is its dedup id), durably.
+    /// Publishes a lifecycle event (its id is its dedup id), durably: inside a handler, stored
+    /// before the handler's message is acked (`keyloop_nats::pipeline`), else before this returns.
     fn publish_lifecycle<'a>(
         &'a self,
         event: &'a LifecycleEvent,
     ) -> BoxFuture<'a, Result<(), Error>>;
-    /// Publishes an encoded command on `subject` with `id` as its dedup id, durably.
+    /// Publishes an encoded command on `subject` with `id` as its dedup id, durably (as
+    /// [`Self::publish_lifecycle`]).
     fn publish_command<'a>(
         &'a self,
         subject: &'a str,
@@ -405,10 +425,10 @@ impl Outbox for Bus {
         &'a self,
         event: &'a LifecycleEvent,
     ) -> BoxFuture<'a, Result<(), Error>> {
+        // Pipelined: inside a handler, awaited with its other publishes before the ack.
         Box::pin(async move {
-            Bus::publish_lifecycle(self, event)
+            Bus::publish_lifecycle_pipelined(self, event)
                 .await
-                .map(|_| ())
                 .map_err(Error::from)
         })
     }
@@ -419,9 +439,8 @@ impl Outbox for Bus {
         payload: Vec<u8>,
     ) -> BoxFuture<'a, Result<(), Error>> {
         Box::pin(async move {
-            self.publish_raw(subject, id, async_nats::HeaderMap::new(), payload)
+            self.publish_pipelined(subject, id, async_nats::HeaderMap::new(), payload)
                 .await
-                .map(|_| ())
                 .map_err(Error::from)
         })
     }

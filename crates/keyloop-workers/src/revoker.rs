@@ -33,7 +33,7 @@ async fn revoke(ctx: &WorkerContext, delivery: &Delivery) -> Result<(), HandlerE
     let command = decode::command::<RevokeCommand>(&delivery.message.payload)?;
     let cause = Cause::of(SOURCE, &command);
     let now = time::OffsetDateTime::now_utc();
-    if !crate::budget::admit(ctx, &command.data, &cause, now).await? {
+    if !crate::budget::admit(ctx, &command.data, &cause, now, None).await? {
         info!(credential = %command.data.credential, op = %command.data.op_id, reason = command.data.reason.name(), "revocation held by the revocation budget for approval");
         return Ok(());
     }
@@ -68,22 +68,29 @@ pub async fn execute(
         }
         other => other?,
     }
-    if cmd.then_rotate {
-        // The rotation that replaces a revoked version is one operation whoever asks for it:
-        // a leak and an operator's `revoke --rotate` of the same version (or two leaks of it)
-        // ask for the same command, which JetStream and the rotator deduplicate.
-        let op_id = match cmd.version {
-            Some(version) => format!("replace/{}/{version}", cmd.credential),
-            None => format!("{}/rotate", cmd.op_id),
-        };
-        let rotate = RotateCommand {
-            credential: cmd.credential.clone(),
-            reason: RotationReason::Leak,
-            op_id,
-        };
+    if let Some(rotate) = replacement(cmd) {
         cause.send(ctx, rotate).await?;
     }
     Ok(())
+}
+
+/// The rotation that replaces what `cmd` revoked, when it asks for one. It is one operation
+/// whoever asks for it: a leak and an operator's `revoke --rotate` of the same version (or two
+/// leaks of it) ask for the same command, which JetStream and the rotator deduplicate.
+pub fn replacement(cmd: &RevokeCommand) -> Option<RotateCommand> {
+    cmd.then_rotate.then(|| RotateCommand {
+        credential: cmd.credential.clone(),
+        reason: RotationReason::Leak,
+        op_id: match cmd.version {
+            Some(version) => replacement_op(&cmd.credential, version),
+            None => format!("{}/rotate", cmd.op_id),
+        },
+    })
+}
+
+/// The operation of the rotation that replaces revoked version `version` of `credential`.
+pub fn replacement_op(credential: &keyloop_core::CredentialId, version: uuid::Uuid) -> String {
+    format!("replace/{credential}/{version}")
 }
 
 /// `cmd.lease.revoke`: end one JIT lease (see `ops::end_lease`).
@@ -105,7 +112,7 @@ async fn revoke_lease(ctx: &WorkerContext, delivery: &Delivery) -> Result<(), Ha
 }
 
 /// Revokes the versions a command names. The caller holds the credential's claim.
-async fn revoke_versions(
+pub(crate) async fn revoke_versions(
     ctx: &WorkerContext,
     cmd: &RevokeCommand,
     cause: &Cause,
@@ -114,11 +121,8 @@ async fn revoke_versions(
         Some(v) => vec![v],
         // Every live version, plus those this operation already revoked on an earlier attempt
         // (their events may not be out yet).
-        None => ctx
-            .inventory
-            .require(&cmd.credential)
+        None => crate::claim::read_credential(ctx, &cmd.credential)
             .await?
-            .0
             .versions
             .iter()
             .filter(|v| {

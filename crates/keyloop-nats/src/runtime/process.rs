@@ -60,13 +60,18 @@ pub(super) async fn process(
             // Tell JetStream the message is being worked on, so a short ack wait (fast
             // redelivery after a crash or failover) never redelivers a slow but live operation.
             let started = std::time::Instant::now();
-            let work = handler(delivery.clone());
+            // The handler's publishes are pipelined: their acknowledgements are awaited
+            // together at its end, before the ack (see `crate::pipeline`).
+            let work = crate::pipeline::scope(handler(delivery.clone()));
             tokio::pin!(work);
             let mut progress = tokio::time::interval(ACK_WAIT / 3);
             progress.tick().await;
             let outcome = loop {
                 tokio::select! {
-                    outcome = &mut work => break outcome,
+                    outcome = &mut work => break outcome.map_err(|e| match e {
+                        crate::pipeline::ScopeError::Work(e) => e,
+                        crate::pipeline::ScopeError::Publish(e) => HandlerError::from(e),
+                    }),
                     _ = progress.tick() => {
                         let _ = delivery.message.ack_with(AckKind::Progress).await;
                     }

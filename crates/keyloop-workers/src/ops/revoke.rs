@@ -47,9 +47,9 @@ pub enum Revoked {
 /// publishes the same event id.
 ///
 /// Only what makes the version dead is waited for:
-/// - its value is read only to prove the death with a login; when it cannot be read (a wrong
-///   master key, a store outage), the target invalidates it anyway and the event says the proof
-///   was not possible;
+/// - its value is read only to prove the death with a login (not at all for a credential with no
+///   target); when it cannot be read (a wrong master key, a store outage), the target
+///   invalidates it anyway and the event says the proof was not possible;
 /// - a pending version is undone as [`Credential::undo_of_pending`] decides from the recorded
 ///   steps: nothing at the target when the target never got it, and when its value replaced the
 ///   password of an account a live version still needs (a `single` rotation), that version's value
@@ -66,7 +66,7 @@ pub async fn revoke_version(
     req: RevokeVersion<'_>,
     cause: &Cause,
 ) -> Result<Revoked, Error> {
-    let (cred, _) = ctx.inventory.require(req.credential).await?;
+    let cred = crate::claim::read_credential(ctx, req.credential).await?;
     let Some(version) = cred.version(req.version) else {
         return Ok(Revoked::Unknown);
     };
@@ -105,7 +105,14 @@ pub async fn revoke_version(
             }
         }
         if call_target {
-            let value = match store.get(&cred, req.version).await {
+            // The value is read only for the target's login that proves the death; a
+            // credential with no target has none, and no read to wait for.
+            let value = if needs_value(&cred) {
+                store.get(&cred, req.version).await
+            } else {
+                Ok(None)
+            };
+            let value = match value {
                 Ok(value) => value,
                 Err(e) => {
                     tracing::warn!(credential = %req.credential, version = %req.version, error = %e, "cannot read the value to prove its death; invalidating it anyway");
@@ -175,6 +182,12 @@ pub async fn revoke_version(
             .revoked_after_leak(keyloop_nats::metrics::Revoked::Version, revoked_at - leaked);
     }
     Ok(Revoked::ByThisOperation)
+}
+
+/// Whether invalidating a version at the credential's target uses its value (to prove with a
+/// login that it no longer works).
+fn needs_value(cred: &Credential) -> bool {
+    cred.target != keyloop_core::TargetKind::None
 }
 
 /// Gives the target account of `holder` that version's value back (the rollback of a value set

@@ -40,7 +40,7 @@ fn cas<K: std::hash::Hash + Eq + Clone, R: Clone>(
     revision: impl Fn() -> u64,
     missing: impl Fn() -> Error,
     decide: Decide<'_, R>,
-) -> Result<(), Error> {
+) -> Result<(R, u64), Error> {
     for _ in 0..32 {
         let (mut copy, read) = map
             .lock()
@@ -48,14 +48,15 @@ fn cas<K: std::hash::Hash + Eq + Clone, R: Clone>(
             .get(key)
             .cloned()
             .ok_or_else(&missing)?;
+        let before = copy.clone();
         if !decide(&mut copy)? {
-            return Ok(());
+            return Ok((before, read));
         }
         let mut map = map.lock().expect("records lock");
         match map.get_mut(key) {
             Some(entry) if entry.1 == read => {
                 *entry = (copy, revision());
-                return Ok(());
+                return Ok(entry.clone());
             }
             Some(_) => continue,
             None => return Err(missing()),
@@ -111,8 +112,10 @@ impl Records for MemoryRecords {
     fn update_with<'a>(
         &'a self,
         id: &'a CredentialId,
+        // Reads here cost nothing: every attempt reads.
+        _known: Option<(Credential, u64)>,
         decide: Decide<'a, Credential>,
-    ) -> BoxFuture<'a, Result<(), Error>> {
+    ) -> BoxFuture<'a, Result<(Credential, u64), Error>> {
         let missing = || {
             Error::msg(
                 ErrorKind::NotFound,
@@ -213,7 +216,7 @@ impl Records for MemoryRecords {
         decide: Decide<'a, Lease>,
     ) -> BoxFuture<'a, Result<(), Error>> {
         let missing = || Error::msg(ErrorKind::NotFound, format!("lease {id} does not exist"));
-        let result = cas(&self.leases, &id, || self.next_revision(), missing, decide);
+        let result = cas(&self.leases, &id, || self.next_revision(), missing, decide).map(|_| ());
         Box::pin(async move { result })
     }
 }

@@ -19,15 +19,26 @@
 //! Redelivery is harmless: the events have ids derived from the leak id and the version, the
 //! command from the version and the leak's publish time, so a second pass publishes duplicates
 //! that the streams drop.
+//!
+//! In a process that also runs the revoker (and the rotator), the revocation (and the
+//! replacement) is done here, with no command between ([`in_process`]); the command is sent
+//! only when that cannot be done now.
+
+mod in_process;
+
+pub use in_process::InProcess;
 
 use crate::context::WorkerContext;
-use crate::decode;
 use crate::ops::Cause;
+use crate::{decode, revoker};
 use futures::FutureExt;
 use keyloop_core::event::{CloudEvent, LEAK_DETECTED_TYPE, RevokeCommand};
 use keyloop_core::event::{RevokeLeaseCommand, lease_event};
 use keyloop_core::lease::LeaseState;
-use keyloop_core::{CredentialId, LeakFinding, LifecycleData, LifecycleKind, RevokeReason, Stage};
+use keyloop_core::{
+    Credential, CredentialId, LeakFinding, LifecycleData, LifecycleKind, RevokeReason, Stage,
+    Version,
+};
 use keyloop_nats::{Delivery, FingerprintRef, Handler, HandlerError};
 use std::sync::Arc;
 use tracing::info;
@@ -45,15 +56,19 @@ pub fn lease_revocation_op(lease: uuid::Uuid) -> String {
     format!("leak-revoke-lease/{lease}")
 }
 
-/// The handler of `<prefix>.leak.detected`.
-pub fn handler(ctx: Arc<WorkerContext>) -> Handler {
+/// The handler of `<prefix>.leak.detected`, in a process that also does `how`.
+pub fn handler(ctx: Arc<WorkerContext>, how: InProcess) -> Handler {
     Arc::new(move |delivery| {
         let ctx = ctx.clone();
-        async move { respond(&ctx, &delivery).await }.boxed()
+        async move { respond(&ctx, how, &delivery).await }.boxed()
     })
 }
 
-async fn respond(ctx: &WorkerContext, delivery: &Delivery) -> Result<(), HandlerError> {
+async fn respond(
+    ctx: &WorkerContext,
+    how: InProcess,
+    delivery: &Delivery,
+) -> Result<(), HandlerError> {
     let leak: CloudEvent<LeakFinding> =
         decode::cloud_event(&delivery.message.payload, LEAK_DETECTED_TYPE)?;
     let finding = &leak.data;
@@ -85,13 +100,16 @@ async fn respond(ctx: &WorkerContext, delivery: &Delivery) -> Result<(), Handler
             .inventory
             .get(&credential)
             .await?
-            .and_then(|(cred, _)| cred.version(version).cloned().map(|v| (cred, v))),
+            .and_then(|(cred, revision)| {
+                let version = cred.version(version).cloned()?;
+                Some((cred, revision, version))
+            }),
         Some(FingerprintRef::Lease { lease }) => {
             return respond_to_lease_leak(ctx, delivery, &leak, lease, &cause).await;
         }
         None => None,
     };
-    let Some((cred, version)) = matched else {
+    let Some((cred, revision, version)) = matched else {
         info!(leak = %leak.id, fingerprint = %finding.fingerprint, "leak matches no managed credential");
         let mut data = LifecycleData::new(LifecycleKind::LeakUnmatched, None, None);
         // No tag: the value is not one keyloop generated and may be weak, and a tag would let
@@ -101,7 +119,9 @@ async fn respond(ctx: &WorkerContext, delivery: &Delivery) -> Result<(), Handler
         return Ok(());
     };
     let step = format!("{}/{}", leak.id, version.id);
-    if version.stage == Stage::Revoked {
+    let op = revocation_op(&cred.id, version.id);
+    let resuming = resumes(&version, &op, delivery.attempt);
+    if version.stage == Stage::Revoked && !resuming {
         info!(leak = %leak.id, credential = %cred.id, version = %version.id, "leaked version is already revoked");
         let mut data = LifecycleData::new(
             LifecycleKind::LeakInert,
@@ -119,7 +139,6 @@ async fn respond(ctx: &WorkerContext, delivery: &Delivery) -> Result<(), Handler
         Some(cred.id.clone()),
         Some(version.id),
     );
-    let op = revocation_op(&cred.id, version.id);
     data.matched_stage = Some(version.stage);
     // The version's tag, as `created` and `credential show` print it (a leak that reported
     // only the SHA-1 would otherwise have another one); never the leaked digest itself, which
@@ -140,12 +159,53 @@ async fn respond(ctx: &WorkerContext, delivery: &Delivery) -> Result<(), Handler
         leak_published_at: Some(delivery.published),
         // A leaked current (or in-flight pending) value leaves the credential without a working
         // one: issue a fresh current right after. A leaked previous needs no replacement.
-        then_rotate: matches!(version.stage, Stage::Current | Stage::Pending),
+        then_rotate: if resuming {
+            replacement_due(&cred, version.id)
+        } else {
+            matches!(version.stage, Stage::Current | Stage::Pending)
+        },
         note: None,
         released_by: None,
     };
+    if how.revoke
+        && in_process::revoke(
+            ctx,
+            how,
+            &command,
+            &cause,
+            (cred, revision),
+            delivery.attempt > 1,
+        )
+        .await
+    {
+        return Ok(());
+    }
     cause.send(ctx, command).await?;
     Ok(())
+}
+
+/// Whether a leak delivered again finds the revocation its operation names done recently: a
+/// process that revoked in-process died (or an event's publish failed) before the leak was
+/// acked, so `revoked`, the replacement or `leak_matched` may be missing. Then the chain is done
+/// again — every step finds its work done and publishes its event again under the same id,
+/// which the lifecycle stream drops if it has it — rather than `leak_inert`, which would leave
+/// the replacement undone. Recently: well within the lifecycle stream's dedup window, so no
+/// event is ever stored twice.
+fn resumes(version: &Version, op: &str, attempt: u64) -> bool {
+    let recent =
+        time::OffsetDateTime::now_utc() - keyloop_nats::topology::LIFECYCLE_DEDUP_WINDOW / 2;
+    attempt > 1
+        && version.stage == Stage::Revoked
+        && version.revoked_by.as_deref() == Some(op)
+        && version.revoked_at.is_some_and(|at| at > recent)
+}
+
+/// Whether the resumed chain still owes the credential its replacement: it has no current
+/// version (the revoked one was current), or the replacement started and may not have said
+/// `rotated` yet.
+fn replacement_due(cred: &Credential, version: uuid::Uuid) -> bool {
+    let replacement = crate::ops::version_for_op(&revoker::replacement_op(&cred.id, version));
+    cred.current().is_none() || cred.version(replacement).is_some()
 }
 
 /// A leaked JIT token: revoke its lease if it still works, else `leak_inert`.
