@@ -910,6 +910,28 @@ impl Env {
             .ok()?;
         consumer.info().await.ok().cloned()
     }
+
+    /// Waits until the leak-responder, the revoker and the rotator have no message pending or
+    /// unacked; panics after `within`.
+    pub(crate) async fn wait_loop_idle(&self, within: Duration) {
+        use keyloop_nats::Role;
+        let deadline = tokio::time::Instant::now() + within;
+        for role in [Role::LeakResponder, Role::Revoker, Role::Rotator] {
+            loop {
+                let info = self.consumer_info(role).await.expect("consumer info");
+                if info.num_pending == 0 && info.num_ack_pending == 0 {
+                    break;
+                }
+                assert!(
+                    tokio::time::Instant::now() < deadline,
+                    "{role:?} still has work after {within:?}: {} pending, {} unacked",
+                    info.num_pending,
+                    info.num_ack_pending
+                );
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+        }
+    }
 }
 
 /// Whether `role` logs in with `password`; any failure other than a refused login fails the

@@ -6,7 +6,6 @@ use crate::harness::{Env, Events, gitleaks_report, lifecycle, path_str, stream_m
 use futures::StreamExt;
 use keyloop_core::event::{CloudEvent, REVOKE_COMMAND_TYPE, RevokeCommand};
 use keyloop_core::{Fingerprint, LifecycleEvent, LifecycleKind, RevokeReason, Secret, Stage};
-use keyloop_nats::Role;
 use std::time::Duration;
 
 const ALL_ROLES: [&str; 3] = ["leak-responder", "rotator", "revoker"];
@@ -347,22 +346,7 @@ async fn settle(env: &Env, events: &Events) {
         1,
     )
     .await;
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
-    for role in [Role::LeakResponder, Role::Revoker, Role::Rotator] {
-        loop {
-            let info = env.consumer_info(role).await.expect("consumer info");
-            if info.num_pending == 0 && info.num_ack_pending == 0 {
-                break;
-            }
-            assert!(
-                tokio::time::Instant::now() < deadline,
-                "{role:?} still has work after 10 s: {} pending, {} unacked",
-                info.num_pending,
-                info.num_ack_pending
-            );
-            tokio::time::sleep(Duration::from_millis(10)).await;
-        }
-    }
+    env.wait_loop_idle(Duration::from_secs(10)).await;
 }
 
 /// The stored lifecycle events of kind `kind` about credential `id`.

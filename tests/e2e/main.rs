@@ -21,6 +21,7 @@ mod fleet;
 mod harness;
 mod health;
 mod idle;
+mod in_process;
 mod incident;
 mod ingest_formats;
 mod ingest_large;

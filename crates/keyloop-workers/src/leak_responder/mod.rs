@@ -249,3 +249,61 @@ async fn respond_to_lease_leak(
     cause.send(ctx, command).await?;
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use keyloop_nats::Role;
+    use time::OffsetDateTime;
+
+    fn revoked_by(op: &str, at: OffsetDateTime) -> Version {
+        let mut v = Version::pending(
+            uuid::Uuid::now_v7(),
+            keyloop_core::Fingerprint::of(&keyloop_core::Secret::from("v")),
+            "create",
+            None,
+            at,
+        );
+        v.stage = Stage::Revoked;
+        v.revoked_by = Some(op.to_owned());
+        v.revoked_at = Some(at);
+        v
+    }
+
+    #[test]
+    fn only_a_leak_delivered_again_resumes_its_own_recent_revocation() {
+        let now = OffsetDateTime::now_utc();
+        let ours = revoked_by("leak-revoke/svc/x/1", now);
+        assert!(resumes(&ours, "leak-revoke/svc/x/1", 2));
+        // A first delivery finds the version dead: another leak of it is inert.
+        assert!(!resumes(&ours, "leak-revoke/svc/x/1", 1));
+        // Revoked by another operation (an operator, a rotation): inert.
+        assert!(!resumes(&ours, "leak-revoke/svc/x/2", 2));
+        // Long ago: its events may be past the stream's dedup window, so nothing is redone.
+        let old = revoked_by("leak-revoke/svc/x/1", now - time::Duration::hours(2));
+        assert!(!resumes(&old, "leak-revoke/svc/x/1", 2));
+    }
+
+    #[test]
+    fn a_process_revokes_in_process_only_with_the_revoker_and_replaces_only_with_the_rotator_too() {
+        use Role::*;
+        let of = InProcess::of;
+        assert_eq!(of(&[LeakResponder]), InProcess::default());
+        assert_eq!(
+            of(&[LeakResponder, Revoker]),
+            InProcess {
+                revoke: true,
+                rotate: false
+            }
+        );
+        assert_eq!(
+            of(&[Rotator, LeakResponder, Revoker]),
+            InProcess {
+                revoke: true,
+                rotate: true
+            }
+        );
+        // A rotator without the revoker rotates nothing here: the revocation goes by command.
+        assert_eq!(of(&[LeakResponder, Rotator]), InProcess::default());
+    }
+}

@@ -37,14 +37,18 @@ use crate::ops::{self, Cause, RevokeVersion, backend, version_for_op};
 use futures::FutureExt;
 use keyloop_core::event::RotateCommand;
 use keyloop_core::{
-    AtTarget, Credential, Fingerprint, LifecycleData, LifecycleKind, PendingUndo, RevokeReason,
-    RotationReason, RotationRetry, Secret, Stage, Version,
+    AtTarget, Credential, Fingerprint, LifecycleData, LifecycleKind, RevokeReason, Secret, Stage,
+    Version,
 };
-use keyloop_nats::{Change, Delivery, DueItem, FingerprintRef, Handler, HandlerError};
+use keyloop_nats::{Change, Delivery, FingerprintRef, Handler, HandlerError};
 use std::sync::Arc;
 use time::OffsetDateTime;
 use tracing::info;
 use uuid::Uuid;
+
+mod failure;
+
+use failure::{give_up, rotation_failed};
 
 const SOURCE: &str = "keyloop/rotator";
 
@@ -94,179 +98,6 @@ pub async fn execute(
         }
         other => other,
     }
-}
-
-/// The rotation gave up with `error`. Its pending version (if it got that far) is retired as
-/// the record says — rolled back — and when that cannot be done, the rotation is finished
-/// instead if the new value is in hand and logs in (rolled forward; then this returns `Ok`).
-/// Then `rotation_failed` says what failed and what state it left, a metric counts it, a
-/// scheduled or leak rotation is filed to be tried again, and the error goes back to the
-/// runtime (the DLQ).
-async fn give_up(
-    ctx: &WorkerContext,
-    cmd: &RotateCommand,
-    cause: &Cause,
-    error: Error,
-    in_hand: Option<Secret>,
-) -> Result<(), Error> {
-    let version = version_for_op(&cmd.op_id);
-    let outcome = match crate::claim::read_credential(ctx, &cmd.credential).await {
-        Err(e) => {
-            format!("its pending version could not be checked ({e}); the next rotation repairs it")
-        }
-        Ok(cred) => match cred.version(version) {
-            Some(v) if v.stage == Stage::Pending => {
-                let undo = cred.undo_of_pending(version);
-                let retire = RevokeVersion {
-                    credential: &cmd.credential,
-                    version,
-                    reason: RevokeReason::Superseded,
-                    op: &cmd.op_id,
-                    leak_published_at: None,
-                    note: Some("its rotation failed".into()),
-                };
-                match ops::revoke_version(ctx, retire, cause).await {
-                    Ok(_) => describe_rollback(&cred, version, undo),
-                    Err(rollback) if v.at_target == AtTarget::Set => {
-                        match roll_forward(ctx, cmd, cause, version, in_hand).await {
-                            Ok(()) => {
-                                tracing::warn!(credential = %cmd.credential, op = %cmd.op_id, %error, %rollback, "rotation rolled forward: the rollback failed, the new value works at the target and is current");
-                                return Ok(());
-                            }
-                            Err(forward) => format!(
-                                "it could neither roll back ({rollback}) nor forward ({forward}): pending version {version} is kept, nothing was destroyed, and the next rotation repairs it"
-                            ),
-                        }
-                    }
-                    Err(rollback) => format!(
-                        "its pending version {version} could not be retired ({rollback}); the target never got it, and the next rotation retires it"
-                    ),
-                }
-            }
-            _ => "nothing to undo: it stopped before it created a new version".to_owned(),
-        },
-    };
-    rotation_failed(ctx, cmd, cause, &error, &outcome).await;
-    Err(error)
-}
-
-/// Words for the audit log on what a rollback did.
-fn describe_rollback(cred: &Credential, version: Uuid, undo: PendingUndo) -> String {
-    let current = cred
-        .current()
-        .map_or("no version".to_owned(), |v| format!("version {}", v.id));
-    match undo {
-        PendingUndo::Nothing => format!(
-            "rolled back: the target never got the new value; {current} stays current and pending version {version} is retired"
-        ),
-        PendingUndo::Restore { holder } => format!(
-            "rolled back: the account was given version {holder}'s value back; {current} stays current and pending version {version} is retired"
-        ),
-        PendingUndo::Invalidate => format!(
-            "rolled back: the new value's account was disabled; {current} stays current and pending version {version} is retired"
-        ),
-    }
-}
-
-/// Finishes a rotation whose rollback failed, when the new value is in hand (or still in the
-/// store) and logs in at the target: then the target already works with it, and making it
-/// current is the safe way out.
-async fn roll_forward(
-    ctx: &WorkerContext,
-    cmd: &RotateCommand,
-    cause: &Cause,
-    version: Uuid,
-    in_hand: Option<Secret>,
-) -> Result<(), Error> {
-    let cred = crate::claim::read_credential(ctx, &cmd.credential).await?;
-    let store = ctx.backends.store(cred.store)?;
-    let target = ctx.backends.target(cred.target)?;
-    let value = match in_hand {
-        Some(v) => v,
-        None => store
-            .get(&cred, version)
-            .await
-            .map_err(|e| backend(e, "read the new value"))?
-            .ok_or_else(|| {
-                Error::msg(
-                    ErrorKind::Permanent,
-                    format!("the value of pending version {version} is not in its store"),
-                )
-            })?,
-    };
-    target
-        .test(&cred, version, &value)
-        .await
-        .map_err(|e| backend(e, "test the new value at the target"))?;
-    finish(ctx, cmd, cause, cred, version, &value).await
-}
-
-/// The rotation gave up: say so in the audit log (with `outcome`: the state it left), the log
-/// and the metrics, and file the next attempt of a scheduled or leak rotation. Best effort: the
-/// message goes to the DLQ anyway.
-async fn rotation_failed(
-    ctx: &WorkerContext,
-    cmd: &RotateCommand,
-    cause: &Cause,
-    error: &Error,
-    outcome: &str,
-) {
-    keyloop_nats::metrics::global().rotation_failed();
-    tracing::error!(credential = %cmd.credential, op = %cmd.op_id, %error, outcome, "rotation failed");
-    let mut data = LifecycleData::new(
-        LifecycleKind::RotationFailed,
-        Some(cmd.credential.clone()),
-        Some(version_for_op(&cmd.op_id)),
-    );
-    data.rotation_reason = Some(cmd.reason);
-    data.detail = Some(format!("{error}; {outcome}"));
-    if let Err(e) = cause.publish(ctx, &cmd.op_id, data).await {
-        tracing::warn!(credential = %cmd.credential, error = %e, "could not publish rotation_failed");
-    }
-    if matches!(cmd.reason, RotationReason::Scheduled | RotationReason::Leak)
-        && let Err(e) = schedule_retry(ctx, cmd, error).await
-    {
-        tracing::error!(credential = %cmd.credential, error = %e, "could not file the next attempt of a failed rotation; `keyloop rotate` it by hand");
-    }
-}
-
-/// Records one more failure in a row and files the next attempt with the sweeper.
-async fn schedule_retry(
-    ctx: &WorkerContext,
-    cmd: &RotateCommand,
-    error: &Error,
-) -> Result<(), Error> {
-    let now = OffsetDateTime::now_utc();
-    let op = cmd.op_id.as_str();
-    let retry = crate::claim::update_credential(ctx, &cmd.credential, |c| {
-        // One failure per operation: a redelivered give-up counts once.
-        if c.rotation_retry.as_ref().is_some_and(|r| r.failed_op == op) {
-            return Ok(Change::Keep(c.rotation_retry.clone()));
-        }
-        let failures = c.rotation_retry.as_ref().map_or(0, |r| r.failures) + 1;
-        c.rotation_retry = Some(RotationRetry {
-            reason: cmd.reason,
-            failures,
-            next_attempt_at: now + RotationRetry::delay_after(failures),
-            last_error: error.to_string(),
-            failed_op: op.to_owned(),
-        });
-        Ok(Change::Write(c.rotation_retry.clone()))
-    })
-    .await?;
-    if let Some(r) = retry {
-        ctx.due
-            .schedule(
-                DueItem::Rotate {
-                    credential: cmd.credential.clone(),
-                },
-                r.next_attempt_at,
-                now,
-            )
-            .await?;
-        info!(credential = %cmd.credential, failures = r.failures, next_attempt_at = %r.next_attempt_at, "failed rotation will be tried again");
-    }
-    Ok(())
 }
 
 /// Runs (or resumes) the rotation `cmd.op_id` of `cmd.credential` to the end. The caller holds
@@ -436,18 +267,14 @@ pub async fn run_rotation(
         }
     }
     // Recorded before the target is called: from here on, a failure knows the account may hold
-    // the new value and undoes it (see the module docs).
-    let (stage, cred) = crate::claim::update_credential(ctx, id, |c| {
-        let stage = c.version(new_version).map(|v| v.stage);
-        match c.version_mut(new_version) {
-            Some(v) if v.stage == Stage::Pending && v.at_target == AtTarget::NotSet => {
-                v.at_target = AtTarget::Set;
-                Ok(Change::Write((stage, c.clone())))
-            }
-            _ => Ok(Change::Keep((stage, c.clone()))),
-        }
-    })
-    .await?;
+    // the new value and undoes it (see the module docs). A credential with no target has
+    // nothing there to undo, and nothing to record.
+    let (stage, cred) = if cred.target == keyloop_core::TargetKind::None {
+        let cred = crate::claim::read_credential(ctx, id).await?;
+        (cred.version(new_version).map(|v| v.stage), cred)
+    } else {
+        set_at_target(ctx, id, new_version).await?
+    };
     if stage != Some(Stage::Pending) {
         info!(credential = %id, version = %new_version, "pending version was revoked before it was set (leaked mid-rotation?); nothing to do");
         return Ok(());
@@ -479,6 +306,26 @@ pub async fn run_rotation(
 
     // 4. finish
     finish(ctx, cmd, cause, cred, new_version, &value).await
+}
+
+/// Records that the pending version's value is about to be set at the target (unless it is no
+/// longer pending); returns its stage and the record.
+async fn set_at_target(
+    ctx: &WorkerContext,
+    id: &keyloop_core::CredentialId,
+    new_version: Uuid,
+) -> Result<(Option<Stage>, Credential), Error> {
+    crate::claim::update_credential(ctx, id, |c| {
+        let stage = c.version(new_version).map(|v| v.stage);
+        match c.version_mut(new_version) {
+            Some(v) if v.stage == Stage::Pending && v.at_target == AtTarget::NotSet => {
+                v.at_target = AtTarget::Set;
+                Ok(Change::Write((stage, c.clone())))
+            }
+            _ => Ok(Change::Keep((stage, c.clone()))),
+        }
+    })
+    .await
 }
 
 /// The `finish` step: the previous version a new demotion would replace is retired (at most
@@ -535,7 +382,8 @@ async fn finish(
             .map_err(|e| backend(e, "promote the new value in its store"))?;
     }
     let now = OffsetDateTime::now_utc();
-    let (promotion, promoted_cred) = crate::claim::update_credential(ctx, id, |c| {
+    // The operation's last write to the record: it releases the claim too.
+    let (promotion, promoted_cred) = crate::claim::update_credential_and_release(ctx, id, |c| {
         let p = c.promote(new_version, now);
         if p.promoted {
             c.rotation_retry = None;

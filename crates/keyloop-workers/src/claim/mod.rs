@@ -50,6 +50,8 @@ pub struct Fence {
     /// compare-and-set on this revision, with no read first (a change by someone else — a
     /// use's `last_used_at`, an owner — fails that write, which then reads and decides again).
     known: Mutex<Option<(Credential, u64)>>,
+    /// The operation's last write released the claim ([`update_credential_and_release`]).
+    released: std::sync::atomic::AtomicBool,
 }
 
 #[derive(Debug)]
@@ -71,7 +73,12 @@ impl Fence {
                 lost: None,
             }),
             known: Mutex::new(None),
+            released: std::sync::atomic::AtomicBool::new(false),
         }
+    }
+
+    fn released(&self) -> bool {
+        self.released.load(std::sync::atomic::Ordering::Acquire)
     }
 
     fn known(&self) -> Option<(Credential, u64)> {
@@ -185,6 +192,36 @@ pub async fn update_credential<T: Send>(
             Err(e)
         }
     }
+}
+
+/// [`update_credential`] for the last write of the operation holding the claim: the same
+/// write releases the claim, so there is no write of its own for that. A decision that keeps
+/// the record keeps the claim, which is released at the end as usual. After it, the holder
+/// writes nothing more to the record (the fence refuses it).
+pub async fn update_credential_and_release<T: Send>(
+    ctx: &WorkerContext,
+    id: &CredentialId,
+    mut decide: impl FnMut(&mut Credential) -> Result<Change<T>, Error> + Send,
+) -> Result<T, Error> {
+    let Some(fence) = Fence::current(id) else {
+        return update_credential(ctx, id, decide).await;
+    };
+    let mut releases = false;
+    let value = update_credential(ctx, id, |c| {
+        let change = decide(c)?;
+        releases = matches!(change, Change::Write(_));
+        if releases {
+            c.claim = None;
+        }
+        Ok(change)
+    })
+    .await?;
+    if releases {
+        fence
+            .released
+            .store(true, std::sync::atomic::Ordering::Release);
+    }
+    Ok(value)
 }
 
 /// The credential's record: under its claim, as the holder last wrote or read it (nothing
@@ -324,6 +361,9 @@ impl ClaimGuard {
     /// succeeds in time. A claim no longer ours stops it at once.
     async fn renew(&self, ctx: &WorkerContext) {
         let f = &self.fence;
+        if f.released() {
+            return;
+        }
         let sent = Instant::now();
         let deadline = OffsetDateTime::now_utc() + ctx.claim_ttl;
         let result = ctx
@@ -356,6 +396,9 @@ impl ClaimGuard {
     /// Releases the claim if it is still ours. A failure here is harmless: the claim lapses.
     async fn release(self, ctx: &WorkerContext) {
         let f = &self.fence;
+        if f.released() {
+            return;
+        }
         let result = ctx
             .inventory
             .update_from(&f.credential, f.known(), |c| match &c.claim {
@@ -443,82 +486,4 @@ pub fn claim_fence() -> CallGuard {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn claim(holder: &str, token: u64, beat: u64) -> Claim {
-        Claim {
-            op: "op".into(),
-            holder: holder.into(),
-            deadline: OffsetDateTime::UNIX_EPOCH,
-            token,
-            beat,
-        }
-    }
-
-    #[tokio::test(start_paused = true)]
-    async fn a_claim_lapses_only_after_it_looked_the_same_for_a_whole_ttl_by_our_clock() {
-        let watch = ClaimWatch::default();
-        let id: CredentialId = "svc/x".parse().unwrap();
-        let ttl = Duration::from_secs(15);
-        // The recorded deadline (1970) means nothing: first sight starts the count.
-        assert!(!watch.lapsed(&id, &claim("a", 1, 0), ttl));
-        tokio::time::advance(ttl / 2).await;
-        // A renewal (a new beat) starts the count again.
-        assert!(!watch.lapsed(&id, &claim("a", 1, 1), ttl));
-        tokio::time::advance(ttl / 2 + Duration::from_secs(1)).await;
-        assert!(
-            !watch.lapsed(&id, &claim("a", 1, 1), ttl),
-            "renewed less than a TTL ago"
-        );
-        tokio::time::advance(ttl / 2).await;
-        assert!(
-            watch.lapsed(&id, &claim("a", 1, 1), ttl),
-            "silent for a TTL"
-        );
-        // Another holder's claim is a new claim.
-        assert!(!watch.lapsed(&id, &claim("b", 2, 0), ttl));
-    }
-
-    #[tokio::test(start_paused = true)]
-    async fn a_holder_stops_acting_before_any_waiter_may_take_its_claim_over() {
-        let ttl = Duration::from_secs(15);
-        let f = Fence::new(&"svc/x".parse().unwrap(), "op", "me", 3, ttl);
-        f.confirmed(Instant::now());
-        assert!(f.check_live().is_ok());
-        tokio::time::advance(ttl - ttl / 6 - Duration::from_millis(1)).await;
-        assert!(f.check_live().is_ok());
-        tokio::time::advance(Duration::from_millis(1)).await;
-        // A waiter that saw the write no earlier than it was sent still waits another sixth of
-        // the TTL: the holder has already stopped.
-        assert_eq!(f.check_live().unwrap_err().kind(), ErrorKind::Busy);
-        // A renewal that gets through makes it live again.
-        f.confirmed(Instant::now());
-        assert!(f.check_live().is_ok());
-    }
-
-    #[test]
-    fn a_record_claimed_by_another_token_stops_the_old_holder_for_good() {
-        let f = Fence::new(
-            &"svc/x".parse().unwrap(),
-            "op",
-            "me",
-            3,
-            Duration::from_secs(15),
-        );
-        let mut record: Credential = serde_json::from_value(serde_json::json!({
-            "id": "svc/x", "store": "local", "target": "none",
-            "policy": {"grace_secs": 0}, "versions": [],
-            "created_at": "2026-01-01T00:00:00Z"
-        }))
-        .unwrap();
-        record.claim = Some(claim("me", 3, 7));
-        assert!(f.check_record(&record).is_ok());
-        // The same holder process, but a newer claim (its own operation taken over again).
-        record.claim = Some(claim("me", 4, 0));
-        assert!(f.check_record(&record).is_err());
-        record.claim = Some(claim("me", 3, 8));
-        assert!(f.check_record(&record).is_ok(), "the record is fine again");
-        assert!(f.check_live().is_err(), "but the fence stays lost");
-    }
-}
+mod tests;
