@@ -34,6 +34,7 @@ mod master_key;
 mod no_live_digests;
 mod no_plaintext;
 mod notify;
+mod pipeline;
 mod policy;
 mod postgres;
 mod postgres_tls;

@@ -118,27 +118,6 @@ async fn lease_for(
         login: login.clone(),
         traceparent: keyloop_nats::trace::current(),
     };
-    // The lease is recorded, indexed and its expiry scheduled before any role exists, so a
-    // crash in between leaves a lease whose expiry drops the role, never a role nobody tracks.
-    ctx.inventory
-        .create_lease(&lease)
-        .await
-        .map_err(unavailable)?;
-    // A PostgreSQL lease's role exists before anything announces the lease.
-    if let (Some((roles, group)), Some(name)) = (&jit_roles, &login) {
-        let role = keyloop_backends::postgres::JitRole {
-            name,
-            group,
-            valid_until: lease.expires_at,
-        };
-        roles.create_jit_role(&role, &token).await.map_err(|e| {
-            service_error(
-                "unavailable",
-                format!("could not create the lease's PostgreSQL role: {e}"),
-            )
-        })?;
-    }
-    // Then everything else at once: one round trip instead of four before the reply.
     let (keys, target) = (
         fingerprint.index_keys(),
         FingerprintRef::Lease { lease: lease.id },
@@ -150,17 +129,45 @@ async fn lease_for(
     data.approval = approval.map(keyloop_core::policy::Approval::info);
     let event = lease_event(SOURCE, &format!("issue/{}", lease.id), data, &lease)
         .caused_by(Some(req.task_id.clone()), None);
-    let (indexed, by_task, scheduled, published) = tokio::join!(
-        ctx.fingerprints.put(&keys, &target),
-        ctx.inventory.index_lease_under_task(&lease),
-        ctx.due
-            .schedule(DueItem::Expire { lease: lease.id }, lease.expires_at, now),
-        ctx.outbox.publish_lifecycle(&event),
-    );
-    indexed.map_err(unavailable)?;
-    by_task.map_err(unavailable)?;
-    scheduled.map_err(unavailable)?;
-    published.map_err(unavailable)?;
+    // Everything else at once: one round trip instead of four before the reply.
+    let rest = async {
+        let (indexed, by_task, scheduled, published) = tokio::join!(
+            ctx.fingerprints.put(&keys, &target),
+            ctx.inventory.index_lease_under_task(&lease),
+            ctx.due
+                .schedule(DueItem::Expire { lease: lease.id }, lease.expires_at, now),
+            ctx.outbox.publish_lifecycle(&event),
+        );
+        indexed.and(by_task).and(scheduled).and(published)
+    };
+    if let (Some((roles, group)), Some(name)) = (&jit_roles, &login) {
+        // The lease is recorded before its PostgreSQL role exists, so a crash in between leaves
+        // a lease whose expiry drops the role, never a role nobody tracks; and the role exists
+        // before anything announces the lease.
+        ctx.inventory
+            .create_lease(&lease)
+            .await
+            .map_err(unavailable)?;
+        let role = keyloop_backends::postgres::JitRole {
+            name,
+            group,
+            valid_until: lease.expires_at,
+        };
+        roles.create_jit_role(&role, &token).await.map_err(|e| {
+            service_error(
+                "unavailable",
+                format!("could not create the lease's PostgreSQL role: {e}"),
+            )
+        })?;
+        rest.await.map_err(unavailable)?;
+    } else {
+        // A local token exists nowhere but in the reply, which waits for every record: they
+        // are written together, the lease with the rest, in one round trip. A failure of any
+        // answers `unavailable` and the token is never seen; what was written of it points at
+        // a lease nobody holds, which its scheduled expiry (or nothing) ends.
+        let (created, rest) = tokio::join!(ctx.inventory.create_lease(&lease), rest);
+        created.and(rest).map_err(unavailable)?;
+    }
     Ok(IssueReply {
         lease_id: lease.id,
         secret: token.expose().to_owned(),
