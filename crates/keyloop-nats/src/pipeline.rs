@@ -1,15 +1,18 @@
 //! The publishes of one handled message, pipelined. Inside [`scope`] (the consume runtime runs
 //! every handler in one), a lifecycle event or command sent through [`Bus::publish_pipelined`]
-//! is written to the connection at once and its stream's acknowledgement is awaited with the
-//! others when the handler is done, before the message is acked: the steps of an operation no
-//! longer wait a round trip per event, and nothing is acked before all of them are stored.
+//! is written to the connection at once and the handler goes on with its next step (an
+//! inventory write, a backend call) while the stream stores it: its acknowledgement is awaited
+//! by the handler's next publish, or at the end, before the message is acked. Nothing is acked
+//! before all of a handler's publishes are stored.
 //!
-//! Order is kept: one connection delivers its publishes to the server in the order they were
-//! written, so the stream stores a step's events in the order the step published them. A
-//! publish that fails (no acknowledgement, a stream error) fails the handler as a transient
-//! fault: the message is delivered again and its steps, each idempotent, publish again under
-//! the same ids (the streams keep one copy). Outside a scope a pipelined publish is awaited at
-//! once, as any other.
+//! Order is kept, also when the connection drops: a publish is written only once every earlier
+//! one of the handler is acknowledged, so the streams store a handler's publishes in the order
+//! it made them, and one that is lost (a connection that dropped before the server stored it)
+//! stops the handler before any later one is written. Without that, a lost `revoked` could be
+//! stored after the `rotated` that follows it, written after the reconnect. A publish that
+//! fails fails the handler as a transient fault: the message is delivered again and its steps,
+//! each idempotent, publish again under the same ids (the streams keep one copy). Outside a
+//! scope a pipelined publish is awaited at once, as any other.
 
 use crate::bus::Bus;
 use crate::error::{Error, ErrorKind};
@@ -63,6 +66,24 @@ pub enum ScopeError<E> {
     Publish(Error),
 }
 
+/// Awaits the acknowledgements the scope keeps, oldest first: a publish is written only once
+/// the earlier ones are stored.
+async fn settle_earlier() -> Result<(), Error> {
+    let pending = PENDING
+        .try_with(|p| std::mem::take(&mut *p.0.lock().expect("pending lock")))
+        .unwrap_or_default();
+    for (subject, ack) in pending {
+        ack.await.map_err(|e| {
+            Error::new(
+                ErrorKind::Transient,
+                format!("publish to {subject} was not acknowledged"),
+                e,
+            )
+        })?;
+    }
+    Ok(())
+}
+
 /// Keeps `ack` for the scope to await; gives it back when there is no scope.
 fn defer(subject: &str, ack: PublishAckFuture) -> Option<PublishAckFuture> {
     let mut ack = Some(ack);
@@ -77,8 +98,9 @@ fn defer(subject: &str, ack: PublishAckFuture) -> Option<PublishAckFuture> {
 }
 
 impl Bus {
-    /// [`Bus::publish_raw`], with the acknowledgement awaited at the end of the [`scope`] this
-    /// runs in (at once outside one).
+    /// [`Bus::publish_raw`], written once the earlier publishes of the [`scope`] this runs in
+    /// are stored, its own acknowledgement awaited by the next one or at the scope's end (at
+    /// once outside a scope).
     pub async fn publish_pipelined(
         &self,
         subject: &str,
@@ -86,6 +108,7 @@ impl Bus {
         headers: HeaderMap,
         payload: Vec<u8>,
     ) -> Result<(), Error> {
+        settle_earlier().await?;
         let ack = self.send_raw(subject, msg_id, headers, payload).await?;
         if let Some(ack) = defer(subject, ack) {
             self.settle_publish(subject, ack.await)?;
