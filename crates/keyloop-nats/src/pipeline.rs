@@ -7,12 +7,13 @@
 //!
 //! Order is kept, also when the connection drops: a publish is written only once every earlier
 //! one of the handler is acknowledged, so the streams store a handler's publishes in the order
-//! it made them, and one that is lost (a connection that dropped before the server stored it)
-//! stops the handler before any later one is written. Without that, a lost `revoked` could be
-//! stored after the `rotated` that follows it, written after the reconnect. A publish that
-//! fails fails the handler as a transient fault: the message is delivered again and its steps,
-//! each idempotent, publish again under the same ids (the streams keep one copy). Outside a
-//! scope a pipelined publish is awaited at once, as any other.
+//! it made them. Once one is lost (a connection that dropped before the server stored it),
+//! nothing after it is written in that handler — every later publish fails at once, also when
+//! the handler goes on (a step that falls back to a command) — and the handler fails as a
+//! transient fault. Without that, a lost `revoked` could be stored after the `rotated` that
+//! follows it, written after the reconnect. The message is delivered again and its steps, each
+//! idempotent, publish again under the same ids (the streams keep one copy). Outside a scope a
+//! pipelined publish is awaited at once, as any other.
 
 use crate::bus::Bus;
 use crate::error::{Error, ErrorKind};
@@ -25,33 +26,36 @@ tokio::task_local! {
     static PENDING: Pending;
 }
 
-/// Acknowledgements not awaited yet, with the subject each was published to.
+/// What a scope keeps: the acknowledgements not awaited yet, with the subject each was
+/// published to, and the first publish that was not stored.
 #[derive(Default)]
-struct Pending(Mutex<Vec<(String, PublishAckFuture)>>);
+struct Pending(Mutex<State>);
+
+#[derive(Default)]
+struct State {
+    acks: Vec<(String, PublishAckFuture)>,
+    lost: Option<String>,
+}
+
+impl Pending {
+    fn state(&self) -> std::sync::MutexGuard<'_, State> {
+        self.0
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+}
 
 /// Runs `work` with its pipelined publishes' acknowledgements deferred, then awaits them all.
-/// The work's own error wins; else the first publish that was not stored.
+/// The work's own error wins; else the first publish that was not stored — also when the work
+/// went on without it (a step that falls back after a failed publish): nothing of a scope with
+/// a lost publish is acked.
 pub async fn scope<T, E>(work: impl Future<Output = Result<T, E>>) -> Result<T, ScopeError<E>> {
     PENDING
         .scope(Pending::default(), async {
             let outcome = work.await;
-            let pending = PENDING.with(|p| std::mem::take(&mut *p.0.lock().expect("pending lock")));
-            let acks = futures::future::join_all(
-                pending
-                    .into_iter()
-                    .map(|(subject, ack)| async move { (subject, ack.await) }),
-            )
-            .await;
+            let stored = settle_earlier().await;
             let value = outcome.map_err(ScopeError::Work)?;
-            for (subject, ack) in acks {
-                ack.map_err(|e| {
-                    ScopeError::Publish(Error::new(
-                        ErrorKind::Transient,
-                        format!("publish to {subject} was not acknowledged"),
-                        e,
-                    ))
-                })?;
-            }
+            stored.map_err(ScopeError::Publish)?;
             Ok(value)
         })
         .await
@@ -66,22 +70,44 @@ pub enum ScopeError<E> {
     Publish(Error),
 }
 
+fn not_stored(what: String) -> Error {
+    Error::msg(
+        ErrorKind::Transient,
+        format!("{what}; nothing after it is published, and the message is delivered again"),
+    )
+}
+
 /// Awaits the acknowledgements the scope keeps, oldest first: a publish is written only once
-/// the earlier ones are stored.
+/// the earlier ones are stored. Once one was not, every later call fails with it: nothing after
+/// a lost publish is written in that scope.
 async fn settle_earlier() -> Result<(), Error> {
-    let pending = PENDING
-        .try_with(|p| std::mem::take(&mut *p.0.lock().expect("pending lock")))
-        .unwrap_or_default();
-    for (subject, ack) in pending {
-        ack.await.map_err(|e| {
-            Error::new(
-                ErrorKind::Transient,
-                format!("publish to {subject} was not acknowledged"),
-                e,
-            )
-        })?;
+    let taken = PENDING.try_with(|p| {
+        let mut state = p.state();
+        match &state.lost {
+            Some(lost) => Err(lost.clone()),
+            None => Ok(std::mem::take(&mut state.acks)),
+        }
+    });
+    let acks = match taken {
+        Err(_) => return Ok(()), // no scope: nothing kept
+        Ok(Err(lost)) => return Err(not_stored(lost)),
+        Ok(Ok(acks)) => acks,
+    };
+    for (subject, ack) in acks {
+        if let Err(e) = ack.await {
+            let lost = format!("publish to {subject} was not acknowledged ({e})");
+            let _ = PENDING.try_with(|p| p.state().lost.get_or_insert(lost.clone()).clone());
+            return Err(not_stored(lost));
+        }
     }
     Ok(())
+}
+
+/// Awaits every publish of the scope this runs in (nothing outside one): the point after which
+/// what was published is stored, as before releasing what others wait on. Once one publish of
+/// the scope was not stored, this fails with it.
+pub async fn settle() -> Result<(), Error> {
+    settle_earlier().await
 }
 
 /// Keeps `ack` for the scope to await; gives it back when there is no scope.
@@ -89,9 +115,7 @@ fn defer(subject: &str, ack: PublishAckFuture) -> Option<PublishAckFuture> {
     let mut ack = Some(ack);
     let _ = PENDING.try_with(|p| {
         if let Some(ack) = ack.take() {
-            p.0.lock()
-                .expect("pending lock")
-                .push((subject.to_owned(), ack));
+            p.state().acks.push((subject.to_owned(), ack));
         }
     });
     ack

@@ -50,8 +50,6 @@ pub struct Fence {
     /// compare-and-set on this revision, with no read first (a change by someone else — a
     /// use's `last_used_at`, an owner — fails that write, which then reads and decides again).
     known: Mutex<Option<(Credential, u64)>>,
-    /// The operation's last write released the claim ([`update_credential_and_release`]).
-    released: std::sync::atomic::AtomicBool,
 }
 
 #[derive(Debug)]
@@ -73,12 +71,7 @@ impl Fence {
                 lost: None,
             }),
             known: Mutex::new(None),
-            released: std::sync::atomic::AtomicBool::new(false),
         }
-    }
-
-    fn released(&self) -> bool {
-        self.released.load(std::sync::atomic::Ordering::Acquire)
     }
 
     fn known(&self) -> Option<(Credential, u64)> {
@@ -192,36 +185,6 @@ pub async fn update_credential<T: Send>(
             Err(e)
         }
     }
-}
-
-/// [`update_credential`] for the last write of the operation holding the claim: the same
-/// write releases the claim, so there is no write of its own for that. A decision that keeps
-/// the record keeps the claim, which is released at the end as usual. After it, the holder
-/// writes nothing more to the record (the fence refuses it).
-pub async fn update_credential_and_release<T: Send>(
-    ctx: &WorkerContext,
-    id: &CredentialId,
-    mut decide: impl FnMut(&mut Credential) -> Result<Change<T>, Error> + Send,
-) -> Result<T, Error> {
-    let Some(fence) = Fence::current(id) else {
-        return update_credential(ctx, id, decide).await;
-    };
-    let mut releases = false;
-    let value = update_credential(ctx, id, |c| {
-        let change = decide(c)?;
-        releases = matches!(change, Change::Write(_));
-        if releases {
-            c.claim = None;
-        }
-        Ok(change)
-    })
-    .await?;
-    if releases {
-        fence
-            .released
-            .store(true, std::sync::atomic::Ordering::Release);
-    }
-    Ok(value)
 }
 
 /// The credential's record: under its claim, as the holder last wrote or read it (nothing
@@ -361,9 +324,6 @@ impl ClaimGuard {
     /// succeeds in time. A claim no longer ours stops it at once.
     async fn renew(&self, ctx: &WorkerContext) {
         let f = &self.fence;
-        if f.released() {
-            return;
-        }
         let sent = Instant::now();
         let deadline = OffsetDateTime::now_utc() + ctx.claim_ttl;
         let result = ctx
@@ -396,7 +356,12 @@ impl ClaimGuard {
     /// Releases the claim if it is still ours. A failure here is harmless: the claim lapses.
     async fn release(self, ctx: &WorkerContext) {
         let f = &self.fence;
-        if f.released() {
+        // The operation's events are stored before another operation may start: the audit log
+        // has each credential's events in the order of its operations, which is how it rebuilds
+        // the inventory. An event not stored keeps the claim for the redelivery, which takes it
+        // over at once (the same operation) and publishes it again.
+        if let Err(e) = keyloop_nats::pipeline::settle().await {
+            tracing::warn!(credential = %f.credential, op = %f.op, error = %e, "an event of the operation was not stored; the claim is kept for its retry");
             return;
         }
         let result = ctx

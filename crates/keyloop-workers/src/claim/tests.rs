@@ -92,44 +92,6 @@ async fn in_memory_with(id: &str) -> (WorkerContext, CredentialId) {
 }
 
 #[tokio::test]
-async fn the_last_write_of_an_operation_releases_its_claim_and_the_holder_writes_nothing_after() {
-    let (ctx, id) = in_memory_with("svc/fold").await;
-    with_claim(&ctx, &id, "op", async {
-        let held = ctx.inventory.require(&id).await?.0.claim;
-        assert_eq!(held.map(|c| c.op).as_deref(), Some("op"));
-        update_credential_and_release(&ctx, &id, |c| {
-            c.policy.owner = Some("team".into());
-            Ok(Change::Write(()))
-        })
-        .await?;
-        let (after, _) = ctx.inventory.require(&id).await?;
-        assert!(after.claim.is_none(), "released by the same write");
-        assert_eq!(after.policy.owner.as_deref(), Some("team"));
-        let late = update_credential(&ctx, &id, |_| Ok(Change::Write(()))).await;
-        assert_eq!(late.unwrap_err().kind(), ErrorKind::Busy, "fenced off");
-        Ok(())
-    })
-    .await
-    .unwrap();
-    let (record, _) = ctx.inventory.require(&id).await.unwrap();
-    assert!(record.claim.is_none());
-    assert_eq!(record.policy.owner.as_deref(), Some("team"));
-}
-
-#[tokio::test]
-async fn a_kept_last_write_keeps_the_claim_until_the_operation_ends() {
-    let (ctx, id) = in_memory_with("svc/keep").await;
-    with_claim(&ctx, &id, "op", async {
-        update_credential_and_release(&ctx, &id, |_| Ok(Change::Keep(()))).await?;
-        assert!(ctx.inventory.require(&id).await?.0.claim.is_some());
-        Ok(())
-    })
-    .await
-    .unwrap();
-    assert!(ctx.inventory.require(&id).await.unwrap().0.claim.is_none());
-}
-
-#[tokio::test]
 async fn a_claim_taken_at_once_fails_busy_without_waiting_even_for_its_own_operation() {
     let (ctx, id) = in_memory_with("svc/at-once").await;
     let other = ctx.replica();

@@ -382,8 +382,7 @@ async fn finish(
             .map_err(|e| backend(e, "promote the new value in its store"))?;
     }
     let now = OffsetDateTime::now_utc();
-    // The operation's last write to the record: it releases the claim too.
-    let (promotion, promoted_cred) = crate::claim::update_credential_and_release(ctx, id, |c| {
+    let (promotion, promoted_cred) = crate::claim::update_credential(ctx, id, |c| {
         let p = c.promote(new_version, now);
         if p.promoted {
             c.rotation_retry = None;
