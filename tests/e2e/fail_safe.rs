@@ -467,15 +467,8 @@ async fn a_leak_and_an_operator_revoking_the_same_version_ask_for_one_rotation()
     .await
     .unwrap();
     let commands = env
-        .bus
-        .js
-        .get_stream(env.bus.topology.commands_stream())
+        .stream_state(&env.bus.topology.commands_stream())
         .await
-        .unwrap()
-        .info()
-        .await
-        .unwrap()
-        .state
         .messages;
     assert_eq!(commands, 1, "one rotate command for one revoked version");
 }

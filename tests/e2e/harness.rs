@@ -911,6 +911,12 @@ impl Env {
         consumer.info().await.ok().cloned()
     }
 
+    /// The state of `stream` as the server reports it now (messages, first and last sequence).
+    pub(crate) async fn stream_state(&self, stream: &str) -> async_nats::jetstream::stream::State {
+        let mut stream = self.bus.js.get_stream(stream).await.unwrap();
+        stream.info().await.unwrap().state.clone()
+    }
+
     /// Waits until the leak-responder, the revoker and the rotator have no message pending or
     /// unacked; panics after `within`.
     pub(crate) async fn wait_loop_idle(&self, within: Duration) {

@@ -22,13 +22,9 @@ const ALL_ROLES: [&str; 3] = ["leak-responder", "revoker", "rotator"];
 /// Commands ever stored in the commands stream (a work queue: acked ones are gone, their
 /// sequence numbers stay).
 async fn commands_ever(env: &Env) -> u64 {
-    let mut stream = env
-        .bus
-        .js
-        .get_stream(env.bus.topology.commands_stream())
+    env.stream_state(&env.bus.topology.commands_stream())
         .await
-        .unwrap();
-    stream.info().await.unwrap().state.last_sequence
+        .last_sequence
 }
 
 /// Ingests a gitleaks report naming `value`; returns the leak id.

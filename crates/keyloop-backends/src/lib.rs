@@ -140,6 +140,13 @@ pub trait Store: Send + Sync + fmt::Debug {
         credential: &'a Credential,
         version: Uuid,
     ) -> BoxFuture<'a, Result<(), BackendError>>;
+
+    /// Whether an acknowledged `put_new` is its own proof that the value reads back, so the
+    /// rotation's `test` step need not read it (the local store: JetStream acknowledged the
+    /// value this process sealed). Stores that do not say so are read back.
+    fn acknowledged_write_reads_back(&self) -> bool {
+        false
+    }
 }
 
 /// The system that accepts a credential. Every method is idempotent.
@@ -182,6 +189,13 @@ pub trait Target: Send + Sync + fmt::Debug {
         value: Option<&'a Secret>,
         reason: RevokeReason,
     ) -> BoxFuture<'a, Result<(), BackendError>>;
+
+    /// Whether the target holds values at all. One that does not (`none`) has no login to
+    /// prove a death with, so a revocation reads no value for it, and nothing at it to undo,
+    /// so a rotation records nothing before its (no-op) `set`.
+    fn holds_values(&self) -> bool {
+        true
+    }
 }
 
 /// Replaces every occurrence of each of `secrets` in `text` with `[redacted]`: a last line of

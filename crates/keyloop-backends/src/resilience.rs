@@ -333,6 +333,10 @@ impl Store for Resilient<dyn Store> {
     ) -> BoxFuture<'a, Result<(), BackendError>> {
         self.call("destroy", c, move || self.inner.destroy(c, v))
     }
+
+    fn acknowledged_write_reads_back(&self) -> bool {
+        self.inner.acknowledged_write_reads_back()
+    }
 }
 
 impl Target for Resilient<dyn Target> {
@@ -374,6 +378,10 @@ impl Target for Resilient<dyn Target> {
         self.call("invalidate", c, move || {
             self.inner.invalidate(c, v, value, reason)
         })
+    }
+
+    fn holds_values(&self) -> bool {
+        self.inner.holds_values()
     }
 }
 

@@ -38,4 +38,8 @@ impl Target for NoneTarget {
     ) -> BoxFuture<'a, Result<(), BackendError>> {
         Box::pin(async { Ok(()) })
     }
+
+    fn holds_values(&self) -> bool {
+        false
+    }
 }

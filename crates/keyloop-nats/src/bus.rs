@@ -363,6 +363,12 @@ impl Bus {
         self.publish_raw(subject, &event.id, headers, payload).await
     }
 
+    /// Where a lifecycle event goes: `<prefix>.lifecycle.<kind>.<credential>`.
+    fn lifecycle_subject(&self, event: &LifecycleEvent) -> String {
+        let token = keyloop_core::event::subject_token(event);
+        self.topology.lifecycle(event.data.kind.name(), &token)
+    }
+
     /// An event's headers and payload. Inside a recorded trace the event carries it (the
     /// CloudEvents extension) and so does the message's header; the span's context is looked
     /// up once.
@@ -401,7 +407,7 @@ impl Bus {
         payload: Vec<u8>,
     ) -> Result<PublishAck, Error> {
         let ack = self.send_raw(subject, msg_id, headers, payload).await?;
-        self.settle_publish(subject, ack.await)
+        publish_result(subject, ack.await)
     }
 
     /// Writes a publish to the connection; the returned future is its acknowledgement.
@@ -430,37 +436,15 @@ impl Bus {
             })
     }
 
-    /// A publish's acknowledgement as keyloop's result.
-    pub(crate) fn settle_publish(
-        &self,
-        subject: &str,
-        ack: Result<PublishAck, jetstream::context::PublishError>,
-    ) -> Result<PublishAck, Error> {
-        ack.map_err(|e| {
-            let hint = if e.kind() == PublishErrorKind::StreamNotFound {
-                " (no stream answers for this subject: a leader election in progress, or `keyloop init` was never run)"
-            } else {
-                ""
-            };
-            Error::new(
-                publish_error_kind(e.kind()),
-                format!("publish to {subject}{hint}"),
-                e,
-            )
-        })
-    }
-
     /// Publishes a lifecycle event on `<prefix>.lifecycle.<kind>.<credential>`.
     pub async fn publish_lifecycle(&self, event: &LifecycleEvent) -> Result<PublishAck, Error> {
-        let token = keyloop_core::event::subject_token(event);
-        let subject = self.topology.lifecycle(event.data.kind.name(), &token);
-        self.publish_event(&subject, event).await
+        self.publish_event(&self.lifecycle_subject(event), event)
+            .await
     }
 
     /// [`Self::publish_lifecycle`], pipelined (see `crate::pipeline`).
     pub async fn publish_lifecycle_pipelined(&self, event: &LifecycleEvent) -> Result<(), Error> {
-        let token = keyloop_core::event::subject_token(event);
-        let subject = self.topology.lifecycle(event.data.kind.name(), &token);
+        let subject = self.lifecycle_subject(event);
         let (headers, payload) = self.encode_event(event)?;
         self.publish_pipelined(&subject, &event.id, headers, payload)
             .await
@@ -501,9 +485,29 @@ impl Bus {
     }
 }
 
+/// A publish's acknowledgement as keyloop's result: what failed, for which subject, and a hint
+/// when no stream took it.
+pub(crate) fn publish_result(
+    subject: &str,
+    ack: Result<PublishAck, jetstream::context::PublishError>,
+) -> Result<PublishAck, Error> {
+    ack.map_err(|e| {
+        let hint = if e.kind() == PublishErrorKind::StreamNotFound {
+            " (no stream answers for this subject: a leader election in progress, or `keyloop init` was never run)"
+        } else {
+            ""
+        };
+        Error::new(
+            publish_error_kind(e.kind()),
+            format!("publish to {subject}{hint}"),
+            e,
+        )
+    })
+}
+
 /// "No stream" is what a publish gets while a cluster elects a new stream leader, so it is
 /// retried like any transient fault; a stream that is really missing still ends in the DLQ
-/// after the bounded deliveries, with the hint of `Bus::settle_publish`.
+/// after the bounded deliveries, with the hint of [`publish_result`].
 fn publish_error_kind(kind: PublishErrorKind) -> ErrorKind {
     match kind {
         PublishErrorKind::MaxPayloadExceeded => ErrorKind::Permanent,

@@ -26,15 +26,15 @@ tokio::task_local! {
     static PENDING: Pending;
 }
 
-/// What a scope keeps: the acknowledgements not awaited yet, with the subject each was
-/// published to, and the first publish that was not stored.
+/// What a scope keeps: the one publish not awaited yet (each publish awaits the one before it),
+/// with its subject, and the first publish that was not stored, as the error it got.
 #[derive(Default)]
 struct Pending(Mutex<State>);
 
 #[derive(Default)]
 struct State {
-    acks: Vec<(String, PublishAckFuture)>,
-    lost: Option<String>,
+    ack: Option<(String, PublishAckFuture)>,
+    lost: Option<(ErrorKind, String)>,
 }
 
 impl Pending {
@@ -45,7 +45,7 @@ impl Pending {
     }
 }
 
-/// Runs `work` with its pipelined publishes' acknowledgements deferred, then awaits them all.
+/// Runs `work` with its pipelined publishes' acknowledgements deferred, then awaits the last.
 /// The work's own error wins; else the first publish that was not stored — also when the work
 /// went on without it (a step that falls back after a failed publish): nothing of a scope with
 /// a lost publish is acked.
@@ -53,7 +53,7 @@ pub async fn scope<T, E>(work: impl Future<Output = Result<T, E>>) -> Result<T, 
     PENDING
         .scope(Pending::default(), async {
             let outcome = work.await;
-            let stored = settle_earlier().await;
+            let stored = settle().await;
             let value = outcome.map_err(ScopeError::Work)?;
             stored.map_err(ScopeError::Publish)?;
             Ok(value)
@@ -70,54 +70,42 @@ pub enum ScopeError<E> {
     Publish(Error),
 }
 
-fn not_stored(what: String) -> Error {
+fn not_stored((kind, what): (ErrorKind, String)) -> Error {
     Error::msg(
-        ErrorKind::Transient,
+        kind,
         format!("{what}; nothing after it is published, and the message is delivered again"),
     )
 }
 
-/// Awaits the acknowledgements the scope keeps, oldest first: a publish is written only once
-/// the earlier ones are stored. Once one was not, every later call fails with it: nothing after
-/// a lost publish is written in that scope.
-async fn settle_earlier() -> Result<(), Error> {
+/// Awaits the publish the scope this runs in keeps (nothing outside a scope): after it, every
+/// publish of the scope is stored — a publish is written only once the one before it is, and so
+/// is a claim released. Once one was not stored, this fails with it for the rest of the scope:
+/// nothing after a lost publish is written.
+pub async fn settle() -> Result<(), Error> {
     let taken = PENDING.try_with(|p| {
         let mut state = p.state();
         match &state.lost {
             Some(lost) => Err(lost.clone()),
-            None => Ok(std::mem::take(&mut state.acks)),
+            None => Ok(state.ack.take()),
         }
     });
-    let acks = match taken {
-        Err(_) => return Ok(()), // no scope: nothing kept
+    let (subject, ack) = match taken {
+        Err(_) | Ok(Ok(None)) => return Ok(()), // no scope, or nothing kept
         Ok(Err(lost)) => return Err(not_stored(lost)),
-        Ok(Ok(acks)) => acks,
+        Ok(Ok(Some(kept))) => kept,
     };
-    for (subject, ack) in acks {
-        if let Err(e) = ack.await {
-            let lost = format!("publish to {subject} was not acknowledged ({e})");
-            let _ = PENDING.try_with(|p| p.state().lost.get_or_insert(lost.clone()).clone());
-            return Err(not_stored(lost));
-        }
+    if let Err(e) = crate::bus::publish_result(&subject, ack.await) {
+        let lost = (e.kind(), e.to_string());
+        let _ = PENDING.try_with(|p| p.state().lost.get_or_insert(lost.clone()).clone());
+        return Err(not_stored(lost));
     }
     Ok(())
-}
-
-/// Awaits every publish of the scope this runs in (nothing outside one): the point after which
-/// what was published is stored, as before releasing what others wait on. Once one publish of
-/// the scope was not stored, this fails with it.
-pub async fn settle() -> Result<(), Error> {
-    settle_earlier().await
 }
 
 /// Keeps `ack` for the scope to await; gives it back when there is no scope.
 fn defer(subject: &str, ack: PublishAckFuture) -> Option<PublishAckFuture> {
     let mut ack = Some(ack);
-    let _ = PENDING.try_with(|p| {
-        if let Some(ack) = ack.take() {
-            p.state().acks.push((subject.to_owned(), ack));
-        }
-    });
+    let _ = PENDING.try_with(|p| p.state().ack = ack.take().map(|a| (subject.to_owned(), a)));
     ack
 }
 
@@ -132,10 +120,10 @@ impl Bus {
         headers: HeaderMap,
         payload: Vec<u8>,
     ) -> Result<(), Error> {
-        settle_earlier().await?;
+        settle().await?;
         let ack = self.send_raw(subject, msg_id, headers, payload).await?;
         if let Some(ack) = defer(subject, ack) {
-            self.settle_publish(subject, ack.await)?;
+            crate::bus::publish_result(subject, ack.await)?;
         }
         Ok(())
     }

@@ -68,16 +68,12 @@ pub async fn admit(
     if cmd.released_by.is_some() {
         return Ok(true);
     }
-    let read;
-    let cred = match known {
-        Some(cred) => cred,
-        None => match ctx.inventory.get(&cmd.credential).await? {
-            Some((cred, _)) => {
-                read = cred;
-                &read
-            }
-            None => return Ok(true),
-        },
+    let read = match known {
+        Some(_) => None,
+        None => ctx.inventory.get(&cmd.credential).await?.map(|(c, _)| c),
+    };
+    let Some(cred) = known.or(read.as_ref()) else {
+        return Ok(true);
     };
     let target = target_of(cred);
     let holdable = holdable(cmd.reason);

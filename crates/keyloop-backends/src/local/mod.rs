@@ -183,4 +183,8 @@ impl Store for LocalStore {
             })
         })
     }
+
+    fn acknowledged_write_reads_back(&self) -> bool {
+        true
+    }
 }

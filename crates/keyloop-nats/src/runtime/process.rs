@@ -60,8 +60,8 @@ pub(super) async fn process(
             // Tell JetStream the message is being worked on, so a short ack wait (fast
             // redelivery after a crash or failover) never redelivers a slow but live operation.
             let started = std::time::Instant::now();
-            // The handler's publishes are pipelined: their acknowledgements are awaited
-            // together at its end, before the ack (see `crate::pipeline`).
+            // The handler's publishes are pipelined: each is awaited by the next one, the last
+            // at its end, all before the ack (see `crate::pipeline`).
             let work = crate::pipeline::scope(handler(delivery.clone()));
             tokio::pin!(work);
             let mut progress = tokio::time::interval(ACK_WAIT / 3);

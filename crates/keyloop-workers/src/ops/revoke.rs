@@ -105,9 +105,9 @@ pub async fn revoke_version(
             }
         }
         if call_target {
-            // The value is read only for the target's login that proves the death; a
-            // credential with no target has none, and no read to wait for.
-            let value = if needs_value(&cred) {
+            // The value is read only for the target's login that proves the death; a target
+            // that holds no values has none, and no read to wait for.
+            let value = if target.holds_values() {
                 store.get(&cred, req.version).await
             } else {
                 Ok(None)
@@ -182,12 +182,6 @@ pub async fn revoke_version(
             .revoked_after_leak(keyloop_nats::metrics::Revoked::Version, revoked_at - leaked);
     }
     Ok(Revoked::ByThisOperation)
-}
-
-/// Whether invalidating a version at the credential's target uses its value (to prove with a
-/// login that it no longer works).
-fn needs_value(cred: &Credential) -> bool {
-    cred.target != keyloop_core::TargetKind::None
 }
 
 /// Gives the target account of `holder` that version's value back (the rollback of a value set

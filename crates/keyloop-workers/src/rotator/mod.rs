@@ -267,9 +267,9 @@ pub async fn run_rotation(
         }
     }
     // Recorded before the target is called: from here on, a failure knows the account may hold
-    // the new value and undoes it (see the module docs). A credential with no target has
-    // nothing there to undo, and nothing to record.
-    let (stage, cred) = if cred.target == keyloop_core::TargetKind::None {
+    // the new value and undoes it (see the module docs). A target that holds no values has
+    // nothing to undo, and nothing is recorded.
+    let (stage, cred) = if !target.holds_values() {
         let cred = crate::claim::read_credential(ctx, id).await?;
         (cred.version(new_version).map(|v| v.stage), cred)
     } else {
@@ -283,9 +283,9 @@ pub async fn run_rotation(
         .apply(&cred, new_version, &value)
         .await
         .map_err(|e| backend(e, "set the new value at the target"))?;
-    // 3. test. The local store's write was acknowledged by JetStream with the value this
-    // process sealed, which is the proof a read back would give; another store is read back.
-    if cred.store != keyloop_core::StoreKind::Local {
+    // 3. test. A store whose acknowledged write is its own proof (the local store) is not
+    // read back; another one is.
+    if !store.acknowledged_write_reads_back() {
         let stored = store
             .get(&cred, new_version)
             .await
